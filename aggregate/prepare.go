@@ -1,0 +1,395 @@
+package aggregate
+
+import (
+	"math"
+	"slices"
+	"strings"
+	"unicode/utf8"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/histogram"
+	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/sluice-metrics/sluice/configs"
+)
+
+// The control label and Gravel's spelling of it.
+const (
+	ModeLabel      = "clear_mode"
+	ModeLabelAlias = "clearmode"
+)
+
+// Names of the per-group timestamps, as the Pushgateway exposes them.
+const (
+	pushTimeName        = "push_time_seconds"
+	pushFailureTimeName = "push_failure_time_seconds"
+)
+
+// reservedPrefix marks Sluice's own metrics; pushes may not use it.
+const reservedPrefix = "sluice_"
+
+// update is one series of a push after validation, before it is applied.
+type update struct {
+	key      string
+	lset     labels.Labels
+	name     string
+	typ      dto.MetricType
+	outType  dto.MetricType
+	help     string
+	mode     configs.Mode
+	obs      observation
+	shard    int
+	replaces bool // the series' family replaces its group's other series of that name
+}
+
+// prepared is a push that passed every check that needs no state.
+type prepared struct {
+	groupKey string
+	group    labels.Labels
+	updates  []update
+	// replaceAll: every series of the group not in updates is removed
+	// (PUT with Pushgateway semantics).
+	replaceAll bool
+	// replaceNames: every series of these names in the group that is not
+	// in updates is removed (family mode, or POST with Pushgateway semantics).
+	replaceNames map[string]bool
+
+	timestamps    int // samples whose client timestamp was ignored
+	droppedQuants int // summary quantiles dropped in sum mode
+}
+
+// prepare validates a push against everything that does not depend on the
+// stored state and turns it into updates. It touches no state.
+func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
+	lim := set.Limits
+	get := func(n string) string { return p.Group.Get(n) }
+	defaults := set.Aggregation.DefaultModes
+	if r := set.Aggregation.RuleFor(get); r != nil {
+		defaults = r.DefaultModes
+	}
+	pr := &prepared{groupKey: groupKey(p.Group), group: p.Group}
+	if set.Semantics == SemanticsPushgateway && p.Method == MethodPut {
+		pr.replaceAll = true
+	}
+	seen := make(map[string]struct{})
+	var sb labels.ScratchBuilder
+	var body []labels.Label
+	nSeries := 0
+	for _, fam := range p.Families {
+		name := fam.GetName()
+		if name == pushTimeName || name == pushFailureTimeName {
+			// Sluice sets these itself, as the Pushgateway does.
+			continue
+		}
+		if !model.LegacyValidation.IsValidMetricName(name) {
+			return nil, invalid(ReasonBadMetricName, "invalid metric name %q", name)
+		}
+		if strings.HasPrefix(name, reservedPrefix) {
+			return nil, invalid(ReasonReservedName, "metric name %q uses the prefix %q reserved for Sluice's own metrics", name, reservedPrefix)
+		}
+		typ := fam.GetType()
+		for _, m := range fam.GetMetric() {
+			nSeries++
+			if nSeries > lim.MaxSeriesPerRequest {
+				return nil, &Error{Kind: KindTooLarge, Reason: ReasonLimitRequest, Msg: "push has more than " +
+					itoa(lim.MaxSeriesPerRequest) + " series (limits.max_series_per_request)"}
+			}
+			if m.TimestampMs != nil {
+				pr.timestamps++
+			}
+			body = body[:0]
+			modeText, hasMode := "", false
+			for _, lp := range m.GetLabel() {
+				ln, lv := lp.GetName(), lp.GetValue()
+				if ln == ModeLabel || ln == ModeLabelAlias {
+					if hasMode {
+						return nil, invalid(ReasonUnknownMode, "metric %q carries both %s and %s; use one", name, ModeLabel, ModeLabelAlias)
+					}
+					modeText, hasMode = lv, true
+					continue
+				}
+				if err := checkLabel(name, ln, lv, lim); err != nil {
+					return nil, err
+				}
+				if p.Group.Has(ln) {
+					continue // grouping labels override body labels
+				}
+				body = append(body, labels.Label{Name: ln, Value: lv})
+			}
+			sb.Reset()
+			sb.Add(labels.MetricName, name)
+			for _, l := range body {
+				sb.Add(l.Name, l.Value)
+			}
+			p.Group.Range(func(l labels.Label) { sb.Add(l.Name, l.Value) })
+			if !p.Group.Has("instance") && !hasLabel(body, "instance") {
+				sb.Add("instance", "")
+			}
+			sb.Sort()
+			lset := sb.Labels()
+			if n := lset.Len() - 1; n > lim.MaxLabelsPerSeries {
+				return nil, &Error{Kind: KindTooLarge, Reason: ReasonLimitLabels, Msg: "series " + seriesString(lset) +
+					" has " + itoa(n) + " labels, more than " + itoa(lim.MaxLabelsPerSeries) + " (limits.max_labels_per_series)"}
+			}
+			if d := duplicateName(lset); d != "" {
+				return nil, invalid(ReasonDuplicate, "metric %q has label %q more than once", name, d)
+			}
+			key := string(lset.Bytes(nil))
+			if _, dup := seen[key]; dup {
+				return nil, invalid(ReasonDuplicate, "series %s appears more than once in the push", seriesString(lset))
+			}
+			seen[key] = struct{}{}
+
+			mode := defaultMode(defaults, typ, set.Semantics)
+			if hasMode {
+				pm, err := configs.ParseMode(modeText)
+				if err != nil {
+					return nil, invalid(ReasonUnknownMode, "series %s: %v", seriesString(lset), err)
+				}
+				mode = pm
+			}
+			obs, quants, err := observe(name, lset, typ, mode, m)
+			if err != nil {
+				return nil, err
+			}
+			pr.droppedQuants += quants
+			u := update{
+				key: key, lset: lset, name: name, typ: typ, outType: outputType(typ, mode),
+				help: fam.GetHelp(), mode: mode, obs: obs, shard: s.shardOf(key),
+			}
+			if mode.Kind == configs.ModeFamily || (set.Semantics == SemanticsPushgateway && p.Method == MethodPost) {
+				if pr.replaceNames == nil {
+					pr.replaceNames = make(map[string]bool)
+				}
+				pr.replaceNames[name] = true
+			}
+			pr.updates = append(pr.updates, u)
+		}
+	}
+	return pr, nil
+}
+
+func defaultMode(d configs.DefaultModes, typ dto.MetricType, sem Semantics) configs.Mode {
+	if sem == SemanticsPushgateway {
+		return configs.Mode{Kind: configs.ModeReplace}
+	}
+	switch typ {
+	case dto.MetricType_COUNTER:
+		return d.Counter
+	case dto.MetricType_GAUGE:
+		return d.Gauge
+	case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
+		return d.Histogram
+	case dto.MetricType_SUMMARY:
+		return d.Summary
+	}
+	return d.Untyped
+}
+
+func checkLabel(metric, name, value string, lim configs.LimitsConfig) error {
+	if !model.LegacyValidation.IsValidLabelName(name) {
+		return invalid(ReasonBadLabel, "metric %q: invalid label name %q", metric, name)
+	}
+	if strings.HasPrefix(name, "__") {
+		return invalid(ReasonBadLabel, "metric %q: label name %q is reserved (starts with __)", metric, name)
+	}
+	if !utf8.ValidString(value) {
+		return invalid(ReasonBadLabel, "metric %q: label %q has a value that is not valid UTF-8", metric, name)
+	}
+	if len(name) > lim.MaxLabelNameLength {
+		return &Error{Kind: KindTooLarge, Reason: ReasonLimitLabelSize, Msg: "metric " + quote(metric) + ": label name " +
+			quote(name) + " is longer than " + itoa(lim.MaxLabelNameLength) + " bytes (limits.max_label_name_length)"}
+	}
+	if len(value) > lim.MaxLabelValueLength {
+		return &Error{Kind: KindTooLarge, Reason: ReasonLimitLabelSize, Msg: "metric " + quote(metric) + ": value of label " +
+			quote(name) + " is longer than " + itoa(lim.MaxLabelValueLength) + " bytes (limits.max_label_value_length)"}
+	}
+	return nil
+}
+
+func hasLabel(ls []labels.Label, name string) bool {
+	for _, l := range ls {
+		if l.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// duplicateName returns a label name that occurs twice in a sorted set.
+func duplicateName(ls labels.Labels) string {
+	prev, dup := "", ""
+	ls.Range(func(l labels.Label) {
+		if l.Name == prev && dup == "" {
+			dup = l.Name
+		}
+		prev = l.Name
+	})
+	return dup
+}
+
+// observe extracts the pushed value of one metric and checks it against its
+// type and mode. It returns how many summary quantiles it dropped.
+func observe(name string, lset labels.Labels, typ dto.MetricType, mode configs.Mode, m *dto.Metric) (observation, int, error) {
+	id := func() string { return seriesString(lset) }
+	if mode.Windowed() && (typ == dto.MetricType_HISTOGRAM || typ == dto.MetricType_GAUGE_HISTOGRAM || typ == dto.MetricType_SUMMARY) {
+		return observation{}, 0, invalid(ReasonModeConflict, "series %s: clear_mode %s is for counters, gauges and untyped metrics, not %s",
+			id(), mode, strings.ToLower(typ.String()))
+	}
+	var v float64
+	switch typ {
+	case dto.MetricType_COUNTER:
+		if m.Counter == nil {
+			return observation{}, 0, invalid(ReasonTypeConflict, "series %s: metric of type counter has no counter value", id())
+		}
+		v = m.Counter.GetValue()
+	case dto.MetricType_GAUGE:
+		if m.Gauge == nil {
+			return observation{}, 0, invalid(ReasonTypeConflict, "series %s: metric of type gauge has no gauge value", id())
+		}
+		v = m.Gauge.GetValue()
+	case dto.MetricType_UNTYPED:
+		if m.Untyped == nil {
+			return observation{}, 0, invalid(ReasonTypeConflict, "series %s: metric of type untyped has no value", id())
+		}
+		v = m.Untyped.GetValue()
+	case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
+		if m.Histogram == nil {
+			return observation{}, 0, invalid(ReasonTypeConflict, "series %s: metric of type histogram has no histogram value", id())
+		}
+		h, err := histFromDTO(m.Histogram)
+		if err != nil {
+			return observation{}, 0, invalid(ReasonBadHistogram, "series %s: %v", id(), err)
+		}
+		if mode.Kind == configs.ModeSum && (h.count < 0 || math.IsNaN(h.sum) || math.IsInf(h.sum, 0)) {
+			return observation{}, 0, invalid(ReasonNonFinite, "series %s: a histogram summed with clear_mode=sum needs a non-negative count and a finite sum", id())
+		}
+		return observation{hist: h}, 0, nil
+	case dto.MetricType_SUMMARY:
+		if m.Summary == nil {
+			return observation{}, 0, invalid(ReasonTypeConflict, "series %s: metric of type summary has no summary value", id())
+		}
+		sm := &summaryState{count: float64(m.Summary.GetSampleCount()), sum: m.Summary.GetSampleSum()}
+		dropped := 0
+		if mode.Kind == configs.ModeSum {
+			dropped = len(m.Summary.GetQuantile())
+			if math.IsNaN(sm.sum) || math.IsInf(sm.sum, 0) {
+				return observation{}, 0, invalid(ReasonNonFinite, "series %s: a summary summed with clear_mode=sum needs a finite sum", id())
+			}
+		} else {
+			for _, q := range m.Summary.GetQuantile() {
+				sm.quantiles = append(sm.quantiles, &dto.Quantile{Quantile: ptr(q.GetQuantile()), Value: ptr(q.GetValue())})
+			}
+		}
+		return observation{summ: sm}, dropped, nil
+	default:
+		return observation{}, 0, invalid(ReasonTypeConflict, "metric %q: unsupported metric type %s", name, typ)
+	}
+	if mode.Kind == configs.ModeSum || mode.Windowed() {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return observation{}, 0, invalid(ReasonNonFinite, "series %s: value %v cannot be aggregated with clear_mode=%s; it must be finite", id(), v, mode)
+		}
+	}
+	if mode.Kind == configs.ModeSum && typ == dto.MetricType_COUNTER && v < 0 {
+		return observation{}, 0, invalid(ReasonNegativeDelta, "series %s: negative counter delta %v; with clear_mode=sum each push is an increment and must be >= 0", id(), v)
+	}
+	return observation{value: v}, 0, nil
+}
+
+// histFromDTO converts a pushed histogram, checking that it is well formed.
+func histFromDTO(d *dto.Histogram) (*histState, error) {
+	h := &histState{count: float64(d.GetSampleCount()), sum: d.GetSampleSum()}
+	if c := d.GetSampleCountFloat(); c > 0 {
+		h.count = c
+	}
+	prevBound, prevCount := math.Inf(-1), 0.0
+	for _, b := range d.GetBucket() {
+		ub := b.GetUpperBound()
+		c := float64(b.GetCumulativeCount())
+		if cf := b.GetCumulativeCountFloat(); cf > 0 {
+			c = cf
+		}
+		if math.IsNaN(ub) || ub <= prevBound {
+			return nil, errorf("bucket bounds must be strictly ascending, got %v after %v", ub, prevBound)
+		}
+		if c < prevCount {
+			return nil, errorf("cumulative bucket counts must not decrease, got %v for le=%v after %v", c, ub, prevCount)
+		}
+		prevBound, prevCount = ub, c
+		if math.IsInf(ub, 1) {
+			continue // the +Inf bucket is the count
+		}
+		h.bounds = append(h.bounds, ub)
+		h.cum = append(h.cum, c)
+	}
+	if len(h.cum) > 0 && h.cum[len(h.cum)-1] > h.count {
+		return nil, errorf("bucket count %v exceeds the histogram count %v", h.cum[len(h.cum)-1], h.count)
+	}
+	if isNative(d) {
+		n, err := nativeFromDTO(d, h.count, h.sum)
+		if err != nil {
+			return nil, err
+		}
+		h.native = n
+	}
+	return h, nil
+}
+
+func isNative(d *dto.Histogram) bool {
+	return len(d.GetPositiveSpan()) > 0 || len(d.GetNegativeSpan()) > 0 || d.GetZeroThreshold() > 0 || d.GetZeroCount() > 0 || d.GetZeroCountFloat() > 0
+}
+
+func nativeFromDTO(d *dto.Histogram, count, sum float64) (*histogram.FloatHistogram, error) {
+	schema := d.GetSchema()
+	if schema < histogram.ExponentialSchemaMin || schema > histogram.ExponentialSchemaMax {
+		return nil, errorf("native histogram schema %d is not between %d and %d", schema, histogram.ExponentialSchemaMin, histogram.ExponentialSchemaMax)
+	}
+	fh := &histogram.FloatHistogram{
+		Schema:        schema,
+		ZeroThreshold: d.GetZeroThreshold(),
+		ZeroCount:     float64(d.GetZeroCount()),
+		Count:         count,
+		Sum:           sum,
+	}
+	if zc := d.GetZeroCountFloat(); zc > 0 {
+		fh.ZeroCount = zc
+	}
+	var err error
+	if fh.PositiveSpans, fh.PositiveBuckets, err = nativeBuckets(d.GetPositiveSpan(), d.GetPositiveDelta(), d.GetPositiveCount()); err != nil {
+		return nil, err
+	}
+	if fh.NegativeSpans, fh.NegativeBuckets, err = nativeBuckets(d.GetNegativeSpan(), d.GetNegativeDelta(), d.GetNegativeCount()); err != nil {
+		return nil, err
+	}
+	if err := fh.Validate(); err != nil {
+		return nil, errorf("invalid native histogram: %w", err)
+	}
+	return fh, nil
+}
+
+// maxNativeBuckets bounds the buckets of one side of a native histogram;
+// client_golang's default limit is 160, Prometheus' 160 too.
+const maxNativeBuckets = 1 << 14
+
+func nativeBuckets(spans []*dto.BucketSpan, deltas []int64, counts []float64) ([]histogram.Span, []float64, error) {
+	out := make([]histogram.Span, 0, len(spans))
+	total := 0
+	for _, sp := range spans {
+		out = append(out, histogram.Span{Offset: sp.GetOffset(), Length: sp.GetLength()})
+		total += int(sp.GetLength())
+		if total > maxNativeBuckets {
+			return nil, nil, errorf("native histogram has more than %d buckets", maxNativeBuckets)
+		}
+	}
+	if len(counts) > 0 {
+		return out, slices.Clone(counts), nil
+	}
+	buckets := make([]float64, len(deltas))
+	var cur int64
+	for i, d := range deltas {
+		cur += d
+		buckets[i] = float64(cur)
+	}
+	return out, buckets, nil
+}

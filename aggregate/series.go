@@ -1,0 +1,176 @@
+package aggregate
+
+import (
+	"math"
+	"slices"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/prometheus/model/histogram"
+	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/sluice-metrics/sluice/configs"
+)
+
+// observation is one pushed value of a series: a float for counters, gauges
+// and untyped metrics, or a histogram or summary.
+type observation struct {
+	value float64
+	hist  *histState
+	summ  *summaryState
+}
+
+// histState is a histogram, classic, native or both. Bucket counts of the
+// classic part are cumulative, as in the exposition formats.
+type histState struct {
+	count, sum float64
+	// bounds are the finite upper bounds, ascending; cum[i] counts
+	// observations <= bounds[i]. The +Inf bucket is count.
+	bounds []float64
+	cum    []float64
+	// native is nil for a classic-only histogram.
+	native *histogram.FloatHistogram
+}
+
+// sameLayout reports whether two histograms have the same classic bucket
+// bounds and both or neither carry a native part.
+func (h *histState) sameLayout(o *histState) bool {
+	if (h.native == nil) != (o.native == nil) || len(h.bounds) != len(o.bounds) {
+		return false
+	}
+	for i, b := range h.bounds {
+		if b != o.bounds[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// plus returns h+o as a new histState; h and o are unchanged. Layouts must
+// agree (sameLayout). Native parts are merged exactly; where schemas differ
+// the result has the coarser one (FloatHistogram.Add does the reduction).
+func (h *histState) plus(o *histState) (*histState, error) {
+	r := &histState{
+		count:  h.count + o.count,
+		sum:    h.sum + o.sum,
+		bounds: h.bounds,
+		cum:    make([]float64, len(h.cum)),
+	}
+	for i := range h.cum {
+		r.cum[i] = h.cum[i] + o.cum[i]
+	}
+	if h.native != nil {
+		n, _, _, err := h.native.Copy().Add(o.native)
+		if err != nil {
+			return nil, err
+		}
+		r.native = n.Compact(0)
+	}
+	return r, nil
+}
+
+// summaryState is a summary. In sum mode the quantiles are dropped, since
+// quantiles of different pushes cannot be merged.
+type summaryState struct {
+	count, sum float64
+	quantiles  []*dto.Quantile
+}
+
+// series is one aggregated series. Fields are guarded by the mutex of the
+// shard that holds the series, except the immutable identity fields.
+type series struct {
+	// Immutable after creation.
+	key   string
+	lset  labels.Labels // with __name__, without clear_mode
+	name  string        // metric family name (histogram base name)
+	group *group
+	typ   dto.MetricType
+	mode  configs.Mode
+	fam   *family // set when the series is inserted
+
+	// lastPush (Unix nanoseconds) is guarded by the group's mutex.
+	lastPush int64
+
+	// Guarded by the shard mutex.
+	value float64
+	win   *window
+	hist  *histState
+	summ  *summaryState
+}
+
+// outputType is the type Sluice exposes the series as: windowed statistics
+// are gauges, whatever was pushed, so a counter never goes down downstream.
+func outputType(typ dto.MetricType, mode configs.Mode) dto.MetricType {
+	if mode.Windowed() {
+		return dto.MetricType_GAUGE
+	}
+	return typ
+}
+
+// metric renders the series' current value, or nil when it has nothing to
+// show (a windowed series whose window is empty).
+func (s *series) metric(nowNanos int64) *dto.Metric {
+	m := &dto.Metric{}
+	s.lset.Range(func(l labels.Label) {
+		if l.Name == labels.MetricName {
+			return
+		}
+		m.Label = append(m.Label, &dto.LabelPair{Name: ptr(l.Name), Value: ptr(l.Value)})
+	})
+	switch {
+	case s.win != nil:
+		v, ok := s.win.result(nowNanos)
+		if !ok {
+			return nil
+		}
+		m.Gauge = &dto.Gauge{Value: ptr(v)}
+	case s.hist != nil:
+		m.Histogram = s.hist.dto()
+	case s.summ != nil:
+		m.Summary = &dto.Summary{SampleCount: ptr(uint64(s.summ.count)), SampleSum: ptr(s.summ.sum), Quantile: s.summ.quantiles}
+	default:
+		switch s.typ {
+		case dto.MetricType_COUNTER:
+			m.Counter = &dto.Counter{Value: ptr(s.value)}
+		case dto.MetricType_GAUGE:
+			m.Gauge = &dto.Gauge{Value: ptr(s.value)}
+		default:
+			m.Untyped = &dto.Untyped{Value: ptr(s.value)}
+		}
+	}
+	return m
+}
+
+func (h *histState) dto() *dto.Histogram {
+	d := &dto.Histogram{SampleCountFloat: ptr(h.count), SampleSum: ptr(h.sum)}
+	if h.count == math.Trunc(h.count) && h.count >= 0 && h.count < 1<<53 {
+		d.SampleCount, d.SampleCountFloat = ptr(uint64(h.count)), nil
+	}
+	for i, b := range h.bounds {
+		d.Bucket = append(d.Bucket, &dto.Bucket{UpperBound: ptr(b), CumulativeCountFloat: ptr(h.cum[i])})
+	}
+	if n := h.native; n != nil {
+		d.Schema = ptr(n.Schema)
+		d.ZeroThreshold = ptr(n.ZeroThreshold)
+		d.ZeroCountFloat = ptr(n.ZeroCount)
+		d.PositiveSpan = spansToDTO(n.PositiveSpans)
+		d.PositiveCount = slices.Clone(n.PositiveBuckets)
+		d.NegativeSpan = spansToDTO(n.NegativeSpans)
+		d.NegativeCount = slices.Clone(n.NegativeBuckets)
+		if len(d.PositiveSpan) == 0 && len(d.NegativeSpan) == 0 && n.ZeroCount == 0 {
+			// A native histogram with no buckets is marked by a no-op
+			// span, as client_golang does, so decoders still see it.
+			d.PositiveSpan = []*dto.BucketSpan{{Offset: ptr(int32(0)), Length: ptr(uint32(0))}}
+		}
+	}
+	return d
+}
+
+func spansToDTO(s []histogram.Span) []*dto.BucketSpan {
+	out := make([]*dto.BucketSpan, len(s))
+	for i, sp := range s {
+		out[i] = &dto.BucketSpan{Offset: ptr(sp.Offset), Length: ptr(sp.Length)}
+	}
+	return out
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,740 @@
+// Package aggregate holds Sluice's aggregation state: pushed series merged
+// per clear_mode, grouped by grouping key, sharded by series hash.
+//
+// Concurrency: a push locks its group (so pushes to one group apply in
+// arrival order, as on a Pushgateway), claims the metric families it uses,
+// then locks the shards of the series it touches in ascending order,
+// validates everything against the stored state, and only then mutates.
+// A rejected push therefore changes nothing. Pushes to different groups and
+// different series do not contend. Lock order: group.mu, then famMu, then
+// shard mutexes in ascending index, then groupsMu.
+package aggregate
+
+import (
+	"context"
+	"log/slog"
+	"math"
+	"runtime"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/sluice-metrics/sluice/configs"
+)
+
+// Semantics selects how pushes are applied (--push.semantics).
+type Semantics uint8
+
+const (
+	// SemanticsAggregate merges every push by clear_mode (the default).
+	SemanticsAggregate Semantics = iota
+	// SemanticsPushgateway behaves like a Pushgateway: every type defaults
+	// to replace, PUT replaces the whole group, POST the pushed families.
+	SemanticsPushgateway
+)
+
+// Method is the HTTP method of a push; it matters only for Pushgateway
+// semantics. In aggregate semantics PUT and POST both merge.
+type Method uint8
+
+// Push methods.
+const (
+	MethodPost Method = iota
+	MethodPut
+)
+
+// Push is one decoded push request: the unit the Store applies atomically.
+type Push struct {
+	// Group is the grouping key: job (if any) and the path's label pairs.
+	Group    labels.Labels
+	Method   Method
+	Families []*dto.MetricFamily
+}
+
+// Settings are the parts of the configuration a reload may change.
+type Settings struct {
+	Aggregation configs.AggregationConfig
+	Limits      configs.LimitsConfig
+	SeriesTTL   time.Duration
+	Semantics   Semantics
+}
+
+// Store is the aggregation state. All methods are safe for concurrent use.
+type Store struct {
+	now      func() time.Time
+	logger   *slog.Logger
+	settings atomic.Pointer[Settings]
+	metrics  *storeMetrics
+
+	// groupsMu guards the groups map (not the groups themselves).
+	groupsMu sync.Mutex
+	groups   map[string]*group
+
+	// famMu guards families. Claims take it for reading; creating and
+	// deleting an entry take it for writing.
+	famMu    sync.RWMutex
+	families map[string]*family
+
+	shards      []shard
+	seriesCount atomic.Int64
+	modeCounts  [configs.ModeWindowQuantile + 1]atomic.Int64
+}
+
+type shard struct {
+	// mu guards series and the mutable fields of every series in it.
+	mu     sync.Mutex
+	series map[string]*series
+	_      [40]byte // keep neighbouring shard mutexes off one cache line
+}
+
+// group is one grouping key.
+type group struct {
+	key    string
+	labels labels.Labels
+
+	// mu serialises pushes to the group and guards every field below and
+	// lastPush of the group's series.
+	mu          sync.Mutex
+	series      map[string]*series
+	lastPush    int64 // Unix nanoseconds of the last successful push; 0 = never
+	lastFailure int64 // Unix nanoseconds of the last rejected push; 0 = never
+	deleted     bool  // removed from Store.groups; a push must look up again
+}
+
+// family is the type registry entry of one metric name.
+type family struct {
+	name       string
+	typ        dto.MetricType // output type
+	pushedType dto.MetricType
+	mode       configs.Mode // mode of the first series; only for messages
+	help       string
+	refs       atomic.Int64 // live series plus in-flight pushes holding it
+}
+
+// New builds a Store. It starts nothing; Run expires old series.
+func New(set Settings, now func() time.Time, reg prometheus.Registerer, logger *slog.Logger) *Store {
+	n := 16 * runtime.GOMAXPROCS(0)
+	s := &Store{
+		now:      now,
+		logger:   logger,
+		groups:   make(map[string]*group),
+		families: make(map[string]*family),
+		shards:   make([]shard, n),
+	}
+	for i := range s.shards {
+		s.shards[i].series = make(map[string]*series)
+	}
+	s.settings.Store(&set)
+	s.metrics = newStoreMetrics(reg, s)
+	return s
+}
+
+// SetSettings replaces the reloadable settings. Existing series keep their
+// mode; new defaults, TTLs and limits apply from the next push or sweep.
+func (s *Store) SetSettings(set Settings) { s.settings.Store(&set) }
+
+// Settings returns the settings in force.
+func (s *Store) Settings() Settings { return *s.settings.Load() }
+
+func (s *Store) shardOf(key string) int {
+	return int(xxhash.Sum64String(key) % uint64(len(s.shards)))
+}
+
+func groupKey(ls labels.Labels) string { return string(ls.Bytes(nil)) }
+
+// Apply validates a push against the stored state and applies it
+// atomically: either every series is updated or, on error, nothing is.
+// Errors are *Error values naming the problem.
+func (s *Store) Apply(p *Push) error {
+	set := s.settings.Load()
+	pr, err := s.prepare(p, set)
+	if err != nil {
+		return err
+	}
+	now := s.now().UnixNano()
+	g := s.lockGroup(pr)
+	defer g.mu.Unlock()
+	if err := s.applyLocked(g, pr, set, now); err != nil {
+		if g.lastPush != 0 {
+			g.lastFailure = now
+		} else if len(g.series) == 0 {
+			// The group was created for this push only; a rejected push
+			// leaves no trace.
+			s.removeGroupLocked(g)
+		}
+		return err
+	}
+	g.lastPush = now
+	s.metrics.samplesIngested.Add(float64(len(pr.updates)))
+	s.metrics.timestampsIgnored.Add(float64(pr.timestamps))
+	s.metrics.quantilesDropped.Add(float64(pr.droppedQuants))
+	return nil
+}
+
+// lockGroup returns the push's group, created if needed, with its mutex held.
+func (s *Store) lockGroup(pr *prepared) *group {
+	for {
+		s.groupsMu.Lock()
+		g := s.groups[pr.groupKey]
+		if g == nil {
+			g = &group{key: pr.groupKey, labels: pr.group, series: make(map[string]*series)}
+			s.groups[pr.groupKey] = g
+		}
+		s.groupsMu.Unlock()
+		g.mu.Lock()
+		if !g.deleted {
+			return g
+		}
+		g.mu.Unlock()
+	}
+}
+
+// pending is an update checked against the stored state, ready to commit.
+type pending struct {
+	u     *update
+	s     *series // existing, or new and not yet inserted
+	isNew bool
+	value float64
+	hist  *histState
+	summ  *summaryState
+}
+
+func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64) error {
+	// Claim the families so their types cannot change underneath us.
+	claimed := make(map[string]*family, 4)
+	defer func() {
+		for _, f := range claimed {
+			s.release(f)
+		}
+	}()
+	for i := range pr.updates {
+		u := &pr.updates[i]
+		if _, ok := claimed[u.name]; ok {
+			if f := claimed[u.name]; f.typ != u.outType {
+				return typeConflict(u, f)
+			}
+			continue
+		}
+		f, err := s.claim(u)
+		if err != nil {
+			return err
+		}
+		claimed[u.name] = f
+	}
+
+	// Series the push removes: the whole group (PUT, Pushgateway
+	// semantics) or the replaced families, minus what the push updates.
+	inPush := make(map[string]struct{}, len(pr.updates))
+	for i := range pr.updates {
+		inPush[pr.updates[i].key] = struct{}{}
+	}
+	var removed []*series
+	if pr.replaceAll || len(pr.replaceNames) > 0 {
+		for k, se := range g.series {
+			if _, ok := inPush[k]; ok {
+				continue
+			}
+			if pr.replaceAll || pr.replaceNames[se.name] {
+				removed = append(removed, se)
+			}
+		}
+	}
+
+	// Lock every shard we touch, in ascending order.
+	idx := make([]int, 0, len(pr.updates)+len(removed))
+	for i := range pr.updates {
+		idx = append(idx, pr.updates[i].shard)
+	}
+	for _, se := range removed {
+		idx = append(idx, s.shardOf(se.key))
+	}
+	slices.Sort(idx)
+	idx = slices.Compact(idx)
+	for _, i := range idx {
+		s.shards[i].mu.Lock()
+	}
+	defer func() {
+		for _, i := range idx {
+			s.shards[i].mu.Unlock()
+		}
+	}()
+
+	// Check every update against the stored state; mutate nothing yet.
+	pend := make([]pending, len(pr.updates))
+	newCount := 0
+	for i := range pr.updates {
+		u := &pr.updates[i]
+		existing := s.shards[u.shard].series[u.key]
+		if existing != nil && existing.group != g {
+			return invalid(ReasonOtherGroup, "series %s was already pushed by group %s; a series belongs to one grouping key",
+				seriesString(u.lset), groupString(existing.group.labels))
+		}
+		p, err := next(g, u, existing)
+		if err != nil {
+			return err
+		}
+		if existing == nil {
+			newCount++
+		}
+		pend[i] = p
+	}
+	if newCount > 0 {
+		if live := len(g.series) - len(removed) + newCount; live > set.Limits.MaxSeriesPerGroup {
+			return limited(ReasonLimitGroup, "group %s would have %d series, more than %d (limits.max_series_per_group); existing series still accept pushes",
+				groupString(g.labels), live, set.Limits.MaxSeriesPerGroup)
+		}
+		// Reserve the new series; removals below give their slots back.
+		total := s.seriesCount.Add(int64(newCount))
+		if total-int64(len(removed)) > int64(set.Limits.MaxSeries) {
+			s.seriesCount.Add(-int64(newCount))
+			return limited(ReasonLimitTotal, "sluice holds %d series, the limit is %d (limits.max_series); existing series still accept pushes",
+				total-int64(newCount), set.Limits.MaxSeries)
+		}
+	}
+
+	// Commit.
+	for _, se := range removed {
+		s.removeSeriesLocked(g, se)
+	}
+	s.metrics.seriesRemoved.WithLabelValues("replaced").Add(float64(len(removed)))
+	for i := range pend {
+		p := &pend[i]
+		se := p.s
+		if p.isNew {
+			se.fam = claimed[se.name]
+			se.fam.refs.Add(1)
+			s.shards[p.u.shard].series[se.key] = se
+			g.series[se.key] = se
+			s.modeCounts[se.mode.Kind].Add(1)
+		}
+		se.lastPush = now
+		switch {
+		case se.win != nil:
+			se.win.add(p.u.obs.value, now)
+		case p.hist != nil:
+			se.hist = p.hist
+		case p.summ != nil:
+			se.summ = p.summ
+		default:
+			se.value = p.value
+		}
+	}
+	return nil
+}
+
+// next computes a series' state after an update without changing it.
+func next(g *group, u *update, se *series) (pending, error) {
+	p := pending{u: u, s: se}
+	if se == nil {
+		p.isNew = true
+		p.s = &series{key: u.key, lset: u.lset, name: u.name, group: g, typ: u.typ, mode: u.mode}
+		if u.mode.Windowed() {
+			p.s.win = newWindow(u.mode)
+		}
+		p.value, p.hist, p.summ = u.obs.value, u.obs.hist, u.obs.summ
+		return p, nil
+	}
+	if se.mode != u.mode {
+		return p, invalid(ReasonModeConflict, "series %s is aggregated with clear_mode=%s, this push says %s; a series keeps its mode until it expires or its group is deleted",
+			seriesString(u.lset), se.mode, u.mode)
+	}
+	if se.typ != u.typ {
+		return p, invalid(ReasonTypeConflict, "series %s has type %s, this push says %s",
+			seriesString(u.lset), typeName(se.typ), typeName(u.typ))
+	}
+	if u.mode.Kind != configs.ModeSum {
+		p.value, p.hist, p.summ = u.obs.value, u.obs.hist, u.obs.summ
+		return p, nil
+	}
+	switch {
+	case u.obs.hist != nil:
+		if !se.hist.sameLayout(u.obs.hist) {
+			return p, invalid(ReasonLayoutChange, "histogram %s: bucket layout changed from %s to %s; summing different layouts would corrupt the cumulative counts (delete the group or use clear_mode=replace to change it)",
+				seriesString(u.lset), layoutString(se.hist), layoutString(u.obs.hist))
+		}
+		h, err := se.hist.plus(u.obs.hist)
+		if err != nil {
+			return p, invalid(ReasonBadHistogram, "histogram %s: cannot merge native histograms: %v", seriesString(u.lset), err)
+		}
+		p.hist = h
+	case u.obs.summ != nil:
+		p.summ = &summaryState{count: se.summ.count + u.obs.summ.count, sum: se.summ.sum + u.obs.summ.sum}
+	default:
+		p.value = se.value + u.obs.value
+	}
+	return p, nil
+}
+
+func (s *Store) claim(u *update) (*family, error) {
+	s.famMu.RLock()
+	f := s.families[u.name]
+	if f != nil && f.typ == u.outType {
+		f.refs.Add(1)
+		s.famMu.RUnlock()
+		return f, nil
+	}
+	s.famMu.RUnlock()
+	if f != nil {
+		return nil, typeConflict(u, f)
+	}
+	s.famMu.Lock()
+	defer s.famMu.Unlock()
+	f = s.families[u.name]
+	if f == nil {
+		f = &family{name: u.name, typ: u.outType, pushedType: u.typ, mode: u.mode, help: u.help}
+		s.families[u.name] = f
+	}
+	if f.typ != u.outType {
+		return nil, typeConflict(u, f)
+	}
+	f.refs.Add(1)
+	return f, nil
+}
+
+func (s *Store) release(f *family) {
+	if f.refs.Add(-1) > 0 {
+		return
+	}
+	s.famMu.Lock()
+	if f.refs.Load() == 0 && s.families[f.name] == f {
+		delete(s.families, f.name)
+	}
+	s.famMu.Unlock()
+}
+
+func typeConflict(u *update, f *family) error {
+	how := func(t dto.MetricType, pushed dto.MetricType, m configs.Mode) string {
+		if m.Windowed() {
+			return typeName(pushed) + " with windowed clear_mode=" + m.String() + " (exposed as gauge)"
+		}
+		return typeName(t)
+	}
+	return invalid(ReasonTypeConflict, "metric %q pushed as %s, but it is stored as %s; a metric name has one type",
+		u.name, how(u.outType, u.typ, u.mode), how(f.typ, f.pushedType, f.mode))
+}
+
+// removeSeriesLocked drops a series. The caller holds g.mu and the series'
+// shard mutex.
+func (s *Store) removeSeriesLocked(g *group, se *series) {
+	delete(s.shards[s.shardOf(se.key)].series, se.key)
+	delete(g.series, se.key)
+	s.seriesCount.Add(-1)
+	s.modeCounts[se.mode.Kind].Add(-1)
+	s.release(se.fam)
+}
+
+// removeGroupLocked drops a group and all its series. The caller holds g.mu
+// and no shard mutex.
+func (s *Store) removeGroupLocked(g *group) int {
+	n := len(g.series)
+	for _, se := range g.series {
+		sh := &s.shards[s.shardOf(se.key)]
+		sh.mu.Lock()
+		s.removeSeriesLocked(g, se)
+		sh.mu.Unlock()
+	}
+	g.deleted = true
+	s.groupsMu.Lock()
+	if s.groups[g.key] == g {
+		delete(s.groups, g.key)
+	}
+	s.groupsMu.Unlock()
+	return n
+}
+
+// Delete removes a group and its series. Deleting an unknown group is not
+// an error (the Pushgateway answers 202 either way).
+func (s *Store) Delete(groupLabels labels.Labels) {
+	s.groupsMu.Lock()
+	g := s.groups[groupKey(groupLabels)]
+	s.groupsMu.Unlock()
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.deleted {
+		n := s.removeGroupLocked(g)
+		s.metrics.seriesRemoved.WithLabelValues("deleted").Add(float64(n))
+	}
+}
+
+// Wipe removes every group.
+func (s *Store) Wipe() {
+	for _, g := range s.groupList() {
+		s.Delete(g.labels)
+	}
+}
+
+func (s *Store) groupList() []*group {
+	s.groupsMu.Lock()
+	defer s.groupsMu.Unlock()
+	out := make([]*group, 0, len(s.groups))
+	for _, g := range s.groups {
+		out = append(out, g)
+	}
+	return out
+}
+
+// Expire drops series and groups not pushed to for their TTL: the rule's
+// TTL for the group if one matches, else --series.ttl.
+func (s *Store) Expire() {
+	set := s.settings.Load()
+	now := s.now().UnixNano()
+	for _, g := range s.groupList() {
+		g.mu.Lock()
+		if g.deleted || g.lastPush == 0 {
+			g.mu.Unlock()
+			continue
+		}
+		ttl := set.Aggregation.TTLFor(func(n string) string { return g.labels.Get(n) }, set.SeriesTTL).Nanoseconds()
+		if now-g.lastPush >= ttl {
+			n := s.removeGroupLocked(g)
+			s.metrics.seriesRemoved.WithLabelValues("expired").Add(float64(n))
+			g.mu.Unlock()
+			continue
+		}
+		for _, se := range g.series {
+			if now-se.lastPush >= ttl {
+				sh := &s.shards[s.shardOf(se.key)]
+				sh.mu.Lock()
+				s.removeSeriesLocked(g, se)
+				sh.mu.Unlock()
+				s.metrics.seriesRemoved.WithLabelValues("expired").Inc()
+			}
+		}
+		g.mu.Unlock()
+	}
+}
+
+// Run expires old series every interval until ctx is done.
+func (s *Store) Run(ctx context.Context, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			s.Expire()
+		}
+	}
+}
+
+// Gather returns the current aggregated series and the per-group push
+// timestamps as metric families, sorted by name. It implements
+// prometheus.Gatherer so /metrics can merge it with Sluice's own registry.
+func (s *Store) Gather() ([]*dto.MetricFamily, error) {
+	now := s.now().UnixNano()
+	fams := make(map[string]*dto.MetricFamily)
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for _, se := range sh.series {
+			m := se.metric(now)
+			if m == nil {
+				continue
+			}
+			f := fams[se.name]
+			if f == nil {
+				f = &dto.MetricFamily{Name: ptr(se.name), Type: ptr(se.fam.typ)}
+				if se.fam.help != "" {
+					f.Help = ptr(se.fam.help)
+				}
+				fams[se.name] = f
+			}
+			f.Metric = append(f.Metric, m)
+		}
+		sh.mu.Unlock()
+	}
+	pt := &dto.MetricFamily{Name: ptr(pushTimeName), Type: dto.MetricType_GAUGE.Enum(),
+		Help: ptr("Last Unix time when changing this group in Sluice succeeded.")}
+	pf := &dto.MetricFamily{Name: ptr(pushFailureTimeName), Type: dto.MetricType_GAUGE.Enum(),
+		Help: ptr("Last Unix time when changing this group in Sluice failed.")}
+	for _, g := range s.groupList() {
+		g.mu.Lock()
+		ok, last, fail := !g.deleted && g.lastPush != 0, g.lastPush, g.lastFailure
+		g.mu.Unlock()
+		if !ok {
+			continue
+		}
+		lp := groupLabelPairs(g.labels)
+		pt.Metric = append(pt.Metric, &dto.Metric{Label: lp, Gauge: &dto.Gauge{Value: ptr(unixSeconds(last))}})
+		pf.Metric = append(pf.Metric, &dto.Metric{Label: lp, Gauge: &dto.Gauge{Value: ptr(unixSeconds(fail))}})
+	}
+	out := make([]*dto.MetricFamily, 0, len(fams)+2)
+	for _, f := range fams {
+		sortMetrics(f.Metric)
+		out = append(out, f)
+	}
+	if len(pt.Metric) > 0 {
+		sortMetrics(pt.Metric)
+		sortMetrics(pf.Metric)
+		out = append(out, pt, pf)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
+	return out, nil
+}
+
+func unixSeconds(nanos int64) float64 {
+	if nanos == 0 {
+		return 0
+	}
+	return float64(nanos) / 1e9
+}
+
+// groupLabelPairs are the labels of a group's push-time series: the grouping
+// key plus instance="" when the key has no instance.
+func groupLabelPairs(ls labels.Labels) []*dto.LabelPair {
+	var out []*dto.LabelPair
+	hasInstance := ls.Has("instance")
+	ls.Range(func(l labels.Label) {
+		out = append(out, &dto.LabelPair{Name: ptr(l.Name), Value: ptr(l.Value)})
+	})
+	if !hasInstance {
+		out = append(out, &dto.LabelPair{Name: ptr("instance"), Value: ptr("")})
+		sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
+	}
+	return out
+}
+
+func sortMetrics(ms []*dto.Metric) {
+	sort.Slice(ms, func(i, j int) bool {
+		a, b := ms[i].GetLabel(), ms[j].GetLabel()
+		for k := 0; k < len(a) && k < len(b); k++ {
+			if a[k].GetName() != b[k].GetName() {
+				return a[k].GetName() < b[k].GetName()
+			}
+			if a[k].GetValue() != b[k].GetValue() {
+				return a[k].GetValue() < b[k].GetValue()
+			}
+		}
+		return len(a) < len(b)
+	})
+}
+
+func groupString(ls labels.Labels) string {
+	if ls.IsEmpty() {
+		return "{}"
+	}
+	return ls.String()
+}
+
+func typeName(t dto.MetricType) string {
+	switch t {
+	case dto.MetricType_GAUGE_HISTOGRAM:
+		return "gaugehistogram"
+	}
+	return lower(t.String())
+}
+
+func lower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+func layoutString(h *histState) string {
+	s := "le=["
+	for i, b := range h.bounds {
+		if i > 0 {
+			s += " "
+		}
+		if i == 8 {
+			s += "..."
+			break
+		}
+		s += formatFloat(b)
+	}
+	s += "]"
+	if h.native != nil {
+		s += "+native"
+	}
+	return s
+}
+
+func formatFloat(f float64) string {
+	if math.IsInf(f, 1) {
+		return "+Inf"
+	}
+	return strconv.FormatFloat(f, 'g', -1, 64)
+}
+
+// GroupSnapshot is one group as the /api/v1/metrics JSON API shows it.
+type GroupSnapshot struct {
+	Labels      labels.Labels
+	LastPush    time.Time
+	LastFailure time.Time // zero if no push to the group was ever rejected
+	Families    []FamilySnapshot
+}
+
+// FamilySnapshot is one metric family within a group.
+type FamilySnapshot struct {
+	Family   *dto.MetricFamily
+	LastPush time.Time // the latest push to any of the family's series
+	Modes    []string  // the distinct clear_modes of its series
+}
+
+// Groups returns every group with its series, sorted by grouping key.
+func (s *Store) Groups() []GroupSnapshot {
+	now := s.now().UnixNano()
+	var out []GroupSnapshot
+	for _, g := range s.groupList() {
+		g.mu.Lock()
+		if g.deleted || g.lastPush == 0 {
+			g.mu.Unlock()
+			continue
+		}
+		gs := GroupSnapshot{Labels: g.labels, LastPush: time.Unix(0, g.lastPush)}
+		if g.lastFailure != 0 {
+			gs.LastFailure = time.Unix(0, g.lastFailure)
+		}
+		byName := map[string]*FamilySnapshot{}
+		for _, se := range g.series {
+			sh := &s.shards[s.shardOf(se.key)]
+			sh.mu.Lock()
+			m := se.metric(now)
+			sh.mu.Unlock()
+			if m == nil {
+				continue
+			}
+			fs := byName[se.name]
+			if fs == nil {
+				fs = &FamilySnapshot{Family: &dto.MetricFamily{Name: ptr(se.name), Type: ptr(se.fam.typ)}}
+				if se.fam.help != "" {
+					fs.Family.Help = ptr(se.fam.help)
+				}
+				byName[se.name] = fs
+			}
+			fs.Family.Metric = append(fs.Family.Metric, m)
+			if t := time.Unix(0, se.lastPush); t.After(fs.LastPush) {
+				fs.LastPush = t
+			}
+			if mode := se.mode.String(); !slices.Contains(fs.Modes, mode) {
+				fs.Modes = append(fs.Modes, mode)
+			}
+		}
+		g.mu.Unlock()
+		for _, fs := range byName {
+			sortMetrics(fs.Family.Metric)
+			sort.Strings(fs.Modes)
+			gs.Families = append(gs.Families, *fs)
+		}
+		sort.Slice(gs.Families, func(i, j int) bool { return gs.Families[i].Family.GetName() < gs.Families[j].Family.GetName() })
+		out = append(out, gs)
+	}
+	sort.Slice(out, func(i, j int) bool { return labels.Compare(out[i].Labels, out[j].Labels) < 0 })
+	return out
+}

@@ -1,0 +1,252 @@
+// Command proxy is the Sluice binary: it parses flags, builds the logger,
+// registry and configuration, wires the stages together and runs them until
+// a signal or /-/quit stops it. No logic lives here.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/common/promslog"
+	promslogflag "github.com/prometheus/common/promslog/flag"
+	"github.com/prometheus/common/version"
+
+	"github.com/sluice-metrics/sluice/aggregate"
+	"github.com/sluice-metrics/sluice/configs"
+	"github.com/sluice-metrics/sluice/ingest"
+)
+
+// shutdownTimeout bounds how long in-flight requests may take on shutdown.
+const shutdownTimeout = 30 * time.Second
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "sluice:", err)
+		os.Exit(1)
+	}
+}
+
+type flags struct {
+	listenAddress   string
+	configFile      string
+	walDir          string
+	remoteWriteURLs []string
+	interval        time.Duration
+	seriesTTL       time.Duration
+	enableAdminAPI  bool
+	enableLifecycle bool
+	semantics       string
+	log             promslog.Config
+}
+
+func parseFlags(args []string) (*flags, *kingpin.Application, error) {
+	f := &flags{log: promslog.Config{}}
+	app := kingpin.New("sluice", "Sluice: a push-first metrics ingestion proxy.").UsageWriter(os.Stdout)
+	app.Version(version.Print("sluice"))
+	app.HelpFlag.Short('h')
+	app.Flag("web.listen-address", "Address to listen on for pushes, remote_write and the API.").Default(":9091").StringVar(&f.listenAddress)
+	app.Flag("config.file", "Optional YAML configuration file.").StringVar(&f.configFile)
+	app.Flag("wal.dir", "Directory of the write-ahead log (reserved; the WAL is not implemented yet).").Default("data/wal").StringVar(&f.walDir)
+	app.Flag("remote-write.url", "Remote-write URL to forward to (repeatable; forwarding is not implemented yet).").StringsVar(&f.remoteWriteURLs)
+	app.Flag("aggregation.interval", "Aggregation interval: how often series are emitted and expired.").Default("15s").DurationVar(&f.interval)
+	app.Flag("series.ttl", "Drop a series (and a group) not pushed to for this long, unless a config rule says otherwise.").Default("24h").DurationVar(&f.seriesTTL)
+	app.Flag("web.enable-admin-api", "Enable PUT /api/v1/admin/wipe.").Default("false").BoolVar(&f.enableAdminAPI)
+	app.Flag("web.enable-lifecycle", "Enable shutdown via POST /-/quit.").Default("false").BoolVar(&f.enableLifecycle)
+	app.Flag("push.semantics", "aggregate: merge pushes by clear_mode; pushgateway: behave like a Pushgateway (replace by default, PUT replaces the group).").
+		Default("aggregate").EnumVar(&f.semantics, "aggregate", "pushgateway")
+	promslogflag.AddFlags(app, &f.log)
+	if _, err := app.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	if f.interval <= 0 {
+		return nil, nil, fmt.Errorf("--aggregation.interval must be positive, got %s", f.interval)
+	}
+	if f.seriesTTL <= 0 {
+		return nil, nil, fmt.Errorf("--series.ttl must be positive, got %s", f.seriesTTL)
+	}
+	return f, app, nil
+}
+
+func run(args []string) error {
+	f, app, err := parseFlags(args)
+	if err != nil {
+		return err
+	}
+	logger := promslog.New(&f.log)
+	start := time.Now()
+
+	cfg, err := loadConfig(f.configFile)
+	if err != nil {
+		return err
+	}
+	settings := func(c *configs.Config) aggregate.Settings {
+		sem := aggregate.SemanticsAggregate
+		if f.semantics == "pushgateway" {
+			sem = aggregate.SemanticsPushgateway
+		}
+		return aggregate.Settings{Aggregation: c.Aggregation, Limits: c.Limits, SeriesTTL: f.seriesTTL, Semantics: sem}
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		versioncollector.NewCollector("sluice"),
+	)
+	reloads := newReloadMetrics(reg)
+
+	store := aggregate.New(settings(cfg), time.Now, reg, logger.With("component", "aggregate"))
+
+	var cfgMu sync.Mutex // serialises reloads
+	current := cfg
+	reload := func() error {
+		cfgMu.Lock()
+		defer cfgMu.Unlock()
+		c, err := loadConfig(f.configFile)
+		if err != nil {
+			reloads.failure()
+			logger.Error("reload config rejected; the old config stays in force", "file", f.configFile, "err", err)
+			return err
+		}
+		if c.Limits.MaxBodyBytes != current.Limits.MaxBodyBytes {
+			logger.Warn("limits.max_body_bytes changes only on restart", "running", current.Limits.MaxBodyBytes, "file", c.Limits.MaxBodyBytes)
+		}
+		current = c
+		store.SetSettings(settings(c))
+		reloads.success()
+		logger.Info("reloaded config", "file", f.configFile)
+		return nil
+	}
+	reloads.success()
+
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+
+	flagValues := map[string]string{}
+	for _, fl := range app.Model().Flags {
+		flagValues[fl.Name] = fl.String()
+	}
+	web := ingest.NewApp(ingest.Options{
+		Logger:          logger.With("component", "web"),
+		Registerer:      reg,
+		Gatherer:        reg,
+		Aggregator:      store,
+		Limits:          func() configs.LimitsConfig { return store.Settings().Limits },
+		EnableAdminAPI:  f.enableAdminAPI,
+		EnableLifecycle: f.enableLifecycle,
+		Ready:           func() string { return "" },
+		Reload:          reload,
+		Quit:            cancel,
+		Status: ingest.Status{
+			BuildInformation: map[string]string{
+				"branch": version.Branch, "buildDate": version.BuildDate, "buildUser": version.BuildUser,
+				"goVersion": version.GoVersion, "revision": version.GetRevision(), "version": version.Version,
+			},
+			Flags:     flagValues,
+			StartTime: start,
+		},
+	}, int(cfg.Limits.MaxBodyBytes))
+
+	ln, err := net.Listen("tcp", f.listenAddress)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", f.listenAddress, err)
+	}
+	logger.Info("starting sluice", "version", version.Version, "listen", ln.Addr().String(), "config", f.configFile,
+		"interval", f.interval, "series_ttl", f.seriesTTL, "semantics", f.semantics)
+	if len(f.remoteWriteURLs) == 0 {
+		logger.Info("no remote_write target configured; nothing is forwarded, results are on GET /metrics")
+	} else {
+		logger.Warn("forwarding is not implemented yet; --remote-write.url is ignored, results are on GET /metrics", "urls", len(f.remoteWriteURLs))
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		if err := web.Listener(ln); err != nil {
+			errc <- fmt.Errorf("serve http: %w", err)
+			cancel()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		_ = store.Run(ctx, f.interval)
+	}()
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				_ = reload() // logged and counted inside
+			}
+		}
+	}()
+
+	<-ctx.Done()
+	logger.Info("shutting down")
+	if err := web.ShutdownWithTimeout(shutdownTimeout); err != nil {
+		logger.Error("shut down http server", "err", err)
+	}
+	wg.Wait()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+	default:
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+func loadConfig(path string) (*configs.Config, error) {
+	if path == "" {
+		c := configs.Default()
+		if err := c.Validate(); err != nil {
+			return nil, err
+		}
+		return &c, nil
+	}
+	return configs.Load(path)
+}
+
+type reloadMetrics struct {
+	ok   prometheus.Gauge
+	when prometheus.Gauge
+}
+
+func newReloadMetrics(reg prometheus.Registerer) *reloadMetrics {
+	m := &reloadMetrics{
+		ok: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sluice_config_last_reload_successful",
+			Help: "Whether the last configuration reload attempt was successful.",
+		}),
+		when: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sluice_config_last_reload_success_timestamp_seconds",
+			Help: "Timestamp of the last successful configuration reload.",
+		}),
+	}
+	reg.MustRegister(m.ok, m.when)
+	return m
+}
+
+func (m *reloadMetrics) success() { m.ok.Set(1); m.when.SetToCurrentTime() }
+func (m *reloadMetrics) failure() { m.ok.Set(0) }

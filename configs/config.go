@@ -1,0 +1,328 @@
+// Package configs holds Sluice's YAML configuration: the schema, its
+// defaults, strict loading and validation. The file says what to aggregate
+// and where to send it; command-line flags say how to run the process.
+//
+// The package imports nothing else of Sluice, so every stage can depend on it.
+package configs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"sort"
+	"time"
+
+	"github.com/prometheus/common/model"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	Aggregation AggregationConfig `yaml:"aggregation"`
+	Limits      LimitsConfig      `yaml:"limits"`
+}
+
+// AggregationConfig chooses how pushed series are merged.
+type AggregationConfig struct {
+	// DefaultModes is the mode of series pushed without a clear_mode label.
+	DefaultModes DefaultModes `yaml:"default_modes"`
+	// Rules override the TTL and default modes for the groups they match.
+	// The first matching rule wins.
+	Rules []Rule `yaml:"rules,omitempty"`
+}
+
+// DefaultModes maps each metric type to the mode used when a series carries
+// no clear_mode label. A zero Mode means "inherit": from the global defaults
+// for a rule, from the built-in defaults for the global section.
+type DefaultModes struct {
+	Counter   Mode `yaml:"counter,omitempty"`
+	Gauge     Mode `yaml:"gauge,omitempty"`
+	Untyped   Mode `yaml:"untyped,omitempty"`
+	Histogram Mode `yaml:"histogram,omitempty"`
+	Summary   Mode `yaml:"summary,omitempty"`
+}
+
+// IsZero lets yaml omit unset modes.
+func (m Mode) IsZero() bool { return m.Kind == ModeInvalid }
+
+// inherit fills every unset mode of d from parent.
+func (d DefaultModes) inherit(parent DefaultModes) DefaultModes {
+	pick := func(a, b Mode) Mode {
+		if a.IsZero() {
+			return b
+		}
+		return a
+	}
+	return DefaultModes{
+		Counter:   pick(d.Counter, parent.Counter),
+		Gauge:     pick(d.Gauge, parent.Gauge),
+		Untyped:   pick(d.Untyped, parent.Untyped),
+		Histogram: pick(d.Histogram, parent.Histogram),
+		Summary:   pick(d.Summary, parent.Summary),
+	}
+}
+
+func (d DefaultModes) validate(where string) error {
+	for _, c := range []struct {
+		name string
+		m    Mode
+	}{{"counter", d.Counter}, {"gauge", d.Gauge}, {"untyped", d.Untyped}, {"histogram", d.Histogram}, {"summary", d.Summary}} {
+		if (c.name == "histogram" || c.name == "summary") && c.m.Windowed() {
+			return fmt.Errorf("%s.%s: windowed mode %s is only for counters, gauges and untyped metrics", where, c.name, c.m)
+		}
+	}
+	return nil
+}
+
+// Rule applies to every group whose grouping labels match all of Match.
+type Rule struct {
+	// Match maps a grouping label name to an RE2 regular expression that
+	// must match the whole value (as in relabelling). A label the group does
+	// not have matches as the empty string.
+	Match map[string]string `yaml:"match"`
+	// TTL replaces --series.ttl for the matched groups when non-zero.
+	TTL model.Duration `yaml:"ttl,omitempty"`
+	// DefaultModes replaces the global default modes it sets.
+	DefaultModes DefaultModes `yaml:"default_modes,omitempty"`
+
+	// matchers holds Match compiled, sorted by label name.
+	matchers []labelMatcher
+}
+
+type labelMatcher struct {
+	name string
+	re   *regexp.Regexp
+}
+
+// Matches reports whether a group with the given grouping labels is matched.
+// get returns a grouping label's value ("" when absent).
+func (r *Rule) Matches(get func(name string) string) bool {
+	for _, m := range r.matchers {
+		if !m.re.MatchString(get(m.name)) {
+			return false
+		}
+	}
+	return true
+}
+
+// LimitsConfig bounds what one request and the whole state may hold.
+type LimitsConfig struct {
+	// MaxBodyBytes caps a request body as received (compressed or not).
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxDecompressedBodyBytes caps a body after gzip/snappy is undone.
+	MaxDecompressedBodyBytes int64 `yaml:"max_decompressed_body_bytes"`
+	// MaxSeriesPerRequest caps the series (histograms and summaries count
+	// once) in one push.
+	MaxSeriesPerRequest int `yaml:"max_series_per_request"`
+	// MaxLabelsPerSeries caps the labels of one series, including the
+	// grouping labels and the metric name.
+	MaxLabelsPerSeries int `yaml:"max_labels_per_series"`
+	// MaxLabelNameLength and MaxLabelValueLength cap each label, in bytes.
+	MaxLabelNameLength  int `yaml:"max_label_name_length"`
+	MaxLabelValueLength int `yaml:"max_label_value_length"`
+	// MaxSeriesPerGroup caps the live series of one grouping key.
+	MaxSeriesPerGroup int `yaml:"max_series_per_group"`
+	// MaxSeries caps the live aggregated series in total.
+	MaxSeries int `yaml:"max_series"`
+}
+
+// Default returns the configuration used when no file is given. Every
+// number says why it is what it is.
+func Default() Config {
+	return Config{
+		Aggregation: AggregationConfig{
+			// SPEC 4.2: counters, untyped, histograms and summaries are
+			// summed (each push is one invocation's delta); gauges replace.
+			DefaultModes: DefaultModes{
+				Counter:   Mode{Kind: ModeSum},
+				Gauge:     Mode{Kind: ModeReplace},
+				Untyped:   Mode{Kind: ModeSum},
+				Histogram: Mode{Kind: ModeSum},
+				Summary:   Mode{Kind: ModeSum},
+			},
+		},
+		Limits: LimitsConfig{
+			// A push of a few thousand series is a few hundred KiB of text;
+			// 16 MiB leaves room for big batch jobs while bounding memory.
+			MaxBodyBytes: 16 << 20,
+			// Text compresses about 10x; 64 MiB of plain text bounds what a
+			// compressed body may expand to (gzip bombs stop here).
+			MaxDecompressedBodyBytes: 64 << 20,
+			// One function invocation pushes tens of series; 10k is a batch
+			// job's worth and keeps a single push's validation bounded.
+			MaxSeriesPerRequest: 10_000,
+			// Prometheus' own default sample_limit-style guards use 30-64;
+			// 64 is generous for a pushed series.
+			MaxLabelsPerSeries: 64,
+			// Mimir's defaults: 1 KiB names, 2 KiB values.
+			MaxLabelNameLength:  1024,
+			MaxLabelValueLength: 2048,
+			// A group is one job (plus grouping labels); 10k series in one
+			// group is already a cardinality problem worth a loud 429.
+			MaxSeriesPerGroup: 10_000,
+			// SPEC 10 sizes Sluice for 1M live series.
+			MaxSeries: 1_000_000,
+		},
+	}
+}
+
+// Load reads and validates a configuration file. Unknown fields are errors,
+// ${VAR} references are expanded from the environment, and every value not
+// given keeps its default.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config file: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("load config file %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes and validates a configuration from YAML bytes.
+func Parse(b []byte) (*Config, error) {
+	c := Default()
+	dec := yaml.NewDecoder(bytes.NewReader(ExpandEnv(b)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("parse yaml: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// ExpandEnv replaces every ${VAR} with the environment variable's value
+// (empty when unset). Only the braced form is expanded, so a regular
+// expression ending in "$" in a match rule is left alone.
+func ExpandEnv(b []byte) []byte {
+	var out []byte
+	for {
+		i := bytes.Index(b, []byte("${"))
+		if i < 0 {
+			return append(out, b...)
+		}
+		j := bytes.IndexByte(b[i:], '}')
+		if j < 0 || !validEnvName(b[i+2:i+j]) {
+			out = append(out, b[:i+2]...)
+			b = b[i+2:]
+			continue
+		}
+		out = append(out, b[:i]...)
+		out = append(out, os.Getenv(string(b[i+2:i+j]))...)
+		b = b[i+j+1:]
+	}
+}
+
+func validEnvName(n []byte) bool {
+	if len(n) == 0 {
+		return false
+	}
+	for i, c := range n {
+		switch {
+		case c == '_', c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z':
+		case c >= '0' && c <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Validate checks every section and compiles what needs compiling. It must
+// be called on a Config built in code before use.
+func (c *Config) Validate() error {
+	if err := c.Aggregation.validate(); err != nil {
+		return fmt.Errorf("aggregation: %w", err)
+	}
+	if err := c.Limits.validate(); err != nil {
+		return fmt.Errorf("limits: %w", err)
+	}
+	return nil
+}
+
+func (a *AggregationConfig) validate() error {
+	builtin := Default().Aggregation.DefaultModes
+	a.DefaultModes = a.DefaultModes.inherit(builtin)
+	if err := a.DefaultModes.validate("default_modes"); err != nil {
+		return err
+	}
+	for i := range a.Rules {
+		r := &a.Rules[i]
+		where := fmt.Sprintf("rules[%d]", i)
+		if len(r.Match) == 0 {
+			return fmt.Errorf("%s: match must name at least one grouping label", where)
+		}
+		if r.TTL < 0 {
+			return fmt.Errorf("%s: ttl must not be negative", where)
+		}
+		r.DefaultModes = r.DefaultModes.inherit(a.DefaultModes)
+		if err := r.DefaultModes.validate(where + ".default_modes"); err != nil {
+			return err
+		}
+		r.matchers = r.matchers[:0]
+		for name, expr := range r.Match {
+			if !model.LegacyValidation.IsValidLabelName(name) {
+				return fmt.Errorf("%s: invalid label name %q in match", where, name)
+			}
+			re, err := regexp.Compile("^(?:" + expr + ")$")
+			if err != nil {
+				return fmt.Errorf("%s: match %s: %w", where, name, err)
+			}
+			r.matchers = append(r.matchers, labelMatcher{name: name, re: re})
+		}
+		sort.Slice(r.matchers, func(i, j int) bool { return r.matchers[i].name < r.matchers[j].name })
+	}
+	return nil
+}
+
+func (l LimitsConfig) validate() error {
+	for _, c := range []struct {
+		name string
+		v    int64
+	}{
+		{"max_body_bytes", l.MaxBodyBytes},
+		{"max_decompressed_body_bytes", l.MaxDecompressedBodyBytes},
+		{"max_series_per_request", int64(l.MaxSeriesPerRequest)},
+		{"max_labels_per_series", int64(l.MaxLabelsPerSeries)},
+		{"max_label_name_length", int64(l.MaxLabelNameLength)},
+		{"max_label_value_length", int64(l.MaxLabelValueLength)},
+		{"max_series_per_group", int64(l.MaxSeriesPerGroup)},
+		{"max_series", int64(l.MaxSeries)},
+	} {
+		if c.v <= 0 {
+			return fmt.Errorf("%s must be positive, got %d", c.name, c.v)
+		}
+	}
+	if l.MaxDecompressedBodyBytes < l.MaxBodyBytes {
+		return fmt.Errorf("max_decompressed_body_bytes (%d) must be at least max_body_bytes (%d)", l.MaxDecompressedBodyBytes, l.MaxBodyBytes)
+	}
+	if l.MaxSeriesPerGroup > l.MaxSeries {
+		return fmt.Errorf("max_series_per_group (%d) must not exceed max_series (%d)", l.MaxSeriesPerGroup, l.MaxSeries)
+	}
+	return nil
+}
+
+// RuleFor returns the first rule matching a group, or nil.
+func (a *AggregationConfig) RuleFor(get func(name string) string) *Rule {
+	for i := range a.Rules {
+		if a.Rules[i].Matches(get) {
+			return &a.Rules[i]
+		}
+	}
+	return nil
+}
+
+// TTLFor returns the TTL of a group: the matching rule's, else def.
+func (a *AggregationConfig) TTLFor(get func(name string) string, def time.Duration) time.Duration {
+	if r := a.RuleFor(get); r != nil && r.TTL > 0 {
+		return time.Duration(r.TTL)
+	}
+	return def
+}

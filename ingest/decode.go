@@ -1,0 +1,285 @@
+package ingest
+
+import (
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"mime"
+	"slices"
+	"strings"
+
+	"github.com/golang/snappy"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// BodyLimits bounds what DecodeBody accepts.
+type BodyLimits struct {
+	// MaxDecompressedBytes caps the body after Content-Encoding is undone.
+	// Zero or a negative value means the default of 64 MiB.
+	MaxDecompressedBytes int64
+}
+
+// ErrBodyTooLarge is wrapped by DecodeBody errors when the decompressed body exceeds the limit (callers answer 413).
+var ErrBodyTooLarge = errors.New("body too large")
+
+// ErrUnsupportedEncoding is wrapped when Content-Encoding is neither empty, identity, gzip nor snappy (callers answer 415).
+var ErrUnsupportedEncoding = errors.New("unsupported content encoding")
+
+const (
+	// defaultMaxDecompressedBytes applies when BodyLimits.MaxDecompressedBytes is not positive.
+	defaultMaxDecompressedBytes = 64 << 20
+
+	protoMediaType    = "application/vnd.google.protobuf"
+	protoParamProto   = "io.prometheus.client.MetricFamily"
+	protoParamEncode  = "delimited"
+	openMetricsType   = "application/openmetrics-text"
+	openMetricsEOF    = "# EOF"
+	minDecompressBuf  = 4 << 10
+	maxInitialDecompr = 1 << 20
+)
+
+// DecodeBody undoes contentEncoding and parses body (a Pushgateway push body) into metric families.
+// Any other error means malformed input (callers answer 400 with err.Error() as the message, so messages must be clear, lower-case, and name what was wrong, e.g. "text format parsing error in line 3: expected float as value, got \"x\"" or "decompress gzip body: unexpected EOF").
+//
+// The format is chosen as follows: delimited protobuf when contentType is
+// application/vnd.google.protobuf with proto=io.prometheus.client.MetricFamily
+// and encoding=delimited; OpenMetrics when contentType is
+// application/openmetrics-text or the body's last non-empty line is "# EOF";
+// the Prometheus text format 0.0.4 otherwise. An empty body yields no
+// families and no error. Text format families are sorted by name; protobuf
+// and OpenMetrics families keep their input order.
+func DecodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits) ([]*dto.MetricFamily, error) {
+	limit := lim.MaxDecompressedBytes
+	if limit <= 0 {
+		limit = defaultMaxDecompressedBytes
+	}
+	data, err := decompress(contentEncoding, body, limit)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) == 0 {
+		return nil, nil
+	}
+	switch detectFormat(contentType, data) {
+	case formatProtoDelimited:
+		return decodeProtoDelimited(data, limit)
+	case formatOpenMetrics:
+		return decodeOpenMetrics(data)
+	default:
+		return decodeText(data)
+	}
+}
+
+// decompress undoes the Content-Encoding of body. It never produces more than
+// limit bytes: decompression stops as soon as the output would exceed it.
+func decompress(contentEncoding string, body []byte, limit int64) ([]byte, error) {
+	enc := strings.TrimSpace(contentEncoding)
+	var newReader func(io.Reader) (io.Reader, error)
+	switch strings.ToLower(enc) {
+	case "", "identity":
+		if int64(len(body)) > limit {
+			return nil, fmt.Errorf("%w: body of %d bytes exceeds %d bytes", ErrBodyTooLarge, len(body), limit)
+		}
+		return body, nil
+	case "gzip":
+		enc = "gzip"
+		newReader = func(r io.Reader) (io.Reader, error) { return gzip.NewReader(r) }
+	case "snappy":
+		enc = "snappy"
+		newReader = func(r io.Reader) (io.Reader, error) { return snappy.NewReader(r), nil }
+	default:
+		return nil, fmt.Errorf("%w %q", ErrUnsupportedEncoding, enc)
+	}
+	if len(body) == 0 {
+		// An empty body stays empty whatever it claims to be encoded with.
+		return nil, nil
+	}
+	zr, err := newReader(bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("decompress %s body: %w", enc, err)
+	}
+	out, err := readAtMost(zr, limit, len(body))
+	if err != nil {
+		if errors.Is(err, ErrBodyTooLarge) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("decompress %s body: %w", enc, err)
+	}
+	return out, nil
+}
+
+// readAtMost reads r to the end into a buffer that never grows beyond
+// limit+1 bytes. It fails with ErrBodyTooLarge once more than limit bytes
+// came out of r, without reading further.
+func readAtMost(r io.Reader, limit int64, compressedLen int) ([]byte, error) {
+	if limit > math.MaxInt-1 {
+		limit = math.MaxInt - 1
+	}
+	hardCap := int(limit) + 1
+	// Start from a guess of a few times the compressed size, bounded so that a
+	// small bomb cannot reserve much before it has produced anything.
+	initial := min(max(compressedLen*4, minDecompressBuf), maxInitialDecompr, hardCap)
+	buf := make([]byte, 0, initial)
+	lr := io.LimitReader(r, int64(hardCap))
+	for {
+		if len(buf) == cap(buf) {
+			if len(buf) >= hardCap {
+				break
+			}
+			buf = slices.Grow(buf, min(max(cap(buf), minDecompressBuf), hardCap-len(buf)))
+		}
+		n, err := lr.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if len(buf) > int(limit) {
+		return nil, fmt.Errorf("%w: decompressed body exceeds %d bytes", ErrBodyTooLarge, limit)
+	}
+	return buf, nil
+}
+
+type bodyFormat int
+
+const (
+	formatText bodyFormat = iota
+	formatProtoDelimited
+	formatOpenMetrics
+)
+
+// detectFormat picks the parser for a non-empty, decompressed body.
+func detectFormat(contentType string, body []byte) bodyFormat {
+	if mediaType, params, err := mime.ParseMediaType(contentType); err == nil {
+		switch mediaType {
+		case protoMediaType:
+			if params["proto"] == protoParamProto && params["encoding"] == protoParamEncode {
+				return formatProtoDelimited
+			}
+		case openMetricsType:
+			return formatOpenMetrics
+		}
+	}
+	if endsWithEOFLine(body) {
+		return formatOpenMetrics
+	}
+	return formatText
+}
+
+// endsWithEOFLine reports whether the last non-empty line of body is exactly "# EOF".
+func endsWithEOFLine(body []byte) bool {
+	trimmed := bytes.TrimRight(body, "\n")
+	last := trimmed[bytes.LastIndexByte(trimmed, '\n')+1:]
+	return string(last) == openMetricsEOF
+}
+
+// decodeText parses the Prometheus text format 0.0.4 and returns the
+// families sorted by name.
+func decodeText(body []byte) ([]*dto.MetricFamily, error) {
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	byName, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	if len(byName) == 0 {
+		return nil, nil
+	}
+	out := make([]*dto.MetricFamily, 0, len(byName))
+	for _, mf := range byName {
+		out = append(out, mf)
+	}
+	slices.SortFunc(out, func(a, b *dto.MetricFamily) int { return strings.Compare(a.GetName(), b.GetName()) })
+	return out, nil
+}
+
+// decodeProtoDelimited parses a stream of varint-length-delimited
+// MetricFamily messages. A family name that repeats replaces the earlier
+// family in the earlier family's position.
+func decodeProtoDelimited(body []byte, limit int64) ([]*dto.MetricFamily, error) {
+	r := bytes.NewReader(body)
+	var out []*dto.MetricFamily
+	index := map[string]int{}
+	for n := 1; r.Len() > 0; n++ {
+		remaining := r.Len()
+		// Never let a length prefix make protodelim allocate more than is
+		// actually left in the body.
+		opts := protodelim.UnmarshalOptions{MaxSize: min(limit, int64(remaining))}
+		mf := &dto.MetricFamily{}
+		if err := opts.UnmarshalFrom(r, mf); err != nil {
+			if tooLarge, ok := errors.AsType[*protodelim.SizeTooLargeError](err); ok {
+				left := remaining - protowire.SizeVarint(tooLarge.Size)
+				return nil, fmt.Errorf("decode protobuf metric family %d: length prefix of %d bytes but only %d bytes left: %w", n, tooLarge.Size, max(left, 0), io.ErrUnexpectedEOF)
+			}
+			return nil, fmt.Errorf("decode protobuf metric family %d: %w", n, err)
+		}
+		if err := validateProtoFamily(mf); err != nil {
+			return nil, fmt.Errorf("decode protobuf metric family %d: %w", n, err)
+		}
+		if i, ok := index[mf.GetName()]; ok {
+			out[i] = mf
+			continue
+		}
+		index[mf.GetName()] = len(out)
+		out = append(out, mf)
+	}
+	return out, nil
+}
+
+// validateProtoFamily rejects families that the rest of the service cannot
+// make sense of: no name, no (known) type, or metrics whose value does not
+// match the family type.
+func validateProtoFamily(mf *dto.MetricFamily) error {
+	if mf.GetName() == "" {
+		return errors.New("metric family has no name")
+	}
+	if mf.Type == nil {
+		return fmt.Errorf("metric family %q has no type", mf.GetName())
+	}
+	if _, known := dto.MetricType_name[int32(mf.GetType())]; !known {
+		return fmt.Errorf("metric family %q has unknown type %d", mf.GetName(), int32(mf.GetType()))
+	}
+	for i, m := range mf.GetMetric() {
+		var ok bool
+		switch mf.GetType() {
+		case dto.MetricType_COUNTER:
+			ok = m.GetCounter() != nil
+		case dto.MetricType_GAUGE:
+			ok = m.GetGauge() != nil
+		case dto.MetricType_SUMMARY:
+			ok = m.GetSummary() != nil
+		case dto.MetricType_UNTYPED:
+			ok = m.GetUntyped() != nil
+		default: // HISTOGRAM, GAUGE_HISTOGRAM
+			ok = m.GetHistogram() != nil
+		}
+		if !ok {
+			return fmt.Errorf("metric %d of %s metric family %q has no %s value", i+1, mf.GetType(), mf.GetName(), valueFieldName(mf.GetType()))
+		}
+	}
+	return nil
+}
+
+func valueFieldName(t dto.MetricType) string {
+	switch t {
+	case dto.MetricType_COUNTER:
+		return "counter"
+	case dto.MetricType_GAUGE:
+		return "gauge"
+	case dto.MetricType_SUMMARY:
+		return "summary"
+	case dto.MetricType_UNTYPED:
+		return "untyped"
+	default:
+		return "histogram"
+	}
+}

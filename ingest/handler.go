@@ -1,0 +1,274 @@
+// Package ingest is Sluice's HTTP front: the Pushgateway-compatible push
+// API, the scrape view on GET /metrics, the Pushgateway JSON API and the
+// health and lifecycle endpoints. It decodes and validates requests and
+// hands pushes to an Aggregator.
+package ingest
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/adaptor"
+	"github.com/gofiber/fiber/v2/middleware/recover"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/sluice-metrics/sluice/aggregate"
+	"github.com/sluice-metrics/sluice/configs"
+)
+
+// Aggregator is what ingest hands pushes to. Implementations are safe for
+// concurrent use; Apply is atomic (a rejected push changes nothing) and
+// returns *aggregate.Error for rejections.
+type Aggregator interface {
+	Apply(p *aggregate.Push) error
+	Delete(group labels.Labels)
+	Wipe()
+	Groups() []aggregate.GroupSnapshot
+	prometheus.Gatherer
+}
+
+// Options configures the HTTP front. Every dependency is passed in.
+type Options struct {
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// Gatherer yields Sluice's own metrics for GET /metrics.
+	Gatherer   prometheus.Gatherer
+	Aggregator Aggregator
+	// Limits returns the limits in force (they change on reload).
+	Limits func() configs.LimitsConfig
+
+	EnableAdminAPI  bool
+	EnableLifecycle bool
+	// Ready reports whether Sluice is ready; a non-empty reason means not.
+	Ready func() (reason string)
+	// Reload reloads the configuration file.
+	Reload func() error
+	// Quit asks the process to shut down gracefully.
+	Quit func()
+	// Status is what /api/v1/status shows.
+	Status Status
+}
+
+// Status is the data of /api/v1/status, in the Pushgateway's shape.
+type Status struct {
+	BuildInformation map[string]string
+	Flags            map[string]string
+	StartTime        time.Time
+}
+
+type server struct {
+	opts    Options
+	metrics *ingestMetrics
+	scrape  fiber.Handler
+}
+
+// NewApp builds the fiber application serving every endpoint. bodyLimit
+// caps request bodies as received (fiber answers 413 above it).
+func NewApp(opts Options, bodyLimit int) *fiber.App {
+	s := &server{opts: opts, metrics: newIngestMetrics(opts.Registerer)}
+	s.scrape = adaptor.HTTPHandler(promhttp.HandlerFor(
+		prometheus.Gatherers{opts.Gatherer, opts.Aggregator},
+		promhttp.HandlerOpts{
+			ErrorHandling:     promhttp.ContinueOnError,
+			ErrorLog:          slogPrinter{opts.Logger},
+			EnableOpenMetrics: true,
+		},
+	))
+	app := fiber.New(fiber.Config{
+		AppName:               "sluice",
+		DisableStartupMessage: true,
+		BodyLimit:             bodyLimit,
+		CaseSensitive:         true,
+		StrictRouting:         true,
+		ErrorHandler:          errorHandler,
+	})
+	// A panic is a bug, never an answer to input; recover turns it into a
+	// 500 and a logged stack instead of a dead process.
+	app.Use(recover.New(recover.Config{EnableStackTrace: true, StackTraceHandler: func(c *fiber.Ctx, e any) {
+		opts.Logger.Error("panic serving request", "path", c.Path(), "panic", e, "stack", string(debug.Stack()))
+	}}))
+	app.Get("/metrics", s.scrape)
+	app.Put("/metrics", s.push)
+	app.Post("/metrics", s.push)
+	app.Put("/metrics/*", s.push)
+	app.Post("/metrics/*", s.push)
+	app.Delete("/metrics/*", s.deleteGroup)
+	app.All("/metrics/*", methodNotAllowed)
+
+	app.Get("/-/healthy", func(c *fiber.Ctx) error { return c.SendString("OK") })
+	app.Head("/-/healthy", func(c *fiber.Ctx) error { return c.SendStatus(http.StatusOK) })
+	app.Get("/-/ready", s.ready)
+	app.Head("/-/ready", s.ready)
+	app.Post("/-/reload", s.reload)
+	app.Put("/-/reload", s.reload)
+	app.Post("/-/quit", s.quit)
+	app.Put("/-/quit", s.quit)
+	app.All("/-/quit", func(c *fiber.Ctx) error {
+		return c.Status(http.StatusMethodNotAllowed).SendString("Only POST or PUT requests allowed.")
+	})
+
+	app.Options("/api/v1/*", cors)
+	app.Get("/api/v1/status", s.status)
+	app.Get("/api/v1/metrics", s.apiMetrics)
+	if opts.EnableAdminAPI {
+		app.Put("/api/v1/admin/wipe", s.wipe)
+		app.All("/api/v1/admin/wipe", methodNotAllowed)
+	}
+	return app
+}
+
+// errorHandler answers fiber's own errors (404, 405, 413) in plain text.
+func errorHandler(c *fiber.Ctx, err error) error {
+	code := http.StatusInternalServerError
+	var fe *fiber.Error
+	if errors.As(err, &fe) {
+		code = fe.Code
+	}
+	msg := err.Error()
+	if code == http.StatusRequestEntityTooLarge {
+		msg = "request body too large (limits.max_body_bytes)"
+	}
+	c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
+	return c.Status(code).SendString(msg)
+}
+
+func methodNotAllowed(c *fiber.Ctx) error {
+	return c.Status(http.StatusMethodNotAllowed).SendString("Method Not Allowed")
+}
+
+func cors(c *fiber.Ctx) error {
+	c.Set("Access-Control-Allow-Origin", "*")
+	c.Set("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+	c.Set("Access-Control-Allow-Headers", "Accept, Authorization, Content-Type, Origin")
+	c.Set("Cache-Control", "no-cache, no-store, must-revalidate")
+	return c.SendStatus(http.StatusOK)
+}
+
+// groupFromPath parses the grouping key of a /metrics/... request.
+func groupFromPath(c *fiber.Ctx) (labels.Labels, error) {
+	raw := string(c.Request().URI().PathOriginal())
+	if i := indexByte(raw, '?'); i >= 0 {
+		raw = raw[:i]
+	}
+	return ParseGroupingKey(raw[len("/metrics"):])
+}
+
+func indexByte(s string, b byte) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == b {
+			return i
+		}
+	}
+	return -1
+}
+
+func (s *server) push(c *fiber.Ctx) error {
+	start := time.Now()
+	method := strings.Clone(c.Method()) // fiber reuses the request memory
+	code, msg, reason := s.doPush(c)
+	s.metrics.requests.WithLabelValues(method, strconv.Itoa(code)).Inc()
+	s.metrics.duration.WithLabelValues(method).Observe(time.Since(start).Seconds())
+	if reason != "" {
+		s.metrics.rejected.WithLabelValues(reason).Inc()
+		s.opts.Logger.Debug("push rejected", "path", c.Path(), "code", code, "reason", reason, "err", msg)
+	}
+	if msg != "" {
+		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
+		return c.Status(code).SendString(msg + "\n")
+	}
+	return c.SendStatus(code)
+}
+
+// doPush returns the status code, the error message (empty on success) and
+// the rejection reason for the metrics.
+func (s *server) doPush(c *fiber.Ctx) (int, string, string) {
+	group, err := groupFromPath(c)
+	if err != nil {
+		return http.StatusBadRequest, err.Error(), "invalid_path"
+	}
+	lim := s.opts.Limits()
+	// Request().Body() is the raw body: fiber's c.Body() would undo
+	// Content-Encoding itself, without our limits.
+	body := c.Request().Body()
+	fams, err := DecodeBody(c.Get(fiber.HeaderContentType), c.Get(fiber.HeaderContentEncoding), body,
+		BodyLimits{MaxDecompressedBytes: lim.MaxDecompressedBodyBytes})
+	switch {
+	case errors.Is(err, ErrBodyTooLarge):
+		return http.StatusRequestEntityTooLarge, err.Error() + " (limits.max_decompressed_body_bytes)", "body_too_large"
+	case errors.Is(err, ErrUnsupportedEncoding):
+		return http.StatusUnsupportedMediaType, err.Error(), "unsupported_encoding"
+	case err != nil:
+		return http.StatusBadRequest, err.Error(), "decode_error"
+	}
+	m := aggregate.MethodPost
+	if c.Method() == fiber.MethodPut {
+		m = aggregate.MethodPut
+	}
+	if err := s.opts.Aggregator.Apply(&aggregate.Push{Group: group, Method: m, Families: fams}); err != nil {
+		ae, ok := aggregate.AsError(err)
+		if !ok {
+			s.opts.Logger.Error("apply push", "err", err)
+			return http.StatusInternalServerError, "internal error: " + err.Error(), "internal"
+		}
+		switch ae.Kind {
+		case aggregate.KindLimit:
+			return http.StatusTooManyRequests, ae.Msg, ae.Reason
+		case aggregate.KindTooLarge:
+			return http.StatusRequestEntityTooLarge, ae.Msg, ae.Reason
+		}
+		return http.StatusBadRequest, ae.Msg, ae.Reason
+	}
+	return http.StatusOK, "", ""
+}
+
+func (s *server) deleteGroup(c *fiber.Ctx) error {
+	group, err := groupFromPath(c)
+	if err != nil {
+		s.metrics.requests.WithLabelValues(fiber.MethodDelete, "400").Inc()
+		s.metrics.rejected.WithLabelValues("invalid_path").Inc()
+		return c.Status(http.StatusBadRequest).SendString(err.Error() + "\n")
+	}
+	s.opts.Aggregator.Delete(group)
+	s.metrics.requests.WithLabelValues(fiber.MethodDelete, "202").Inc()
+	return c.SendStatus(http.StatusAccepted)
+}
+
+func (s *server) ready(c *fiber.Ctx) error {
+	if reason := s.opts.Ready(); reason != "" {
+		return c.Status(http.StatusServiceUnavailable).SendString(reason)
+	}
+	return c.SendString("OK")
+}
+
+func (s *server) reload(c *fiber.Ctx) error {
+	if err := s.opts.Reload(); err != nil {
+		return c.Status(http.StatusInternalServerError).SendString("failed to reload config: " + err.Error())
+	}
+	return c.SendString("OK")
+}
+
+func (s *server) quit(c *fiber.Ctx) error {
+	if !s.opts.EnableLifecycle {
+		return c.Status(http.StatusForbidden).SendString("Lifecycle API is not enabled.")
+	}
+	s.opts.Quit()
+	return c.SendString("Requesting termination... Goodbye!")
+}
+
+func (s *server) wipe(c *fiber.Ctx) error {
+	s.opts.Aggregator.Wipe()
+	return c.SendStatus(http.StatusAccepted)
+}
+
+// slogPrinter adapts a slog.Logger to promhttp's Println-style logger.
+type slogPrinter struct{ l *slog.Logger }
+
+func (p slogPrinter) Println(v ...any) { p.l.Error("serve metrics", "err", v) }

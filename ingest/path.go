@@ -1,0 +1,100 @@
+package ingest
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net/url"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/labels"
+)
+
+// base64Suffix marks a path label whose value is base64url-encoded.
+const base64Suffix = "@base64"
+
+// ParseGroupingKey parses the part of a push path after "/metrics" (still
+// percent-encoded, e.g. "/job/f/env/prod") into the grouping key.
+//
+// As on the Pushgateway, percent-decoding happens before the path is split,
+// so "%2F" separates segments and a "/" inside a value needs @base64; "+"
+// stays a literal plus. A path starting with job or job@base64 is a
+// Pushgateway push and needs a non-empty job; any other path is a
+// Gravel-style push whose pairs are the whole key.
+func ParseGroupingKey(rawPath string) (labels.Labels, error) {
+	p, err := url.PathUnescape(rawPath)
+	if err != nil {
+		return labels.EmptyLabels(), fmt.Errorf("invalid percent-encoding in path %q", rawPath)
+	}
+	p = strings.TrimPrefix(p, "/")
+	if p == "" {
+		return labels.EmptyLabels(), nil
+	}
+	segs := strings.Split(p, "/")
+	if len(segs)%2 == 1 && segs[len(segs)-1] == "" {
+		segs = segs[:len(segs)-1] // a trailing slash after complete pairs
+	}
+	pairs := make(map[string]string, len(segs)/2+1)
+	rest := segs
+	job, hasJob := "", false
+	if segs[0] == "job" || segs[0] == "job"+base64Suffix {
+		hasJob = true
+		if len(segs) < 2 || segs[1] == "" {
+			return labels.EmptyLabels(), fmt.Errorf("job name is required")
+		}
+		job = segs[1]
+		if segs[0] != "job" {
+			v, err := decodeBase64(job)
+			if err != nil {
+				return labels.EmptyLabels(), fmt.Errorf("invalid base64 encoding in job name %q: %w", job, err)
+			}
+			if v == "" {
+				return labels.EmptyLabels(), fmt.Errorf("job name is required")
+			}
+			job = v
+		}
+		if !utf8.ValidString(job) {
+			return labels.EmptyLabels(), fmt.Errorf("job name is not valid UTF-8")
+		}
+		rest = segs[2:]
+	}
+	if len(rest)%2 != 0 {
+		return labels.EmptyLabels(), fmt.Errorf("odd number of components in label string %q", "/"+strings.Join(rest, "/"))
+	}
+	for i := 0; i < len(rest); i += 2 {
+		name, value := rest[i], rest[i+1]
+		if n, ok := strings.CutSuffix(name, base64Suffix); ok {
+			v, err := decodeBase64(value)
+			if err != nil {
+				return labels.EmptyLabels(), fmt.Errorf("invalid base64 encoding in value of label %q: %w", n, err)
+			}
+			name, value = n, v
+		}
+		if !model.LegacyValidation.IsValidLabelName(name) || strings.HasPrefix(name, "__") {
+			return labels.EmptyLabels(), fmt.Errorf("improper label name %q", name)
+		}
+		if !utf8.ValidString(value) {
+			return labels.EmptyLabels(), fmt.Errorf("value of label %q is not valid UTF-8", name)
+		}
+		pairs[name] = value // the last of a repeated name wins, as on the Pushgateway
+	}
+	if hasJob {
+		pairs["job"] = job // the path job overrides a job pair
+	}
+	var b labels.ScratchBuilder
+	for n, v := range pairs {
+		b.Add(n, v)
+	}
+	b.Sort()
+	return b.Labels(), nil
+}
+
+// decodeBase64 decodes base64url with optional padding; "=" is the empty string.
+func decodeBase64(s string) (string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(s, "="))
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}

@@ -1,0 +1,27 @@
+package tmpdeps
+
+import (
+	_ "github.com/DataDog/sketches-go/ddsketch"
+	_ "github.com/alecthomas/kingpin/v2"
+	_ "github.com/gofiber/fiber/v2"
+	_ "github.com/gofiber/fiber/v2/middleware/adaptor"
+	_ "github.com/golang/snappy"
+	_ "github.com/prometheus/client_golang/prometheus"
+	_ "github.com/prometheus/client_golang/prometheus/collectors"
+	_ "github.com/prometheus/client_golang/prometheus/promhttp"
+	_ "github.com/prometheus/client_golang/prometheus/push"
+	_ "github.com/prometheus/client_golang/prometheus/testutil"
+	_ "github.com/prometheus/client_model/go"
+	_ "github.com/prometheus/common/expfmt"
+	_ "github.com/prometheus/common/model"
+	_ "github.com/prometheus/common/promslog"
+	_ "github.com/prometheus/common/promslog/flag"
+	_ "github.com/prometheus/common/version"
+	_ "github.com/prometheus/prometheus/model/histogram"
+	_ "github.com/prometheus/prometheus/model/labels"
+	_ "github.com/prometheus/prometheus/model/textparse"
+	_ "github.com/prometheus/prometheus/prompb"
+	_ "go.uber.org/goleak"
+	_ "google.golang.org/protobuf/encoding/protodelim"
+	_ "gopkg.in/yaml.v3"
+)
