@@ -155,11 +155,12 @@ func groupKey(ls labels.Labels) string { return string(ls.Bytes(nil)) }
 // Errors are *Error values naming the problem.
 func (s *Store) Apply(p *Push) error {
 	set := s.settings.Load()
+	now := s.now().UnixNano()
 	pr, err := s.prepare(p, set)
 	if err != nil {
+		s.recordFailure(p.Group, now)
 		return err
 	}
-	now := s.now().UnixNano()
 	g := s.lockGroup(pr)
 	defer g.mu.Unlock()
 	if err := s.applyLocked(g, pr, set, now); err != nil {
@@ -177,6 +178,23 @@ func (s *Store) Apply(p *Push) error {
 	s.metrics.timestampsIgnored.Add(float64(pr.timestamps))
 	s.metrics.quantilesDropped.Add(float64(pr.droppedQuants))
 	return nil
+}
+
+// recordFailure sets push_failure_time_seconds of an existing group, as the
+// Pushgateway does for pushes it rejects. A group that does not exist is
+// not created: a rejected push changes no series and no group set.
+func (s *Store) recordFailure(groupLabels labels.Labels, now int64) {
+	s.groupsMu.Lock()
+	g := s.groups[groupKey(groupLabels)]
+	s.groupsMu.Unlock()
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	if !g.deleted && g.lastPush != 0 {
+		g.lastFailure = now
+	}
+	g.mu.Unlock()
 }
 
 // lockGroup returns the push's group, created if needed, with its mutex held.
