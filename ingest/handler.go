@@ -121,6 +121,10 @@ func NewApp(opts Options, bodyLimit int) *fiber.App {
 	if opts.EnableAdminAPI {
 		app.Put("/api/v1/admin/wipe", s.wipe)
 		app.All("/api/v1/admin/wipe", methodNotAllowed)
+	} else {
+		app.All("/api/v1/admin/wipe", func(c *fiber.Ctx) error {
+			return c.Status(http.StatusNotFound).SendString("Not Found: the admin API is off (--web.enable-admin-api)")
+		})
 	}
 	return app
 }

@@ -1,0 +1,341 @@
+package ingest
+
+import (
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/golang/snappy"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/sluice-metrics/sluice/aggregate"
+	"github.com/sluice-metrics/sluice/configs"
+)
+
+type testEnv struct {
+	app     *fiber.App
+	quit    int
+	reloads int
+	ready   string
+}
+
+func newTestEnv(t *testing.T, admin, lifecycle bool, mutate func(*configs.Config)) *testEnv {
+	t.Helper()
+	cfg := configs.Default()
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	store := aggregate.New(aggregate.Settings{Aggregation: cfg.Aggregation, Limits: cfg.Limits, SeriesTTL: time.Hour},
+		time.Now, reg, slog.New(slog.DiscardHandler))
+	env := &testEnv{}
+	env.app = NewApp(Options{
+		Logger:          slog.New(slog.DiscardHandler),
+		Registerer:      reg,
+		Gatherer:        reg,
+		Aggregator:      store,
+		Limits:          func() configs.LimitsConfig { return cfg.Limits },
+		EnableAdminAPI:  admin,
+		EnableLifecycle: lifecycle,
+		Ready:           func() string { return env.ready },
+		Reload:          func() error { env.reloads++; return nil },
+		Quit:            func() { env.quit++ },
+		Status:          Status{Flags: map[string]string{"web.listen-address": ":9091"}, StartTime: time.Unix(0, 0)},
+	}, int(cfg.Limits.MaxBodyBytes))
+	return env
+}
+
+type resp struct {
+	code   int
+	body   string
+	header http.Header
+}
+
+func (e *testEnv) do(t *testing.T, method, path string, body []byte, headers ...string) resp {
+	t.Helper()
+	req := httptest.NewRequest(method, path, bytes.NewReader(body))
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	r, err := e.app.Test(req, -1)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	b, _ := io.ReadAll(r.Body)
+	return resp{code: r.StatusCode, body: string(b), header: r.Header}
+}
+
+// scrape returns GET /metrics without Sluice's own and Go runtime metrics.
+func (e *testEnv) scrape(t *testing.T) string {
+	t.Helper()
+	r := e.do(t, "GET", "/metrics", nil)
+	if r.code != 200 {
+		t.Fatalf("GET /metrics: %d %s", r.code, r.body)
+	}
+	var out []string
+	for _, l := range strings.Split(r.body, "\n") {
+		if strings.Contains(l, "sluice_") || strings.Contains(l, "push_time_seconds") || strings.Contains(l, "push_failure_time_seconds") || l == "" {
+			continue
+		}
+		out = append(out, l)
+	}
+	return strings.Join(out, "\n")
+}
+
+func gz(t *testing.T, s string) []byte {
+	var b bytes.Buffer
+	w := gzip.NewWriter(&b)
+	_, _ = w.Write([]byte(s))
+	_ = w.Close()
+	return b.Bytes()
+}
+
+func snappyStream(s string) []byte {
+	var b bytes.Buffer
+	w := snappy.NewBufferedWriter(&b)
+	_, _ = w.Write([]byte(s))
+	_ = w.Close()
+	return b.Bytes()
+}
+
+func protoBody(t *testing.T, fams ...*dto.MetricFamily) []byte {
+	var b bytes.Buffer
+	enc := expfmt.NewEncoder(&b, expfmt.NewFormat(expfmt.TypeProtoDelim))
+	for _, f := range fams {
+		if err := enc.Encode(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b.Bytes()
+}
+
+const protoCT = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+
+func TestPushEndpoints(t *testing.T) {
+	counter := func(v float64) *dto.MetricFamily {
+		return &dto.MetricFamily{Name: ptrS("req_total"), Type: dto.MetricType_COUNTER.Enum(),
+			Metric: []*dto.Metric{{Label: []*dto.LabelPair{{Name: ptrS("fn"), Value: ptrS("a")}}, Counter: &dto.Counter{Value: &v}}}}
+	}
+	cases := []struct {
+		name     string
+		method   string
+		path     string
+		body     []byte
+		headers  []string
+		wantCode int
+		wantBody string // substring of the response body
+		wantSeen string // substring of the scrape afterwards
+	}{
+		{name: "post_text", method: "POST", path: "/metrics/job/f", body: []byte("# TYPE req_total counter\nreq_total{fn=\"a\"} 1\n"),
+			wantCode: 200, wantSeen: `req_total{fn="a",instance="",job="f"} 1`},
+		{name: "put_text", method: "PUT", path: "/metrics/job/f/env/prod", body: []byte("temp 3\n"),
+			wantCode: 200, wantSeen: `temp{env="prod",instance="",job="f"} 3`},
+		{name: "protobuf", method: "PUT", path: "/metrics/job/f", body: protoBody(t, counter(2)), headers: []string{"Content-Type", protoCT},
+			wantCode: 200, wantSeen: `req_total{fn="a",instance="",job="f"} 2`},
+		{name: "protobuf_params_other_order", method: "POST", path: "/metrics/job/f", body: protoBody(t, counter(2)),
+			headers:  []string{"Content-Type", "application/vnd.google.protobuf; encoding=delimited; proto=io.prometheus.client.MetricFamily"},
+			wantCode: 200, wantSeen: `req_total{fn="a",instance="",job="f"} 2`},
+		{name: "openmetrics_counter_keeps_type", method: "POST", path: "/metrics/job/f",
+			body: []byte("# TYPE e counter\ne_total 1\n# EOF\n"), headers: []string{"Content-Type", "application/openmetrics-text; version=1.0.0"},
+			wantCode: 200, wantSeen: "# TYPE e_total counter\ne_total{instance=\"\",job=\"f\"} 1"},
+		{name: "gzip", method: "POST", path: "/metrics/job/f", body: gz(t, "g 4\n"), headers: []string{"Content-Encoding", "gzip"},
+			wantCode: 200, wantSeen: `g{instance="",job="f"} 4`},
+		{name: "snappy", method: "POST", path: "/metrics/job/f", body: snappyStream("g 5\n"), headers: []string{"Content-Encoding", "SNAPPY"},
+			wantCode: 200, wantSeen: `g{instance="",job="f"} 5`},
+		{name: "gravel_no_job", method: "POST", path: "/metrics/env/dev", body: []byte("g 6\n"),
+			wantCode: 200, wantSeen: `g{env="dev",instance=""} 6`},
+		{name: "gravel_bare", method: "POST", path: "/metrics", body: []byte("g 7\n"),
+			wantCode: 200, wantSeen: `g{instance=""} 7`},
+		{name: "base64_job", method: "POST", path: "/metrics/job@base64/L3Zhci90bXA/e@base64/=", body: []byte("g 8\n"),
+			wantCode: 200, wantSeen: `g{e="",instance="",job="/var/tmp"} 8`},
+		{name: "bad_gzip", method: "POST", path: "/metrics/job/f", body: []byte("g 1\n"), headers: []string{"Content-Encoding", "gzip"},
+			wantCode: 400, wantBody: "gzip"},
+		{name: "unknown_encoding", method: "POST", path: "/metrics/job/f", body: []byte("g 1\n"), headers: []string{"Content-Encoding", "br"},
+			wantCode: 415, wantBody: "br"},
+		{name: "text_parse_error", method: "POST", path: "/metrics/job/f", body: []byte("g 1\r\n"),
+			wantCode: 400, wantBody: "text format parsing error in line 1"},
+		{name: "odd_path", method: "POST", path: "/metrics/job/f/a", body: []byte("g 1\n"),
+			wantCode: 400, wantBody: `odd number of components in label string "/a"`},
+		{name: "empty_job", method: "PUT", path: "/metrics/job/", body: []byte("g 1\n"),
+			wantCode: 400, wantBody: "job name is required"},
+		{name: "bad_label", method: "PUT", path: "/metrics/job/f/a-b/c", body: []byte("g 1\n"),
+			wantCode: 400, wantBody: `improper label name "a-b"`},
+		{name: "unknown_mode", method: "PUT", path: "/metrics/job/f", body: []byte("g{clear_mode=\"avg\"} 1\n"),
+			wantCode: 400, wantBody: `unknown clear_mode "avg"`},
+		{name: "get_push_path", method: "GET", path: "/metrics/job/x", wantCode: 405},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newTestEnv(t, false, false, nil)
+			r := env.do(t, tc.method, tc.path, tc.body, tc.headers...)
+			if r.code != tc.wantCode || !strings.Contains(r.body, tc.wantBody) {
+				t.Fatalf("%s %s = %d %q, want %d containing %q", tc.method, tc.path, r.code, r.body, tc.wantCode, tc.wantBody)
+			}
+			got := env.scrape(t)
+			if tc.wantSeen != "" && !strings.Contains(got, tc.wantSeen) {
+				t.Fatalf("scrape does not contain %q:\n%s", tc.wantSeen, got)
+			}
+			if tc.wantCode >= 400 && got != "" && !strings.HasPrefix(got, "# HELP go_") {
+				for _, l := range strings.Split(got, "\n") {
+					if !strings.HasPrefix(l, "go_") && !strings.HasPrefix(l, "# ") && !strings.HasPrefix(l, "process_") {
+						t.Fatalf("a rejected push left state behind: %q", l)
+					}
+				}
+			}
+		})
+	}
+}
+
+func ptrS(s string) *string { return &s }
+
+func TestDeleteAnswers202AndRemovesGroup(t *testing.T) {
+	env := newTestEnv(t, false, false, nil)
+	env.do(t, "POST", "/metrics/job/a", []byte("x 1\n"))
+	env.do(t, "POST", "/metrics/job/b", []byte("x 2\n"))
+	if r := env.do(t, "DELETE", "/metrics/job/a", nil); r.code != 202 {
+		t.Fatalf("DELETE = %d, want 202", r.code)
+	}
+	if r := env.do(t, "DELETE", "/metrics/job/never", nil); r.code != 202 {
+		t.Fatalf("DELETE of an unknown group = %d, want 202", r.code)
+	}
+	got := env.scrape(t)
+	if strings.Contains(got, `job="a"`) || !strings.Contains(got, `x{instance="",job="b"} 2`) {
+		t.Fatalf("after DELETE job=a:\n%s", got)
+	}
+}
+
+func TestPushTimeSeries(t *testing.T) {
+	env := newTestEnv(t, false, false, nil)
+	env.do(t, "PUT", "/metrics/job/f", nil)
+	r := env.do(t, "GET", "/metrics", nil)
+	if !strings.Contains(r.body, `push_failure_time_seconds{instance="",job="f"} 0`) || !strings.Contains(r.body, `push_time_seconds{instance="",job="f"} 1.`) {
+		t.Fatalf("an empty PUT must leave the group with its two timestamps:\n%s", r.body)
+	}
+}
+
+func TestScrapeContentNegotiation(t *testing.T) {
+	env := newTestEnv(t, false, false, nil)
+	env.do(t, "POST", "/metrics/job/f", []byte("# TYPE req_total counter\nreq_total 1\n"))
+	cases := []struct{ name, accept, wantCT string }{
+		{"text", "", "text/plain; version=0.0.4"},
+		{"protobuf", "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited", "application/vnd.google.protobuf"},
+		{"openmetrics", "application/openmetrics-text;version=1.0.0", "application/openmetrics-text; version=1.0.0"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := env.do(t, "GET", "/metrics", nil, "Accept", tc.accept)
+			if r.code != 200 || !strings.HasPrefix(r.header.Get("Content-Type"), tc.wantCT) {
+				t.Fatalf("Accept %q: %d, Content-Type %q; want %q", tc.accept, r.code, r.header.Get("Content-Type"), tc.wantCT)
+			}
+			if tc.name == "openmetrics" && (!strings.Contains(r.body, "req_total{instance=\"\",job=\"f\"} 1") || !strings.HasSuffix(r.body, "# EOF\n")) {
+				t.Fatalf("OpenMetrics body:\n%s", r.body)
+			}
+		})
+	}
+}
+
+func TestLimitsOverHTTP(t *testing.T) {
+	env := newTestEnv(t, false, false, func(c *configs.Config) {
+		c.Limits.MaxBodyBytes = 1024
+		c.Limits.MaxDecompressedBodyBytes = 4096
+		c.Limits.MaxSeriesPerGroup = 1
+		c.Limits.MaxSeries = 1
+	})
+	// max_body_bytes is enforced by fasthttp before the handler; app.Test
+	// cannot show it, the integration test against the binary does.
+	bomb := gz(t, strings.Repeat("# comment comment comment\n", 1000))
+	if r := env.do(t, "POST", "/metrics/job/f", bomb, "Content-Encoding", "gzip"); r.code != 413 || !strings.Contains(r.body, "limits.max_decompressed_body_bytes") {
+		t.Fatalf("decompressed body over limit: %d %q", r.code, r.body)
+	}
+	env.do(t, "POST", "/metrics/job/f", []byte("a 1\n"))
+	if r := env.do(t, "POST", "/metrics/job/f", []byte("b 1\n")); r.code != 429 || !strings.Contains(r.body, "limits.max_series_per_group") {
+		t.Fatalf("series limit: %d %q", r.code, r.body)
+	}
+	if r := env.do(t, "POST", "/metrics/job/f", []byte("a 1\n")); r.code != 200 {
+		t.Fatalf("existing series at the limit: %d %q", r.code, r.body)
+	}
+}
+
+func TestAPIAndLifecycle(t *testing.T) {
+	off := newTestEnv(t, false, false, nil)
+	on := newTestEnv(t, true, true, nil)
+	on.do(t, "POST", "/metrics/job/f/i/x", []byte("# TYPE req_total counter\n# HELP req_total Requests.\nreq_total 1\n"))
+	cases := []struct {
+		name     string
+		env      *testEnv
+		method   string
+		path     string
+		wantCode int
+		wantBody string
+	}{
+		{"healthy", off, "GET", "/-/healthy", 200, "OK"},
+		{"ready", off, "GET", "/-/ready", 200, "OK"},
+		{"quit_disabled", off, "POST", "/-/quit", 403, "Lifecycle API is not enabled."},
+		{"quit_get", on, "GET", "/-/quit", 405, "Only POST or PUT requests allowed."},
+		{"quit_enabled", on, "PUT", "/-/quit", 200, "Requesting termination... Goodbye!"},
+		{"reload", off, "POST", "/-/reload", 200, "OK"},
+		{"wipe_disabled", off, "PUT", "/api/v1/admin/wipe", 404, ""},
+		{"status", off, "GET", "/api/v1/status", 200, `"web.listen-address":":9091"`},
+		{"options_cors", off, "OPTIONS", "/api/v1/metrics", 200, ""},
+		{"post_push_path_without_job_value", off, "POST", "/metrics/job", 400, "job name is required"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.env.do(t, tc.method, tc.path, nil)
+			if r.code != tc.wantCode || !strings.Contains(r.body, tc.wantBody) {
+				t.Fatalf("%s %s = %d %q, want %d containing %q", tc.method, tc.path, r.code, r.body, tc.wantCode, tc.wantBody)
+			}
+			if tc.name == "options_cors" && r.header.Get("Access-Control-Allow-Origin") != "*" {
+				t.Fatalf("CORS headers missing: %v", r.header)
+			}
+		})
+	}
+	if on.quit != 1 || off.reloads != 1 {
+		t.Fatalf("quit called %d times, reload %d times; want 1 and 1", on.quit, off.reloads)
+	}
+
+	r := on.do(t, "GET", "/api/v1/metrics", nil)
+	var doc struct {
+		Status string           `json:"status"`
+		Data   []map[string]any `json:"data"`
+	}
+	if err := json.Unmarshal([]byte(r.body), &doc); err != nil || doc.Status != "success" || len(doc.Data) != 1 {
+		t.Fatalf("/api/v1/metrics: %v %s", err, r.body)
+	}
+	g := doc.Data[0]
+	if lbl := g["labels"].(map[string]any); lbl["job"] != "f" || lbl["i"] != "x" || g["last_push_successful"] != true {
+		t.Fatalf("group: %v", g)
+	}
+	fam := g["req_total"].(map[string]any)
+	m := fam["metrics"].([]any)[0].(map[string]any)
+	if fam["type"] != "COUNTER" || fam["help"] != "Requests." || m["value"] != "1" {
+		t.Fatalf("family: %v", fam)
+	}
+	if _, ok := g["push_time_seconds"]; !ok {
+		t.Fatalf("push_time_seconds missing: %v", g)
+	}
+
+	on.ready = "replaying WAL"
+	if r := on.do(t, "GET", "/-/ready", nil); r.code != 503 || r.body != "replaying WAL" {
+		t.Fatalf("not ready: %d %q", r.code, r.body)
+	}
+	if r := on.do(t, "PUT", "/api/v1/admin/wipe", nil); r.code != 202 {
+		t.Fatalf("wipe: %d", r.code)
+	}
+	if got := on.scrape(t); strings.Contains(got, "req_total") {
+		t.Fatalf("after wipe:\n%s", got)
+	}
+}
