@@ -135,6 +135,9 @@ func run(args []string) error {
 
 	flagValues := map[string]string{}
 	for _, fl := range app.Model().Flags {
+		if fl.Hidden || fl.Name == "help" || fl.Name == "version" {
+			continue
+		}
 		flagValues[fl.Name] = fl.String()
 	}
 	web := ingest.NewApp(ingest.Options{
