@@ -118,7 +118,7 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 				body = append(body, labels.Label{Name: ln, Value: lv})
 			}
 			sb.Reset()
-			sb.Add(labels.MetricName, name)
+			sb.Add(model.MetricNameLabel, name)
 			for _, l := range body {
 				sb.Add(l.Name, l.Value)
 			}

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
 
@@ -111,7 +112,7 @@ func outputType(typ dto.MetricType, mode configs.Mode) dto.MetricType {
 func (s *series) metric(nowNanos int64) *dto.Metric {
 	m := &dto.Metric{}
 	s.lset.Range(func(l labels.Label) {
-		if l.Name == labels.MetricName {
+		if l.Name == model.MetricNameLabel {
 			return
 		}
 		m.Label = append(m.Label, &dto.LabelPair{Name: ptr(l.Name), Value: ptr(l.Value)})

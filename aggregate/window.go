@@ -122,14 +122,3 @@ func (w *window) result(nowNanos int64) (float64, bool) {
 	}
 	return 0, false
 }
-
-// live reports whether anything was pushed within the window at nowNanos.
-func (w *window) live(nowNanos int64) bool {
-	cur := nowNanos / w.step
-	for i := range w.slots {
-		if s := &w.slots[i]; s.idx != 0 && s.idx <= cur && cur-s.idx < windowSlots {
-			return true
-		}
-	}
-	return false
-}
