@@ -552,26 +552,45 @@ func (s *Store) Run(ctx context.Context, interval time.Duration) error {
 // prometheus.Gatherer so /metrics can merge it with Sluice's own registry.
 func (s *Store) Gather() ([]*dto.MetricFamily, error) {
 	now := s.now().UnixNano()
-	fams := make(map[string]*dto.MetricFamily)
+	type famSeries struct {
+		fam    *family
+		series []*series
+	}
+	byName := make(map[string]*famSeries)
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		for _, se := range sh.series {
-			m := se.metric(now)
-			if m == nil {
-				continue
+			fs := byName[se.name]
+			if fs == nil {
+				fs = &famSeries{fam: se.fam}
+				byName[se.name] = fs
 			}
-			f := fams[se.name]
-			if f == nil {
-				f = &dto.MetricFamily{Name: ptr(se.name), Type: ptr(se.fam.typ)}
-				if se.fam.help != "" {
-					f.Help = ptr(se.fam.help)
-				}
-				fams[se.name] = f
-			}
-			f.Metric = append(f.Metric, m)
+			fs.series = append(fs.series, se)
 		}
 		sh.mu.Unlock()
+	}
+	fams := make(map[string]*dto.MetricFamily, len(byName))
+	for name, fs := range byName {
+		// Sorting the label sets is much cheaper than sorting rendered
+		// metrics by their label pairs.
+		slices.SortFunc(fs.series, func(a, b *series) int { return labels.Compare(a.lset, b.lset) })
+		f := &dto.MetricFamily{Name: ptr(name), Type: ptr(fs.fam.typ)}
+		if fs.fam.help != "" {
+			f.Help = ptr(fs.fam.help)
+		}
+		for _, se := range fs.series {
+			sh := &s.shards[s.shardOf(se.key)]
+			sh.mu.Lock()
+			m := se.metric(now)
+			sh.mu.Unlock()
+			if m != nil {
+				f.Metric = append(f.Metric, m)
+			}
+		}
+		if len(f.Metric) > 0 {
+			fams[name] = f
+		}
 	}
 	pt := &dto.MetricFamily{Name: ptr(pushTimeName), Type: dto.MetricType_GAUGE.Enum(),
 		Help: ptr("Last Unix time when changing this group in Sluice succeeded.")}
@@ -590,7 +609,6 @@ func (s *Store) Gather() ([]*dto.MetricFamily, error) {
 	}
 	out := make([]*dto.MetricFamily, 0, len(fams)+2)
 	for _, f := range fams {
-		sortMetrics(f.Metric)
 		out = append(out, f)
 	}
 	if len(pt.Metric) > 0 {

@@ -1,0 +1,90 @@
+package aggregate
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// benchPush builds a push of n series in the given mode.
+func benchPush(b *testing.B, n int, mode string) []*dto.MetricFamily {
+	var sb strings.Builder
+	sb.WriteString("# TYPE bench_total counter\n")
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&sb, "bench_total{route=\"/r%d\",code=\"200\",clear_mode=%q} 1\n", i, mode)
+	}
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(sb.String()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return []*dto.MetricFamily{fams["bench_total"]}
+}
+
+// BenchmarkApply measures one push of 25 series over 1,000 groups, per mode.
+func BenchmarkApply(b *testing.B) {
+	for _, mode := range []string{"sum", "replace", "mean1m", "p99_5m"} {
+		b.Run(mode, func(b *testing.B) {
+			s := New(testSettings(), time.Now, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+			fams := benchPush(b, 25, mode)
+			groups := make([]Push, 1000)
+			for i := range groups {
+				groups[i] = Push{Group: groupLabels(fmt.Sprintf("job=j%d", i)), Families: fams}
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := s.Apply(&groups[i%len(groups)]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkApplyParallel is BenchmarkApply/sum from all cores at once.
+func BenchmarkApplyParallel(b *testing.B) {
+	s := New(testSettings(), time.Now, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	fams := benchPush(b, 25, "sum")
+	groups := make([]Push, 1000)
+	for i := range groups {
+		groups[i] = Push{Group: groupLabels(fmt.Sprintf("job=j%d", i)), Families: fams}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			if err := s.Apply(&groups[i%len(groups)]); err != nil {
+				b.Error(err)
+				return
+			}
+			i += 7
+		}
+	})
+}
+
+// BenchmarkGather renders 25,000 series.
+func BenchmarkGather(b *testing.B) {
+	s := New(testSettings(), time.Now, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	fams := benchPush(b, 25, "sum")
+	for i := 0; i < 1000; i++ {
+		if err := s.Apply(&Push{Group: groupLabels(fmt.Sprintf("job=j%d", i)), Families: fams}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := s.Gather(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
