@@ -36,13 +36,16 @@ const (
 	// defaultMaxDecompressedBytes applies when BodyLimits.MaxDecompressedBytes is not positive.
 	defaultMaxDecompressedBytes = 64 << 20
 
-	protoMediaType    = "application/vnd.google.protobuf"
-	protoParamProto   = "io.prometheus.client.MetricFamily"
-	protoParamEncode  = "delimited"
-	openMetricsType   = "application/openmetrics-text"
-	openMetricsEOF    = "# EOF"
-	minDecompressBuf  = 4 << 10
-	maxInitialDecompr = 1 << 20
+	// Decompression buffers start at a few times the compressed size,
+	// clamped to [minDecompressBuf, maxInitialBuf], and double from there.
+	minDecompressBuf = 4 << 10
+	maxInitialBuf    = 1 << 20
+
+	protoMediaType   = "application/vnd.google.protobuf"
+	protoParamProto  = "io.prometheus.client.MetricFamily"
+	protoParamEncode = "delimited"
+	openMetricsType  = "application/openmetrics-text"
+	openMetricsEOF   = "# EOF"
 )
 
 // DecodeBody undoes contentEncoding and parses body (a Pushgateway push body) into metric families.
@@ -125,7 +128,7 @@ func readAtMost(r io.Reader, limit int64, compressedLen int) ([]byte, error) {
 	hardCap := int(limit) + 1
 	// Start from a guess of a few times the compressed size, bounded so that a
 	// small bomb cannot reserve much before it has produced anything.
-	initial := min(max(compressedLen*4, minDecompressBuf), maxInitialDecompr, hardCap)
+	initial := min(max(compressedLen*4, minDecompressBuf), maxInitialBuf, hardCap)
 	buf := make([]byte, 0, initial)
 	lr := io.LimitReader(r, int64(hardCap))
 	for {

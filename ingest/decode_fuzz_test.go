@@ -15,7 +15,7 @@ func FuzzDecodeBody(f *testing.F) {
 	f.Add(contentTypeText, "", []byte("# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n"))
 	f.Add(contentTypeOpenMetrics, "", []byte("# TYPE s summary\ns{quantile=\"0.5\"} 1\ns_count 2\ns_sum 3\ns_created 1700000000\n# EOF\n"))
 	f.Add("", "", []byte("# TYPE st stateset\nst{st=\"a\"} 1\n# TYPE i info\ni_info{v=\"1\"} 1\n# EOF\n"))
-	f.Add(contentTypeProto, "", encodeDelimited(f, mf(f, `name: "g" type: GAUGE metric { gauge { value: 1 } }`)))
+	f.Add(contentTypeProto, "", encodeDelimited(f, familyFromText(f, `name: "g" type: GAUGE metric { gauge { value: 1 } }`)))
 	f.Add("", "gzip", gzipped(f, []byte("a 1\n")))
 	f.Add("", "snappy", snappyFramed(f, []byte("# TYPE e counter\ne_total 1\n# EOF\n")))
 	f.Add("", "br", []byte("a 1\n"))

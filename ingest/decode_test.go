@@ -23,8 +23,8 @@ const (
 	contentTypeProto       = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
 )
 
-// mf parses a metric family written in protobuf text format.
-func mf(t testing.TB, text string) *dto.MetricFamily {
+// familyFromText parses a metric family written in protobuf text format.
+func familyFromText(t testing.TB, text string) *dto.MetricFamily {
 	t.Helper()
 	out := &dto.MetricFamily{}
 	if err := prototext.Unmarshal([]byte(text), out); err != nil {
@@ -33,11 +33,11 @@ func mf(t testing.TB, text string) *dto.MetricFamily {
 	return out
 }
 
-func mfs(t testing.TB, texts ...string) []*dto.MetricFamily {
+func familiesFromText(t testing.TB, texts ...string) []*dto.MetricFamily {
 	t.Helper()
 	out := make([]*dto.MetricFamily, 0, len(texts))
 	for _, text := range texts {
-		out = append(out, mf(t, text))
+		out = append(out, familyFromText(t, text))
 	}
 	return out
 }
@@ -107,7 +107,7 @@ func runDecodeCases(t *testing.T, cases []decodeCase) {
 			if err != nil {
 				t.Fatalf("unexpected error: %v", err)
 			}
-			assertFamilies(t, got, mfs(t, tc.want...))
+			assertFamilies(t, got, familiesFromText(t, tc.want...))
 		})
 	}
 }
@@ -385,6 +385,18 @@ func TestDecodeBodyOpenMetrics(t *testing.T) {
 			wantErr:     []string{"line 2", "has no e_total sample"},
 		},
 		{
+			name:        "quoted utf-8 names",
+			contentType: contentTypeOpenMetrics,
+			body:        "{\"my.metric\",\"a.b\"=\"c\"} 1\n# EOF\n",
+			want:        []string{`name: "my.metric" type: UNTYPED metric { label { name: "a.b" value: "c" } untyped { value: 1 } }`},
+		},
+		{
+			name:        "empty label name",
+			contentType: contentTypeOpenMetrics,
+			body:        "a{\"\"=\"x\"} 1\n# EOF\n",
+			wantErr:     []string{"line 1", "empty label name"},
+		},
+		{
 			name:        "duplicate label",
 			contentType: contentTypeOpenMetrics,
 			body:        "a{x=\"1\",x=\"2\"} 1\n# EOF\n",
@@ -405,15 +417,15 @@ func encodeDelimited(t testing.TB, fams ...*dto.MetricFamily) []byte {
 }
 
 func TestDecodeBodyProtobuf(t *testing.T) {
-	counter := mf(t, `name: "jobs_total" help: "Jobs." type: COUNTER
+	counter := familyFromText(t, `name: "jobs_total" help: "Jobs." type: COUNTER
 		metric { label { name: "q" value: "a" } counter { value: 3 created_timestamp { seconds: 1700000000 } } timestamp_ms: 1700000000123 }`)
-	hist := mf(t, `name: "lat" type: HISTOGRAM metric { histogram {
+	hist := familyFromText(t, `name: "lat" type: HISTOGRAM metric { histogram {
 		sample_count: 3 sample_sum: 1.5
 		bucket { cumulative_count: 1 upper_bound: 0.5 }
 		bucket { cumulative_count: 3 upper_bound: 1 } } }`)
-	summary := mf(t, `name: "rt" type: SUMMARY metric { summary { sample_count: 2 sample_sum: 3 quantile { quantile: 0.5 value: 1 } } }`)
-	gaugeV1 := mf(t, `name: "temp" type: GAUGE metric { gauge { value: 1 } }`)
-	gaugeV2 := mf(t, `name: "temp" type: GAUGE metric { gauge { value: 2 } } metric { label { name: "x" value: "y" } gauge { value: 5 } }`)
+	summary := familyFromText(t, `name: "rt" type: SUMMARY metric { summary { sample_count: 2 sample_sum: 3 quantile { quantile: 0.5 value: 1 } } }`)
+	gaugeV1 := familyFromText(t, `name: "temp" type: GAUGE metric { gauge { value: 1 } }`)
+	gaugeV2 := familyFromText(t, `name: "temp" type: GAUGE metric { gauge { value: 2 } } metric { label { name: "x" value: "y" } gauge { value: 5 } }`)
 
 	full := encodeDelimited(t, counter, hist, summary)
 	huge := append([]byte{0xff, 0xff, 0xff, 0x7f}, full...) // claims a ~256 MiB message
@@ -463,19 +475,19 @@ func TestDecodeBodyProtobuf(t *testing.T) {
 		{
 			name:        "family without name",
 			contentType: contentTypeProto,
-			body:        encodeDelimited(t, mf(t, `type: GAUGE metric { gauge { value: 1 } }`)),
+			body:        encodeDelimited(t, familyFromText(t, `type: GAUGE metric { gauge { value: 1 } }`)),
 			wantErr:     []string{"metric family has no name"},
 		},
 		{
 			name:        "family without type",
 			contentType: contentTypeProto,
-			body:        encodeDelimited(t, mf(t, `name: "x" metric { gauge { value: 1 } }`)),
+			body:        encodeDelimited(t, familyFromText(t, `name: "x" metric { gauge { value: 1 } }`)),
 			wantErr:     []string{`metric family "x" has no type`},
 		},
 		{
 			name:        "metric value not matching the type",
 			contentType: contentTypeProto,
-			body:        encodeDelimited(t, mf(t, `name: "x" type: COUNTER metric { gauge { value: 1 } }`)),
+			body:        encodeDelimited(t, familyFromText(t, `name: "x" type: COUNTER metric { gauge { value: 1 } }`)),
 			wantErr:     []string{`COUNTER metric family "x" has no counter value`},
 		},
 	}
@@ -525,7 +537,7 @@ func snappyFramed(t testing.TB, data []byte) []byte {
 
 func TestDecodeBodyContentEncoding(t *testing.T) {
 	text := []byte("# TYPE temp gauge\ntemp 21\n")
-	want := mfs(t, `name: "temp" type: GAUGE metric { gauge { value: 21 } }`)
+	want := familiesFromText(t, `name: "temp" type: GAUGE metric { gauge { value: 21 } }`)
 	proto := encodeDelimited(t, want...)
 	gz := gzipped(t, text)
 
@@ -662,10 +674,10 @@ func TestDecodeBodyDoesNotRetainInput(t *testing.T) {
 	}{
 		{"text", contentTypeText, []byte("# HELP g Some help.\n# TYPE g gauge\ng{a=\"b\"} 1\n")},
 		{"openmetrics", contentTypeOpenMetrics, []byte("# HELP g Some help.\n# TYPE g gauge\ng{a=\"b\"} 1\n# EOF\n")},
-		{"protobuf", contentTypeProto, encodeDelimited(t, mf(t, `name: "g" help: "Some help." type: GAUGE metric { label { name: "a" value: "b" } gauge { value: 1 } }`))},
+		{"protobuf", contentTypeProto, encodeDelimited(t, familyFromText(t, `name: "g" help: "Some help." type: GAUGE metric { label { name: "a" value: "b" } gauge { value: 1 } }`))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			want := mfs(t, `name: "g" help: "Some help." type: GAUGE metric { label { name: "a" value: "b" } gauge { value: 1 } }`)
+			want := familiesFromText(t, `name: "g" help: "Some help." type: GAUGE metric { label { name: "a" value: "b" } gauge { value: 1 } }`)
 			got, err := DecodeBody(tc.contentType, "", tc.body, BodyLimits{MaxDecompressedBytes: 1 << 20})
 			if err != nil {
 				t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
@@ -48,7 +49,7 @@ type omGroup struct {
 	labels []*dto.LabelPair
 	ts     *int64
 
-	value, created, count, sum          float64
+	value, created, count, sum             float64
 	hasValue, hasCreated, hasCount, hasSum bool
 
 	buckets   []omBucket
@@ -282,6 +283,9 @@ func (a *omAssembler) newFamily(name string) (*omFamily, error) {
 	if name == "" {
 		return nil, a.errorf("empty metric name")
 	}
+	if !utf8.ValidString(name) {
+		return nil, a.errorf("metric name %q is not valid UTF-8", name)
+	}
 	if _, ok := a.byName[name]; ok {
 		return nil, a.errorf("metric family %q appears more than once; its lines must be contiguous", name)
 	}
@@ -294,7 +298,7 @@ func (a *omAssembler) newFamily(name string) (*omFamily, error) {
 
 // addSample files the sample in a.lbls into its family and metric.
 func (a *omAssembler) addSample(ts *int64, v float64) error {
-	name := a.lbls.Get(labels.MetricName)
+	name := a.lbls.Get(model.MetricNameLabel)
 	f := a.cur
 	role, ok := omRole(0), false
 	if f != nil {
@@ -316,16 +320,26 @@ func (a *omAssembler) addSample(ts *int64, v float64) error {
 	var strippedValue string
 	hasStripped := false
 	a.key = a.key[:0]
-	var dupLabel string
+	var badLabel error
 	prev := ""
 	nLabels := 0
 	a.lbls.Range(func(l labels.Label) {
-		if l.Name == prev && dupLabel == "" {
-			dupLabel = l.Name
+		switch {
+		case badLabel != nil:
+			return
+		case l.Name == "":
+			badLabel = errors.New("empty label name")
+			return
+		case !utf8.ValidString(l.Name):
+			badLabel = fmt.Errorf("label name %q is not valid UTF-8", l.Name)
+			return
+		case l.Name == prev:
+			badLabel = fmt.Errorf("duplicate label %q", l.Name)
+			return
 		}
 		prev = l.Name
 		switch l.Name {
-		case labels.MetricName:
+		case model.MetricNameLabel:
 			return
 		case stripped:
 			strippedValue, hasStripped = l.Value, true
@@ -337,15 +351,15 @@ func (a *omAssembler) addSample(ts *int64, v float64) error {
 		a.key = binary.AppendUvarint(a.key, uint64(len(l.Value)))
 		a.key = append(a.key, l.Value...)
 	})
-	if dupLabel != "" {
-		return a.errorf("duplicate label %q in series %s", dupLabel, seriesString(a.lbls))
+	if badLabel != nil {
+		return a.errorf("%w in series %s", badLabel, seriesString(a.lbls))
 	}
 
 	gi, ok := f.byKey[string(a.key)]
 	if !ok {
 		g := &omGroup{line: a.line, labels: make([]*dto.LabelPair, 0, nLabels)}
 		a.lbls.Range(func(l labels.Label) {
-			if l.Name == labels.MetricName || l.Name == stripped {
+			if l.Name == model.MetricNameLabel || l.Name == stripped {
 				return
 			}
 			g.labels = append(g.labels, &dto.LabelPair{Name: proto.String(l.Name), Value: proto.String(l.Value)})
@@ -359,7 +373,6 @@ func (a *omAssembler) addSample(ts *int64, v float64) error {
 		g.ts = proto.Int64(*ts)
 	}
 
-	duplicate := func() error { return a.errorf("duplicate sample %s", seriesString(a.lbls)) }
 	switch {
 	case role == roleValue && f.typ == model.MetricTypeSummary:
 		if !hasStripped {
@@ -371,7 +384,7 @@ func (a *omAssembler) addSample(ts *int64, v float64) error {
 		}
 		for _, have := range g.quantiles {
 			if have.GetQuantile() == q {
-				return duplicate()
+				return a.duplicate()
 			}
 		}
 		g.quantiles = append(g.quantiles, &dto.Quantile{Quantile: proto.Float64(q), Value: proto.Float64(v)})
@@ -388,23 +401,23 @@ func (a *omAssembler) addSample(ts *int64, v float64) error {
 		}
 		for _, have := range g.buckets {
 			if have.le == le {
-				return duplicate()
+				return a.duplicate()
 			}
 		}
 		g.buckets = append(g.buckets, omBucket{le: le, count: v})
 	case role == roleValue:
 		if g.hasValue {
-			return duplicate()
+			return a.duplicate()
 		}
 		g.value, g.hasValue = v, true
 	case role == roleCreated:
 		if g.hasCreated {
-			return duplicate()
+			return a.duplicate()
 		}
 		g.created, g.hasCreated = v, true
 	case role == roleCount:
 		if g.hasCount {
-			return duplicate()
+			return a.duplicate()
 		}
 		if err := checkCount(v); err != nil {
 			return a.errorf("%s: %w", seriesString(a.lbls), err)
@@ -412,11 +425,15 @@ func (a *omAssembler) addSample(ts *int64, v float64) error {
 		g.count, g.hasCount = v, true
 	case role == roleSum:
 		if g.hasSum {
-			return duplicate()
+			return a.duplicate()
 		}
 		g.sum, g.hasSum = v, true
 	}
 	return nil
+}
+
+func (a *omAssembler) duplicate() error {
+	return a.errorf("duplicate sample %s", seriesString(a.lbls))
 }
 
 // checkCount rejects observation counts that cannot be counts.
@@ -586,7 +603,7 @@ func (g *omGroup) seriesString(name string) string {
 
 // seriesString renders labels as name{label="value",...} for error messages.
 func seriesString(ls labels.Labels) string {
-	name := ls.Get(labels.MetricName)
+	name := ls.Get(model.MetricNameLabel)
 	if ls.Len() <= 1 {
 		return name
 	}
@@ -595,7 +612,7 @@ func seriesString(ls labels.Labels) string {
 	b.WriteByte('{')
 	first := true
 	ls.Range(func(l labels.Label) {
-		if l.Name == labels.MetricName {
+		if l.Name == model.MetricNameLabel {
 			return
 		}
 		if !first {
