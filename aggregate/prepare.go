@@ -31,16 +31,15 @@ const reservedPrefix = "sluice_"
 
 // update is one series of a push after validation, before it is applied.
 type update struct {
-	key      string
-	lset     labels.Labels
-	name     string
-	typ      dto.MetricType
-	outType  dto.MetricType
-	help     string
-	mode     configs.Mode
-	obs      observation
-	shard    int
-	replaces bool // the series' family replaces its group's other series of that name
+	key     string
+	lset    labels.Labels
+	name    string
+	typ     dto.MetricType
+	outType dto.MetricType
+	help    string
+	mode    configs.Mode
+	obs     observation
+	shard   int
 }
 
 // prepared is a push that passed every check that needs no state.
