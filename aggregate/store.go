@@ -184,9 +184,7 @@ func (s *Store) Apply(p *Push) error {
 // Pushgateway does for pushes it rejects. A group that does not exist is
 // not created: a rejected push changes no series and no group set.
 func (s *Store) recordFailure(groupLabels labels.Labels, now int64) {
-	s.groupsMu.Lock()
-	g := s.groups[groupKey(groupLabels)]
-	s.groupsMu.Unlock()
+	g := s.lookupGroup(groupLabels)
 	if g == nil {
 		return
 	}
@@ -195,6 +193,13 @@ func (s *Store) recordFailure(groupLabels labels.Labels, now int64) {
 		g.lastFailure = now
 	}
 	g.mu.Unlock()
+}
+
+// lookupGroup returns an existing group, unlocked, or nil.
+func (s *Store) lookupGroup(groupLabels labels.Labels) *group {
+	s.groupsMu.Lock()
+	defer s.groupsMu.Unlock()
+	return s.groups[groupKey(groupLabels)]
 }
 
 // lockGroup returns the push's group, created if needed, with its mutex held.
@@ -471,9 +476,7 @@ func (s *Store) removeGroupLocked(g *group) int {
 // Delete removes a group and its series. Deleting an unknown group is not
 // an error (the Pushgateway answers 202 either way).
 func (s *Store) Delete(groupLabels labels.Labels) {
-	s.groupsMu.Lock()
-	g := s.groups[groupKey(groupLabels)]
-	s.groupsMu.Unlock()
+	g := s.lookupGroup(groupLabels)
 	if g == nil {
 		return
 	}
