@@ -13,6 +13,7 @@ import (
 	"os"
 	"regexp"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/prometheus/common/model"
@@ -21,8 +22,11 @@ import (
 
 // Config is the whole configuration file.
 type Config struct {
-	Aggregation AggregationConfig `yaml:"aggregation"`
-	Limits      LimitsConfig      `yaml:"limits"`
+	Global      GlobalConfig        `yaml:"global"`
+	Aggregation AggregationConfig   `yaml:"aggregation"`
+	Limits      LimitsConfig        `yaml:"limits"`
+	RemoteWrite []RemoteWriteConfig `yaml:"remote_write,omitempty"`
+	SelfMetrics SelfMetricsConfig   `yaml:"self_metrics"`
 }
 
 // AggregationConfig chooses how pushed series are merged.
@@ -133,6 +137,7 @@ type LimitsConfig struct {
 // number says why it is what it is.
 func Default() Config {
 	return Config{
+		SelfMetrics: SelfMetricsConfig{Forward: true},
 		Aggregation: AggregationConfig{
 			// SPEC 4.2: counters, untyped, histograms and summaries are
 			// summed (each push is one invocation's delta); gauges replace.
@@ -243,6 +248,22 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Limits.validate(); err != nil {
 		return fmt.Errorf("limits: %w", err)
+	}
+	for name := range c.Global.ExternalLabels {
+		if !model.LegacyValidation.IsValidLabelName(name) || strings.HasPrefix(name, "__") {
+			return fmt.Errorf("global.external_labels: invalid label name %q", name)
+		}
+	}
+	names := map[string]bool{}
+	for i := range c.RemoteWrite {
+		rw := &c.RemoteWrite[i]
+		if err := rw.Validate(); err != nil {
+			return fmt.Errorf("remote_write[%d] (%s): %w", i, rw.DisplayName(), err)
+		}
+		if names[rw.DisplayName()] {
+			return fmt.Errorf("remote_write[%d]: duplicate target %s; give each a distinct name", i, rw.DisplayName())
+		}
+		names[rw.DisplayName()] = true
 	}
 	return nil
 }

@@ -5,10 +5,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 func TestLoadGoodFiles(t *testing.T) {
 	t.Setenv("SLUICE_TEST_JOB", "from-env")
+	t.Setenv("SLUICE_TEST_SECRET", "s3cr3t")
 	files, _ := filepath.Glob("testdata/*.good.yml")
 	if len(files) == 0 {
 		t.Fatal("no good test files")
@@ -24,14 +27,19 @@ func TestLoadGoodFiles(t *testing.T) {
 
 func TestLoadBadFiles(t *testing.T) {
 	want := map[string]string{
-		"unknown_field.bad.yml":      "field default_mode not found",
-		"unknown_mode.bad.yml":       `unknown clear_mode "average"`,
-		"windowed_histogram.bad.yml": "windowed mode mean5m is only for counters",
-		"bad_regex.bad.yml":          "rules[0]: match job",
-		"empty_match.bad.yml":        "match must name at least one grouping label",
-		"negative_limit.bad.yml":     "max_series must be positive",
-		"group_over_total.bad.yml":   "must not exceed max_series",
-		"not_yaml.bad.yml":           "parse yaml",
+		"unknown_field.bad.yml":              "field default_mode not found",
+		"unknown_mode.bad.yml":               `unknown clear_mode "average"`,
+		"windowed_histogram.bad.yml":         "windowed mode mean5m is only for counters",
+		"bad_regex.bad.yml":                  "rules[0]: match job",
+		"empty_match.bad.yml":                "match must name at least one grouping label",
+		"negative_limit.bad.yml":             "max_series must be positive",
+		"group_over_total.bad.yml":           "must not exceed max_series",
+		"not_yaml.bad.yml":                   "parse yaml",
+		"remote_write_unknown_field.bad.yml": "field max_sampels_per_send not found",
+		"remote_write_auth_header.bad.yml":   "Authorization is reserved",
+		"remote_write_bad_message.bad.yml":   `protobuf_message "prometheus.WriteRequestV3"`,
+		"remote_write_duplicate.bad.yml":     "duplicate target",
+		"remote_write_creds_in_url.bad.yml":  "put credentials in basic_auth",
 	}
 	files, _ := filepath.Glob("testdata/*.bad.yml")
 	if len(files) != len(want) {
@@ -99,5 +107,43 @@ func TestExpandEnv(t *testing.T) {
 				t.Fatalf("ExpandEnv(%q) = %q, want %q", tc.in, got, tc.want)
 			}
 		})
+	}
+}
+
+func TestRemoteWriteDefaultsAndSecrets(t *testing.T) {
+	t.Setenv("SLUICE_TEST_SECRET", "s3cr3t-from-env")
+	c, err := Load("testdata/remote_write.good.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.RemoteWrite) != 2 {
+		t.Fatalf("targets: %d", len(c.RemoteWrite))
+	}
+	gc, vm := c.RemoteWrite[0], c.RemoteWrite[1]
+	if string(gc.HTTPClientConfig.BasicAuth.Password) != "s3cr3t-from-env" {
+		t.Fatalf("password not expanded from the environment")
+	}
+	if gc.QueueConfig.MaxSamplesPerSend != 1000 || gc.QueueConfig.MaxShards != 50 || gc.QueueConfig.Capacity != 10000 ||
+		gc.RemoteTimeout != defaultRemoteTimeout || gc.ProtobufMessage != ProtoMsgV1 || !*gc.QueueConfig.RetryOnRateLimit {
+		t.Fatalf("defaults not kept around the given field: %+v", gc.QueueConfig)
+	}
+	if !gc.HTTPClientConfig.FollowRedirects || !gc.HTTPClientConfig.EnableHTTP2 {
+		t.Fatalf("HTTP client defaults lost: %+v", gc.HTTPClientConfig)
+	}
+	if vm.ProtobufMessage != ProtoMsgV2 || vm.Headers["X-Scope-OrgID"] != "team-a" || len(vm.WriteRelabelConfigs) != 1 {
+		t.Fatalf("second target: %+v", vm)
+	}
+	if c.Global.ExternalLabels["cluster"] != "eu-1" || c.SelfMetrics.Instance != "sluice-0" || !c.SelfMetrics.Forward {
+		t.Fatalf("global/self_metrics: %+v %+v", c.Global, c.SelfMetrics)
+	}
+	out, err := yaml.Marshal(gc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "s3cr3t") {
+		t.Fatalf("a marshalled target shows its secret:\n%s", out)
+	}
+	if got := RedactURL("https://u:p@host/push?api_key=abc"); strings.Contains(got, "abc") || strings.Contains(got, "p@") {
+		t.Fatalf("RedactURL leaks: %s", got)
 	}
 }

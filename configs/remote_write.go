@@ -1,0 +1,199 @@
+package configs
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	commoncfg "github.com/prometheus/common/config"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/relabel"
+)
+
+// Remote-write protobuf messages (protobuf_message).
+const (
+	// ProtoMsgV1 is Remote-Write 1.0 (prometheus.WriteRequest), the default.
+	ProtoMsgV1 = "prometheus.WriteRequest"
+	// ProtoMsgV2 is Remote-Write 2.0 (io.prometheus.write.v2.Request).
+	ProtoMsgV2 = "io.prometheus.write.v2.Request"
+)
+
+// GlobalConfig holds settings that apply to every target.
+type GlobalConfig struct {
+	// ExternalLabels are added to every forwarded series that does not
+	// already carry the label (as in Prometheus).
+	ExternalLabels map[string]string `yaml:"external_labels,omitempty"`
+}
+
+// SelfMetricsConfig controls forwarding of Sluice's own metrics.
+type SelfMetricsConfig struct {
+	// Forward sends sluice_* (and Go/process) metrics to every target
+	// each interval with job="sluice". Nobody scrapes a Sluice on Cloud Run.
+	Forward bool `yaml:"forward"`
+	// Instance is the instance label of those metrics; empty means the
+	// host name.
+	Instance string `yaml:"instance,omitempty"`
+}
+
+// RemoteWriteConfig is one forward target: Prometheus' remote_write block,
+// so users paste what they have.
+type RemoteWriteConfig struct {
+	URL                 string            `yaml:"url"`
+	Name                string            `yaml:"name,omitempty"`
+	RemoteTimeout       model.Duration    `yaml:"remote_timeout,omitempty"`
+	Headers             map[string]string `yaml:"headers,omitempty"`
+	WriteRelabelConfigs []*relabel.Config `yaml:"write_relabel_configs,omitempty"`
+	ProtobufMessage     string            `yaml:"protobuf_message,omitempty"`
+	QueueConfig         QueueConfig       `yaml:"queue_config,omitempty"`
+	// HTTPClientConfig carries basic_auth (password_file too),
+	// authorization (credentials_file too), oauth2, tls_config, proxy_url.
+	HTTPClientConfig commoncfg.HTTPClientConfig `yaml:",inline"`
+}
+
+// QueueConfig tunes one target's queue, with Prometheus' names.
+type QueueConfig struct {
+	// Capacity is the number of samples buffered per shard.
+	Capacity          int            `yaml:"capacity,omitempty"`
+	MaxShards         int            `yaml:"max_shards,omitempty"`
+	MaxSamplesPerSend int            `yaml:"max_samples_per_send,omitempty"`
+	BatchSendDeadline model.Duration `yaml:"batch_send_deadline,omitempty"`
+	MinBackoff        model.Duration `yaml:"min_backoff,omitempty"`
+	MaxBackoff        model.Duration `yaml:"max_backoff,omitempty"`
+	// RetryOnRateLimit retries 429 answers. Sluice defaults it to true
+	// (SPEC 6: an aggregate is not re-sent by anyone else); Prometheus
+	// defaults it to false.
+	RetryOnRateLimit *bool `yaml:"retry_on_http_429,omitempty"`
+}
+
+// DefaultQueueConfig mirrors Prometheus' defaults (config.DefaultQueueConfig)
+// except that 429 is retried.
+func DefaultQueueConfig() QueueConfig {
+	t := true
+	return QueueConfig{
+		// 10,000 samples per shard, as Prometheus: room for several windows
+		// of a busy Sluice while a target hiccups.
+		Capacity: 10_000,
+		// Prometheus' 50 shards x 2,000 samples per 100 ms ~ 1 M samples/s.
+		MaxShards:         50,
+		MaxSamplesPerSend: 2_000,
+		BatchSendDeadline: model.Duration(5 * time.Second),
+		MinBackoff:        model.Duration(30 * time.Millisecond),
+		MaxBackoff:        model.Duration(5 * time.Second),
+		RetryOnRateLimit:  &t,
+	}
+}
+
+// defaultRemoteTimeout is Prometheus' remote_timeout default.
+const defaultRemoteTimeout = model.Duration(30 * time.Second)
+
+// NewRemoteWriteConfig returns a target with every default set, as
+// --remote-write.url creates.
+func NewRemoteWriteConfig(u string) RemoteWriteConfig {
+	return RemoteWriteConfig{
+		URL:              u,
+		RemoteTimeout:    defaultRemoteTimeout,
+		ProtobufMessage:  ProtoMsgV1,
+		QueueConfig:      DefaultQueueConfig(),
+		HTTPClientConfig: commoncfg.DefaultHTTPClientConfig,
+	}
+}
+
+// UnmarshalYAML sets the defaults before decoding, so fields not given
+// keep them.
+func (c *RemoteWriteConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	*c = NewRemoteWriteConfig("")
+	type plain RemoteWriteConfig
+	return unmarshal((*plain)(c))
+}
+
+// UnmarshalYAML sets the queue defaults before decoding.
+func (q *QueueConfig) UnmarshalYAML(unmarshal func(any) error) error {
+	*q = DefaultQueueConfig()
+	type plain QueueConfig
+	return unmarshal((*plain)(q))
+}
+
+// reservedHeaders may not be set through headers: Sluice sets them itself
+// or they carry credentials that belong in basic_auth/authorization.
+func reservedHeader(h string) bool {
+	switch http.CanonicalHeaderKey(h) {
+	case "Authorization", "Host", "Content-Encoding", "Content-Type", "Content-Length",
+		"X-Prometheus-Remote-Write-Version", "User-Agent", "Connection", "Keep-Alive",
+		"Proxy-Authenticate", "Proxy-Authorization", "Www-Authenticate", "Retry-Attempt":
+		return true
+	}
+	return false
+}
+
+// Validate checks a target. Errors never include secrets: they name the
+// target by its name or its URL without user information.
+func (c *RemoteWriteConfig) Validate() error {
+	u, err := url.Parse(c.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("url %q must be an absolute http or https URL", RedactURL(c.URL))
+	}
+	if u.User != nil {
+		return fmt.Errorf("url %s: put credentials in basic_auth, not in the URL", RedactURL(c.URL))
+	}
+	if c.RemoteTimeout <= 0 {
+		return errors.New("remote_timeout must be positive")
+	}
+	switch c.ProtobufMessage {
+	case ProtoMsgV1, ProtoMsgV2:
+	default:
+		return fmt.Errorf("protobuf_message %q: must be %s or %s", c.ProtobufMessage, ProtoMsgV1, ProtoMsgV2)
+	}
+	for h := range c.Headers {
+		if reservedHeader(h) {
+			return fmt.Errorf("headers: %s is reserved (use basic_auth or authorization for credentials)", h)
+		}
+	}
+	q := c.QueueConfig
+	switch {
+	case q.Capacity <= 0, q.MaxShards <= 0, q.MaxSamplesPerSend <= 0:
+		return errors.New("queue_config: capacity, max_shards and max_samples_per_send must be positive")
+	case q.BatchSendDeadline <= 0, q.MinBackoff <= 0, q.MaxBackoff < q.MinBackoff:
+		return errors.New("queue_config: batch_send_deadline and min_backoff must be positive and max_backoff >= min_backoff")
+	}
+	for i, rc := range c.WriteRelabelConfigs {
+		if rc == nil {
+			return fmt.Errorf("write_relabel_configs[%d] is empty", i)
+		}
+		if err := rc.Validate(model.UTF8Validation); err != nil {
+			return fmt.Errorf("write_relabel_configs[%d]: %w", i, err)
+		}
+	}
+	if err := c.HTTPClientConfig.Validate(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// DisplayName is how logs, metrics and errors name the target: its name,
+// else its URL without credentials or query.
+func (c *RemoteWriteConfig) DisplayName() string {
+	if c.Name != "" {
+		return c.Name
+	}
+	return RedactURL(c.URL)
+}
+
+// RedactURL drops user information and the query (which may hold API keys)
+// from a URL for display.
+func RedactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		if i := strings.IndexAny(s, "?@"); i >= 0 {
+			return s[:i] + "..."
+		}
+		return s
+	}
+	u.User = nil
+	if u.RawQuery != "" {
+		u.RawQuery = "redacted"
+	}
+	return u.String()
+}
