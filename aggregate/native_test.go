@@ -82,3 +82,7 @@ func gatherOne(t *testing.T, s *Store, name string) *dto.Metric {
 	t.Fatalf("no single metric %q in %v", name, fams)
 	return nil
 }
+
+func nativeFamilies(t *testing.T) []*dto.MetricFamily {
+	return []*dto.MetricFamily{nativeFamily(t, 2, 0.001, 0.02, 0.5, 0.5, 3, 70)}
+}
