@@ -147,3 +147,29 @@ func TestRemoteWriteDefaultsAndSecrets(t *testing.T) {
 		t.Fatalf("RedactURL leaks: %s", got)
 	}
 }
+
+// TestExamplesLoad keeps configs/examples valid.
+func TestExamplesLoad(t *testing.T) {
+	for k, v := range map[string]string{
+		"GRAFANA_CLOUD_PROM_URL":  "https://prometheus-prod-01-eu-west-0.grafana.net/api/prom/push",
+		"GRAFANA_CLOUD_PROM_USER": "123456", "GRAFANA_CLOUD_API_KEY": "glc_x",
+		"MIMIR_TENANT": "team-a", "THANOS_TENANT": "team-b", "HOSTNAME": "sluice-0",
+	} {
+		t.Setenv(k, v)
+	}
+	files, _ := filepath.Glob("examples/*.yml")
+	if len(files) < 5 {
+		t.Fatalf("want the five store examples, have %v", files)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			c, err := Load(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(c.RemoteWrite) != 1 {
+				t.Fatalf("want one target, got %d", len(c.RemoteWrite))
+			}
+		})
+	}
+}
