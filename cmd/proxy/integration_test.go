@@ -91,10 +91,10 @@ func (p *sluiceProc) stop(t *testing.T) {
 		if err != nil {
 			t.Errorf("sluice exited with %v after SIGTERM; stderr:\n%s", err, p.stderr.String())
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(20 * time.Second):
 		_ = p.cmd.Process.Kill()
 		<-done
-		t.Errorf("sluice did not stop within 10s of SIGTERM")
+		t.Errorf("sluice did not stop within 20s of SIGTERM (drain timeout 10s)")
 	}
 }
 

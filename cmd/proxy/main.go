@@ -24,6 +24,7 @@ import (
 
 	"github.com/sluice-metrics/sluice/aggregate"
 	"github.com/sluice-metrics/sluice/configs"
+	"github.com/sluice-metrics/sluice/forward"
 	"github.com/sluice-metrics/sluice/ingest"
 )
 
@@ -47,6 +48,7 @@ type flags struct {
 	enableAdminAPI  bool
 	enableLifecycle bool
 	semantics       string
+	drainTimeout    time.Duration
 	log             promslog.Config
 }
 
@@ -58,13 +60,15 @@ func parseFlags(args []string) (*flags, *kingpin.Application, error) {
 	app.Flag("web.listen-address", "Address to listen on for pushes, remote_write and the API.").Default(":9091").StringVar(&f.listenAddress)
 	app.Flag("config.file", "Optional YAML configuration file.").StringVar(&f.configFile)
 	app.Flag("wal.dir", "Directory of the write-ahead log (reserved; the WAL is not implemented yet).").Default("data/wal").StringVar(&f.walDir)
-	app.Flag("remote-write.url", "Remote-write URL to forward to (repeatable; forwarding is not implemented yet).").StringsVar(&f.remoteWriteURLs)
+	app.Flag("remote-write.url", "Remote-write URL to forward to, with default settings (repeatable; adds to the config file's remote_write).").StringsVar(&f.remoteWriteURLs)
 	app.Flag("aggregation.interval", "Aggregation interval: how often series are emitted and expired.").Default("15s").DurationVar(&f.interval)
 	app.Flag("series.ttl", "Drop a series (and a group) not pushed to for this long, unless a config rule says otherwise.").Default("24h").DurationVar(&f.seriesTTL)
 	app.Flag("web.enable-admin-api", "Enable PUT /api/v1/admin/wipe.").Default("false").BoolVar(&f.enableAdminAPI)
 	app.Flag("web.enable-lifecycle", "Enable shutdown via POST /-/quit.").Default("false").BoolVar(&f.enableLifecycle)
 	app.Flag("push.semantics", "aggregate: merge pushes by clear_mode; pushgateway: behave like a Pushgateway (replace by default, PUT replaces the group).").
 		Default("aggregate").EnumVar(&f.semantics, "aggregate", "pushgateway")
+	app.Flag("forward.drain-timeout", "On shutdown, how long to keep sending queued windows to the targets before dropping them.").
+		Default("10s").DurationVar(&f.drainTimeout)
 	promslogflag.AddFlags(app, &f.log)
 	if _, err := app.Parse(args); err != nil {
 		return nil, nil, err
@@ -108,12 +112,35 @@ func run(args []string) error {
 
 	store := aggregate.New(settings(cfg), time.Now, reg, logger.With("component", "aggregate"))
 
+	tgts, err := targets(cfg, f.remoteWriteURLs)
+	if err != nil {
+		return err
+	}
+	fwd := forward.NewManager(logger.With("component", "forward"), reg, "Sluice/"+version.Version)
+	if err := fwd.ApplyConfig(tgts, cfg.Global.ExternalLabels); err != nil {
+		return fmt.Errorf("start forwarding: %w", err)
+	}
+	sources := []aggregate.Source{{Gatherer: store}}
+	if cfg.SelfMetrics.Forward {
+		sources = append(sources, aggregate.Source{Gatherer: reg, Labels: map[string]string{"job": "sluice", "instance": selfInstance(cfg)}})
+	}
+	flusher := aggregate.NewFlusher(f.interval, time.Now, fwd, sources, reg, logger.With("component", "flush"))
+
 	var cfgMu sync.Mutex // serialises reloads
 	current := cfg
 	reload := func() error {
 		cfgMu.Lock()
 		defer cfgMu.Unlock()
 		c, err := loadConfig(f.configFile)
+		if err != nil {
+			reloads.failure()
+			logger.Error("reload config rejected; the old config stays in force", "file", f.configFile, "err", err)
+			return err
+		}
+		t, err := targets(c, f.remoteWriteURLs)
+		if err == nil {
+			err = fwd.ApplyConfig(t, c.Global.ExternalLabels)
+		}
 		if err != nil {
 			reloads.failure()
 			logger.Error("reload config rejected; the old config stays in force", "file", f.configFile, "err", err)
@@ -167,15 +194,28 @@ func run(args []string) error {
 	}
 	logger.Info("starting sluice", "version", version.Version, "listen", ln.Addr().String(), "config", f.configFile,
 		"interval", f.interval, "series_ttl", f.seriesTTL, "semantics", f.semantics)
-	if len(f.remoteWriteURLs) == 0 {
+	if len(tgts) == 0 {
 		logger.Info("no remote_write target configured; nothing is forwarded, results are on GET /metrics")
 	} else {
-		logger.Warn("forwarding is not implemented yet; --remote-write.url is ignored, results are on GET /metrics", "urls", len(f.remoteWriteURLs))
+		names := make([]string, len(tgts))
+		for i := range tgts {
+			names[i] = tgts[i].DisplayName()
+		}
+		logger.Info("forwarding", "targets", names)
 	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+
+	// The flusher outlives the signal context: it must emit the last
+	// window after the HTTP server stopped taking pushes.
+	flushCtx, stopFlush := context.WithCancel(context.Background())
+	flushDone := make(chan struct{})
+	go func() {
+		defer close(flushDone)
+		_ = flusher.Run(flushCtx)
+	}()
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
@@ -204,11 +244,18 @@ func run(args []string) error {
 	}()
 
 	<-ctx.Done()
-	logger.Info("shutting down")
+	logger.Info("shutting down: stop taking requests, flush the current window, drain the forward queues")
 	if err := web.ShutdownWithTimeout(shutdownTimeout); err != nil {
 		logger.Error("shut down http server", "err", err)
 	}
 	wg.Wait()
+	stopFlush()
+	<-flushDone
+	drainCtx, cancelDrain := context.WithTimeout(context.Background(), f.drainTimeout)
+	if err := fwd.Stop(drainCtx); err != nil {
+		logger.Error("drain forward queues", "err", err)
+	}
+	cancelDrain()
 	select {
 	case err := <-errc:
 		if !errors.Is(err, net.ErrClosed) {
@@ -218,6 +265,30 @@ func run(args []string) error {
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// targets are the config file's remote_write targets plus one per
+// --remote-write.url.
+func targets(c *configs.Config, urls []string) ([]configs.RemoteWriteConfig, error) {
+	out := append([]configs.RemoteWriteConfig(nil), c.RemoteWrite...)
+	for _, u := range urls {
+		rw := configs.NewRemoteWriteConfig(u)
+		if err := rw.Validate(); err != nil {
+			return nil, fmt.Errorf("--remote-write.url: %w", err)
+		}
+		out = append(out, rw)
+	}
+	return out, nil
+}
+
+func selfInstance(c *configs.Config) string {
+	if c.SelfMetrics.Instance != "" {
+		return c.SelfMetrics.Instance
+	}
+	if h, err := os.Hostname(); err == nil {
+		return h
+	}
+	return "sluice"
 }
 
 func loadConfig(path string) (*configs.Config, error) {

@@ -1,0 +1,250 @@
+package forward
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	commoncfg "github.com/prometheus/common/config"
+
+	"github.com/sluice-metrics/sluice/configs"
+)
+
+// Remote-write request headers.
+const (
+	contentTypeV1 = "application/x-protobuf"
+	contentTypeV2 = "application/x-protobuf;proto=io.prometheus.write.v2.Request"
+	versionV1     = "0.1.0"
+	versionV2     = "2.0.0"
+)
+
+const (
+	// maxRetryAfter caps a server's Retry-After: a receiver asking for an
+	// hour must not park a shard (and every window behind it) for an hour.
+	maxRetryAfter = 5 * time.Minute
+	// errorBodyBytes is how much of an error response is kept for the log.
+	errorBodyBytes = 256
+	// maxDrainBytes bounds how much of a response body is read to let the
+	// connection be reused; a larger body costs a new connection instead.
+	maxDrainBytes = 1 << 20
+)
+
+// recoverableError is a send error worth retrying (network error, 5xx, 429
+// when retry_on_http_429 is set), as in Prometheus' storage/remote.
+type recoverableError struct {
+	err error
+	// retryAfter is the server's Retry-After, 0 if none or not positive.
+	retryAfter time.Duration
+}
+
+func (e recoverableError) Error() string { return e.err.Error() }
+func (e recoverableError) Unwrap() error { return e.err }
+
+// statusError is a non-2xx answer.
+type statusError struct {
+	code int
+	// msg holds the status and the start of the body, already redacted.
+	msg string
+}
+
+func (e *statusError) Error() string { return e.msg }
+
+// client posts encoded batches to one target.
+type client struct {
+	url       string
+	timeout   time.Duration
+	headers   map[string]string // from the config; values are never logged
+	userAgent string
+	v2        bool
+	retry429  bool
+	http      *http.Client
+	redactor  *strings.Replacer
+	metrics   *targetMetrics
+}
+
+func newClient(cfg *configs.RemoteWriteConfig, userAgent string, tm *targetMetrics) (*client, error) {
+	hc, err := commoncfg.NewClientFromConfig(cfg.HTTPClientConfig, "remote_write")
+	if err != nil {
+		return nil, fmt.Errorf("remote_write %s: http client: %w", cfg.DisplayName(), err)
+	}
+	return &client{
+		url:       cfg.URL,
+		timeout:   time.Duration(cfg.RemoteTimeout),
+		headers:   cfg.Headers,
+		userAgent: userAgent,
+		v2:        cfg.ProtobufMessage == configs.ProtoMsgV2,
+		retry429:  cfg.QueueConfig.RetryOnRateLimit != nil && *cfg.QueueConfig.RetryOnRateLimit,
+		http:      hc,
+		redactor:  newRedactor(cfg),
+		metrics:   tm,
+	}, nil
+}
+
+// store sends one body. attempt is 0 for the first try and n for the n-th
+// retry (sent as Retry-Attempt). Errors are redacted; a recoverableError
+// means the same body should be sent again.
+func (c *client) store(ctx context.Context, body []byte, attempt int) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url, bytes.NewReader(body))
+	if err != nil {
+		// Unreachable for a validated URL; not worth retrying.
+		return errors.New(c.redact(fmt.Sprintf("build request: %v", err)))
+	}
+	for k, v := range c.headers {
+		req.Header.Set(k, v)
+	}
+	req.Header.Set("Content-Encoding", "snappy")
+	req.Header.Set("User-Agent", c.userAgent)
+	if c.v2 {
+		req.Header.Set("Content-Type", contentTypeV2)
+		req.Header.Set("X-Prometheus-Remote-Write-Version", versionV2)
+	} else {
+		req.Header.Set("Content-Type", contentTypeV1)
+		req.Header.Set("X-Prometheus-Remote-Write-Version", versionV1)
+	}
+	if attempt > 0 {
+		req.Header.Set("Retry-Attempt", strconv.Itoa(attempt))
+	}
+
+	start := time.Now()
+	resp, err := c.http.Do(req)
+	c.metrics.sendDuration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		c.metrics.requests.WithLabelValues("error").Inc()
+		return recoverableError{err: c.redactErr(err)}
+	}
+	defer func() {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrainBytes))
+		_ = resp.Body.Close()
+	}()
+	c.metrics.requests.WithLabelValues(strconv.Itoa(resp.StatusCode)).Inc()
+	if resp.StatusCode/100 == 2 {
+		return nil
+	}
+	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, errorBodyBytes))
+	serr := &statusError{
+		code: resp.StatusCode,
+		msg:  c.redact(fmt.Sprintf("server returned HTTP status %s: %s", resp.Status, bytes.TrimSpace(snippet))),
+	}
+	if resp.StatusCode/100 == 5 || (resp.StatusCode == http.StatusTooManyRequests && c.retry429) {
+		return recoverableError{err: serr, retryAfter: retryAfter(resp.Header.Get("Retry-After"), time.Now())}
+	}
+	return serr
+}
+
+// close releases idle connections once the target is stopped.
+func (c *client) close() { c.http.CloseIdleConnections() }
+
+// redactErr takes the URL (and its query, which may hold an API key) out of
+// a *url.Error, which otherwise prints it whole, and scrubs what is left.
+func (c *client) redactErr(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		ue.URL = configs.RedactURL(ue.URL)
+	}
+	return redactedError{msg: c.redact(err.Error()), err: err}
+}
+
+// redact removes every known secret of the target from s.
+func (c *client) redact(s string) string { return c.redactor.Replace(s) }
+
+// redactedError carries a scrubbed message for an error whose own message
+// may hold a secret.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e redactedError) Error() string { return e.msg }
+func (e redactedError) Unwrap() error { return e.err }
+
+// minSecretLen keeps the redactor from replacing short values (a header
+// "1") everywhere in a message.
+const minSecretLen = 4
+
+// newRedactor replaces the target's secrets with "<redacted>": the URL
+// (whole, then its query and query values), header values and inline
+// credentials. Log lines and the status page only ever show text that went
+// through it, in case a secret is echoed by an error or a receiver's body.
+func newRedactor(cfg *configs.RemoteWriteConfig) *strings.Replacer {
+	var secrets []string
+	add := func(s string) {
+		if len(s) >= minSecretLen {
+			secrets = append(secrets, s)
+		}
+	}
+	if red := configs.RedactURL(cfg.URL); red != cfg.URL {
+		// Longest first: strings.Replacer tries old strings in order.
+		secrets = append(secrets, cfg.URL)
+	}
+	if u, err := url.Parse(cfg.URL); err == nil && u.RawQuery != "" {
+		add(u.RawQuery)
+		for _, vs := range u.Query() {
+			for _, v := range vs {
+				add(v)
+				add(url.QueryEscape(v))
+			}
+		}
+	}
+	for _, v := range cfg.Headers {
+		add(v)
+	}
+	hc := cfg.HTTPClientConfig
+	if hc.BasicAuth != nil {
+		add(string(hc.BasicAuth.Password))
+	}
+	if hc.Authorization != nil {
+		add(string(hc.Authorization.Credentials))
+	}
+	add(string(hc.BearerToken))
+	if hc.OAuth2 != nil {
+		add(string(hc.OAuth2.ClientSecret))
+	}
+	if pu := hc.ProxyURL.URL; pu != nil && pu.User != nil {
+		if p, ok := pu.User.Password(); ok {
+			add(p)
+		}
+	}
+	pairs := make([]string, 0, 2*len(secrets))
+	for _, s := range secrets {
+		r := "<redacted>"
+		if s == cfg.URL {
+			r = configs.RedactURL(cfg.URL)
+		}
+		pairs = append(pairs, s, r)
+	}
+	return strings.NewReplacer(pairs...)
+}
+
+// retryAfter parses a Retry-After header (delay in seconds or an HTTP date)
+// into a positive duration capped at maxRetryAfter; 0 means none.
+func retryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		if secs > int64(maxRetryAfter/time.Second) {
+			return maxRetryAfter
+		}
+		d = time.Duration(secs) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	}
+	if d <= 0 {
+		return 0
+	}
+	return min(d, maxRetryAfter)
+}

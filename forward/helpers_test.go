@@ -1,0 +1,400 @@
+package forward
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang/snappy"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/prompb"
+	writev2 "github.com/prometheus/prometheus/prompb/io/prometheus/write/v2"
+	"go.uber.org/goleak"
+	"gopkg.in/yaml.v3"
+
+	"github.com/sluice-metrics/sluice/configs"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+const testUserAgent = "Sluice/test"
+
+// request is one request a receiver got, decoded.
+type request struct {
+	at     time.Time
+	header http.Header
+	code   int // what the receiver answered
+	v1     *prompb.WriteRequest
+	v2     *writev2.Request
+}
+
+// accepted reports whether the receiver answered 2xx.
+func (r request) accepted() bool { return r.code/100 == 2 }
+
+// samples returns the number of float samples and histograms in the request.
+func (r request) samples() int {
+	n := 0
+	if r.v1 != nil {
+		for _, ts := range r.v1.Timeseries {
+			n += len(ts.Samples) + len(ts.Histograms)
+		}
+	}
+	if r.v2 != nil {
+		for _, ts := range r.v2.Timeseries {
+			n += len(ts.Samples) + len(ts.Histograms)
+		}
+	}
+	return n
+}
+
+// receiver is a remote_write endpoint on 127.0.0.1 that decodes every
+// request and answers what respond says.
+type receiver struct {
+	t    *testing.T
+	srv  *httptest.Server
+	reqs chan request // every request, in arrival order
+
+	mtx sync.Mutex // guards n
+	n   int
+}
+
+// respondFunc chooses the answer to the n-th request (from 0): it may set
+// headers, and returns the status code and a body.
+type respondFunc func(n int, w http.ResponseWriter, r *http.Request) (code int, body string)
+
+func newReceiver(t *testing.T, respond respondFunc) *receiver {
+	t.Helper()
+	rc := &receiver{t: t, reqs: make(chan request, 1000)}
+	rc.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc.mtx.Lock()
+		n := rc.n
+		rc.n++
+		rc.mtx.Unlock()
+		got := request{at: time.Now(), header: r.Header.Clone()}
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Errorf("read body: %v", err)
+			return
+		}
+		pb, err := snappy.Decode(nil, body) // block format
+		if err != nil {
+			t.Errorf("request %d: snappy block decode: %v", n, err)
+		}
+		if strings.Contains(r.Header.Get("Content-Type"), "io.prometheus.write.v2.Request") {
+			got.v2 = &writev2.Request{}
+			err = got.v2.Unmarshal(pb)
+		} else {
+			got.v1 = &prompb.WriteRequest{}
+			err = got.v1.Unmarshal(pb)
+		}
+		if err != nil {
+			t.Errorf("request %d: unmarshal: %v", n, err)
+		}
+		got.code = http.StatusNoContent
+		var answer string
+		if respond != nil {
+			got.code, answer = respond(n, w, r)
+		}
+		rc.reqs <- got
+		w.WriteHeader(got.code)
+		if answer != "" {
+			_, _ = w.Write([]byte(answer))
+		}
+	}))
+	t.Cleanup(rc.srv.Close)
+	return rc
+}
+
+func (rc *receiver) url() string { return rc.srv.URL + "/api/v1/write" }
+
+// count returns the number of requests received so far.
+func (rc *receiver) count() int {
+	rc.mtx.Lock()
+	defer rc.mtx.Unlock()
+	return rc.n
+}
+
+// next returns the next request, failing the test after timeout.
+func (rc *receiver) next(timeout time.Duration) request {
+	rc.t.Helper()
+	select {
+	case r := <-rc.reqs:
+		return r
+	case <-time.After(timeout):
+		rc.t.Fatalf("no request within %v", timeout)
+		return request{}
+	}
+}
+
+// nextAccepted returns accepted requests until they hold n samples.
+func (rc *receiver) nextAccepted(n int, timeout time.Duration) []request {
+	rc.t.Helper()
+	deadline := time.After(timeout)
+	var out []request
+	got := 0
+	for got < n {
+		select {
+		case r := <-rc.reqs:
+			if r.accepted() {
+				out = append(out, r)
+				got += r.samples()
+			}
+		case <-deadline:
+			rc.t.Fatalf("got %d of %d samples within %v", got, n, timeout)
+		}
+	}
+	return out
+}
+
+// pending returns the requests received but not yet read.
+func (rc *receiver) pending() []request {
+	var out []request
+	for {
+		select {
+		case r := <-rc.reqs:
+			out = append(out, r)
+		default:
+			return out
+		}
+	}
+}
+
+// hangingServer accepts requests and never answers until the test ends
+// (or the client gives up).
+func hangingServer(t *testing.T) string {
+	t.Helper()
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) }) // runs first
+	return srv.URL + "/api/v1/write"
+}
+
+// closedPort returns a URL on 127.0.0.1 where nothing listens.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	if err := ln.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return "http://" + addr + "/api/v1/write"
+}
+
+// syncBuffer collects log output from several goroutines.
+type syncBuffer struct {
+	mtx sync.Mutex // guards b
+	b   bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mtx.Lock()
+	defer s.mtx.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mtx.Lock()
+	defer s.mtx.Unlock()
+	return s.b.String()
+}
+
+// harness is a Manager with its registry and log.
+type harness struct {
+	t   *testing.T
+	m   *Manager
+	reg *prometheus.Registry
+	log *syncBuffer
+}
+
+// newHarness returns a Manager stopped when the test ends (before the
+// servers created earlier are closed).
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	h := &harness{t: t, reg: prometheus.NewRegistry(), log: &syncBuffer{}}
+	logger := slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h.m = NewManager(logger, h.reg, testUserAgent)
+	h.m.reloadDrain = 500 * time.Millisecond
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = h.m.Stop(ctx)
+	})
+	return h
+}
+
+func (h *harness) apply(ext map[string]string, cfgs ...configs.RemoteWriteConfig) {
+	h.t.Helper()
+	for i := range cfgs {
+		if err := cfgs[i].Validate(); err != nil {
+			h.t.Fatalf("config %d: %v", i, err)
+		}
+	}
+	if err := h.m.ApplyConfig(cfgs, ext); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// stop stops the Manager with a timeout and returns its error.
+func (h *harness) stop(timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return h.m.Stop(ctx)
+}
+
+// metric returns the value of the series of name with exactly the given
+// labels, and whether it exists.
+func (h *harness) metric(name string, lbls map[string]string) (float64, bool) {
+	h.t.Helper()
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if !labelsMatch(m, lbls) {
+				continue
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue(), true
+			case m.Gauge != nil:
+				return m.Gauge.GetValue(), true
+			case m.Histogram != nil:
+				return float64(m.Histogram.GetSampleCount()), true
+			}
+		}
+	}
+	return 0, false
+}
+
+func labelsMatch(m *dto.Metric, want map[string]string) bool {
+	if len(m.GetLabel()) != len(want) {
+		return false
+	}
+	for _, lp := range m.GetLabel() {
+		if v, ok := want[lp.GetName()]; !ok || v != lp.GetValue() {
+			return false
+		}
+	}
+	return true
+}
+
+// dropped returns sluice_forward_samples_dropped_total for a target and
+// reason (0 if absent).
+func (h *harness) dropped(name, reason string) float64 {
+	v, _ := h.metric("sluice_forward_samples_dropped_total", map[string]string{"remote_name": name, "reason": reason})
+	return v
+}
+
+func modelDuration(d time.Duration) model.Duration { return model.Duration(d) }
+
+// testConfig is a target with every default and quick backoffs.
+func testConfig(url, name string) configs.RemoteWriteConfig {
+	c := configs.NewRemoteWriteConfig(url)
+	c.Name = name
+	c.RemoteTimeout = model.Duration(5 * time.Second)
+	c.QueueConfig.MinBackoff = model.Duration(10 * time.Millisecond)
+	c.QueueConfig.MaxBackoff = model.Duration(50 * time.Millisecond)
+	return c
+}
+
+// yamlConfig parses a remote_write entry as a user writes it.
+func yamlConfig(t *testing.T, y string) configs.RemoteWriteConfig {
+	t.Helper()
+	var c configs.RemoteWriteConfig
+	if err := yaml.Unmarshal([]byte(y), &c); err != nil {
+		t.Fatalf("parse %q: %v", y, err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	return c
+}
+
+// window returns n float series test_metric{series="i"} at ts (ms) with
+// value ts/1000+i.
+func window(ts int64, n int) *prompb.WriteRequest {
+	req := &prompb.WriteRequest{}
+	for i := range n {
+		req.Timeseries = append(req.Timeseries, prompb.TimeSeries{
+			Labels: []prompb.Label{
+				{Name: "__name__", Value: "test_metric"},
+				{Name: "job", Value: "test"},
+				{Name: "series", Value: strconv.Itoa(i)},
+			},
+			Samples: []prompb.Sample{{Timestamp: ts, Value: float64(ts/1000) + float64(i)}},
+		})
+	}
+	req.Metadata = []prompb.MetricMetadata{{Type: prompb.MetricMetadata_GAUGE, MetricFamilyName: "test_metric", Help: "A test gauge."}}
+	return req
+}
+
+// labelMap returns a v1 series' labels as a map.
+func labelMap(ls []prompb.Label) map[string]string {
+	m := make(map[string]string, len(ls))
+	for _, l := range ls {
+		m[l.Name] = l.Value
+	}
+	return m
+}
+
+// shardGoroutines counts running shard goroutines.
+func shardGoroutines() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Count(string(buf[:n]), "forward.(*shard).run(")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after timeout. It is
+// for states that have no event to wait on (a goroutine exiting, an error
+// being recorded).
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+func sortedCopy(s []string) []string {
+	c := slices.Clone(s)
+	slices.Sort(c)
+	return c
+}

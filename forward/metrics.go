@@ -1,0 +1,135 @@
+package forward
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Drop reasons for sluice_forward_samples_dropped_total besides HTTP
+// status codes ("400", "404", ...).
+const (
+	// reasonQueueFull: a shard's buffer was full; its oldest samples made room.
+	reasonQueueFull = "queue_full"
+	// reasonShutdown: Stop (or a reload that removed the target) ran out of
+	// time before the sample was delivered.
+	reasonShutdown = "shutdown"
+	// reasonRelabel: write_relabel_configs dropped the series. Not an error:
+	// it is the configured outcome, counted so that it can be told apart.
+	reasonRelabel = "relabel"
+	// reasonEncode: the batch could not be marshalled (never expected).
+	reasonEncode = "encode"
+)
+
+// metrics are the Manager's self metrics, every series labelled with
+// remote_name (the target's DisplayName). The names are a contract with
+// dashboards; do not rename them.
+type metrics struct {
+	samplesSent    *prometheus.CounterVec
+	histogramsSent *prometheus.CounterVec
+	samplesRetried *prometheus.CounterVec
+	samplesDropped *prometheus.CounterVec
+	queueSamples   *prometheus.GaugeVec
+	queueBytes     *prometheus.GaugeVec
+	sendDuration   *prometheus.HistogramVec
+	requests       *prometheus.CounterVec
+	highestSent    *prometheus.GaugeVec
+}
+
+const remoteName = "remote_name"
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		samplesSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_forward_samples_sent_total",
+			Help: "Float samples (staleness markers included) accepted by the target with a 2xx.",
+		}, []string{remoteName}),
+		histogramsSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_forward_histograms_sent_total",
+			Help: "Native histogram samples accepted by the target with a 2xx.",
+		}, []string{remoteName}),
+		samplesRetried: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_forward_samples_retried_total",
+			Help: "Samples (floats and histograms) in batches re-sent after a recoverable error, once per retry.",
+		}, []string{remoteName}),
+		samplesDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_forward_samples_dropped_total",
+			Help: "Samples (floats and histograms) not delivered, by reason: an HTTP status code, queue_full, shutdown, relabel (dropped by write_relabel_configs) or encode.",
+		}, []string{remoteName, "reason"}),
+		queueSamples: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_forward_queue_samples",
+			Help: "Samples buffered or being sent.",
+		}, []string{remoteName}),
+		queueBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_forward_queue_bytes",
+			Help: "Approximate size of the samples buffered or being sent (label bytes plus values).",
+		}, []string{remoteName}),
+		sendDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sluice_forward_send_duration_seconds",
+			Help: "Duration of one remote_write HTTP request, whatever its outcome.",
+			// From a local receiver (ms) up to the 30 s default remote_timeout.
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{remoteName}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_forward_requests_total",
+			Help: "remote_write HTTP requests by status code; code=\"error\" when no response was received.",
+		}, []string{remoteName, "code"}),
+		highestSent: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_forward_highest_sent_timestamp_seconds",
+			Help: "Highest sample timestamp accepted by the target, in seconds since the epoch.",
+		}, []string{remoteName}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.samplesSent, m.histogramsSent, m.samplesRetried, m.samplesDropped,
+			m.queueSamples, m.queueBytes, m.sendDuration, m.requests, m.highestSent)
+	}
+	return m
+}
+
+// forTarget returns the children of one target. Two targets with the same
+// name (a changed config replacing the old one while it drains) share them,
+// which is why gauges are only ever moved with Add.
+func (m *metrics) forTarget(name string) targetMetrics {
+	l := prometheus.Labels{remoteName: name}
+	tm := targetMetrics{
+		samplesSent:    m.samplesSent.With(l),
+		histogramsSent: m.histogramsSent.With(l),
+		samplesRetried: m.samplesRetried.With(l),
+		dropped:        m.samplesDropped.MustCurryWith(l),
+		queueSamples:   m.queueSamples.With(l),
+		queueBytes:     m.queueBytes.With(l),
+		sendDuration:   m.sendDuration.With(l),
+		requests:       m.requests.MustCurryWith(l),
+		highestSent:    m.highestSent.With(l),
+	}
+	// Export the usual reasons at 0 so that rate() works from the start.
+	for _, r := range []string{reasonQueueFull, reasonShutdown} {
+		tm.dropped.WithLabelValues(r)
+	}
+	return tm
+}
+
+// delete removes every series of a target that is gone.
+func (m *metrics) delete(name string) {
+	l := prometheus.Labels{remoteName: name}
+	m.samplesSent.DeletePartialMatch(l)
+	m.histogramsSent.DeletePartialMatch(l)
+	m.samplesRetried.DeletePartialMatch(l)
+	m.samplesDropped.DeletePartialMatch(l)
+	m.queueSamples.DeletePartialMatch(l)
+	m.queueBytes.DeletePartialMatch(l)
+	m.sendDuration.DeletePartialMatch(l)
+	m.requests.DeletePartialMatch(l)
+	m.highestSent.DeletePartialMatch(l)
+}
+
+// targetMetrics are one target's children of metrics.
+type targetMetrics struct {
+	samplesSent    prometheus.Counter
+	histogramsSent prometheus.Counter
+	samplesRetried prometheus.Counter
+	dropped        *prometheus.CounterVec // by reason
+	queueSamples   prometheus.Gauge
+	queueBytes     prometheus.Gauge
+	sendDuration   prometheus.Observer
+	requests       *prometheus.CounterVec // by code
+	highestSent    prometheus.Gauge
+}

@@ -1,0 +1,259 @@
+package forward
+
+import (
+	"net/http"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/prompb"
+	writev2 "github.com/prometheus/prometheus/prompb/io/prometheus/write/v2"
+
+	"github.com/sluice-metrics/sluice/configs"
+)
+
+func TestRing(t *testing.T) {
+	t.Parallel()
+	// Operations: "+N" pushes N samples numbered on, "-N" pops up to N.
+	for _, tc := range []struct {
+		name    string
+		max     int
+		ops     []string
+		popped  string // t of popped samples, in order
+		evicted string
+		left    int
+	}{
+		{"fifo", 10, []string{"+3", "-2", "+2", "-10"}, "0,1,2,3,4", "", 0},
+		{"evicts oldest when full", 4, []string{"+6", "-10"}, "2,3,4,5", "0,1", 0},
+		{"wraps around", 4, []string{"+3", "-2", "+3", "+1", "-10"}, "0,1,3,4,5,6", "2", 0},
+		{"grows past the first allocation", 1000, []string{"+700", "-1"}, "0", "", 699},
+		{"pop of empty", 4, []string{"-3"}, "", "", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := newRing(tc.max)
+			var popped, evicted []string
+			next := int64(0)
+			for _, op := range tc.ops {
+				n, _ := strconv.Atoi(op[1:])
+				if op[0] == '+' {
+					for range n {
+						if ev, ok := r.push(sample{t: next}); ok {
+							evicted = append(evicted, strconv.FormatInt(ev.t, 10))
+						}
+						next++
+					}
+					continue
+				}
+				for _, s := range r.pop(nil, n) {
+					popped = append(popped, strconv.FormatInt(s.t, 10))
+				}
+			}
+			if got := strings.Join(popped, ","); got != tc.popped {
+				t.Errorf("popped %s, want %s", got, tc.popped)
+			}
+			if got := strings.Join(evicted, ","); got != tc.evicted {
+				t.Errorf("evicted %s, want %s", got, tc.evicted)
+			}
+			if r.len() != tc.left {
+				t.Errorf("len %d, want %d", r.len(), tc.left)
+			}
+			if len(r.buf) > tc.max {
+				t.Errorf("allocated %d > capacity %d", len(r.buf), tc.max)
+			}
+		})
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, tc := range []struct {
+		name, header string
+		want         time.Duration
+	}{
+		{"absent", "", 0},
+		{"seconds", "3", 3 * time.Second},
+		{"zero", "0", 0},
+		{"negative", "-5", 0},
+		{"garbage", "soon", 0},
+		{"capped", "86400", maxRetryAfter},
+		{"http date", now.Add(10 * time.Second).Format(http.TimeFormat), 10 * time.Second},
+		{"http date in the past", now.Add(-time.Minute).Format(http.TimeFormat), 0},
+		{"http date far ahead", now.Add(time.Hour).Format(http.TimeFormat), maxRetryAfter},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := retryAfter(tc.header, now); got != tc.want {
+				t.Errorf("retryAfter(%q) = %v, want %v", tc.header, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestToV2Histogram checks the direct conversion against the helpers of
+// the writev2 package.
+func TestToV2Histogram(t *testing.T) {
+	t.Parallel()
+	intH := testHistogram(1000)
+	floatH := prompb.Histogram{
+		Count:          &prompb.Histogram_CountFloat{CountFloat: 3.5},
+		Sum:            -2,
+		Schema:         -53,
+		ZeroCount:      &prompb.Histogram_ZeroCountFloat{ZeroCountFloat: 0},
+		PositiveSpans:  []prompb.BucketSpan{{Offset: 0, Length: 3}},
+		PositiveCounts: []float64{1, 0.5, 2},
+		ResetHint:      prompb.Histogram_GAUGE,
+		Timestamp:      2000,
+		CustomValues:   []float64{0.1, 1, 10},
+	}
+	for _, tc := range []struct {
+		name string
+		h    prompb.Histogram
+		want writev2.Histogram
+	}{
+		{"integer", intH, writev2.FromIntHistogram(0, intH.Timestamp, intH.ToIntHistogram())},
+		{"float with custom buckets", floatH, writev2.FromFloatHistogram(0, floatH.Timestamp, floatH.ToFloatHistogram())},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := toV2Histogram(&tc.h); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got  %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestV2MetricType(t *testing.T) {
+	t.Parallel()
+	for v1, name := range prompb.MetricMetadata_MetricType_name {
+		got := v2MetricType(prompb.MetricMetadata_MetricType(v1))
+		want := "METRIC_TYPE_" + name
+		if name == "UNKNOWN" {
+			want = "METRIC_TYPE_UNSPECIFIED"
+		}
+		if got.String() != want {
+			t.Errorf("%s -> %s, want %s", name, got, want)
+		}
+	}
+}
+
+func TestFamilyMetadata(t *testing.T) {
+	t.Parallel()
+	meta := map[string]*prompb.MetricMetadata{}
+	for _, md := range []prompb.MetricMetadata{
+		{MetricFamilyName: "requests", Type: prompb.MetricMetadata_COUNTER},
+		{MetricFamilyName: "latency_seconds", Type: prompb.MetricMetadata_HISTOGRAM},
+		{MetricFamilyName: "rpc", Type: prompb.MetricMetadata_SUMMARY},
+		{MetricFamilyName: "temp", Type: prompb.MetricMetadata_GAUGE},
+	} {
+		meta[md.MetricFamilyName] = &md
+	}
+	for _, tc := range []struct {
+		series, want string
+	}{
+		{"requests_total", "requests"},
+		{"requests", "requests"},
+		{"latency_seconds_bucket", "latency_seconds"},
+		{"latency_seconds_count", "latency_seconds"},
+		{"rpc_sum", "rpc"},
+		{"rpc_bucket", ""}, // summaries have no buckets
+		{"temp_total", ""}, // gauges have no _total
+		{"other", ""},
+	} {
+		t.Run(tc.series, func(t *testing.T) {
+			got := ""
+			if md := familyMetadata(meta, tc.series); md != nil {
+				got = md.MetricFamilyName
+			}
+			if got != tc.want {
+				t.Errorf("family of %s = %q, want %q", tc.series, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRedactor(t *testing.T) {
+	t.Parallel()
+	cfg := configs.NewRemoteWriteConfig("https://mimir.example/api/v1/push?api_key=k3y-value&tenant=t1")
+	cfg.Headers = map[string]string{"X-Api-Token": "tok-123456", "X-Short": "1"}
+	r := newRedactor(&cfg)
+	for _, tc := range []struct{ in, want string }{
+		{`Post "https://mimir.example/api/v1/push?api_key=k3y-value&tenant=t1": EOF`, `Post "https://mimir.example/api/v1/push?redacted": EOF`},
+		{"bad key k3y-value", "bad key <redacted>"},
+		{"echo api_key=k3y-value&tenant=t1", "echo <redacted>"},
+		{"token tok-123456 at 1", "token <redacted> at 1"},
+	} {
+		if got := r.Replace(tc.in); got != tc.want {
+			t.Errorf("redact(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestSameConfig(t *testing.T) {
+	t.Parallel()
+	parse := func(y string) configs.RemoteWriteConfig { return yamlConfig(t, y) }
+	base := "url: http://127.0.0.1:1/w\nwrite_relabel_configs:\n  - source_labels: [a]\n    regex: x.*\n    action: drop\nbasic_auth:\n  username: u\n  password: p1\n"
+	running, err := newTarget(parse(base), map[string]string{"e": "1"}, "ua", discardLogger(), newMetrics(nil), time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer running.client.close()
+	for _, tc := range []struct {
+		name string
+		yaml string
+		ext  map[string]string
+		want bool
+	}{
+		{"identical reparse", base, map[string]string{"e": "1"}, true},
+		{"other password", strings.Replace(base, "p1", "p2", 1), map[string]string{"e": "1"}, false},
+		{"other regex", strings.Replace(base, "x.*", "y.*", 1), map[string]string{"e": "1"}, false},
+		{"other external labels", base, map[string]string{"e": "2"}, false},
+		{"other timeout", base + "remote_timeout: 10s\n", map[string]string{"e": "1"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := parse(tc.yaml)
+			if got := running.sameConfig(&cfg, tc.ext); got != tc.want {
+				t.Errorf("sameConfig = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestAppendLabels: external labels never override, relabelling sees them.
+func TestAppendLabels(t *testing.T) {
+	t.Parallel()
+	cfg := yamlConfig(t, "url: http://127.0.0.1:1/w\nqueue_config:\n  max_shards: 3\nwrite_relabel_configs:\n  - source_labels: [region]\n    regex: us\n    action: drop\n")
+	tg, err := newTarget(cfg, map[string]string{"region": "eu", "replica": "r1"}, "ua", discardLogger(), newMetrics(nil), time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.client.close()
+	req := &prompb.WriteRequest{Timeseries: []prompb.TimeSeries{
+		{Labels: []prompb.Label{{Name: "__name__", Value: "a"}}, Samples: []prompb.Sample{{Value: 1}}},
+		{Labels: []prompb.Label{{Name: "__name__", Value: "b"}, {Name: "region", Value: "us"}}, Samples: []prompb.Sample{{Value: 2}}},
+		{Labels: []prompb.Label{{Name: "__name__", Value: "c"}, {Name: "replica", Value: "own"}}, Samples: []prompb.Sample{{Value: 3}}},
+		{Labels: []prompb.Label{{Name: "__name__", Value: "empty"}}},
+	}}
+	tg.append(convert(req), false)
+	var got []string
+	for i, s := range tg.shards {
+		for _, smp := range s.buf.pop(nil, 100) {
+			if want := int(smp.lset.Hash() % 3); want != i {
+				t.Errorf("%s in shard %d, want %d", smp.lset, i, want)
+			}
+			got = append(got, smp.lset.String())
+		}
+	}
+	want := []string{
+		labels.FromStrings("__name__", "a", "region", "eu", "replica", "r1").String(),
+		labels.FromStrings("__name__", "c", "region", "eu", "replica", "own").String(),
+	}
+	if strings.Join(sortedCopy(got), " ") != strings.Join(sortedCopy(want), " ") {
+		t.Errorf("queued %v, want %v", got, want)
+	}
+	if tg.queued.Load() != 2 {
+		t.Errorf("queued %d, want 2", tg.queued.Load())
+	}
+}
