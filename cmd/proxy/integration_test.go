@@ -22,9 +22,11 @@ import (
 
 // sluiceProc is the real binary running on a loopback port.
 type sluiceProc struct {
-	url    string
-	cmd    *exec.Cmd
-	stderr *bytes.Buffer
+	url     string
+	cmd     *exec.Cmd
+	stderr  *bytes.Buffer
+	done    chan struct{} // closed when the process has exited
+	waitErr error         // set before done is closed
 }
 
 // buildBinary compiles cmd/proxy once per test binary run.
@@ -63,7 +65,8 @@ func startSluice(t *testing.T, bin string, args ...string) *sluiceProc {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &sluiceProc{url: "http://" + addr, cmd: cmd, stderr: &stderr}
+	p := &sluiceProc{url: "http://" + addr, cmd: cmd, stderr: &stderr, done: make(chan struct{})}
+	go func() { p.waitErr = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() { p.stop(t) })
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
@@ -80,21 +83,31 @@ func startSluice(t *testing.T, bin string, args ...string) *sluiceProc {
 }
 
 func (p *sluiceProc) stop(t *testing.T) {
-	if p.cmd.ProcessState != nil {
+	select {
+	case <-p.done:
 		return
+	default:
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- p.cmd.Wait() }()
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("sluice exited with %v after SIGTERM; stderr:\n%s", err, p.stderr.String())
+	case <-p.done:
+		if p.waitErr != nil {
+			t.Errorf("sluice exited with %v after SIGTERM; stderr:\n%s", p.waitErr, p.stderr.String())
 		}
 	case <-time.After(20 * time.Second):
 		_ = p.cmd.Process.Kill()
-		<-done
+		<-p.done
 		t.Errorf("sluice did not stop within 20s of SIGTERM (drain timeout 10s)")
+	}
+}
+
+// exited waits up to d for the process to exit on its own.
+func (p *sluiceProc) exited(d time.Duration) (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.waitErr
+	case <-time.After(d):
+		return false, nil
 	}
 }
 
@@ -251,28 +264,32 @@ func TestConfigReloadKeepsOldConfigOnError(t *testing.T) {
 	}
 }
 
+func TestNoTargetSaysNothingIsForwarded(t *testing.T) {
+	bin := buildBinary(t)
+	p := startSluice(t, bin)
+	p.stop(t)
+	if !strings.Contains(p.stderr.String(), "nothing is forwarded") {
+		t.Fatalf("with no target Sluice must say nothing is forwarded; log:\n%s", p.stderr.String())
+	}
+}
+
 func TestDefaultsStartAndQuit(t *testing.T) {
 	bin := buildBinary(t)
-	p := startSluice(t, bin, "--web.enable-lifecycle")
-	if code, body := p.get(t, "/api/v1/status"); code != 200 || !strings.Contains(body, `"aggregation.interval":"15s"`) || !strings.Contains(body, `"series.ttl":"24h0m0s"`) {
-		t.Fatalf("status: %d %s", code, body)
+	p := startSluice(t, bin, "--web.enable-lifecycle", "--forward.drain-timeout=1s", "--remote-write.url=http://127.0.0.1:1/api/v1/write?api_key=hunter2")
+	if code, body := p.get(t, "/api/v1/status"); code != 200 || !strings.Contains(body, `"aggregation.interval":"15s"`) ||
+		!strings.Contains(body, `"series.ttl":"24h0m0s"`) || strings.Contains(body, "hunter2") {
+		t.Fatalf("status (must not show the api key): %d %s", code, body)
 	}
 	r, err := http.Post(p.url+"/-/quit", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.Body.Close()
-	done := make(chan error, 1)
-	go func() { done <- p.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("exit after /-/quit: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("sluice did not exit after /-/quit")
+	ok, err := p.exited(10 * time.Second)
+	if !ok || err != nil {
+		t.Fatalf("sluice did not exit cleanly within 10s of /-/quit: exited %v, %v", ok, err)
 	}
-	if !strings.Contains(p.stderr.String(), "nothing is forwarded") {
-		t.Fatalf("with no target Sluice must say nothing is forwarded; log:\n%s", p.stderr.String())
+	if strings.Contains(p.stderr.String(), "hunter2") {
+		t.Fatalf("the log shows the api key:\n%s", p.stderr.String())
 	}
 }

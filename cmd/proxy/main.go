@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -167,6 +168,12 @@ func run(args []string) error {
 		}
 		flagValues[fl.Name] = fl.String()
 	}
+	// A remote-write URL may carry an API key in its query.
+	redacted := make([]string, len(f.remoteWriteURLs))
+	for i, u := range f.remoteWriteURLs {
+		redacted[i] = configs.RedactURL(u)
+	}
+	flagValues["remote-write.url"] = strings.Join(redacted, ",")
 	web := ingest.NewApp(ingest.Options{
 		Logger:          logger.With("component", "web"),
 		Registerer:      reg,
