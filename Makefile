@@ -25,6 +25,7 @@ fuzz:
 	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzParseGroupingKey$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzDecodeBody$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./configs -run '^$$' -fuzz '^FuzzParseMode$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./aggregate -run '^$$' -fuzz '^FuzzDecodeOp$$' -fuzztime $(FUZZTIME)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=6 ./... | tee bench.txt

@@ -1,0 +1,226 @@
+package aggregate
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/prometheus/model/labels"
+	"google.golang.org/protobuf/encoding/protodelim"
+)
+
+// Operation record types, as stored in the write-ahead log. The values are
+// part of the on-disk format: never renumber them.
+const (
+	RecordPush   uint8 = 1
+	RecordDelete uint8 = 2
+	RecordWipe   uint8 = 3
+	RecordExpire uint8 = 4
+)
+
+// Op is one state-changing operation: what the write-ahead log records so
+// that replaying the log rebuilds the state exactly.
+type Op struct {
+	Type uint8
+	// Time is the arrival time; replay applies the op at this time, so
+	// windows and TTLs come out as they did.
+	Time time.Time
+	// Push is set for RecordPush.
+	Push *Push
+	// Group is the grouping key of RecordDelete.
+	Group labels.Labels
+	// Expired lists what a sweep removed (RecordExpire): whole groups, and
+	// single series by key within live groups.
+	ExpiredGroups []labels.Labels
+	ExpiredSeries []string
+}
+
+// maxRecordFamilies bounds decoding of hostile or corrupt records.
+const maxRecordBytes = 1 << 30
+
+// EncodeOp serialises an op. Layout (all integers varint unless noted):
+//
+//	time      8 bytes, big-endian Unix nanoseconds
+//	push:     method (1 byte) | group labels | delimited MetricFamily protobufs to the end
+//	delete:   group labels
+//	wipe:     nothing
+//	expire:   n groups | n * group labels | m series | m * (len | key bytes)
+//	labels:   n | n * (len | name | len | value)
+func EncodeOp(op *Op) ([]byte, error) {
+	var b []byte
+	b = binary.BigEndian.AppendUint64(b, uint64(op.Time.UnixNano()))
+	switch op.Type {
+	case RecordPush:
+		b = append(b, byte(op.Push.Method))
+		b = appendLabels(b, op.Push.Group)
+		buf := bytes.NewBuffer(b)
+		for _, f := range op.Push.Families {
+			if _, err := protodelim.MarshalTo(buf, f); err != nil {
+				return nil, fmt.Errorf("encode push record: %w", err)
+			}
+		}
+		return buf.Bytes(), nil
+	case RecordDelete:
+		return appendLabels(b, op.Group), nil
+	case RecordWipe:
+		return b, nil
+	case RecordExpire:
+		b = binary.AppendUvarint(b, uint64(len(op.ExpiredGroups)))
+		for _, g := range op.ExpiredGroups {
+			b = appendLabels(b, g)
+		}
+		b = binary.AppendUvarint(b, uint64(len(op.ExpiredSeries)))
+		for _, k := range op.ExpiredSeries {
+			b = appendString(b, k)
+		}
+		return b, nil
+	}
+	return nil, fmt.Errorf("encode op: unknown record type %d", op.Type)
+}
+
+// DecodeOp parses a record written by EncodeOp. It never panics on bad
+// input and returns an error naming what was wrong.
+func DecodeOp(typ uint8, b []byte) (*Op, error) {
+	if len(b) < 8 {
+		return nil, errors.New("decode op: record shorter than its timestamp")
+	}
+	if len(b) > maxRecordBytes {
+		return nil, errors.New("decode op: record too large")
+	}
+	op := &Op{Type: typ, Time: time.Unix(0, int64(binary.BigEndian.Uint64(b)))}
+	r := &reader{b: b[8:]}
+	switch typ {
+	case RecordPush:
+		m, err := r.byte()
+		if err != nil {
+			return nil, err
+		}
+		if Method(m) != MethodPost && Method(m) != MethodPut {
+			return nil, fmt.Errorf("decode push record: unknown method %d", m)
+		}
+		g, err := r.labels()
+		if err != nil {
+			return nil, err
+		}
+		p := &Push{Group: g, Method: Method(m)}
+		br := bytes.NewReader(r.b)
+		for br.Len() > 0 {
+			f := &dto.MetricFamily{}
+			if err := (protodelim.UnmarshalOptions{MaxSize: int64(br.Len())}).UnmarshalFrom(br, f); err != nil {
+				if errors.Is(err, io.EOF) {
+					err = io.ErrUnexpectedEOF
+				}
+				return nil, fmt.Errorf("decode push record: %w", err)
+			}
+			p.Families = append(p.Families, f)
+		}
+		op.Push = p
+	case RecordDelete:
+		g, err := r.labels()
+		if err != nil {
+			return nil, err
+		}
+		op.Group = g
+	case RecordWipe:
+	case RecordExpire:
+		n, err := r.count()
+		if err != nil {
+			return nil, err
+		}
+		for i := 0; i < n; i++ {
+			g, err := r.labels()
+			if err != nil {
+				return nil, err
+			}
+			op.ExpiredGroups = append(op.ExpiredGroups, g)
+		}
+		if n, err = r.count(); err != nil {
+			return nil, err
+		}
+		for i := 0; i < n; i++ {
+			k, err := r.string()
+			if err != nil {
+				return nil, err
+			}
+			op.ExpiredSeries = append(op.ExpiredSeries, k)
+		}
+	default:
+		return nil, fmt.Errorf("decode op: unknown record type %d", typ)
+	}
+	if typ != RecordPush && len(r.b) != 0 {
+		return nil, fmt.Errorf("decode op: %d trailing bytes in record type %d", len(r.b), typ)
+	}
+	return op, nil
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func appendLabels(b []byte, ls labels.Labels) []byte {
+	b = binary.AppendUvarint(b, uint64(ls.Len()))
+	ls.Range(func(l labels.Label) {
+		b = appendString(b, l.Name)
+		b = appendString(b, l.Value)
+	})
+	return b
+}
+
+// reader decodes the primitives of a record.
+type reader struct{ b []byte }
+
+var errShort = errors.New("decode op: record truncated")
+
+func (r *reader) byte() (byte, error) {
+	if len(r.b) == 0 {
+		return 0, errShort
+	}
+	c := r.b[0]
+	r.b = r.b[1:]
+	return c, nil
+}
+
+func (r *reader) count() (int, error) {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 || v > uint64(len(r.b)) {
+		return 0, errShort
+	}
+	r.b = r.b[n:]
+	return int(v), nil
+}
+
+func (r *reader) string() (string, error) {
+	n, err := r.count()
+	if err != nil || n > len(r.b) {
+		return "", errShort
+	}
+	s := string(r.b[:n])
+	r.b = r.b[n:]
+	return s, nil
+}
+
+func (r *reader) labels() (labels.Labels, error) {
+	n, err := r.count()
+	if err != nil {
+		return labels.EmptyLabels(), err
+	}
+	var sb labels.ScratchBuilder
+	for i := 0; i < n; i++ {
+		name, err := r.string()
+		if err != nil {
+			return labels.EmptyLabels(), err
+		}
+		value, err := r.string()
+		if err != nil {
+			return labels.EmptyLabels(), err
+		}
+		sb.Add(name, value)
+	}
+	sb.Sort()
+	return sb.Labels(), nil
+}

@@ -1,0 +1,97 @@
+package aggregate
+
+import (
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/prometheus/model/labels"
+	"google.golang.org/protobuf/proto"
+)
+
+func TestOpRoundTrip(t *testing.T) {
+	at := time.Unix(1_700_000_000, 123456789)
+	fams := nativeFamilies(t)
+	fams = append(fams, &dto.MetricFamily{Name: ptr("c_total"), Type: dto.MetricType_COUNTER.Enum(),
+		Metric: []*dto.Metric{{Label: []*dto.LabelPair{{Name: ptr("clear_mode"), Value: ptr("sum")}}, Counter: &dto.Counter{Value: ptr(2.5)}}}})
+	cases := []struct {
+		name string
+		op   Op
+	}{
+		{"push", Op{Type: RecordPush, Time: at, Push: &Push{Group: groupLabels("job=f,env=prod"), Method: MethodPut, Families: fams}}},
+		{"push_empty_group_and_body", Op{Type: RecordPush, Time: at, Push: &Push{Group: labels.EmptyLabels(), Method: MethodPost}}},
+		{"push_empty_label_value", Op{Type: RecordPush, Time: at, Push: &Push{Group: groupLabels("job=f,e="), Method: MethodPost}}},
+		{"delete", Op{Type: RecordDelete, Time: at, Group: groupLabels("job=f")}},
+		{"wipe", Op{Type: RecordWipe, Time: at}},
+		{"expire", Op{Type: RecordExpire, Time: at, ExpiredGroups: []labels.Labels{groupLabels("job=a"), groupLabels("job=b,i=1")}, ExpiredSeries: []string{"k1", "", "k\x003"}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := EncodeOp(&tc.op)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := DecodeOp(tc.op.Type, b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !got.Time.Equal(tc.op.Time) || got.Type != tc.op.Type {
+				t.Fatalf("header: %v %d", got.Time, got.Type)
+			}
+			if tc.op.Push != nil {
+				if labels.Compare(got.Push.Group, tc.op.Push.Group) != 0 || got.Push.Method != tc.op.Push.Method || len(got.Push.Families) != len(tc.op.Push.Families) {
+					t.Fatalf("push: %+v", got.Push)
+				}
+				if got.Push.Group.String() != tc.op.Push.Group.String() {
+					t.Fatalf("group %s != %s", got.Push.Group, tc.op.Push.Group)
+				}
+				for i := range got.Push.Families {
+					if !proto.Equal(got.Push.Families[i], tc.op.Push.Families[i]) {
+						t.Fatalf("family %d differs", i)
+					}
+				}
+			}
+			if labels.Compare(got.Group, tc.op.Group) != 0 || len(got.ExpiredGroups) != len(tc.op.ExpiredGroups) || len(got.ExpiredSeries) != len(tc.op.ExpiredSeries) {
+				t.Fatalf("got %+v", got)
+			}
+			for i := range got.ExpiredSeries {
+				if got.ExpiredSeries[i] != tc.op.ExpiredSeries[i] {
+					t.Fatalf("series key %d: %q", i, got.ExpiredSeries[i])
+				}
+			}
+			// Every strict prefix is an error, never a panic or a silent success
+			// (a push body may end at any family boundary, so only non-push
+			// records are checked for that).
+			for n := 0; n < len(b); n++ {
+				if _, err := DecodeOp(tc.op.Type, b[:n]); err == nil && tc.op.Type != RecordPush && n < len(b) {
+					t.Fatalf("prefix of %d/%d bytes decoded without error", n, len(b))
+				}
+			}
+		})
+	}
+}
+
+func FuzzDecodeOp(f *testing.F) {
+	at := time.Unix(1_700_000_000, 0)
+	for _, op := range []Op{
+		{Type: RecordPush, Time: at, Push: &Push{Group: groupLabels("job=f"), Families: []*dto.MetricFamily{{Name: ptr("x"), Type: dto.MetricType_GAUGE.Enum(), Metric: []*dto.Metric{{Gauge: &dto.Gauge{Value: ptr(1.0)}}}}}}},
+		{Type: RecordDelete, Time: at, Group: groupLabels("job=f")},
+		{Type: RecordExpire, Time: at, ExpiredGroups: []labels.Labels{groupLabels("job=a")}, ExpiredSeries: []string{"k"}},
+	} {
+		b, _ := EncodeOp(&op)
+		f.Add(op.Type, b)
+	}
+	f.Fuzz(func(t *testing.T, typ uint8, b []byte) {
+		op, err := DecodeOp(typ, b)
+		if err != nil {
+			return
+		}
+		again, err := EncodeOp(op)
+		if err != nil {
+			t.Fatalf("decoded op does not encode: %v", err)
+		}
+		if _, err := DecodeOp(typ, again); err != nil {
+			t.Fatalf("re-encoded op does not decode: %v", err)
+		}
+	})
+}
