@@ -54,6 +54,11 @@ type prepared struct {
 	// in updates is removed (family mode, or POST with Pushgateway semantics).
 	replaceNames map[string]bool
 
+	// modes are the resolved modes of every series, in push order; the
+	// write-ahead log records them so replay does not depend on the config.
+	modes     []configs.Mode
+	semantics Semantics
+
 	timestamps    int // samples whose client timestamp was ignored
 	droppedQuants int // summary quantiles dropped in sum mode
 }
@@ -61,14 +66,18 @@ type prepared struct {
 // prepare validates a push against everything that does not depend on the
 // stored state and turns it into updates. It touches no state.
 func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
+	sem := set.Semantics
+	if p.Semantics != nil {
+		sem = *p.Semantics // replay: the semantics the push was accepted under
+	}
 	lim := set.Limits
 	get := func(n string) string { return p.Group.Get(n) }
 	defaults := set.Aggregation.DefaultModes
 	if r := set.Aggregation.RuleFor(get); r != nil {
 		defaults = r.DefaultModes
 	}
-	pr := &prepared{groupKey: groupKey(p.Group), group: p.Group}
-	if set.Semantics == SemanticsPushgateway && p.Method == MethodPut {
+	pr := &prepared{groupKey: groupKey(p.Group), group: p.Group, semantics: sem}
+	if sem == SemanticsPushgateway && p.Method == MethodPut {
 		pr.replaceAll = true
 	}
 	seen := make(map[string]struct{})
@@ -140,8 +149,15 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 			}
 			seen[key] = struct{}{}
 
-			mode := defaultMode(defaults, typ, set.Semantics)
-			if hasMode {
+			mode := defaultMode(defaults, typ, sem)
+			if p.Modes != nil {
+				// Replay: the mode resolved when the push was accepted,
+				// whatever the config says now.
+				if len(pr.modes) >= len(p.Modes) {
+					return nil, invalid(ReasonUnknownMode, "replayed push has fewer recorded modes than series")
+				}
+				mode = p.Modes[len(pr.modes)]
+			} else if hasMode {
 				pm, err := configs.ParseMode(modeText)
 				if err != nil {
 					return nil, invalid(ReasonUnknownMode, "series %s: %v", seriesString(lset), err)
@@ -157,7 +173,8 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 				key: key, lset: lset, name: name, typ: typ, outType: outputType(typ, mode),
 				help: fam.GetHelp(), mode: mode, obs: obs, shard: s.shardOf(key),
 			}
-			if mode.Kind == configs.ModeFamily || (set.Semantics == SemanticsPushgateway && p.Method == MethodPost) {
+			pr.modes = append(pr.modes, mode)
+			if mode.Kind == configs.ModeFamily || (sem == SemanticsPushgateway && p.Method == MethodPost) {
 				if pr.replaceNames == nil {
 					pr.replaceNames = make(map[string]bool)
 				}

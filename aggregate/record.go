@@ -11,6 +11,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/prometheus/model/labels"
 	"google.golang.org/protobuf/encoding/protodelim"
+
+	"github.com/sluice-metrics/sluice/configs"
 )
 
 // Operation record types, as stored in the write-ahead log. The values are
@@ -39,13 +41,18 @@ type Op struct {
 	ExpiredSeries []string
 }
 
-// maxRecordFamilies bounds decoding of hostile or corrupt records.
+// maxRecordBytes bounds decoding of corrupt records.
 const maxRecordBytes = 1 << 30
+
+// pushgatewayBit marks a push accepted under Pushgateway semantics in the
+// method byte of a push record.
+const pushgatewayBit = 0x80
 
 // EncodeOp serialises an op. Layout (all integers varint unless noted):
 //
 //	time      8 bytes, big-endian Unix nanoseconds
-//	push:     method (1 byte) | group labels | delimited MetricFamily protobufs to the end
+//	push:     method (1 byte, 0x80 = Pushgateway semantics) | group labels |
+//	          n modes | n * (len | mode) | delimited MetricFamily protobufs to the end
 //	delete:   group labels
 //	wipe:     nothing
 //	expire:   n groups | n * group labels | m series | m * (len | key bytes)
@@ -55,8 +62,16 @@ func EncodeOp(op *Op) ([]byte, error) {
 	b = binary.BigEndian.AppendUint64(b, uint64(op.Time.UnixNano()))
 	switch op.Type {
 	case RecordPush:
-		b = append(b, byte(op.Push.Method))
+		m := byte(op.Push.Method)
+		if op.Push.Semantics != nil && *op.Push.Semantics == SemanticsPushgateway {
+			m |= pushgatewayBit
+		}
+		b = append(b, m)
 		b = appendLabels(b, op.Push.Group)
+		b = binary.AppendUvarint(b, uint64(len(op.Push.Modes)))
+		for _, md := range op.Push.Modes {
+			b = appendString(b, md.String())
+		}
 		buf := bytes.NewBuffer(b)
 		for _, f := range op.Push.Families {
 			if _, err := protodelim.MarshalTo(buf, f); err != nil {
@@ -99,6 +114,11 @@ func DecodeOp(typ uint8, b []byte) (*Op, error) {
 		if err != nil {
 			return nil, err
 		}
+		sem := SemanticsAggregate
+		if m&pushgatewayBit != 0 {
+			sem = SemanticsPushgateway
+			m &^= pushgatewayBit
+		}
 		if Method(m) != MethodPost && Method(m) != MethodPut {
 			return nil, fmt.Errorf("decode push record: unknown method %d", m)
 		}
@@ -106,7 +126,22 @@ func DecodeOp(typ uint8, b []byte) (*Op, error) {
 		if err != nil {
 			return nil, err
 		}
-		p := &Push{Group: g, Method: Method(m)}
+		p := &Push{Group: g, Method: Method(m), Semantics: &sem, Modes: []configs.Mode{}}
+		n, err := r.count()
+		if err != nil {
+			return nil, err
+		}
+		for i := 0; i < n; i++ {
+			ms, err := r.string()
+			if err != nil {
+				return nil, err
+			}
+			md, err := configs.ParseMode(ms)
+			if err != nil {
+				return nil, fmt.Errorf("decode push record: %w", err)
+			}
+			p.Modes = append(p.Modes, md)
+		}
 		br := bytes.NewReader(r.b)
 		for br.Len() > 0 {
 			f := &dto.MetricFamily{}

@@ -7,6 +7,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/prometheus/model/labels"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/sluice-metrics/sluice/configs"
 )
 
 func TestOpRoundTrip(t *testing.T) {
@@ -18,7 +20,8 @@ func TestOpRoundTrip(t *testing.T) {
 		name string
 		op   Op
 	}{
-		{"push", Op{Type: RecordPush, Time: at, Push: &Push{Group: groupLabels("job=f,env=prod"), Method: MethodPut, Families: fams}}},
+		{"push", Op{Type: RecordPush, Time: at, Push: &Push{Group: groupLabels("job=f,env=prod"), Method: MethodPut, Families: fams,
+			Modes: []configs.Mode{{Kind: configs.ModeSum}, {Kind: configs.ModeWindowQuantile, Window: time.Minute, Quantile: 0.99, Percent: 99}}, Semantics: ptr(SemanticsPushgateway)}}},
 		{"push_empty_group_and_body", Op{Type: RecordPush, Time: at, Push: &Push{Group: labels.EmptyLabels(), Method: MethodPost}}},
 		{"push_empty_label_value", Op{Type: RecordPush, Time: at, Push: &Push{Group: groupLabels("job=f,e="), Method: MethodPost}}},
 		{"delete", Op{Type: RecordDelete, Time: at, Group: groupLabels("job=f")}},
@@ -41,6 +44,14 @@ func TestOpRoundTrip(t *testing.T) {
 			if tc.op.Push != nil {
 				if labels.Compare(got.Push.Group, tc.op.Push.Group) != 0 || got.Push.Method != tc.op.Push.Method || len(got.Push.Families) != len(tc.op.Push.Families) {
 					t.Fatalf("push: %+v", got.Push)
+				}
+				if len(got.Push.Modes) != len(tc.op.Push.Modes) || (tc.op.Push.Semantics != nil && *got.Push.Semantics != *tc.op.Push.Semantics) {
+					t.Fatalf("modes %v semantics %v", got.Push.Modes, *got.Push.Semantics)
+				}
+				for i := range got.Push.Modes {
+					if got.Push.Modes[i] != tc.op.Push.Modes[i] {
+						t.Fatalf("mode %d: %v != %v", i, got.Push.Modes[i], tc.op.Push.Modes[i])
+					}
 				}
 				if got.Push.Group.String() != tc.op.Push.Group.String() {
 					t.Fatalf("group %s != %s", got.Push.Group, tc.op.Push.Group)

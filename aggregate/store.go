@@ -57,6 +57,11 @@ type Push struct {
 	Group    labels.Labels
 	Method   Method
 	Families []*dto.MetricFamily
+
+	// Set only when replaying the write-ahead log: the resolved mode of
+	// every series in push order, and the semantics in force.
+	Modes     []configs.Mode
+	Semantics *Semantics
 }
 
 // Settings are the parts of the configuration a reload may change.

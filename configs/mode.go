@@ -39,6 +39,9 @@ type Mode struct {
 	Window time.Duration
 	// Quantile is in [0,1] for ModeWindowQuantile, zero otherwise.
 	Quantile float64
+	// Percent is the quantile as written (99 for p99), kept so that the
+	// canonical spelling round-trips exactly.
+	Percent float64
 }
 
 // Windowed reports whether the mode computes a statistic over a trailing window.
@@ -65,7 +68,7 @@ func (m Mode) String() string {
 	case ModeWindowCount:
 		return "count" + formatWindow(m.Window)
 	case ModeWindowQuantile:
-		return "p" + strconv.FormatFloat(m.Quantile*100, 'f', -1, 64) + "_" + formatWindow(m.Window)
+		return "p" + strconv.FormatFloat(m.Percent, 'f', -1, 64) + "_" + formatWindow(m.Window)
 	}
 	return "invalid"
 }
@@ -131,7 +134,7 @@ func ParseMode(s string) (Mode, error) {
 		return Mode{}, fmt.Errorf("unknown clear_mode %q (%s); allowed: %s", s, why, AllowedModes)
 	}
 	var kind ModeKind
-	var q float64
+	var q, pct float64
 	rest := ""
 	for _, p := range []struct {
 		prefix string
@@ -143,7 +146,7 @@ func ParseMode(s string) (Mode, error) {
 		if strings.HasPrefix(s, p.prefix) {
 			kind, rest = p.kind, s[len(p.prefix):]
 			if kind == ModeWindowQuantile {
-				q = 0.5
+				q, pct = 0.5, 50
 			}
 			break
 		}
@@ -161,7 +164,7 @@ func ParseMode(s string) (Mode, error) {
 		if err != nil || f < 0 || f > 100 || num == "" || num[0] == '+' || num[0] == '-' {
 			return bad("quantile must be a number from 0 to 100")
 		}
-		kind, q, rest = ModeWindowQuantile, f/100, "_"+dur
+		kind, q, pct, rest = ModeWindowQuantile, f/100, f, "_"+dur
 	}
 	rest = strings.TrimPrefix(rest, "_")
 	if rest == "" {
@@ -177,5 +180,5 @@ func ParseMode(s string) (Mode, error) {
 	if d > maxWindow {
 		return bad("window must be at most 24h")
 	}
-	return Mode{Kind: kind, Window: d, Quantile: q}, nil
+	return Mode{Kind: kind, Window: d, Quantile: q, Percent: pct}, nil
 }

@@ -90,7 +90,7 @@ func FuzzParseMode(f *testing.F) {
 			return
 		}
 		again, err := ParseMode(m.String())
-		if err != nil || again.Kind != m.Kind || again.Window != m.Window || absDiff(again.Quantile, m.Quantile) > 1e-9 {
+		if err != nil || again != m {
 			t.Fatalf("%q parsed to %+v whose canonical form %q parses to %+v, %v", s, m, m.String(), again, err)
 		}
 	})
