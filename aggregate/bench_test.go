@@ -1,6 +1,7 @@
 package aggregate
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -32,7 +33,7 @@ func benchPush(b *testing.B, n int, mode string) []*dto.MetricFamily {
 func BenchmarkApply(b *testing.B) {
 	for _, mode := range []string{"sum", "replace", "mean1m", "p99_5m"} {
 		b.Run(mode, func(b *testing.B) {
-			s := New(testSettings(), time.Now, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+			s := New(testSettings(), time.Now, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 			fams := benchPush(b, 25, mode)
 			groups := make([]Push, 1000)
 			for i := range groups {
@@ -41,7 +42,7 @@ func BenchmarkApply(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				if err := s.Apply(&groups[i%len(groups)]); err != nil {
+				if err := s.Apply(context.Background(), &groups[i%len(groups)]); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -51,7 +52,7 @@ func BenchmarkApply(b *testing.B) {
 
 // BenchmarkApplyParallel is BenchmarkApply/sum from all cores at once.
 func BenchmarkApplyParallel(b *testing.B) {
-	s := New(testSettings(), time.Now, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	s := New(testSettings(), time.Now, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	fams := benchPush(b, 25, "sum")
 	groups := make([]Push, 1000)
 	for i := range groups {
@@ -62,7 +63,7 @@ func BenchmarkApplyParallel(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
 		for pb.Next() {
-			if err := s.Apply(&groups[i%len(groups)]); err != nil {
+			if err := s.Apply(context.Background(), &groups[i%len(groups)]); err != nil {
 				b.Error(err)
 				return
 			}
@@ -73,10 +74,10 @@ func BenchmarkApplyParallel(b *testing.B) {
 
 // BenchmarkGather renders 25,000 series.
 func BenchmarkGather(b *testing.B) {
-	s := New(testSettings(), time.Now, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	s := New(testSettings(), time.Now, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	fams := benchPush(b, 25, "sum")
 	for i := 0; i < 1000; i++ {
-		if err := s.Apply(&Push{Group: groupLabels(fmt.Sprintf("job=j%d", i)), Families: fams}); err != nil {
+		if err := s.Apply(context.Background(), &Push{Group: groupLabels(fmt.Sprintf("job=j%d", i)), Families: fams}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -19,6 +19,9 @@ const (
 	KindLimit
 	// KindTooLarge is a request over a per-request limit (HTTP 413).
 	KindTooLarge
+	// KindUnavailable means the operation could not be made durable
+	// (HTTP 503): it was not acknowledged and must be retried.
+	KindUnavailable
 )
 
 // Error is a rejected push. Its message names what was wrong; Reason is a

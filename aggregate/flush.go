@@ -45,6 +45,7 @@ type Flusher struct {
 	lastTS  int64                    // milliseconds of the last window emitted
 
 	flushes  prometheus.Counter
+	skipped  prometheus.Counter
 	series   prometheus.Gauge
 	stale    prometheus.Counter
 	duration prometheus.Histogram
@@ -58,6 +59,9 @@ func NewFlusher(interval time.Duration, now func() time.Time, out Appender, sour
 		flushes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_flushes_total", Help: "Windows emitted to the forward queues.",
 		}),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_flushes_skipped_total", Help: "Windows not emitted because a source could not be gathered.",
+		}),
 		series: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sluice_flush_series", Help: "Series emitted in the last window (self metrics included).",
 		}),
@@ -69,7 +73,7 @@ func NewFlusher(interval time.Duration, now func() time.Time, out Appender, sour
 			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8),
 		}),
 	}
-	reg.MustRegister(f.flushes, f.series, f.stale, f.duration)
+	reg.MustRegister(f.flushes, f.skipped, f.series, f.stale, f.duration)
 	return f
 }
 
@@ -108,16 +112,27 @@ func (f *Flusher) Flush(ts time.Time) {
 	}
 	start := time.Now()
 	f.lastTS = ms
-	req := &prompb.WriteRequest{}
-	cur := make(map[uint64]labels.Labels, len(f.prev))
-	var sb labels.ScratchBuilder
-	for _, src := range f.sources {
+	all := make([][]*dto.MetricFamily, len(f.sources))
+	for i, src := range f.sources {
 		fams, err := src.Gatherer.Gather()
+		if err != nil && len(fams) == 0 {
+			// Nothing to show (the write-ahead log failed, say): skip the
+			// window rather than end every series with a staleness marker.
+			f.logger.Error("window not emitted", "window_end", ts, "err", err)
+			f.skipped.Inc()
+			return
+		}
 		if err != nil {
 			// Gather returns what it could; emit that and say why.
 			f.logger.Warn("gather for flush", "err", err)
 		}
-		for _, fam := range fams {
+		all[i] = fams
+	}
+	req := &prompb.WriteRequest{}
+	cur := make(map[uint64]labels.Labels, len(f.prev))
+	var sb labels.ScratchBuilder
+	for i, src := range f.sources {
+		for _, fam := range all[i] {
 			appendFamily(req, cur, &sb, fam, src.Labels, ms)
 		}
 	}

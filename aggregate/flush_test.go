@@ -1,6 +1,7 @@
 package aggregate
 
 import (
+	"context"
 	"log/slog"
 	"sort"
 	"strconv"
@@ -80,7 +81,7 @@ func TestFlushWindows(t *testing.T) {
 	// windowed series is empty 16 s later. Both end with staleness markers.
 	clk.advance(16 * time.Second)
 	mustPush(t, s, "job=g", "# TYPE req_total counter\nreq_total 5\n")
-	s.Delete(groupLabels("job=f"))
+	s.Delete(context.Background(), groupLabels("job=f"))
 	f.Flush(f.WindowEnd(clk.t))
 	want2 := strings.Join([]string{
 		`{__name__="gauge_x", instance="", job="f"} STALE@1700000130000`,
@@ -113,7 +114,7 @@ func TestFlushWindows(t *testing.T) {
 func TestFlushSelfMetricsAndNativeHistograms(t *testing.T) {
 	s, clk := newTestStore(t, testSettings())
 	clk.t = time.Unix(1_700_000_100, 0)
-	if err := s.Apply(&Push{Group: groupLabels("job=f"), Families: nativeFamilies(t)}); err != nil {
+	if err := s.Apply(context.Background(), &Push{Group: groupLabels("job=f"), Families: nativeFamilies(t)}); err != nil {
 		t.Fatal(err)
 	}
 	self := prometheus.NewRegistry()

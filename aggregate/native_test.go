@@ -1,6 +1,7 @@
 package aggregate
 
 import (
+	"context"
 	"math"
 	"testing"
 
@@ -34,7 +35,7 @@ func TestNativeHistogramMergeReducesToCoarserSchema(t *testing.T) {
 		t.Fatalf("test setup: want a finer first schema, got %d and %d", fine.Metric[0].Histogram.GetSchema(), coarse.Metric[0].Histogram.GetSchema())
 	}
 	for _, f := range []*dto.MetricFamily{fine, coarse} {
-		if err := s.Apply(&Push{Group: groupLabels("job=f"), Families: []*dto.MetricFamily{f}}); err != nil {
+		if err := s.Apply(context.Background(), &Push{Group: groupLabels("job=f"), Families: []*dto.MetricFamily{f}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -58,7 +59,7 @@ func TestNativeHistogramMergeReducesToCoarserSchema(t *testing.T) {
 
 func TestNativeHistogramRejectsClassicLayoutSwitch(t *testing.T) {
 	s, _ := newTestStore(t, testSettings())
-	if err := s.Apply(&Push{Group: groupLabels("job=f"), Families: []*dto.MetricFamily{nativeFamily(t, 2, 1)}}); err != nil {
+	if err := s.Apply(context.Background(), &Push{Group: groupLabels("job=f"), Families: []*dto.MetricFamily{nativeFamily(t, 2, 1)}}); err != nil {
 		t.Fatal(err)
 	}
 	err := push(t, s, "job=f", MethodPost, "# TYPE rpc_seconds histogram\nrpc_seconds_bucket{le=\"1\"} 1\nrpc_seconds_bucket{le=\"+Inf\"} 1\nrpc_seconds_sum 1\nrpc_seconds_count 1\n")

@@ -12,6 +12,7 @@ package aggregate
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"math"
 	"runtime"
@@ -74,6 +75,15 @@ type Settings struct {
 
 // Store is the aggregation state. All methods are safe for concurrent use.
 type Store struct {
+	journal Journal // nil: no durability
+	broken  atomic.Pointer[error]
+	// stateMu orders operations against durable snapshots: every
+	// operation holds it for reading while it validates, enqueues its
+	// record and mutates; a flush holds it for writing while it waits for
+	// the journal and renders, so a window shows only durable operations.
+	// It is taken before any other lock.
+	stateMu sync.RWMutex
+
 	now      func() time.Time
 	logger   *slog.Logger
 	settings atomic.Pointer[Settings]
@@ -124,10 +134,13 @@ type family struct {
 	refs       atomic.Int64 // live series plus in-flight pushes holding it
 }
 
-// New builds a Store. It starts nothing; Run expires old series.
-func New(set Settings, now func() time.Time, reg prometheus.Registerer, logger *slog.Logger) *Store {
+// New builds a Store. journal makes operations durable before they are
+// acknowledged; nil keeps state in memory only. It starts nothing; Run
+// expires old series.
+func New(set Settings, now func() time.Time, journal Journal, reg prometheus.Registerer, logger *slog.Logger) *Store {
 	n := 16 * runtime.GOMAXPROCS(0)
 	s := &Store{
+		journal:  journal,
 		now:      now,
 		logger:   logger,
 		groups:   make(map[string]*group),
@@ -157,18 +170,39 @@ func groupKey(ls labels.Labels) string { return string(ls.Bytes(nil)) }
 
 // Apply validates a push against the stored state and applies it
 // atomically: either every series is updated or, on error, nothing is.
-// Errors are *Error values naming the problem.
-func (s *Store) Apply(p *Push) error {
-	set := s.settings.Load()
-	now := s.now().UnixNano()
+// With a journal it returns only once the push is durable. Errors are
+// *Error values naming the problem.
+func (s *Store) Apply(ctx context.Context, p *Push) error {
+	if err := s.unavailable(); err != nil {
+		return err
+	}
+	return s.applyPush(ctx, p, s.now(), s.settings.Load(), s.journal)
+}
+
+func (s *Store) applyPush(ctx context.Context, p *Push, at time.Time, set *Settings, j Journal) error {
+	now := at.UnixNano()
 	pr, err := s.prepare(p, set)
 	if err != nil {
 		s.recordFailure(p.Group, now)
 		return err
 	}
+	var rec []byte
+	if j != nil {
+		rec, err = EncodeOp(&Op{Type: RecordPush, Time: at, Push: &Push{
+			Group: p.Group, Method: p.Method, Families: p.Families, Modes: pr.modes, Semantics: &pr.semantics}})
+		if err != nil {
+			return fmt.Errorf("encode push for the write-ahead log: %w", err)
+		}
+	}
+	var wait func(context.Context) error
+	s.stateMu.RLock()
 	g := s.lockGroup(pr)
-	defer g.mu.Unlock()
-	if err := s.applyLocked(g, pr, set, now); err != nil {
+	err = s.applyLocked(g, pr, set, now, func() {
+		if rec != nil {
+			wait = j.Enqueue(RecordPush, rec)
+		}
+	})
+	if err != nil {
 		if g.lastPush != 0 {
 			g.lastFailure = now
 		} else if len(g.series) == 0 {
@@ -176,9 +210,17 @@ func (s *Store) Apply(p *Push) error {
 			// leaves no trace.
 			s.removeGroupLocked(g)
 		}
+	} else {
+		g.lastPush = now
+	}
+	g.mu.Unlock()
+	s.stateMu.RUnlock()
+	if err != nil {
 		return err
 	}
-	g.lastPush = now
+	if err := s.waitDurable(ctx, wait); err != nil {
+		return err
+	}
 	s.metrics.samplesIngested.Add(float64(len(pr.updates)))
 	s.metrics.timestampsIgnored.Add(float64(pr.timestamps))
 	s.metrics.quantilesDropped.Add(float64(pr.droppedQuants))
@@ -235,7 +277,7 @@ type pending struct {
 	summ  *summaryState
 }
 
-func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64) error {
+func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, enqueue func()) error {
 	// Claim the families so their types cannot change underneath us.
 	claimed := make(map[string]*family, 4)
 	defer func() {
@@ -328,7 +370,9 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64) er
 		}
 	}
 
-	// Commit.
+	// Commit: the record goes to the journal first, in the order the
+	// locks give conflicting operations.
+	enqueue()
 	for _, se := range removed {
 		s.removeSeriesLocked(g, se)
 	}
@@ -479,25 +523,42 @@ func (s *Store) removeGroupLocked(g *group) int {
 }
 
 // Delete removes a group and its series. Deleting an unknown group is not
-// an error (the Pushgateway answers 202 either way).
-func (s *Store) Delete(groupLabels labels.Labels) {
-	g := s.lookupGroup(groupLabels)
-	if g == nil {
-		return
+// an error (the Pushgateway answers 202 either way). With a journal it
+// returns once the deletion is durable.
+func (s *Store) Delete(ctx context.Context, groupLabels labels.Labels) error {
+	if err := s.unavailable(); err != nil {
+		return err
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if !g.deleted {
-		n := s.removeGroupLocked(g)
-		s.metrics.seriesRemoved.WithLabelValues("deleted").Add(float64(n))
+	return s.deleteGroup(ctx, groupLabels, s.now(), s.journal)
+}
+
+func (s *Store) deleteGroup(ctx context.Context, groupLabels labels.Labels, at time.Time, j Journal) error {
+	var wait func(context.Context) error
+	s.stateMu.RLock()
+	if g := s.lookupGroup(groupLabels); g != nil {
+		g.mu.Lock()
+		if !g.deleted {
+			if j != nil {
+				rec, _ := EncodeOp(&Op{Type: RecordDelete, Time: at, Group: groupLabels})
+				wait = j.Enqueue(RecordDelete, rec)
+			}
+			n := s.removeGroupLocked(g)
+			s.metrics.seriesRemoved.WithLabelValues("deleted").Add(float64(n))
+		}
+		g.mu.Unlock()
 	}
+	s.stateMu.RUnlock()
+	return s.waitDurable(ctx, wait)
 }
 
 // Wipe removes every group.
-func (s *Store) Wipe() {
+func (s *Store) Wipe(ctx context.Context) error {
 	for _, g := range s.groupList() {
-		s.Delete(g.labels)
+		if err := s.Delete(ctx, g.labels); err != nil {
+			return err
+		}
 	}
+	return nil
 }
 
 func (s *Store) groupList() []*group {
@@ -511,33 +572,68 @@ func (s *Store) groupList() []*group {
 }
 
 // Expire drops series and groups not pushed to for their TTL: the rule's
-// TTL for the group if one matches, else --series.ttl.
-func (s *Store) Expire() {
+// TTL for the group if one matches, else --series.ttl. With a journal
+// every removal is recorded, so a replay does not resurrect totals that a
+// later push restarted from zero.
+func (s *Store) Expire(ctx context.Context) error {
+	if err := s.unavailable(); err != nil {
+		return err
+	}
 	set := s.settings.Load()
-	now := s.now().UnixNano()
+	at := s.now()
+	now := at.UnixNano()
 	for _, g := range s.groupList() {
+		var wait func(context.Context) error
+		s.stateMu.RLock()
 		g.mu.Lock()
 		if g.deleted || g.lastPush == 0 {
 			g.mu.Unlock()
+			s.stateMu.RUnlock()
 			continue
 		}
 		ttl := set.Aggregation.TTLFor(func(n string) string { return g.labels.Get(n) }, set.SeriesTTL).Nanoseconds()
 		if now-g.lastPush >= ttl {
+			if s.journal != nil {
+				rec, _ := EncodeOp(&Op{Type: RecordExpire, Time: at, ExpiredGroups: []labels.Labels{g.labels}})
+				wait = s.journal.Enqueue(RecordExpire, rec)
+			}
 			n := s.removeGroupLocked(g)
 			s.metrics.seriesRemoved.WithLabelValues("expired").Add(float64(n))
-			g.mu.Unlock()
-			continue
-		}
-		for _, se := range g.series {
-			if now-se.lastPush >= ttl {
-				sh := &s.shards[s.shardOf(se.key)]
-				sh.mu.Lock()
-				s.removeSeriesLocked(g, se)
-				sh.mu.Unlock()
-				s.metrics.seriesRemoved.WithLabelValues("expired").Inc()
+		} else {
+			var keys []string
+			for _, se := range g.series {
+				if now-se.lastPush >= ttl {
+					keys = append(keys, se.key)
+				}
 			}
+			if len(keys) > 0 && s.journal != nil {
+				rec, _ := EncodeOp(&Op{Type: RecordExpire, Time: at, ExpiredSeries: keys})
+				wait = s.journal.Enqueue(RecordExpire, rec)
+			}
+			s.removeKeysLocked(g, keys)
+			s.metrics.seriesRemoved.WithLabelValues("expired").Add(float64(len(keys)))
 		}
 		g.mu.Unlock()
+		s.stateMu.RUnlock()
+		if err := s.waitDurable(ctx, wait); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// removeKeysLocked removes the given series of a group. The caller holds
+// g.mu and no shard mutex.
+func (s *Store) removeKeysLocked(g *group, keys []string) {
+	for _, k := range keys {
+		se := g.series[k]
+		if se == nil {
+			continue
+		}
+		sh := &s.shards[s.shardOf(k)]
+		sh.mu.Lock()
+		s.removeSeriesLocked(g, se)
+		sh.mu.Unlock()
 	}
 }
 
@@ -550,7 +646,9 @@ func (s *Store) Run(ctx context.Context, interval time.Duration) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			s.Expire()
+			if err := s.Expire(ctx); err != nil {
+				s.logger.Error("expire series", "err", err)
+			}
 		}
 	}
 }

@@ -112,7 +112,16 @@ func (w *window) result(nowNanos int64) (float64, bool) {
 		if w.mode.Quantile >= 1 {
 			return hi, true
 		}
-		v, err := merged.GetValueAtQuantile(w.mode.Quantile)
+		// Nearest rank: p99 is the smallest pushed value with at least 99%
+		// of the pushes at or below it (so p99 of {10, 30} is 30, not 10).
+		// The sketch indexes ranks from 0 to n-1.
+		q := w.mode.Quantile
+		if count > 1 {
+			// -1e-9: 0.999 is stored as 0.99900000000000011, which must not
+			// move the rank up; +1e-6: the rank must not round a rank short.
+			q = (math.Ceil(q*count-1e-9) - 1 + 1e-6) / (count - 1)
+		}
+		v, err := merged.GetValueAtQuantile(math.Max(0, math.Min(1, q)))
 		if err != nil {
 			return 0, false
 		}

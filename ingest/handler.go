@@ -5,6 +5,7 @@
 package ingest
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -28,9 +29,9 @@ import (
 // concurrent use; Apply is atomic (a rejected push changes nothing) and
 // returns *aggregate.Error for rejections.
 type Aggregator interface {
-	Apply(p *aggregate.Push) error
-	Delete(group labels.Labels)
-	Wipe()
+	Apply(ctx context.Context, p *aggregate.Push) error
+	Delete(ctx context.Context, group labels.Labels) error
+	Wipe(ctx context.Context) error
 	Groups() []aggregate.GroupSnapshot
 	prometheus.Gatherer
 }
@@ -216,7 +217,7 @@ func (s *server) doPush(c *fiber.Ctx) (int, string, string) {
 	if c.Method() == fiber.MethodPut {
 		m = aggregate.MethodPut
 	}
-	if err := s.opts.Aggregator.Apply(&aggregate.Push{Group: group, Method: m, Families: fams}); err != nil {
+	if err := s.opts.Aggregator.Apply(c.Context(), &aggregate.Push{Group: group, Method: m, Families: fams}); err != nil {
 		ae, ok := aggregate.AsError(err)
 		if !ok {
 			s.opts.Logger.Error("apply push", "err", err)
@@ -227,6 +228,9 @@ func (s *server) doPush(c *fiber.Ctx) (int, string, string) {
 			return http.StatusTooManyRequests, ae.Msg, ae.Reason
 		case aggregate.KindTooLarge:
 			return http.StatusRequestEntityTooLarge, ae.Msg, ae.Reason
+		case aggregate.KindUnavailable:
+			c.Set(fiber.HeaderRetryAfter, "5")
+			return http.StatusServiceUnavailable, ae.Msg, ae.Reason
 		}
 		return http.StatusBadRequest, ae.Msg, ae.Reason
 	}
@@ -240,7 +244,11 @@ func (s *server) deleteGroup(c *fiber.Ctx) error {
 		s.metrics.rejected.WithLabelValues("invalid_path").Inc()
 		return c.Status(http.StatusBadRequest).SendString(err.Error() + "\n")
 	}
-	s.opts.Aggregator.Delete(group)
+	if err := s.opts.Aggregator.Delete(c.Context(), group); err != nil {
+		s.metrics.requests.WithLabelValues(fiber.MethodDelete, "503").Inc()
+		c.Set(fiber.HeaderRetryAfter, "5")
+		return c.Status(http.StatusServiceUnavailable).SendString(err.Error() + "\n")
+	}
 	s.metrics.requests.WithLabelValues(fiber.MethodDelete, "202").Inc()
 	return c.SendStatus(http.StatusAccepted)
 }
@@ -268,7 +276,9 @@ func (s *server) quit(c *fiber.Ctx) error {
 }
 
 func (s *server) wipe(c *fiber.Ctx) error {
-	s.opts.Aggregator.Wipe()
+	if err := s.opts.Aggregator.Wipe(c.Context()); err != nil {
+		return c.Status(http.StatusServiceUnavailable).SendString(err.Error() + "\n")
+	}
 	return c.SendStatus(http.StatusAccepted)
 }
 

@@ -40,7 +40,7 @@ func newTestEnv(t *testing.T, admin, lifecycle bool, mutate func(*configs.Config
 	}
 	reg := prometheus.NewRegistry()
 	store := aggregate.New(aggregate.Settings{Aggregation: cfg.Aggregation, Limits: cfg.Limits, SeriesTTL: time.Hour},
-		time.Now, reg, slog.New(slog.DiscardHandler))
+		time.Now, nil, reg, slog.New(slog.DiscardHandler))
 	env := &testEnv{}
 	env.app = NewApp(Options{
 		Logger:          slog.New(slog.DiscardHandler),

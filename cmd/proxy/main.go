@@ -111,7 +111,7 @@ func run(args []string) error {
 	)
 	reloads := newReloadMetrics(reg)
 
-	store := aggregate.New(settings(cfg), time.Now, reg, logger.With("component", "aggregate"))
+	store := aggregate.New(settings(cfg), time.Now, nil, reg, logger.With("component", "aggregate"))
 
 	tgts, err := targets(cfg, f.remoteWriteURLs)
 	if err != nil {

@@ -1,0 +1,166 @@
+package aggregate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+)
+
+// Journal makes operations durable before they are acknowledged. The
+// write-ahead log implements it (see Committer).
+type Journal interface {
+	// Enqueue appends an encoded operation after every operation enqueued
+	// before it. The Store calls it with its locks held, so it must not
+	// block; the order of Enqueue calls is the order replay must follow.
+	// The returned function blocks until the operation is durable, or
+	// returns the error that kept it from becoming so.
+	Enqueue(typ uint8, data []byte) (wait func(context.Context) error)
+	// Barrier returns once every operation enqueued before it is durable.
+	Barrier(ctx context.Context) error
+}
+
+// ReasonUnavailable counts operations refused because the journal failed.
+const ReasonUnavailable = "wal_unavailable"
+
+// waitDurable waits for an enqueued operation. A journal error is sticky:
+// the in-memory state may now hold an operation the log does not, so the
+// Store refuses everything until a restart rebuilds it from the log.
+func (s *Store) waitDurable(ctx context.Context, wait func(context.Context) error) error {
+	if wait == nil {
+		return nil
+	}
+	if err := wait(ctx); err != nil {
+		if ctx.Err() == nil {
+			s.fail(err)
+		}
+		return &Error{Kind: KindUnavailable, Reason: ReasonUnavailable, Msg: "not stored: write-ahead log: " + err.Error()}
+	}
+	return nil
+}
+
+func (s *Store) fail(err error) {
+	if s.broken.CompareAndSwap(nil, &err) {
+		s.logger.Error("write-ahead log failed; refusing pushes until restart, which rebuilds the state from the log", "err", err)
+	}
+}
+
+// unavailable returns the error operations get once the journal failed.
+func (s *Store) unavailable() error {
+	if p := s.broken.Load(); p != nil {
+		return &Error{Kind: KindUnavailable, Reason: ReasonUnavailable,
+			Msg: "write-ahead log failed (" + (*p).Error() + "); Sluice accepts nothing until it is restarted"}
+	}
+	return nil
+}
+
+// Healthy returns the journal failure, if any, for /-/ready.
+func (s *Store) Healthy() error {
+	if p := s.broken.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// replaySettings are the settings replay applies ops with: the current
+// aggregation rules but no limits, since every recorded op was accepted.
+func (s *Store) replaySettings() *Settings {
+	set := *s.settings.Load()
+	set.Limits.MaxSeries = math.MaxInt
+	set.Limits.MaxSeriesPerGroup = math.MaxInt
+	set.Limits.MaxSeriesPerRequest = math.MaxInt
+	set.Limits.MaxLabelsPerSeries = math.MaxInt
+	set.Limits.MaxLabelNameLength = math.MaxInt
+	set.Limits.MaxLabelValueLength = math.MaxInt
+	return &set
+}
+
+// Replay applies a recorded operation at its recorded time without
+// journaling it. It is used at start-up, before the Store serves requests.
+func (s *Store) Replay(op *Op) error {
+	ctx := context.Background()
+	switch op.Type {
+	case RecordPush:
+		if err := s.applyPush(ctx, op.Push, op.Time, s.replaySettings(), nil); err != nil {
+			return fmt.Errorf("replay push to %s: %w", groupString(op.Push.Group), err)
+		}
+	case RecordDelete:
+		return s.deleteGroup(ctx, op.Group, op.Time, nil)
+	case RecordWipe:
+		for _, g := range s.groupList() {
+			if err := s.deleteGroup(ctx, g.labels, op.Time, nil); err != nil {
+				return err
+			}
+		}
+	case RecordExpire:
+		for _, gl := range op.ExpiredGroups {
+			if err := s.deleteGroup(ctx, gl, op.Time, nil); err != nil {
+				return err
+			}
+		}
+		if len(op.ExpiredSeries) > 0 {
+			s.removeSeriesKeys(op.ExpiredSeries)
+		}
+	default:
+		return fmt.Errorf("replay: unknown record type %d", op.Type)
+	}
+	return nil
+}
+
+// removeSeriesKeys removes series by key, whatever their group.
+func (s *Store) removeSeriesKeys(keys []string) {
+	byGroup := map[*group][]string{}
+	for _, k := range keys {
+		sh := &s.shards[s.shardOf(k)]
+		sh.mu.Lock()
+		if se := sh.series[k]; se != nil {
+			byGroup[se.group] = append(byGroup[se.group], k)
+		}
+		sh.mu.Unlock()
+	}
+	for g, ks := range byGroup {
+		g.mu.Lock()
+		if !g.deleted {
+			s.removeKeysLocked(g, ks)
+		}
+		g.mu.Unlock()
+	}
+}
+
+// GatherDurable is Gather for a flush: it blocks new operations, waits
+// until every operation applied so far is durable, and renders, so a
+// window never shows a push that was not acknowledged.
+func (s *Store) GatherDurable(ctx context.Context) ([]*dto.MetricFamily, error) {
+	if err := s.unavailable(); err != nil {
+		return nil, err
+	}
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	if s.journal != nil {
+		if err := s.journal.Barrier(ctx); err != nil {
+			s.fail(err)
+			return nil, err
+		}
+	}
+	return s.Gather()
+}
+
+// Durable adapts GatherDurable to prometheus.Gatherer for the Flusher.
+type Durable struct {
+	Store   *Store
+	Timeout time.Duration
+}
+
+// Gather implements prometheus.Gatherer.
+func (d Durable) Gather() ([]*dto.MetricFamily, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d.Timeout)
+	defer cancel()
+	fams, err := d.Store.GatherDurable(ctx)
+	if err != nil {
+		return nil, errors.Join(errors.New("window skipped"), err)
+	}
+	return fams, nil
+}

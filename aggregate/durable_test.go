@@ -1,0 +1,140 @@
+package aggregate
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluice-metrics/sluice/configs"
+)
+
+// memJournal is a fake Journal keeping records in memory; failing makes
+// every later wait return an error.
+type memJournal struct {
+	mu      sync.Mutex
+	recs    []memRec
+	failing error
+}
+
+type memRec struct {
+	typ  uint8
+	data []byte
+}
+
+func (j *memJournal) Enqueue(typ uint8, data []byte) func(context.Context) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.failing != nil {
+		err := j.failing
+		return func(context.Context) error { return err }
+	}
+	j.recs = append(j.recs, memRec{typ, append([]byte(nil), data...)})
+	return func(context.Context) error { return nil }
+}
+
+func (j *memJournal) Barrier(context.Context) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.failing
+}
+
+// TestReplayRebuildsState applies a history through a journaled store,
+// replays the journal into a fresh store under a different config, and
+// expects the very same exposition.
+func TestReplayRebuildsState(t *testing.T) {
+	set := testSettings()
+	set.SeriesTTL = time.Hour
+	j := &memJournal{}
+	clk := newClock()
+	s := New(set, clk.now, j, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	ctx := context.Background()
+	steps := []func(){
+		func() { mustPush(t, s, "job=old", "# TYPE c_total counter\nc_total 100\n") },
+		func() { clk.advance(2 * time.Hour) },
+		func() {
+			if err := s.Expire(ctx); err != nil {
+				t.Fatal(err)
+			}
+		},
+		// After expiry the counter restarts from zero; a replay that
+		// skipped the expiry would show 105.
+		func() { mustPush(t, s, "job=old", "# TYPE c_total counter\nc_total 5\n") },
+		func() { mustPush(t, s, "job=f", "# TYPE req_total counter\nreq_total 2\ntemp 5\n") },
+		func() {
+			mustPush(t, s, "job=f", "# TYPE req_total counter\nreq_total 3\ntemp 7\nlat{clear_mode=\"p99_5m\"} 10\n")
+		},
+		func() {
+			mustPush(t, s, "job=f", "lat{clear_mode=\"p99_5m\"} 30\nv{clear_mode=\"family\",ver=\"1\"} 1\n")
+		},
+		func() { mustPush(t, s, "job=f", "v{clear_mode=\"family\",ver=\"2\"} 1\n") },
+		func() { mustPush(t, s, "job=gone", "x 1\n") },
+		func() {
+			if err := s.Delete(ctx, groupLabels("job=gone")); err != nil {
+				t.Fatal(err)
+			}
+		},
+		func() { mustPush(t, s, "job=f", "# TYPE req_total counter\nreq_total 1\n") },
+	}
+	for _, step := range steps {
+		step()
+		clk.advance(time.Second)
+	}
+	want := expose(t, s)
+
+	// Replay into a store whose config would resolve modes differently.
+	set2 := set
+	set2.Aggregation.DefaultModes.Gauge = configs.Mode{Kind: configs.ModeSum}
+	set2.Limits.MaxSeries = 1 // replay ignores limits: everything was accepted
+	set2.Limits.MaxSeriesPerGroup = 1
+	r := New(set2, clk.now, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	for i, rec := range j.recs {
+		op, err := DecodeOp(rec.typ, rec.data)
+		if err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+		if err := r.Replay(op); err != nil {
+			t.Fatalf("replay record %d: %v", i, err)
+		}
+	}
+	if got := expose(t, r); got != want {
+		t.Fatalf("replayed state differs\n got:\n%s\nwant:\n%s", got, want)
+	}
+	for _, line := range []string{`c_total{instance="",job="old"} 5`, `temp{instance="",job="f"} 12`, `req_total{instance="",job="f"} 6`,
+		`lat{instance="",job="f"} 30`, `v{instance="",job="f",ver="2"} 1`} {
+		if !strings.Contains(want, line) {
+			t.Fatalf("test history did not produce %q:\n%s", line, want)
+		}
+	}
+	if strings.Contains(want, `job="gone"`) || strings.Contains(want, `ver="1"`) {
+		t.Fatalf("test history did not produce the expected state:\n%s", want)
+	}
+}
+
+func TestJournalFailureRefusesAndSkipsWindows(t *testing.T) {
+	j := &memJournal{}
+	s, _ := newTestStore(t, testSettings())
+	s.journal = j
+	mustPush(t, s, "job=f", "x 1\n")
+	j.failing = errors.New("fsync: input/output error")
+	err := push(t, s, "job=f", MethodPost, "x 1\n")
+	if e, ok := AsError(err); !ok || e.Kind != KindUnavailable {
+		t.Fatalf("want unavailable, got %v", err)
+	}
+	j.failing = nil
+	err = push(t, s, "job=f", MethodPost, "x 1\n")
+	if e, ok := AsError(err); !ok || e.Kind != KindUnavailable {
+		t.Fatalf("the failure must be sticky until restart, got %v", err)
+	}
+	if s.Healthy() == nil {
+		t.Fatal("Healthy must report the journal failure")
+	}
+	if _, err := s.GatherDurable(context.Background()); err == nil {
+		t.Fatal("no durable window may be rendered after a journal failure")
+	}
+}
