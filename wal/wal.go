@@ -1,0 +1,974 @@
+package wal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults and bounds of Options.
+const (
+	// DefaultSegmentSize is small enough that TruncateBefore frees space in
+	// steps of a few MiB, and large enough that rotating (one fsync, one
+	// file creation, one directory fsync) is rare.
+	DefaultSegmentSize = 16 << 20
+	// DefaultSyncInterval bounds what SyncInterval mode can lose on a
+	// machine crash to about a second of acknowledged appends.
+	DefaultSyncInterval = time.Second
+
+	minSegmentSize = 64
+	// maxSegmentSize keeps frame lengths well inside their four bytes.
+	maxSegmentSize = 1 << 30
+)
+
+var (
+	// ErrClosed is returned by every method called after Close.
+	ErrClosed = errors.New("wal: closed")
+	// ErrRecordTooLarge is returned by Append for a batch that does not
+	// fit in one segment (records never span segments).
+	ErrRecordTooLarge = errors.New("wal: batch larger than a segment")
+	// ErrInvalidRecord is returned by Append for an empty batch or a
+	// record of the reserved type 0.
+	ErrInvalidRecord = errors.New("wal: invalid record")
+)
+
+// Position is a place in the log: a segment and a byte offset in it.
+// Positions order by Segment, then Offset.
+type Position struct {
+	Segment int
+	Offset  int64
+}
+
+// Compare returns -1, 0 or +1 as p is before, at or after q.
+func (p Position) Compare(q Position) int {
+	switch {
+	case p.Segment != q.Segment:
+		if p.Segment < q.Segment {
+			return -1
+		}
+		return 1
+	case p.Offset < q.Offset:
+		return -1
+	case p.Offset > q.Offset:
+		return 1
+	}
+	return 0
+}
+
+func (p Position) String() string { return fmt.Sprintf("%s@%d", segmentName(p.Segment), p.Offset) }
+
+// Record is one entry of the log. The WAL treats Data as opaque bytes.
+type Record struct {
+	Type uint8 // 0 is reserved and rejected by Append
+	Data []byte
+}
+
+// SyncMode says when Append returns relative to stable storage.
+type SyncMode int
+
+const (
+	// SyncAlways (the default) returns from Append only after its batch is
+	// fsynced. Concurrent Appends share fsyncs (group commit). Nothing
+	// acknowledged is lost on a process or machine crash.
+	SyncAlways SyncMode = iota
+	// SyncInterval returns from Append after write(2) and fsyncs every
+	// Options.SyncInterval. A process crash (kill -9) loses nothing; a
+	// machine crash or power loss loses up to one interval of
+	// acknowledged appends.
+	SyncInterval
+)
+
+func (m SyncMode) String() string {
+	switch m {
+	case SyncAlways:
+		return "always"
+	case SyncInterval:
+		return "interval"
+	}
+	return fmt.Sprintf("SyncMode(%d)", int(m))
+}
+
+// ParseSyncMode parses "always" or "interval".
+func ParseSyncMode(s string) (SyncMode, error) {
+	switch s {
+	case "always":
+		return SyncAlways, nil
+	case "interval":
+		return SyncInterval, nil
+	}
+	return 0, fmt.Errorf("wal: unknown fsync mode %q; allowed: always, interval", s)
+}
+
+// Options configure a WAL. The zero value is valid: 16 MiB segments,
+// SyncAlways.
+type Options struct {
+	// SegmentSize is the size at which a new segment starts; a batch that
+	// does not fit in one segment is refused. Default DefaultSegmentSize.
+	SegmentSize  int64
+	Sync         SyncMode
+	SyncInterval time.Duration // for SyncInterval; default DefaultSyncInterval
+}
+
+func (o Options) withDefaults() (Options, error) {
+	if o.SegmentSize == 0 {
+		o.SegmentSize = DefaultSegmentSize
+	}
+	if o.SegmentSize < minSegmentSize || o.SegmentSize > maxSegmentSize {
+		return o, fmt.Errorf("wal: segment size %d outside [%d, %d]", o.SegmentSize, minSegmentSize, maxSegmentSize)
+	}
+	switch o.Sync {
+	case SyncAlways:
+	case SyncInterval:
+		if o.SyncInterval == 0 {
+			o.SyncInterval = DefaultSyncInterval
+		}
+		if o.SyncInterval < 0 {
+			return o, fmt.Errorf("wal: negative sync interval %v", o.SyncInterval)
+		}
+	default:
+		return o, fmt.Errorf("wal: unknown sync mode %d", int(o.Sync))
+	}
+	return o, nil
+}
+
+// segInfo is one segment file: its index and the bytes of it that belong
+// to the log.
+type segInfo struct {
+	idx  int
+	size int64
+}
+
+// group is a run of batches bound for one segment that are written, and
+// in SyncAlways mode fsynced, together. Appenders fill it under WAL.mu
+// while it is queued; once the token holder has taken it off the queue
+// only that holder touches it until it closes done.
+type group struct {
+	seg     int
+	bufp    *[]byte // pooled; *bufp holds the frames
+	records int
+	batches int
+
+	// Set by the token holder before done is closed.
+	start int64 // offset of the group's first byte in its segment
+	err   error
+	done  chan struct{}
+}
+
+// bufPool recycles group buffers.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+// maxPooledBuf keeps one unusually large group from pinning its buffer.
+const maxPooledBuf = 4 << 20
+
+// WAL is a segmented write-ahead log. Append, Cut, TruncateBefore, Size,
+// Segments, Err and Close are safe for concurrent use. Replay is meant for
+// start-up, before the first Append, and must not run concurrently with
+// TruncateBefore.
+type WAL struct {
+	dir    string
+	fs     FS
+	opts   Options
+	logger *slog.Logger
+	reg    prometheus.Registerer
+	m      *metrics
+
+	// token is the I/O lock: a channel of capacity one, so that a waiting
+	// appender can select on it and on its batch's completion at once. Its
+	// holder owns the segment file and the four fields below: it writes,
+	// fsyncs, rotates, rolls back and closes.
+	token   chan struct{}
+	file    File
+	fileSeg int
+	written int64 // bytes of file that are in the log (acknowledged or being acknowledged)
+	synced  int64 // bytes of file known to be on stable storage
+
+	// mu guards the fields below. It is held for bookkeeping only, never
+	// across I/O. Lock order: token, then mu.
+	mu     sync.Mutex
+	queue  []*group  // groups waiting for the token holder, in log order
+	tail   Position  // where the next batch goes if every queued group succeeds
+	segs   []segInfo // segment files in the log, ascending; the last is fileSeg's
+	err    error     // sticky: the log can no longer vouch for its contents
+	closed bool
+
+	stop chan struct{} // closed by Close; stops the SyncInterval goroutine
+	wg   sync.WaitGroup
+}
+
+// Open opens or creates the log in dir (creating dir if needed) and
+// returns it positioned to append after the last valid batch.
+//
+// Bad bytes never make Open fail. A torn or corrupt tail in the last
+// segment is cut off at the last valid batch; corruption in an earlier
+// segment cuts that segment there and deletes every later segment (records
+// after a gap cannot be trusted to make sense). Each repair is counted in
+// sluice_wal_corruptions_repaired_total and logged. Open fails only when
+// the file system does (listing, reading, truncating, creating files).
+//
+// Checkpoints (WriteCheckpoint) are expected in dir. Segments before the
+// newest valid checkpoint's segment are redundant, so Open neither checks
+// nor repairs them: damage there cannot cost newer data. And Open always
+// leaves the append position at or after the checkpoint's, so that
+// Replay(checkpoint) sees every later Append even if the log lost its end.
+//
+// Metrics are registered on reg (if not nil) and unregistered by Close.
+func Open(dir string, fsys FS, opts Options, reg prometheus.Registerer, logger *slog.Logger) (*WAL, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if fsys == nil {
+		fsys = OSFS()
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if err := fsys.MkdirAll(dir, 0o777); err != nil {
+		return nil, fmt.Errorf("wal: create directory: %w", err)
+	}
+	w := &WAL{
+		dir:    dir,
+		fs:     fsys,
+		opts:   o,
+		logger: logger,
+		reg:    reg,
+		m:      newMetrics(),
+		token:  make(chan struct{}, 1),
+		stop:   make(chan struct{}),
+	}
+	if err := w.recover(); err != nil {
+		return nil, err
+	}
+	if err := w.m.register(reg); err != nil {
+		w.file.Close()
+		return nil, fmt.Errorf("wal: register metrics: %w", err)
+	}
+	if o.Sync == SyncInterval {
+		w.wg.Add(1)
+		go w.syncLoop()
+	}
+	return w, nil
+}
+
+func (w *WAL) path(idx int) string { return filepath.Join(w.dir, segmentName(idx)) }
+
+// recover checks the segments, repairs damage and opens the segment to
+// append to.
+func (w *WAL) recover() error {
+	cp, haveCP, err := LoadCheckpoint(w.dir, w.fs)
+	if err != nil {
+		return err
+	}
+	for _, e := range cp.Skipped {
+		w.logger.Warn("WAL: ignoring an unusable checkpoint", "err", e)
+	}
+	checkFrom := 0
+	if haveCP {
+		checkFrom = cp.Pos.Segment
+	}
+
+	entries, err := w.fs.ReadDir(w.dir)
+	if err != nil {
+		return fmt.Errorf("wal: list segments: %w", err)
+	}
+	var idxs []int
+	for _, e := range entries {
+		if i, ok := parseSegmentName(e.Name()); ok && !e.IsDir() {
+			idxs = append(idxs, i)
+		}
+	}
+	slices.Sort(idxs)
+
+	var (
+		segs    []segInfo
+		checked bool // whether segs ends with a checked segment
+		r       segmentReader
+	)
+	for i, idx := range idxs {
+		if idx < checkFrom {
+			size, err := w.segmentSize(idx)
+			if err != nil {
+				return err
+			}
+			segs = append(segs, segInfo{idx, size})
+			continue
+		}
+		if checked && idx != segs[len(segs)-1].idx+1 {
+			prev := segs[len(segs)-1]
+			cerr := &CorruptionError{Segment: prev.idx, Offset: prev.size,
+				Err: fmt.Errorf("segments %s to %s are missing", segmentName(prev.idx+1), segmentName(idx-1))}
+			if err := w.repair(cerr, idxs[i:], 0); err != nil {
+				return err
+			}
+			break
+		}
+		valid, size, cerr, err := w.checkSegment(&r, idx)
+		if err != nil {
+			return err
+		}
+		segs = append(segs, segInfo{idx, valid})
+		checked = true
+		if cerr != nil {
+			if err := w.truncateSegment(idx, valid); err != nil {
+				return err
+			}
+			if err := w.repair(cerr, idxs[i+1:], size-valid); err != nil {
+				return err
+			}
+			break
+		}
+	}
+
+	var end Position
+	if len(segs) > 0 {
+		last := segs[len(segs)-1]
+		end = Position{last.idx, last.size}
+	}
+	if len(segs) == 0 || (haveCP && end.Compare(cp.Pos) < 0) {
+		idx := 0
+		if len(segs) > 0 {
+			idx = end.Segment + 1
+			w.logger.Warn("WAL: the log ends before the newest checkpoint; appending in a new segment so that positions keep increasing",
+				"log_end", end, "checkpoint", cp.Pos)
+		}
+		if haveCP {
+			c := cp.Pos.Segment
+			if cp.Pos.Offset > 0 {
+				c++
+			}
+			idx = max(idx, c)
+		}
+		f, err := w.createSegment(idx)
+		if err != nil {
+			return err
+		}
+		segs = append(segs, segInfo{idx, 0})
+		w.file, w.fileSeg = f, idx
+	} else {
+		f, err := w.fs.OpenFile(w.path(end.Segment), os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return fmt.Errorf("wal: open segment %s: %w", segmentName(end.Segment), err)
+		}
+		// A process that crashed may have left data in the page cache
+		// only; make it durable before anything derived from replaying it
+		// is acknowledged.
+		if err := w.fsync(f); err != nil {
+			f.Close()
+			return fmt.Errorf("wal: fsync segment %s: %w", segmentName(end.Segment), err)
+		}
+		w.file, w.fileSeg = f, end.Segment
+		w.written, w.synced = end.Offset, end.Offset
+	}
+	w.segs = segs
+	w.tail = Position{w.fileSeg, w.written}
+	w.updateGauges()
+	return nil
+}
+
+func (w *WAL) segmentSize(idx int) (int64, error) {
+	f, err := w.fs.OpenFile(w.path(idx), os.O_RDONLY, 0)
+	if err != nil {
+		return 0, fmt.Errorf("wal: open segment %s: %w", segmentName(idx), err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("wal: stat segment %s: %w", segmentName(idx), err)
+	}
+	return st.Size(), nil
+}
+
+// checkSegment reads segment idx to its end and returns the length of its
+// valid prefix, its size and, if the prefix is not all of it, why.
+func (w *WAL) checkSegment(r *segmentReader, idx int) (valid, size int64, cerr *CorruptionError, err error) {
+	f, err := w.fs.OpenFile(w.path(idx), os.O_RDONLY, 0)
+	if err != nil {
+		return 0, 0, nil, fmt.Errorf("wal: open segment %s: %w", segmentName(idx), err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, 0, nil, fmt.Errorf("wal: stat segment %s: %w", segmentName(idx), err)
+	}
+	size = st.Size()
+	r.reset(idx, f, 0, size)
+	for {
+		_, end, err := r.next()
+		switch {
+		case err == nil:
+			continue
+		case errors.Is(err, io.EOF):
+			return end, size, nil, nil
+		case errors.As(err, &cerr):
+			return end, size, cerr, nil
+		default:
+			return 0, 0, nil, fmt.Errorf("wal: %w", err)
+		}
+	}
+}
+
+// truncateSegment cuts segment idx to size, durably.
+func (w *WAL) truncateSegment(idx int, size int64) error {
+	f, err := w.fs.OpenFile(w.path(idx), os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("wal: open segment %s for repair: %w", segmentName(idx), err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return fmt.Errorf("wal: truncate segment %s for repair: %w", segmentName(idx), err)
+	}
+	if err := w.fsync(f); err != nil {
+		f.Close()
+		return fmt.Errorf("wal: fsync segment %s after repair: %w", segmentName(idx), err)
+	}
+	return f.Close()
+}
+
+// repair deletes the segments in drop, newest first so that a crash in
+// the middle never leaves a gap that looks like a complete log, then
+// counts and logs the repair of cerr.
+func (w *WAL) repair(cerr *CorruptionError, drop []int, lost int64) error {
+	for i := len(drop) - 1; i >= 0; i-- {
+		if size, err := w.segmentSize(drop[i]); err == nil {
+			lost += size
+		}
+		if err := w.fs.Remove(w.path(drop[i])); err != nil {
+			return fmt.Errorf("wal: remove segment %s after corruption: %w", segmentName(drop[i]), err)
+		}
+	}
+	if len(drop) > 0 {
+		if err := w.fs.SyncDir(w.dir); err != nil {
+			return fmt.Errorf("wal: sync directory after repair: %w", err)
+		}
+	}
+	w.m.corruptions.Inc()
+	w.logger.Warn("WAL: repaired a torn or corrupt log by cutting it at the last valid batch",
+		"segment", segmentName(cerr.Segment), "offset", cerr.Offset, "err", cerr.Err,
+		"segments_deleted", len(drop), "bytes_dropped", lost)
+	return nil
+}
+
+// createSegment creates segment idx empty and makes its creation durable.
+func (w *WAL) createSegment(idx int) (File, error) {
+	name := w.path(idx)
+	// O_TRUNC: a file with this name is never part of the log (it can only
+	// be left over from a creation whose directory fsync failed).
+	f, err := w.fs.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o666)
+	if err != nil {
+		return nil, fmt.Errorf("wal: create segment %s: %w", segmentName(idx), err)
+	}
+	if err := w.fs.SyncDir(w.dir); err != nil {
+		f.Close()
+		_ = w.fs.Remove(name) // best effort; see O_TRUNC above
+		return nil, fmt.Errorf("wal: sync directory after creating segment %s: %w", segmentName(idx), err)
+	}
+	return f, nil
+}
+
+// Append writes recs to the log as one batch: after a crash either all of
+// them are replayed or none. In SyncAlways mode it returns once the batch
+// is fsynced, in SyncInterval mode once it is written. It returns the
+// position just after the batch, which Replay passes along with each of
+// its records.
+//
+// Concurrent Appends are written and fsynced together (group commit): an
+// appender that finds the file idle writes the batches queued so far (up
+// to a segment boundary) with one write(2) and one fsync while the others
+// wait for it; the next group forms meanwhile.
+//
+// ctx is checked only before the batch is queued: once queued, Append
+// waits for the outcome, since returning early would leave the caller
+// unsure whether the batch is durable. On a write or fsync error every
+// appender whose batch was in the failed write gets the error, none of
+// those batches is in the log, and the segment is truncated back to its
+// last complete batch. If that truncation fails too, the WAL refuses all
+// further Appends with a sticky error (see Err). recs are not retained.
+func (w *WAL) Append(ctx context.Context, recs ...Record) (Position, error) {
+	pos, err := w.append(ctx, recs)
+	if err != nil {
+		w.m.appendErrors.Inc()
+	}
+	return pos, err
+}
+
+func (w *WAL) append(ctx context.Context, recs []Record) (Position, error) {
+	if err := ctx.Err(); err != nil {
+		return Position{}, err
+	}
+	plen, err := payloadLen(recs)
+	if err != nil {
+		return Position{}, err
+	}
+	size := frameHeaderSize + plen
+	if size > w.opts.SegmentSize {
+		return Position{}, fmt.Errorf("%w: %d bytes, segments are %d", ErrRecordTooLarge, size, w.opts.SegmentSize)
+	}
+	crc := frameCRC(recs, plen)
+
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return Position{}, ErrClosed
+	}
+	if w.err != nil {
+		err := w.err
+		w.mu.Unlock()
+		return Position{}, err
+	}
+	if w.tail.Offset > 0 && w.tail.Offset+size > w.opts.SegmentSize {
+		w.tail = Position{Segment: w.tail.Segment + 1}
+	}
+	var g *group
+	if n := len(w.queue); n > 0 && w.queue[n-1].seg == w.tail.Segment {
+		g = w.queue[n-1]
+	} else {
+		g = &group{seg: w.tail.Segment, bufp: bufPool.Get().(*[]byte), done: make(chan struct{})}
+		w.queue = append(w.queue, g)
+	}
+	*g.bufp = appendFrame(*g.bufp, recs, plen, crc)
+	end := int64(len(*g.bufp)) // relative to the group's start
+	g.records += len(recs)
+	g.batches++
+	w.tail.Offset += size
+	w.mu.Unlock()
+
+	for {
+		select {
+		case <-g.done:
+			if g.err != nil {
+				return Position{}, g.err
+			}
+			return Position{Segment: g.seg, Offset: g.start + end}, nil
+		case w.token <- struct{}{}:
+			select {
+			case <-g.done:
+			default:
+				// Groups are written in order and ours is still queued,
+				// so the head of the queue is ours or an earlier one.
+				w.commitNext()
+			}
+			<-w.token
+		}
+	}
+}
+
+// commitNext writes the group at the head of the queue and completes it.
+// The caller holds the token.
+func (w *WAL) commitNext() {
+	w.mu.Lock()
+	if len(w.queue) == 0 {
+		w.mu.Unlock()
+		return
+	}
+	g := w.queue[0]
+	// Shift rather than reslice, so that the backing array is reused: the
+	// queue is short (groups wait only behind the one being written).
+	n := copy(w.queue, w.queue[1:])
+	w.queue[n] = nil
+	w.queue = w.queue[:n]
+	err := w.err
+	w.mu.Unlock()
+
+	if err == nil {
+		err = w.write(g)
+	} else {
+		w.rollbackTail(g)
+	}
+	g.err = err
+	if cap(*g.bufp) <= maxPooledBuf {
+		*g.bufp = (*g.bufp)[:0]
+		bufPool.Put(g.bufp)
+	}
+	g.bufp = nil
+	close(g.done)
+}
+
+// write writes, and in SyncAlways mode fsyncs, one group. The caller
+// holds the token.
+func (w *WAL) write(g *group) error {
+	if g.seg != w.fileSeg {
+		if err := w.rotate(g.seg); err != nil {
+			w.rollbackTail(g)
+			return err
+		}
+	}
+	buf := *g.bufp
+	g.start = w.written
+	n, err := w.file.Write(buf)
+	if err == nil && n < len(buf) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		err = fmt.Errorf("wal: write segment %s: %w", segmentName(w.fileSeg), err)
+	} else if w.opts.Sync == SyncAlways {
+		if serr := w.fsync(w.file); serr != nil {
+			err = fmt.Errorf("wal: fsync segment %s: %w", segmentName(w.fileSeg), serr)
+		}
+	}
+	if err != nil {
+		w.rollbackTail(g)
+		w.rollback(err)
+		return err
+	}
+	w.written += int64(len(buf))
+	if w.opts.Sync == SyncAlways {
+		w.synced = w.written
+	}
+	w.mu.Lock()
+	w.segs[len(w.segs)-1].size = w.written
+	w.updateGauges()
+	w.mu.Unlock()
+	w.m.records.Add(float64(g.records))
+	w.m.batches.Add(float64(g.batches))
+	return nil
+}
+
+// rollbackTail takes a group that will not be written out of the tail.
+func (w *WAL) rollbackTail(g *group) {
+	w.mu.Lock()
+	if w.tail.Segment == g.seg {
+		w.tail.Offset -= int64(len(*g.bufp))
+	}
+	w.mu.Unlock()
+}
+
+// rollback truncates the segment back to its last complete batch after a
+// failed write or fsync, and makes that durable; if it cannot, the WAL
+// turns unusable. The caller holds the token.
+func (w *WAL) rollback(cause error) {
+	if err := w.file.Truncate(w.written); err != nil {
+		w.setSticky(fmt.Errorf("wal: truncate segment %s after a failed append (%v): %w", segmentName(w.fileSeg), cause, err))
+		return
+	}
+	// The truncation must be durable: otherwise a crash could bring back
+	// the batch whose appenders were told it failed.
+	if err := w.fsync(w.file); err != nil {
+		w.setSticky(fmt.Errorf("wal: fsync segment %s after rolling back a failed append (%v): %w", segmentName(w.fileSeg), cause, err))
+		return
+	}
+	w.synced = w.written
+	w.logger.Warn("WAL: append failed; rolled the segment back to its last complete batch",
+		"segment", segmentName(w.fileSeg), "offset", w.written, "err", cause)
+}
+
+func (w *WAL) setSticky(err error) {
+	w.mu.Lock()
+	first := w.err == nil
+	if first {
+		w.err = err
+	}
+	w.mu.Unlock()
+	if first {
+		w.logger.Error("WAL: unusable until restarted; refusing appends", "err", err)
+	}
+}
+
+// rotate makes segment idx the one being written. The caller holds the
+// token.
+func (w *WAL) rotate(idx int) error {
+	// Acknowledged data must not depend on a segment we stop tracking.
+	if err := w.syncData(); err != nil {
+		return err
+	}
+	f, err := w.createSegment(idx)
+	if err != nil {
+		return err
+	}
+	if err := w.file.Close(); err != nil {
+		w.logger.Warn("WAL: closing a full segment", "segment", segmentName(w.fileSeg), "err", err)
+	}
+	w.file, w.fileSeg, w.written, w.synced = f, idx, 0, 0
+	w.mu.Lock()
+	w.segs = append(w.segs, segInfo{idx, 0})
+	w.updateGauges()
+	w.mu.Unlock()
+	return nil
+}
+
+// syncData fsyncs what was written since the last fsync. A failure here
+// covers acknowledged data (SyncInterval mode), so it is sticky. The
+// caller holds the token.
+func (w *WAL) syncData() error {
+	if w.synced >= w.written {
+		return nil
+	}
+	if err := w.fsync(w.file); err != nil {
+		err = fmt.Errorf("wal: fsync segment %s: %w", segmentName(w.fileSeg), err)
+		w.setSticky(err)
+		return err
+	}
+	w.synced = w.written
+	return nil
+}
+
+func (w *WAL) fsync(f File) error {
+	start := time.Now()
+	err := f.Sync()
+	w.m.fsyncDuration.Observe(time.Since(start).Seconds())
+	w.m.fsyncs.Inc()
+	return err
+}
+
+// syncLoop fsyncs every SyncInterval in SyncInterval mode.
+func (w *WAL) syncLoop() {
+	defer w.wg.Done()
+	t := time.NewTicker(w.opts.SyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.stop:
+			return
+		case <-t.C:
+		}
+		select {
+		case <-w.stop:
+			return
+		case w.token <- struct{}{}:
+		}
+		_ = w.syncData() // a failure is sticky and logged
+		<-w.token
+	}
+}
+
+// updateGauges refreshes the size gauges. The caller holds mu.
+func (w *WAL) updateGauges() {
+	var n int64
+	for _, s := range w.segs {
+		n += s.size
+	}
+	w.m.bytes.Set(float64(n))
+	w.m.segments.Set(float64(len(w.segs)))
+}
+
+// Replay calls fn for every record of every batch that starts at or after
+// from, in log order, and stops at the end of the log. pos is the position
+// just after the record's batch, as Append returned it. r.Data is valid
+// only until fn returns. An error from fn stops Replay and is returned.
+//
+// from should be a position Append or Cut returned (or a checkpoint's):
+// one inside a batch yields a *CorruptionError. Replay reads what Open
+// found; it is meant for start-up, before the first Append.
+func (w *WAL) Replay(from Position, fn func(pos Position, r Record) error) error {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return ErrClosed
+	}
+	segs := slices.Clone(w.segs)
+	w.mu.Unlock()
+
+	if !slices.ContainsFunc(segs, func(s segInfo) bool { return s.idx == from.Segment }) {
+		w.logger.Warn("WAL: replay starts at a segment that does not exist; records between it and the next segment were truncated or lost",
+			"from", from, "first_segment", segmentName(segs[0].idx), "last_segment", segmentName(segs[len(segs)-1].idx))
+	}
+	var r segmentReader
+	for _, s := range segs {
+		if s.idx < from.Segment {
+			continue
+		}
+		off := int64(0)
+		if s.idx == from.Segment {
+			off = from.Offset
+		}
+		if off >= s.size {
+			continue
+		}
+		if err := w.replaySegment(&r, s, off, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *WAL) replaySegment(r *segmentReader, s segInfo, off int64, fn func(Position, Record) error) error {
+	f, err := w.fs.OpenFile(w.path(s.idx), os.O_RDONLY, 0)
+	if err != nil {
+		return fmt.Errorf("wal: open segment %s: %w", segmentName(s.idx), err)
+	}
+	defer f.Close()
+	if off > 0 {
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			return fmt.Errorf("wal: seek segment %s: %w", segmentName(s.idx), err)
+		}
+	}
+	r.reset(s.idx, f, off, s.size)
+	for {
+		recs, end, err := r.next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		pos := Position{Segment: s.idx, Offset: end}
+		for _, rec := range recs {
+			if err := fn(pos, rec); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// Cut starts a new segment and returns the position of its start, a
+// clean boundary for a checkpoint: every batch appended before Cut is
+// before it, every batch appended after is at or after it, and, in both
+// sync modes, everything before it is fsynced when Cut returns. If the
+// current segment is still empty, Cut returns its start instead.
+func (w *WAL) Cut() (Position, error) {
+	w.token <- struct{}{}
+	defer func() { <-w.token }()
+
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return Position{}, ErrClosed
+	}
+	if w.err != nil {
+		err := w.err
+		w.mu.Unlock()
+		return Position{}, err
+	}
+	pos := w.tail
+	if pos.Offset > 0 {
+		pos = Position{Segment: pos.Segment + 1}
+	}
+	w.tail = pos
+	w.mu.Unlock()
+
+	// Batches queued before the cut go before it.
+	for {
+		w.mu.Lock()
+		more := len(w.queue) > 0 && w.queue[0].seg < pos.Segment
+		w.mu.Unlock()
+		if !more {
+			break
+		}
+		w.commitNext()
+	}
+	if w.fileSeg != pos.Segment {
+		if err := w.Err(); err != nil {
+			return Position{}, err
+		}
+		if err := w.rotate(pos.Segment); err != nil {
+			return Position{}, err
+		}
+	}
+	if err := w.syncData(); err != nil {
+		return Position{}, err
+	}
+	return pos, nil
+}
+
+// TruncateBefore deletes the segments before pos.Segment, oldest first.
+// It never deletes the segment being written.
+func (w *WAL) TruncateBefore(pos Position) error {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return ErrClosed
+	}
+	limit := min(pos.Segment, w.segs[len(w.segs)-1].idx)
+	var victims []int
+	for _, s := range w.segs {
+		if s.idx < limit {
+			victims = append(victims, s.idx)
+		}
+	}
+	w.mu.Unlock()
+	if len(victims) == 0 {
+		return nil
+	}
+
+	var err error
+	removed := 0
+	for _, idx := range victims {
+		if e := w.fs.Remove(w.path(idx)); e != nil && !errors.Is(e, fs.ErrNotExist) {
+			err = fmt.Errorf("wal: remove segment %s: %w", segmentName(idx), e)
+			break
+		}
+		removed++
+	}
+	if removed == 0 {
+		return err
+	}
+	lastRemoved := victims[removed-1]
+	w.mu.Lock()
+	w.segs = slices.DeleteFunc(w.segs, func(s segInfo) bool { return s.idx <= lastRemoved })
+	w.updateGauges()
+	w.mu.Unlock()
+	if e := w.fs.SyncDir(w.dir); e != nil && err == nil {
+		err = fmt.Errorf("wal: sync directory after truncation: %w", e)
+	}
+	return err
+}
+
+// Size returns the bytes of the log's segment files.
+func (w *WAL) Size() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var n int64
+	for _, s := range w.segs {
+		n += s.size
+	}
+	return n
+}
+
+// Segments returns the number of segment files.
+func (w *WAL) Segments() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.segs)
+}
+
+// Err returns the sticky error that makes the WAL refuse Appends, or nil
+// while it is healthy (for a readiness check).
+func (w *WAL) Err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// Close writes the batches still queued, fsyncs, closes the segment and
+// unregisters the metrics. Appends waiting on it get their results;
+// later calls of any method return ErrClosed. Close is idempotent: calls
+// after the first return nil.
+func (w *WAL) Close() error {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return nil
+	}
+	w.closed = true
+	w.mu.Unlock()
+
+	close(w.stop)
+	w.wg.Wait()
+
+	w.token <- struct{}{}
+	defer func() { <-w.token }()
+	for {
+		w.mu.Lock()
+		n := len(w.queue)
+		w.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		w.commitNext()
+	}
+	err := w.syncData()
+	if cerr := w.file.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("wal: close segment %s: %w", segmentName(w.fileSeg), cerr)
+	}
+	w.m.unregister(w.reg)
+	return err
+}
