@@ -8,6 +8,8 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/sluice-metrics/sluice/wal"
 )
 
 // Journal makes operations durable before they are acknowledged. The
@@ -48,8 +50,12 @@ func (s *Store) fail(err error) {
 	}
 }
 
-// unavailable returns the error operations get once the journal failed.
+// unavailable returns the error operations get while the log is replayed
+// or once the journal failed.
 func (s *Store) unavailable() error {
+	if s.journal != nil && !s.ready.Load() {
+		return &Error{Kind: KindUnavailable, Reason: ReasonUnavailable, Msg: "Sluice is replaying its write-ahead log; retry shortly"}
+	}
 	if p := s.broken.Load(); p != nil {
 		return &Error{Kind: KindUnavailable, Reason: ReasonUnavailable,
 			Msg: "write-ahead log failed (" + (*p).Error() + "); Sluice accepts nothing until it is restarted"}
@@ -163,4 +169,67 @@ func (d Durable) Gather() ([]*dto.MetricFamily, error) {
 		return nil, errors.Join(errors.New("window skipped"), err)
 	}
 	return fams, nil
+}
+
+// CheckpointLog is what a checkpoint needs of the write-ahead log.
+type CheckpointLog interface {
+	// Cut starts a new segment and returns the position of its start.
+	Cut() (wal.Position, error)
+	// WriteCheckpoint stores data as the state at pos and drops the log
+	// before pos.
+	WriteCheckpoint(pos wal.Position, data []byte) error
+}
+
+// Checkpoint writes the durable state so the log before it can go. It
+// blocks operations while it waits for the journal and copies the state
+// into bytes; writing the file happens after they resume.
+func (s *Store) Checkpoint(ctx context.Context, log CheckpointLog) error {
+	if err := s.unavailable(); err != nil {
+		return err
+	}
+	start := time.Now()
+	s.stateMu.Lock()
+	if s.journal != nil {
+		if err := s.journal.Barrier(ctx); err != nil {
+			s.stateMu.Unlock()
+			s.fail(err)
+			return err
+		}
+	}
+	pos, err := log.Cut()
+	if err != nil {
+		s.stateMu.Unlock()
+		return fmt.Errorf("cut write-ahead log segment: %w", err)
+	}
+	data := s.snapshot()
+	s.stateMu.Unlock()
+	if err := log.WriteCheckpoint(pos, data); err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	s.metrics.checkpointBytes.Set(float64(len(data)))
+	s.metrics.checkpointDuration.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// Restore loads a checkpoint into an empty Store, before replay.
+func (s *Store) Restore(data []byte) error { return s.restore(data) }
+
+// SetReady opens the Store for operations once recovery is done; until
+// then they get a 503 that says the log is being replayed.
+func (s *Store) SetReady() { s.ready.Store(true) }
+
+// RunCheckpoints checkpoints every interval until ctx is done.
+func (s *Store) RunCheckpoints(ctx context.Context, interval time.Duration, log CheckpointLog) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := s.Checkpoint(ctx, log); err != nil {
+				s.logger.Error("checkpoint", "err", err)
+			}
+		}
+	}
 }

@@ -53,6 +53,7 @@ func TestReplayRebuildsState(t *testing.T) {
 	j := &memJournal{}
 	clk := newClock()
 	s := New(set, clk.now, j, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	s.SetReady()
 	ctx := context.Background()
 	steps := []func(){
 		func() { mustPush(t, s, "job=old", "# TYPE c_total counter\nc_total 100\n") },
@@ -120,6 +121,7 @@ func TestJournalFailureRefusesAndSkipsWindows(t *testing.T) {
 	j := &memJournal{}
 	s, _ := newTestStore(t, testSettings())
 	s.journal = j
+	s.SetReady()
 	mustPush(t, s, "job=f", "x 1\n")
 	j.failing = errors.New("fsync: input/output error")
 	err := push(t, s, "job=f", MethodPost, "x 1\n")

@@ -12,6 +12,9 @@ type storeMetrics struct {
 	timestampsIgnored prometheus.Counter
 	quantilesDropped  prometheus.Counter
 	seriesRemoved     *prometheus.CounterVec
+
+	checkpointBytes    prometheus.Gauge
+	checkpointDuration prometheus.Histogram
 }
 
 // modeName labels sluice_series by mode kind.
@@ -58,6 +61,14 @@ func newStoreMetrics(reg prometheus.Registerer, s *Store) *storeMetrics {
 			Help: "Aggregated series removed, by reason (expired, deleted, replaced).",
 		}, []string{"reason"}),
 	}
+	m.checkpointBytes = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "sluice_checkpoint_bytes", Help: "Size of the last state checkpoint.",
+	})
+	m.checkpointDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "sluice_checkpoint_duration_seconds", Help: "Time to take and write one checkpoint.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
+	})
+	reg.MustRegister(m.checkpointBytes, m.checkpointDuration)
 	seriesDesc := prometheus.NewDesc("sluice_series", "Live aggregated series by clear_mode kind.", []string{"mode"}, nil)
 	groupsDesc := prometheus.NewDesc("sluice_groups", "Live push groups (grouping keys).", nil, nil)
 	for _, r := range []string{"expired", "deleted", "replaced"} {

@@ -77,6 +77,7 @@ type Settings struct {
 type Store struct {
 	journal Journal // nil: no durability
 	broken  atomic.Pointer[error]
+	ready   atomic.Bool // with a journal: recovery is done
 	// stateMu orders operations against durable snapshots: every
 	// operation holds it for reading while it validates, enqueues its
 	// record and mutates; a flush holds it for writing while it waits for

@@ -232,3 +232,15 @@ func readCheckpointFile(fsys FS, name string, seg int) (Position, []byte, error)
 	}
 	return Position{Segment: seg, Offset: int64(off)}, body[checkpointHeaderSize:], nil
 }
+
+// WriteCheckpoint stores data as the state at pos next to the log and then
+// deletes the segments before pos, which the checkpoint made redundant.
+func (w *WAL) WriteCheckpoint(pos Position, data []byte) error {
+	if err := WriteCheckpoint(w.dir, w.fs, pos, data); err != nil {
+		return err
+	}
+	return w.TruncateBefore(pos)
+}
+
+// LoadCheckpoint returns the newest valid checkpoint of the log's directory.
+func (w *WAL) LoadCheckpoint() (Checkpoint, bool, error) { return LoadCheckpoint(w.dir, w.fs) }

@@ -1,0 +1,407 @@
+package aggregate
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/DataDog/sketches-go/ddsketch"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/prometheus/model/histogram"
+
+	"github.com/sluice-metrics/sluice/configs"
+)
+
+// snapshotMagic and snapshotVersion head a state snapshot (the data of a
+// WAL checkpoint). Bump the version on any layout change.
+const (
+	snapshotMagic   = "SLST"
+	snapshotVersion = 1
+)
+
+// Series state kinds in a snapshot.
+const (
+	stateValue   = 0
+	stateWindow  = 1
+	stateHist    = 2
+	stateSummary = 3
+)
+
+// Snapshot serialises the whole state. The caller holds stateMu for
+// writing (see Checkpoint), so no operation runs meanwhile.
+func (s *Store) snapshot() []byte {
+	b := []byte(snapshotMagic)
+	b = binary.AppendUvarint(b, snapshotVersion)
+	groups := s.groupList()
+	idx := make(map[*group]int, len(groups))
+	live := groups[:0]
+	for _, g := range groups {
+		if !g.deleted && g.lastPush != 0 {
+			idx[g] = len(live)
+			live = append(live, g)
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(len(live)))
+	nSeries := 0
+	for _, g := range live {
+		b = appendLabels(b, g.labels)
+		b = binary.AppendVarint(b, g.lastPush)
+		b = binary.AppendVarint(b, g.lastFailure)
+		nSeries += len(g.series)
+	}
+	b = binary.AppendUvarint(b, uint64(nSeries))
+	for _, g := range live {
+		for _, se := range g.series {
+			b = binary.AppendUvarint(b, uint64(idx[g]))
+			b = appendLabels(b, se.lset)
+			b = appendString(b, se.name)
+			b = append(b, byte(se.typ))
+			b = appendString(b, se.mode.String())
+			b = appendString(b, se.fam.help)
+			b = binary.AppendVarint(b, se.lastPush)
+			switch {
+			case se.win != nil:
+				b = append(b, stateWindow)
+				b = appendWindow(b, se.win)
+			case se.hist != nil:
+				b = append(b, stateHist)
+				b = appendHist(b, se.hist)
+			case se.summ != nil:
+				b = append(b, stateSummary)
+				b = appendFloat(b, se.summ.count)
+				b = appendFloat(b, se.summ.sum)
+				b = binary.AppendUvarint(b, uint64(len(se.summ.quantiles)))
+				for _, q := range se.summ.quantiles {
+					b = appendFloat(b, q.GetQuantile())
+					b = appendFloat(b, q.GetValue())
+				}
+			default:
+				b = append(b, stateValue)
+				b = appendFloat(b, se.value)
+			}
+		}
+	}
+	return b
+}
+
+func appendFloat(b []byte, f float64) []byte {
+	return binary.BigEndian.AppendUint64(b, math.Float64bits(f))
+}
+
+func appendWindow(b []byte, w *window) []byte {
+	b = binary.AppendVarint(b, w.step)
+	for i := range w.slots {
+		sl := &w.slots[i]
+		b = binary.AppendVarint(b, sl.idx)
+		if sl.idx == 0 {
+			continue
+		}
+		b = appendFloat(b, sl.count)
+		b = appendFloat(b, sl.sum)
+		b = appendFloat(b, sl.min)
+		b = appendFloat(b, sl.max)
+		var sk []byte
+		if sl.sketch != nil {
+			sl.sketch.Encode(&sk, true)
+		}
+		b = binary.AppendUvarint(b, uint64(len(sk)))
+		b = append(b, sk...)
+	}
+	return b
+}
+
+func appendHist(b []byte, h *histState) []byte {
+	b = appendFloat(b, h.count)
+	b = appendFloat(b, h.sum)
+	b = binary.AppendUvarint(b, uint64(len(h.bounds)))
+	for i := range h.bounds {
+		b = appendFloat(b, h.bounds[i])
+		b = appendFloat(b, h.cum[i])
+	}
+	if h.native == nil {
+		return append(b, 0)
+	}
+	n := h.native
+	b = append(b, 1)
+	b = binary.AppendVarint(b, int64(n.Schema))
+	b = appendFloat(b, n.ZeroThreshold)
+	b = appendFloat(b, n.ZeroCount)
+	b = appendFloat(b, n.Count)
+	b = appendFloat(b, n.Sum)
+	for _, side := range []struct {
+		spans   []histogram.Span
+		buckets []float64
+	}{{n.PositiveSpans, n.PositiveBuckets}, {n.NegativeSpans, n.NegativeBuckets}} {
+		b = binary.AppendUvarint(b, uint64(len(side.spans)))
+		for _, sp := range side.spans {
+			b = binary.AppendVarint(b, int64(sp.Offset))
+			b = binary.AppendUvarint(b, uint64(sp.Length))
+		}
+		b = binary.AppendUvarint(b, uint64(len(side.buckets)))
+		for _, v := range side.buckets {
+			b = appendFloat(b, v)
+		}
+	}
+	return b
+}
+
+func (r *reader) float() (float64, error) {
+	if len(r.b) < 8 {
+		return 0, errShort
+	}
+	f := math.Float64frombits(binary.BigEndian.Uint64(r.b))
+	r.b = r.b[8:]
+	return f, nil
+}
+
+func (r *reader) varint() (int64, error) {
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		return 0, errShort
+	}
+	r.b = r.b[n:]
+	return v, nil
+}
+
+// restore rebuilds the state from a snapshot into an empty Store.
+func (s *Store) restore(data []byte) error {
+	if len(data) < len(snapshotMagic) || string(data[:len(snapshotMagic)]) != snapshotMagic {
+		return errors.New("restore snapshot: bad magic")
+	}
+	r := &reader{b: data[len(snapshotMagic):]}
+	v, err := r.count()
+	if err != nil || v != snapshotVersion {
+		return fmt.Errorf("restore snapshot: unsupported version %d", v)
+	}
+	ng, err := r.count()
+	if err != nil {
+		return err
+	}
+	groups := make([]*group, ng)
+	for i := range groups {
+		ls, err := r.labels()
+		if err != nil {
+			return err
+		}
+		g := &group{key: groupKey(ls), labels: ls, series: make(map[string]*series)}
+		if g.lastPush, err = r.varint(); err != nil {
+			return err
+		}
+		if g.lastFailure, err = r.varint(); err != nil {
+			return err
+		}
+		groups[i] = g
+		s.groups[g.key] = g
+	}
+	ns, err := r.count()
+	if err != nil {
+		return err
+	}
+	for i := 0; i < ns; i++ {
+		gi, err := r.count()
+		if err != nil || gi >= len(groups) {
+			return fmt.Errorf("restore snapshot: series %d: bad group index", i)
+		}
+		g := groups[gi]
+		se := &series{group: g}
+		if se.lset, err = r.labels(); err != nil {
+			return err
+		}
+		se.key = string(se.lset.Bytes(nil))
+		if se.name, err = r.string(); err != nil {
+			return err
+		}
+		tb, err := r.byte()
+		if err != nil {
+			return err
+		}
+		se.typ = dto.MetricType(tb)
+		ms, err := r.string()
+		if err != nil {
+			return err
+		}
+		if se.mode, err = configs.ParseMode(ms); err != nil {
+			return fmt.Errorf("restore snapshot: %w", err)
+		}
+		help, err := r.string()
+		if err != nil {
+			return err
+		}
+		if se.lastPush, err = r.varint(); err != nil {
+			return err
+		}
+		kind, err := r.byte()
+		if err != nil {
+			return err
+		}
+		switch kind {
+		case stateValue:
+			se.value, err = r.float()
+		case stateWindow:
+			se.win, err = r.window(se.mode)
+		case stateHist:
+			se.hist, err = r.hist()
+		case stateSummary:
+			se.summ, err = r.summary()
+		default:
+			err = fmt.Errorf("restore snapshot: unknown state kind %d", kind)
+		}
+		if err != nil {
+			return err
+		}
+		u := &update{name: se.name, typ: se.typ, outType: outputType(se.typ, se.mode), mode: se.mode, help: help}
+		f, err := s.claim(u)
+		if err != nil {
+			return fmt.Errorf("restore snapshot: %w", err)
+		}
+		se.fam = f // the claim is the series' reference
+		s.shards[s.shardOf(se.key)].series[se.key] = se
+		g.series[se.key] = se
+		s.seriesCount.Add(1)
+		s.modeCounts[se.mode.Kind].Add(1)
+	}
+	if len(r.b) != 0 {
+		return fmt.Errorf("restore snapshot: %d trailing bytes", len(r.b))
+	}
+	return nil
+}
+
+func (r *reader) window(m configs.Mode) (*window, error) {
+	w := newWindow(m)
+	step, err := r.varint()
+	if err != nil {
+		return nil, err
+	}
+	w.step = step
+	for i := range w.slots {
+		sl := &w.slots[i]
+		if sl.idx, err = r.varint(); err != nil {
+			return nil, err
+		}
+		if sl.idx == 0 {
+			continue
+		}
+		for _, f := range []*float64{&sl.count, &sl.sum, &sl.min, &sl.max} {
+			if *f, err = r.float(); err != nil {
+				return nil, err
+			}
+		}
+		n, err := r.count()
+		if err != nil || n > len(r.b) {
+			return nil, errShort
+		}
+		if n > 0 {
+			sk, _ := ddsketch.NewDefaultDDSketch(sketchAccuracy)
+			if err := sk.DecodeAndMergeWith(r.b[:n]); err != nil {
+				return nil, fmt.Errorf("restore snapshot: sketch: %w", err)
+			}
+			sl.sketch = sk
+			r.b = r.b[n:]
+		}
+	}
+	return w, nil
+}
+
+func (r *reader) hist() (*histState, error) {
+	h := &histState{}
+	var err error
+	if h.count, err = r.float(); err != nil {
+		return nil, err
+	}
+	if h.sum, err = r.float(); err != nil {
+		return nil, err
+	}
+	n, err := r.count()
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i < n; i++ {
+		b, err := r.float()
+		if err != nil {
+			return nil, err
+		}
+		c, err := r.float()
+		if err != nil {
+			return nil, err
+		}
+		h.bounds, h.cum = append(h.bounds, b), append(h.cum, c)
+	}
+	native, err := r.byte()
+	if err != nil || native == 0 {
+		return h, err
+	}
+	fh := &histogram.FloatHistogram{}
+	schema, err := r.varint()
+	if err != nil {
+		return nil, err
+	}
+	fh.Schema = int32(schema)
+	for _, f := range []*float64{&fh.ZeroThreshold, &fh.ZeroCount, &fh.Count, &fh.Sum} {
+		if *f, err = r.float(); err != nil {
+			return nil, err
+		}
+	}
+	for side := 0; side < 2; side++ {
+		ns, err := r.count()
+		if err != nil {
+			return nil, err
+		}
+		spans := make([]histogram.Span, ns)
+		for i := range spans {
+			off, err := r.varint()
+			if err != nil {
+				return nil, err
+			}
+			l, err := r.count()
+			if err != nil {
+				return nil, err
+			}
+			spans[i] = histogram.Span{Offset: int32(off), Length: uint32(l)}
+		}
+		nb, err := r.count()
+		if err != nil {
+			return nil, err
+		}
+		buckets := make([]float64, nb)
+		for i := range buckets {
+			if buckets[i], err = r.float(); err != nil {
+				return nil, err
+			}
+		}
+		if side == 0 {
+			fh.PositiveSpans, fh.PositiveBuckets = spans, buckets
+		} else {
+			fh.NegativeSpans, fh.NegativeBuckets = spans, buckets
+		}
+	}
+	h.native = fh
+	return h, nil
+}
+
+func (r *reader) summary() (*summaryState, error) {
+	sm := &summaryState{}
+	var err error
+	if sm.count, err = r.float(); err != nil {
+		return nil, err
+	}
+	if sm.sum, err = r.float(); err != nil {
+		return nil, err
+	}
+	n, err := r.count()
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i < n; i++ {
+		q, err := r.float()
+		if err != nil {
+			return nil, err
+		}
+		v, err := r.float()
+		if err != nil {
+			return nil, err
+		}
+		sm.quantiles = append(sm.quantiles, &dto.Quantile{Quantile: ptr(q), Value: ptr(v)})
+	}
+	return sm, nil
+}
