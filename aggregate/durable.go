@@ -233,3 +233,49 @@ func (s *Store) RunCheckpoints(ctx context.Context, interval time.Duration, log 
 		}
 	}
 }
+
+// RecoveryLog is what recovery reads: the newest checkpoint and the
+// records after it.
+type RecoveryLog interface {
+	LoadCheckpoint() (wal.Checkpoint, bool, error)
+	Replay(from wal.Position, fn func(pos wal.Position, r wal.Record) error) error
+}
+
+// Recover rebuilds an empty Store from the newest checkpoint and the log
+// after it. A record that does not decode or apply is logged and skipped
+// (its CRC was valid, so it is a bug, not a torn write); it never stops
+// Sluice from starting.
+func Recover(s *Store, log RecoveryLog) error {
+	cp, ok, err := log.LoadCheckpoint()
+	if err != nil {
+		return fmt.Errorf("load checkpoint: %w", err)
+	}
+	for _, e := range cp.Skipped {
+		s.logger.Warn("skipped a corrupt checkpoint", "err", e)
+	}
+	from := wal.Position{}
+	if ok {
+		if err := s.Restore(cp.Data); err != nil {
+			return fmt.Errorf("restore checkpoint at %s: %w", cp.Pos, err)
+		}
+		from = cp.Pos
+	}
+	n, bad := 0, 0
+	err = log.Replay(from, func(pos wal.Position, r wal.Record) error {
+		n++
+		op, err := DecodeOp(r.Type, r.Data)
+		if err == nil {
+			err = s.Replay(op)
+		}
+		if err != nil {
+			bad++
+			s.logger.Error("skipped a write-ahead log record", "pos", pos.String(), "type", r.Type, "err", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("replay: %w", err)
+	}
+	s.logger.Info("replayed the write-ahead log", "checkpoint", ok, "records", n, "skipped", bad)
+	return nil
+}

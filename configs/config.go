@@ -27,6 +27,21 @@ type Config struct {
 	Limits      LimitsConfig        `yaml:"limits"`
 	RemoteWrite []RemoteWriteConfig `yaml:"remote_write,omitempty"`
 	SelfMetrics SelfMetricsConfig   `yaml:"self_metrics"`
+	WAL         WALConfig           `yaml:"wal"`
+}
+
+// WALConfig tunes the write-ahead log. It applies at start-up only.
+type WALConfig struct {
+	// Fsync is "always" (group commit: a 2xx means the push is on stable
+	// storage) or "interval" (a 2xx means it was written to the OS; a
+	// machine crash can lose up to FsyncInterval of acknowledged pushes).
+	Fsync         string         `yaml:"fsync"`
+	FsyncInterval model.Duration `yaml:"fsync_interval,omitempty"`
+	// CheckpointInterval is how often the state is checkpointed and the
+	// log before it deleted; zero means every aggregation interval.
+	CheckpointInterval model.Duration `yaml:"checkpoint_interval,omitempty"`
+	// SegmentSize is the size at which a new log segment is started.
+	SegmentSize int64 `yaml:"segment_size,omitempty"`
 }
 
 // AggregationConfig chooses how pushed series are merged.
@@ -138,6 +153,10 @@ type LimitsConfig struct {
 func Default() Config {
 	return Config{
 		SelfMetrics: SelfMetricsConfig{Forward: true},
+		// fsync per request (shared by concurrent ones) is SPEC 7's
+		// default; 1 s is the loss window of "interval"; 128 MiB segments
+		// as Prometheus' WAL, large enough for any single push.
+		WAL: WALConfig{Fsync: "always", FsyncInterval: model.Duration(time.Second), SegmentSize: 128 << 20},
 		Aggregation: AggregationConfig{
 			// SPEC 4.2: counters, untyped, histograms and summaries are
 			// summed (each push is one invocation's delta); gauges replace.
@@ -248,6 +267,14 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Limits.validate(); err != nil {
 		return fmt.Errorf("limits: %w", err)
+	}
+	switch c.WAL.Fsync {
+	case "always", "interval":
+	default:
+		return fmt.Errorf("wal.fsync: %q must be always or interval", c.WAL.Fsync)
+	}
+	if c.WAL.FsyncInterval <= 0 || c.WAL.CheckpointInterval < 0 || c.WAL.SegmentSize < 1<<20 {
+		return errors.New("wal: fsync_interval must be positive, checkpoint_interval not negative, segment_size at least 1 MiB")
 	}
 	for name := range c.Global.ExternalLabels {
 		if !model.LegacyValidation.IsValidLabelName(name) || strings.HasPrefix(name, "__") {

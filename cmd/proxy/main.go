@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"github.com/sluice-metrics/sluice/configs"
 	"github.com/sluice-metrics/sluice/forward"
 	"github.com/sluice-metrics/sluice/ingest"
+	"github.com/sluice-metrics/sluice/wal"
 )
 
 // shutdownTimeout bounds how long in-flight requests may take on shutdown.
@@ -60,7 +62,7 @@ func parseFlags(args []string) (*flags, *kingpin.Application, error) {
 	app.HelpFlag.Short('h')
 	app.Flag("web.listen-address", "Address to listen on for pushes, remote_write and the API.").Default(":9091").StringVar(&f.listenAddress)
 	app.Flag("config.file", "Optional YAML configuration file.").StringVar(&f.configFile)
-	app.Flag("wal.dir", "Directory of the write-ahead log (reserved; the WAL is not implemented yet).").Default("data/wal").StringVar(&f.walDir)
+	app.Flag("wal.dir", "Directory of the write-ahead log and its checkpoints.").Default("data/wal").StringVar(&f.walDir)
 	app.Flag("remote-write.url", "Remote-write URL to forward to, with default settings (repeatable; adds to the config file's remote_write).").StringsVar(&f.remoteWriteURLs)
 	app.Flag("aggregation.interval", "Aggregation interval: how often series are emitted and expired.").Default("15s").DurationVar(&f.interval)
 	app.Flag("series.ttl", "Drop a series (and a group) not pushed to for this long, unless a config rule says otherwise.").Default("24h").DurationVar(&f.seriesTTL)
@@ -110,8 +112,27 @@ func run(args []string) error {
 		versioncollector.NewCollector("sluice"),
 	)
 	reloads := newReloadMetrics(reg)
+	replayDuration := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "sluice_wal_replay_duration_seconds", Help: "Time the last start-up took to restore the checkpoint and replay the write-ahead log.",
+	})
+	reg.MustRegister(replayDuration)
 
-	store := aggregate.New(settings(cfg), time.Now, nil, reg, logger.With("component", "aggregate"))
+	walOpts := wal.Options{SegmentSize: cfg.WAL.SegmentSize, Sync: wal.SyncAlways}
+	if cfg.WAL.Fsync == "interval" {
+		walOpts.Sync, walOpts.SyncInterval = wal.SyncInterval, time.Duration(cfg.WAL.FsyncInterval)
+	}
+	wlog, err := wal.Open(f.walDir, wal.OSFS(), walOpts, reg, logger.With("component", "wal"))
+	if err != nil {
+		return fmt.Errorf("open write-ahead log in %s: %w", f.walDir, err)
+	}
+	defer wlog.Close()
+	committer := aggregate.NewCommitter(wlog)
+	store := aggregate.New(settings(cfg), time.Now, committer, reg, logger.With("component", "aggregate"))
+	checkpointEvery := time.Duration(cfg.WAL.CheckpointInterval)
+	if checkpointEvery == 0 {
+		checkpointEvery = f.interval
+	}
+	var recovered atomic.Bool
 
 	tgts, err := targets(cfg, f.remoteWriteURLs)
 	if err != nil {
@@ -121,7 +142,7 @@ func run(args []string) error {
 	if err := fwd.ApplyConfig(tgts, cfg.Global.ExternalLabels); err != nil {
 		return fmt.Errorf("start forwarding: %w", err)
 	}
-	sources := []aggregate.Source{{Gatherer: store}}
+	sources := []aggregate.Source{{Gatherer: aggregate.Durable{Store: store, Timeout: f.interval}}}
 	if cfg.SelfMetrics.Forward {
 		sources = append(sources, aggregate.Source{Gatherer: reg, Labels: map[string]string{"job": "sluice", "instance": selfInstance(cfg)}})
 	}
@@ -182,9 +203,17 @@ func run(args []string) error {
 		Limits:          func() configs.LimitsConfig { return store.Settings().Limits },
 		EnableAdminAPI:  f.enableAdminAPI,
 		EnableLifecycle: f.enableLifecycle,
-		Ready:           func() string { return "" },
-		Reload:          reload,
-		Quit:            cancel,
+		Ready: func() string {
+			if !recovered.Load() {
+				return "replaying the write-ahead log"
+			}
+			if err := store.Healthy(); err != nil {
+				return "write-ahead log failed: " + err.Error()
+			}
+			return ""
+		},
+		Reload: reload,
+		Quit:   cancel,
 		Status: ingest.Status{
 			BuildInformation: map[string]string{
 				"branch": version.Branch, "buildDate": version.BuildDate, "buildUser": version.BuildUser,
@@ -215,6 +244,42 @@ func run(args []string) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := web.Listener(ln); err != nil {
+			errc <- fmt.Errorf("serve http: %w", err)
+			cancel()
+		}
+	}()
+
+	// Recovery: the HTTP server is up (ready answers 503), the state is
+	// rebuilt from the last checkpoint plus the log after it.
+	replayStart := time.Now()
+	if err := aggregate.Recover(store, wlog); err != nil {
+		_ = web.Shutdown()
+		wg.Wait()
+		return fmt.Errorf("recover from the write-ahead log: %w", err)
+	}
+	store.SetReady()
+	recovered.Store(true)
+	replayDuration.Set(time.Since(replayStart).Seconds())
+	logger.Info("recovered from the write-ahead log", "dir", f.walDir, "duration", time.Since(replayStart), "fsync", cfg.WAL.Fsync)
+	commitCtx, stopCommit := context.WithCancel(context.Background())
+	commitDone := make(chan struct{})
+	go func() {
+		defer close(commitDone)
+		_ = committer.Run(commitCtx)
+	}()
+	checkpointCtx, stopCheckpoints := context.WithCancel(context.Background())
+	checkpointDone := make(chan struct{})
+	go func() {
+		defer close(checkpointDone)
+		_ = store.RunCheckpoints(checkpointCtx, checkpointEvery, wlog)
+	}()
+
 	// The flusher outlives the signal context: it must emit the last
 	// window after the HTTP server stopped taking pushes.
 	flushCtx, stopFlush := context.WithCancel(context.Background())
@@ -224,16 +289,7 @@ func run(args []string) error {
 		_ = flusher.Run(flushCtx)
 	}()
 
-	var wg sync.WaitGroup
-	errc := make(chan error, 1)
-	wg.Add(3)
-	go func() {
-		defer wg.Done()
-		if err := web.Listener(ln); err != nil {
-			errc <- fmt.Errorf("serve http: %w", err)
-			cancel()
-		}
-	}()
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		_ = store.Run(ctx, f.interval)
@@ -258,6 +314,13 @@ func run(args []string) error {
 	wg.Wait()
 	stopFlush()
 	<-flushDone
+	stopCheckpoints()
+	<-checkpointDone
+	if err := store.Checkpoint(context.Background(), wlog); err != nil {
+		logger.Error("final checkpoint", "err", err)
+	}
+	stopCommit()
+	<-commitDone
 	drainCtx, cancelDrain := context.WithTimeout(context.Background(), f.drainTimeout)
 	if err := fwd.Stop(drainCtx); err != nil {
 		logger.Error("drain forward queues", "err", err)
