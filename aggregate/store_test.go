@@ -419,7 +419,8 @@ func TestExpiry(t *testing.T) {
 	set := testSettings()
 	set.SeriesTTL = time.Hour
 	set.Aggregation.Rules = []configs.Rule{{Match: map[string]string{"job": "batch-.*"}, TTL: model.Duration(5 * time.Minute)}}
-	c := configs.Config{Aggregation: set.Aggregation, Limits: set.Limits}
+	c := configs.Default()
+	c.Aggregation, c.Limits = set.Aggregation, set.Limits
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
