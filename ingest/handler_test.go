@@ -3,7 +3,9 @@ package ingest
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -337,5 +339,45 @@ func TestAPIAndLifecycle(t *testing.T) {
 	}
 	if got := on.scrape(t); strings.Contains(got, "req_total") {
 		t.Fatalf("after wipe:\n%s", got)
+	}
+}
+
+// failingJournal fails every operation, as a full disk would.
+type failingJournal struct{}
+
+func (failingJournal) Enqueue(uint8, []byte) func(context.Context) error {
+	return func(context.Context) error { return errors.New("write segment 3: no space left on device") }
+}
+func (failingJournal) Barrier(context.Context) error { return errors.New("no space left on device") }
+
+func TestWALFailureAnswers503(t *testing.T) {
+	cfg := configs.Default()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	store := aggregate.New(aggregate.Settings{Aggregation: cfg.Aggregation, Limits: cfg.Limits, SeriesTTL: time.Hour},
+		time.Now, failingJournal{}, reg, slog.New(slog.DiscardHandler))
+	store.SetReady()
+	env := &testEnv{}
+	env.app = NewApp(Options{
+		Logger: slog.New(slog.DiscardHandler), Registerer: reg, Gatherer: reg, Aggregator: store,
+		Limits: func() configs.LimitsConfig { return cfg.Limits },
+		Ready: func() string {
+			if err := store.Healthy(); err != nil {
+				return err.Error()
+			}
+			return ""
+		},
+		Reload: func() error { return nil }, Quit: func() {},
+	}, int(cfg.Limits.MaxBodyBytes))
+	for i, wantBody := range []string{"no space left on device", "accepts nothing until it is restarted"} {
+		r := env.do(t, "POST", "/metrics/job/f", []byte("x 1\n"))
+		if r.code != 503 || r.header.Get("Retry-After") == "" || !strings.Contains(r.body, wantBody) {
+			t.Fatalf("push %d: %d %q (Retry-After %q); want 503 naming %q", i, r.code, r.body, r.header.Get("Retry-After"), wantBody)
+		}
+	}
+	if r := env.do(t, "GET", "/-/ready", nil); r.code != 503 {
+		t.Fatalf("ready after a WAL failure: %d", r.code)
 	}
 }
