@@ -395,6 +395,7 @@ func (rw *rwRecorder) windows(name string) []int64 {
 // TestReceiverOutageLosesNoWindow: a receiver that fails for 30 s and
 // recovers ends up with every window.
 func TestReceiverOutageLosesNoWindow(t *testing.T) {
+	t.Parallel() // mostly waiting out the outage
 	bin := buildBinary(t)
 	rec := &rwRecorder{}
 	srv := newLoopbackServer(t, rec)

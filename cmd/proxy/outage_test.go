@@ -1,0 +1,130 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+)
+
+// vmProc is a VictoriaMetrics the test can stop and start again on the
+// same port and data directory.
+type vmProc struct {
+	bin, addr, data string
+	cmd             *exec.Cmd
+	done            chan struct{}
+}
+
+func (v *vmProc) start(t *testing.T) {
+	t.Helper()
+	v.cmd = exec.Command(v.bin, "-storageDataPath="+v.data, "-httpListenAddr="+v.addr, "-retentionPeriod=100y",
+		"-search.latencyOffset=0s", "-loggerLevel=ERROR")
+	logf, _ := os.Create(filepath.Join(t.TempDir(), "vm.log"))
+	v.cmd.Stdout, v.cmd.Stderr = logf, logf
+	if err := v.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	v.done = make(chan struct{})
+	go func() { _ = v.cmd.Wait(); close(v.done) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if r, err := http.Get("http://" + v.addr + "/health"); err == nil {
+			r.Body.Close()
+			if r.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("victoria-metrics did not start")
+}
+
+func (v *vmProc) stop() {
+	if v.cmd == nil {
+		return
+	}
+	_ = v.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-v.done:
+	case <-time.After(15 * time.Second):
+		_ = v.cmd.Process.Kill()
+		<-v.done
+	}
+	v.cmd = nil
+}
+
+// export returns the raw sample timestamps (ms) of a series.
+func (v *vmProc) export(t *testing.T, match string) []int64 {
+	t.Helper()
+	if r, err := http.Get("http://" + v.addr + "/internal/force_flush"); err == nil {
+		r.Body.Close()
+	}
+	r, err := http.Get("http://" + v.addr + "/api/v1/export?" + url.Values{"match[]": {match}}.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	var ts []int64
+	sc := bufio.NewScanner(r.Body)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for sc.Scan() {
+		var line struct {
+			Timestamps []int64 `json:"timestamps"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			t.Fatalf("export: %v", err)
+		}
+		ts = append(ts, line.Timestamps...)
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+	return ts
+}
+
+// TestVictoriaMetricsOutage stops VictoriaMetrics for 30 s while pushes go
+// on, starts it again, and expects every 1 s window to arrive.
+func TestVictoriaMetricsOutage(t *testing.T) {
+	t.Parallel() // mostly waiting out the outage
+	bin := buildBinary(t)
+	vm := &vmProc{bin: needBinary(t, "victoria-metrics"), addr: freePort(t), data: t.TempDir()}
+	vm.start(t)
+	defer vm.stop()
+	cfg := writeConfig(t, fmt.Sprintf(`
+self_metrics: {forward: false}
+remote_write:
+  - url: http://%s/api/v1/write
+    queue_config: {min_backoff: 100ms, max_backoff: 2s}
+`, vm.addr))
+	p := startSluice(t, bin, "--config.file="+cfg, "--aggregation.interval=1s")
+	push := func() { pushText(t, p, "POST", "/metrics/job/outage", "# TYPE beat_total counter\nbeat_total 1\n") }
+	push()
+	time.Sleep(3 * time.Second)
+	vm.stop()
+	stopped := time.Now()
+	for time.Since(stopped) < 30*time.Second {
+		push()
+		time.Sleep(500 * time.Millisecond)
+	}
+	vm.start(t)
+	for i := 0; i < 6; i++ {
+		push()
+		time.Sleep(500 * time.Millisecond)
+	}
+	time.Sleep(3 * time.Second) // backoff is at most 2 s
+	ts := vm.export(t, `beat_total{job="outage"}`)
+	if len(ts) < 36 {
+		t.Fatalf("only %d windows arrived", len(ts))
+	}
+	for i := 1; i < len(ts); i++ {
+		if ts[i]-ts[i-1] != 1000 {
+			t.Fatalf("gap between windows %d and %d (%d windows in all)", ts[i-1], ts[i], len(ts))
+		}
+	}
+	t.Logf("%d consecutive 1 s windows across a 30 s outage", len(ts))
+}
