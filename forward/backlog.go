@@ -7,39 +7,31 @@ import (
 
 // sample is one float sample or one native histogram on its way to a
 // target, with the labels it is sent with (external labels and
-// write_relabel_configs applied).
+// write_relabel_configs applied). Samples are decoded from the target's
+// backlog on disk (queue.go); each owns its labels, metadata and
+// histogram, which are shared between copies and never modified.
 type sample struct {
 	lset labels.Labels
-	// meta is the metric family's metadata, nil if none was given. It is
-	// shared and never modified.
+	// meta is the metric family's metadata, nil if none was given.
 	meta *prompb.MetricMetadata
-	// h is the histogram, nil for a float sample. It points into the
-	// WriteRequest handed to Append, which the Manager owns and never
-	// modifies.
+	// h is the histogram, nil for a float sample.
 	h *prompb.Histogram
 	t int64
 	v float64
 	// size is the approximate number of bytes the sample stands for, for
 	// sluice_forward_queue_bytes.
 	size int
+	// frame is the sequence number of the backlog frame the sample was
+	// read from (see tracker): a batch never mixes two frames.
+	frame uint64
 }
 
-// backlog is one shard's FIFO of samples waiting to be sent. It is not safe
-// for concurrent use: the shard's mutex guards it. The in-memory ring is
-// the only implementation today; a disk-backed backlog (SPEC 6 and 7)
-// replaces it behind this interface.
-type backlog interface {
-	// push appends s. When the backlog is full it first evicts the oldest
-	// sample and returns it with ok true: push never blocks.
-	push(s sample) (evicted sample, ok bool)
-	// pop moves up to n of the oldest samples to dst and returns it.
-	pop(dst []sample, n int) []sample
-	// len returns the number of samples held.
-	len() int
-}
-
-// ring is a bounded in-memory backlog. Its storage grows on demand up to
-// max samples, so that an idle target costs little.
+// ring is a shard's in-memory FIFO of samples read ahead from the backlog,
+// queue_config.capacity of them at most. Its storage grows on demand up to
+// max samples, so that an idle target costs little. It is not safe for
+// concurrent use: the shard's mutex guards it. The reader only pushes what
+// room says fits; push evicts the oldest sample of a full ring (never
+// happens in the shards, kept so that push never fails).
 type ring struct {
 	buf  []sample // circular; len(buf) is the allocated size
 	head int      // index of the oldest sample
@@ -96,3 +88,22 @@ func (r *ring) pop(dst []sample, n int) []sample {
 }
 
 func (r *ring) len() int { return r.n }
+
+// room returns how many samples fit before the ring is full.
+func (r *ring) room() int { return r.max - r.n }
+
+// headRun returns the number of samples, at most n, from the oldest on
+// that come from the oldest sample's frame: the next batch.
+func (r *ring) headRun(n int) int {
+	n = min(n, r.n)
+	if n == 0 {
+		return 0
+	}
+	f := r.buf[r.head].frame
+	for i := 1; i < n; i++ {
+		if r.buf[(r.head+i)%len(r.buf)].frame != f {
+			return i
+		}
+	}
+	return n
+}

@@ -242,8 +242,11 @@ func TestDeadTargetDoesNotDelayLive(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "remote_write dead") || strings.Contains(err.Error(), "remote_write live") {
 				t.Errorf("Stop error = %v, want one naming only the dead target", err)
 			}
-			if got := h.dropped("dead", reasonShutdown); got != series*windows {
-				t.Errorf("dead target dropped{shutdown} = %v, want %d", got, series*windows)
+			if got, _ := h.metric("sluice_forward_queue_samples", map[string]string{"remote_name": "dead"}); got != series*windows {
+				t.Errorf("dead target keeps %v samples in its backlog, want %d", got, series*windows)
+			}
+			if got := h.dropped("dead", reasonShutdown); got != 0 {
+				t.Errorf("dead target dropped{shutdown} = %v, want 0", got)
 			}
 			if got := h.dropped("live", reasonShutdown); got != 0 {
 				t.Errorf("live target dropped{shutdown} = %v, want 0", got)
@@ -656,10 +659,13 @@ func TestStop(t *testing.T) {
 			t.Errorf("Stop took %v, want about 300 ms", took)
 		}
 		if err == nil {
-			t.Error("Stop returned nil although samples were dropped")
+			t.Error("Stop returned nil although samples were not delivered")
 		}
-		if got := h.dropped("dead", reasonShutdown); got != 10 {
-			t.Errorf("dropped{shutdown} = %v, want 10", got)
+		if got := h.dropped("dead", reasonShutdown); got != 0 {
+			t.Errorf("dropped{shutdown} = %v, want 0: what is not sent stays in the backlog", got)
+		}
+		if got, _ := h.metric("sluice_forward_queue_samples", map[string]string{"remote_name": "dead"}); got != 10 {
+			t.Errorf("queue_samples = %v after Stop, want 10 kept in the backlog", got)
 		}
 	})
 }
@@ -706,46 +712,54 @@ func TestBatching(t *testing.T) {
 	}
 }
 
-// TestQueueFull: a full shard drops its oldest samples and never blocks.
-func TestQueueFull(t *testing.T) {
+// TestCapacity: queue_config.capacity bounds what a shard reads ahead from
+// the backlog. A full shard makes the reader wait; nothing is dropped, and
+// everything arrives, in order.
+func TestCapacity(t *testing.T) {
 	t.Parallel()
 	rc := newReceiver(t, nil)
 	h := newHarness(t)
 	cfg := testConfig(rc.url(), "full")
 	cfg.QueueConfig.MaxShards = 1
 	cfg.QueueConfig.Capacity = 5
+	cfg.QueueConfig.MaxSamplesPerSend = 5
 	cfg.QueueConfig.BatchSendDeadline = modelDuration(time.Hour)
 	h.apply(nil, cfg)
 	for w := range 3 {
 		h.m.append(window(int64(w+1)*1000, 4), false)
 	}
-	if got := h.dropped("full", reasonQueueFull); got != 7 {
-		t.Errorf("dropped{queue_full} = %v, want 7", got)
+	if b, _ := h.metric("sluice_forward_backlog_bytes", map[string]string{"remote_name": "full"}); b <= 0 {
+		t.Errorf("backlog_bytes = %v, want > 0", b)
 	}
-	if q, _ := h.metric("sluice_forward_queue_samples", map[string]string{"remote_name": "full"}); q != 5 {
-		t.Errorf("queue_samples = %v, want 5", q)
-	}
-	if b, _ := h.metric("sluice_forward_queue_bytes", map[string]string{"remote_name": "full"}); b <= 0 {
-		t.Errorf("queue_bytes = %v, want > 0", b)
-	}
-	if n := strings.Count(h.log.String(), "queue full"); n != 1 {
-		t.Errorf("queue full logged %d times, want once:\n%s", n, h.log.String())
-	}
+	waitFor(t, 2*time.Second, "the reader to fill the shard", func() bool {
+		b, _ := h.metric("sluice_forward_queue_bytes", map[string]string{"remote_name": "full"})
+		return b > 0
+	})
 	if err := h.stop(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	// The newest five survive: series 3 of window 2 and all of window 3.
 	var got []string
 	for _, r := range rc.pending() {
+		if r.samples() > 4 {
+			t.Errorf("a batch of %d samples spans windows of 4", r.samples())
+		}
 		for _, ts := range r.v1.Timeseries {
 			got = append(got, strconv.FormatInt(ts.Samples[0].Timestamp, 10)+"/"+labelMap(ts.Labels)["series"])
 		}
 	}
-	if want := "2000/3,3000/0,3000/1,3000/2,3000/3"; strings.Join(got, ",") != want {
+	want := "1000/0,1000/1,1000/2,1000/3,2000/0,2000/1,2000/2,2000/3,3000/0,3000/1,3000/2,3000/3"
+	if strings.Join(got, ",") != want {
 		t.Errorf("sent %v, want %s", got, want)
 	}
-	if q, _ := h.metric("sluice_forward_queue_samples", map[string]string{"remote_name": "full"}); q != 0 {
-		t.Errorf("queue_samples = %v after the drain, want 0", q)
+	for _, r := range []string{reasonBacklogFull, reasonCoalesced, reasonBacklogWrite} {
+		if d := h.dropped("full", r); d != 0 {
+			t.Errorf("dropped{%s} = %v, want 0", r, d)
+		}
+	}
+	for _, g := range []string{"sluice_forward_queue_samples", "sluice_forward_queue_bytes", "sluice_forward_backlog_bytes"} {
+		if v, _ := h.metric(g, map[string]string{"remote_name": "full"}); v != 0 {
+			t.Errorf("%s = %v after the drain, want 0", g, v)
+		}
 	}
 }
 
@@ -771,7 +785,11 @@ func TestMetricNames(t *testing.T) {
 		{"sluice_forward_samples_sent_total", name, 3},
 		{"sluice_forward_histograms_sent_total", name, 0},
 		{"sluice_forward_samples_retried_total", name, 0},
-		{"sluice_forward_samples_dropped_total", map[string]string{"remote_name": "m", "reason": "queue_full"}, 0},
+		{"sluice_forward_samples_dropped_total", map[string]string{"remote_name": "m", "reason": "coalesced"}, 0},
+		{"sluice_forward_samples_dropped_total", map[string]string{"remote_name": "m", "reason": "backlog_full"}, 0},
+		{"sluice_forward_samples_dropped_total", map[string]string{"remote_name": "m", "reason": "backlog_write"}, 0},
+		{"sluice_forward_backlog_bytes", name, 0},
+		{"sluice_forward_backlog_oldest_timestamp_seconds", name, 0},
 		{"sluice_forward_queue_samples", name, 0},
 		{"sluice_forward_queue_bytes", name, 0},
 		{"sluice_forward_send_duration_seconds", name, 1},

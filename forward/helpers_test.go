@@ -8,11 +8,15 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,6 +30,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sluice-metrics/sluice/configs"
+	"github.com/sluice-metrics/sluice/wal"
 )
 
 func TestMain(m *testing.M) {
@@ -236,7 +241,7 @@ func newHarness(t *testing.T) *harness {
 	t.Helper()
 	h := &harness{t: t, reg: prometheus.NewRegistry(), log: &syncBuffer{}}
 	logger := slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h.m = NewManager(logger, h.reg, testUserAgent)
+	h.m = NewManager(logger, h.reg, testUserAgent, t.TempDir())
 	h.m.reloadDrain = 500 * time.Millisecond
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -397,4 +402,144 @@ func sortedCopy(s []string) []string {
 	c := slices.Clone(s)
 	slices.Sort(c)
 	return c
+}
+
+// newTestTarget returns a target on a backlog in a temporary directory,
+// not started, closed when the test ends.
+func newTestTarget(tb testing.TB, cfg configs.RemoteWriteConfig, ext map[string]string) *target {
+	tb.Helper()
+	m := newMetrics(nil)
+	tg, err := newTarget(cfg, ext, "ua", discardLogger(), m, time.Now, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	q, err := openQueue(tb.TempDir(), wal.OSFS(), cfg.QueueConfig.MaxBacklogBytes, discardLogger(), &tg.metrics)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tg.q = q
+	tb.Cleanup(func() {
+		tg.cancel()
+		tg.client.close()
+		q.close()
+	})
+	return tg
+}
+
+// readBacklog reads every frame of q from its reader's position on and
+// returns the samples, marking each frame resolved.
+func readBacklog(tb testing.TB, q *queue) []sample {
+	tb.Helper()
+	dec := newFrameDecoder()
+	var out []sample
+	for {
+		p, end, _, ok := q.next()
+		if !ok {
+			return out
+		}
+		n := len(out)
+		var err error
+		if out, err = dec.decode(p, out); err != nil {
+			tb.Fatalf("decode frame ending at %v: %v", end, err)
+		}
+		q.commit(end, len(out)-n)
+	}
+}
+
+// faultFS wraps the real file system and injects the faults of a full
+// disk into backlog segments: while full is set, a write writes half its
+// bytes and fails with ENOSPC, and creating a segment fails; while
+// noTruncate is set, Truncate fails too (the roll-back of a failed write).
+type faultFS struct {
+	wal.FS
+	full, noTruncate atomic.Bool
+}
+
+func (f *faultFS) OpenFile(name string, flag int, perm os.FileMode) (wal.File, error) {
+	_, isSeg := parseSegmentName(filepath.Base(name))
+	if isSeg && flag&os.O_CREATE != 0 && f.full.Load() {
+		return nil, &os.PathError{Op: "open", Path: name, Err: syscall.ENOSPC}
+	}
+	file, err := f.FS.OpenFile(name, flag, perm)
+	if err != nil || !isSeg {
+		return file, err
+	}
+	return &faultFile{File: file, fs: f}, nil
+}
+
+type faultFile struct {
+	wal.File
+	fs *faultFS
+}
+
+func (f *faultFile) Write(p []byte) (int, error) {
+	if f.fs.full.Load() {
+		n, _ := f.File.Write(p[:len(p)/2])
+		return n, syscall.ENOSPC
+	}
+	return f.File.Write(p)
+}
+
+func (f *faultFile) Truncate(size int64) error {
+	if f.fs.noTruncate.Load() {
+		return syscall.EIO
+	}
+	return f.File.Truncate(size)
+}
+
+// crash abandons m as kill -9 would: its goroutines stop (for goleak) and
+// its files are closed, but nothing is written on the way out: no final
+// cursor, no drain.
+func crash(m *Manager) {
+	m.mtx.Lock()
+	ts := m.targets
+	m.targets, m.stopped = nil, true
+	m.mtx.Unlock()
+	for _, t := range ts {
+		t.cancel()
+		t.wg.Wait()
+		t.client.close()
+		t.q.close()
+	}
+}
+
+// newHarnessIn is newHarness on a given backlog directory.
+func newHarnessIn(t *testing.T, dir string) *harness {
+	t.Helper()
+	h := newHarness(t)
+	h.m.dir = dir
+	return h
+}
+
+// counterWindow is one window of the counter requests_total{job="c"} with
+// value v at ts (ms).
+func counterWindow(ts int64, v float64) *prompb.WriteRequest {
+	return &prompb.WriteRequest{
+		Timeseries: []prompb.TimeSeries{{
+			Labels:  []prompb.Label{{Name: "__name__", Value: "requests_total"}, {Name: "job", Value: "c"}},
+			Samples: []prompb.Sample{{Timestamp: ts, Value: v}},
+		}},
+		Metadata: []prompb.MetricMetadata{{Type: prompb.MetricMetadata_COUNTER, MetricFamilyName: "requests", Help: "Requests."}},
+	}
+}
+
+// seriesSamples returns the timestamps and values each series received in
+// accepted requests, in arrival order, keyed by the label series (or
+// __name__ when absent).
+func seriesSamples(reqs []request) map[string][]prompb.Sample {
+	out := map[string][]prompb.Sample{}
+	for _, r := range reqs {
+		if !r.accepted() || r.v1 == nil {
+			continue
+		}
+		for _, ts := range r.v1.Timeseries {
+			lm := labelMap(ts.Labels)
+			k := lm["series"]
+			if k == "" {
+				k = lm["__name__"]
+			}
+			out[k] = append(out[k], ts.Samples...)
+		}
+	}
+	return out
 }

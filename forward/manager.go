@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"io/fs"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +18,7 @@ import (
 	"github.com/prometheus/prometheus/prompb"
 
 	"github.com/sluice-metrics/sluice/configs"
+	"github.com/sluice-metrics/sluice/wal"
 )
 
 // defaultReloadDrain is how long ApplyConfig lets a removed or replaced
@@ -34,8 +38,11 @@ type TargetStatus struct {
 	ProtobufMessage string `json:"protobufMessage"`
 	// Shards is the number of concurrent senders.
 	Shards int `json:"shards"`
-	// QueuedSamples counts samples buffered or being sent.
+	// QueuedSamples counts samples waiting to be sent: in the backlog on
+	// disk, read ahead or being sent.
 	QueuedSamples int64 `json:"queuedSamples"`
+	// BacklogBytes is the size on disk of the backlog not yet sent.
+	BacklogBytes int64 `json:"backlogBytes"`
 	// LastSend is when the target last accepted a batch; zero if never.
 	LastSend time.Time `json:"lastSend"`
 	// LastError is the most recent send error, empty if none yet. It is
@@ -55,10 +62,18 @@ type Manager struct {
 	now       func() time.Time
 	// reloadDrain bounds the drain of targets removed by ApplyConfig.
 	reloadDrain time.Duration
+	// dir holds one backlog directory per target; fs is how it is
+	// accessed (tests inject faults).
+	dir string
+	fs  wal.FS
 
 	// reloadMtx serialises ApplyConfig and Stop, which stop targets without
-	// holding mtx (so that Append never waits for a drain).
+	// holding mtx (so that Append never waits for a drain). It also guards
+	// cleaned.
 	reloadMtx sync.Mutex
+	// cleaned: the first ApplyConfig deleted the backlogs of targets no
+	// longer configured.
+	cleaned bool
 
 	mtx     sync.RWMutex // guards targets and stopped
 	targets []*target    // in configuration order
@@ -67,8 +82,10 @@ type Manager struct {
 
 // NewManager returns a Manager with no target. It starts nothing; targets
 // start with ApplyConfig. Its metrics are registered on reg (if not nil).
-// userAgent is sent as User-Agent.
-func NewManager(logger *slog.Logger, reg prometheus.Registerer, userAgent string) *Manager {
+// userAgent is sent as User-Agent. dir holds the targets' backlogs, one
+// subdirectory each; it is created if needed, and what it holds is sent
+// once the targets are configured again.
+func NewManager(logger *slog.Logger, reg prometheus.Registerer, userAgent, dir string) *Manager {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -78,20 +95,26 @@ func NewManager(logger *slog.Logger, reg prometheus.Registerer, userAgent string
 		metrics:     newMetrics(reg),
 		now:         time.Now,
 		reloadDrain: defaultReloadDrain,
+		dir:         dir,
+		fs:          wal.OSFS(),
 	}
 }
 
-// ApplyConfig makes the running targets match cfgs: new ones start, removed
-// ones stop (draining briefly), changed ones are replaced. Safe to call
-// again on config reload. Returns an error (and changes nothing) if an HTTP
-// client cannot be built.
+// ApplyConfig makes the running targets match cfgs: new ones start (with
+// what their backlog directory holds from an earlier run), removed ones
+// stop and their backlog is deleted, changed ones are replaced. Safe to
+// call again on config reload. Returns an error (and changes nothing) if
+// an HTTP client cannot be built or a backlog cannot be opened.
 //
 // A target is identified by its DisplayName. One whose configuration and
-// external labels are unchanged keeps running with its queue. A replaced
-// target's queue is not carried over: the old one drains for up to
-// reloadDrain, then drops what is left (reason "shutdown"). ApplyConfig
-// returns once removed targets have stopped and their metric series are
-// deleted. cfgs must have passed Validate.
+// external labels are unchanged keeps running. A changed one is replaced
+// by a target on the same backlog: the old one stops at once (a batch in
+// flight is sent again by the new one), nothing is lost. A removed target
+// sends what it holds for up to reloadDrain; what is left is dropped
+// (reason "shutdown") with its directory. The first ApplyConfig also
+// deletes the directories of targets that are no longer configured.
+// ApplyConfig returns once removed targets have stopped and their metric
+// series are deleted. cfgs must have passed Validate.
 func (m *Manager) ApplyConfig(cfgs []configs.RemoteWriteConfig, externalLabels map[string]string) error {
 	m.reloadMtx.Lock()
 	defer m.reloadMtx.Unlock()
@@ -107,71 +130,163 @@ func (m *Manager) ApplyConfig(cfgs []configs.RemoteWriteConfig, externalLabels m
 	for _, t := range old {
 		running[t.name] = t
 	}
-	next := make([]*target, 0, len(cfgs))
-	names := make(map[string]bool, len(cfgs))
-	var created []*target
+	var (
+		next      = make([]*target, 0, len(cfgs))
+		names     = make(map[string]bool, len(cfgs))
+		dirs      = make(map[string]bool, len(cfgs))
+		created   []*target
+		opened    []*queue
+		replaced  = map[*target]*target{} // running target -> its replacement
+		replacing = map[*target]bool{}    // the replacements
+	)
+	fail := func(err error) error {
+		// Nothing started yet: the running targets stay as they are.
+		for _, t := range created {
+			t.cancel()
+			t.client.close()
+		}
+		for _, q := range opened {
+			q.close()
+			if n, _ := q.pending(); n == 0 {
+				_ = removeDir(q.fs, q.dir)
+			}
+		}
+		return err
+	}
 	for i := range cfgs {
 		cfg := &cfgs[i]
 		name := cfg.DisplayName()
 		if names[name] {
-			return fmt.Errorf("remote_write[%d]: duplicate target %s", i, name)
+			return fail(fmt.Errorf("remote_write[%d]: duplicate target %s", i, name))
 		}
 		names[name] = true
-		if t := running[name]; t != nil && t.sameConfig(cfg, externalLabels) {
-			next = append(next, t)
+		dirs[queueDirName(name)] = true
+		prev := running[name]
+		if prev != nil && prev.sameConfig(cfg, externalLabels) {
+			next = append(next, prev)
 			delete(running, name)
 			continue
 		}
-		t, err := newTarget(*cfg, externalLabels, m.userAgent, m.logger, m.metrics, m.now)
+		t, err := newTarget(*cfg, externalLabels, m.userAgent, m.logger, m.metrics, m.now, nil)
 		if err != nil {
-			// Nothing started yet: the running targets stay as they are.
-			for _, t := range created {
+			return fail(err)
+		}
+		if prev != nil {
+			t.q = prev.q
+			replaced[prev], replacing[t] = t, true
+			delete(running, name)
+		} else {
+			dir := filepath.Join(m.dir, queueDirName(name))
+			q, err := openQueue(dir, m.fs, cfg.QueueConfig.MaxBacklogBytes, t.logger, &t.metrics)
+			if err != nil {
 				t.cancel()
 				t.client.close()
+				return fail(fmt.Errorf("remote_write %s: open backlog in %s: %w", name, dir, err))
 			}
-			return err
+			t.q = q
+			opened = append(opened, q)
 		}
 		next = append(next, t)
 		created = append(created, t)
 	}
+	if !m.cleaned {
+		m.cleaned = true
+		m.removeStale(dirs)
+	}
 
 	for _, t := range created {
-		t.start()
+		if !replacing[t] {
+			t.start()
+		}
 	}
 	m.mtx.Lock()
 	m.targets = next
 	m.mtx.Unlock()
 
-	// Appends now go to next only; stop what it no longer holds.
+	// Appends now go to next only. A replacement takes over its backlog
+	// once the target it replaces has stopped reading it.
+	for prev, t := range replaced {
+		prev.halt()
+		t.q.setLimit(t.cfg.QueueConfig.MaxBacklogBytes)
+		t.start()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), m.reloadDrain)
 	defer cancel()
 	var wg sync.WaitGroup
 	for _, t := range running {
 		wg.Go(func() {
 			if n := t.stop(ctx); n > 0 {
-				t.logger.Warn("target removed or replaced before its queue drained", "dropped", n)
+				t.drop(reasonShutdown, int(n))
+				t.logger.Warn("target removed before its backlog was sent; dropping it", "dropped", n)
+			}
+			if err := t.q.remove(); err != nil {
+				t.logger.Error("delete the backlog of a removed target", "err", err)
 			}
 		})
 	}
 	wg.Wait()
 	for name := range running {
-		if !names[name] {
-			m.metrics.delete(name)
-		}
+		m.metrics.delete(name)
 	}
 	if len(created) > 0 || len(running) > 0 {
 		m.logger.Info("remote_write targets configured", "targets", len(next),
-			"started", len(created), "stopped", len(running))
+			"started", len(created)-len(replaced), "replaced", len(replaced), "stopped", len(running))
 	}
 	return nil
+}
+
+// removeStale deletes the backlog directories in m.dir that belong to no
+// configured target (dirs): targets removed while Sluice was not running.
+func (m *Manager) removeStale(dirs map[string]bool) {
+	entries, err := m.fs.ReadDir(m.dir)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			m.logger.Error("list backlog directories", "dir", m.dir, "err", err)
+		}
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() || dirs[e.Name()] {
+			continue
+		}
+		dir := filepath.Join(m.dir, e.Name())
+		m.logger.Warn("deleting the backlog of a target that is no longer configured", "dir", dir)
+		if err := removeDir(m.fs, dir); err != nil {
+			m.logger.Error("delete a stale backlog", "dir", dir, "err", err)
+		}
+	}
+}
+
+// queueDirName is the backlog directory of a target: its name when that is
+// a plain file name of at most 64 bytes, else the name with every other
+// byte replaced by '_', cut to 64 bytes, plus a hash of the exact name, so
+// that two targets never share a directory.
+func queueDirName(name string) string {
+	var b strings.Builder
+	changed := name == "" || name[0] == '.' || len(name) > 64
+	for i := 0; i < len(name) && b.Len() < 64; i++ {
+		c := name[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' {
+			b.WriteByte(c)
+		} else {
+			b.WriteByte('_')
+			changed = true
+		}
+	}
+	if changed {
+		h := fnv.New32a()
+		_, _ = h.Write([]byte(name))
+		fmt.Fprintf(&b, "-%08x", h.Sum32())
+	}
+	return b.String()
 }
 
 // Append hands one window's output to every target. Ownership of req
 // passes to the Manager: the caller must not touch it again, and the
 // Manager never modifies it. Append converts labels, applies each
-// target's external labels and relabelling and copies the samples into
-// the targets' buffers; it never waits for a send, so a slow or dead
-// target cannot block it (a full buffer drops its oldest samples instead).
+// target's external labels and relabelling and writes the window to each
+// target's backlog on disk; it never waits for a send, so a slow or dead
+// target cannot block it (a full backlog coalesces its oldest windows).
 // The samples are sent promptly, without waiting for batch_send_deadline.
 // After Stop, Append does nothing.
 func (m *Manager) Append(req *prompb.WriteRequest) {
@@ -263,9 +378,10 @@ func familyMetadata(meta map[string]*prompb.MetricMetadata, name string) *prompb
 	return md
 }
 
-// Stop stops accepting, lets every queue drain until ctx is done, then
-// drops what is left (counted, reason "shutdown") and returns. It returns
-// an error naming how many samples were dropped, nil if everything was
+// Stop stops accepting, lets every target send its backlog until ctx is
+// done, then stops. What is not sent stays in the backlogs, with their
+// cursor persisted, and is sent after the next start. It returns an error
+// naming how many samples each target still holds, nil if everything was
 // delivered (or dropped for another reason). Metrics are kept for a last
 // scrape. Later calls return nil.
 func (m *Manager) Stop(ctx context.Context) error {
@@ -276,16 +392,19 @@ func (m *Manager) Stop(ctx context.Context) error {
 	m.targets, m.stopped = nil, true
 	m.mtx.Unlock()
 
-	drops := make([]int64, len(ts))
+	left := make([]int64, len(ts))
 	var wg sync.WaitGroup
 	for i, t := range ts {
-		wg.Go(func() { drops[i] = t.stop(ctx) })
+		wg.Go(func() {
+			left[i] = t.stop(ctx)
+			t.q.close()
+		})
 	}
 	wg.Wait()
 	var errs []error
 	for i, t := range ts {
-		if drops[i] > 0 {
-			errs = append(errs, fmt.Errorf("remote_write %s: %d samples not delivered before shutdown", t.name, drops[i]))
+		if left[i] > 0 {
+			errs = append(errs, fmt.Errorf("remote_write %s: %d samples not delivered before shutdown; they stay in the backlog for the next start", t.name, left[i]))
 		}
 	}
 	if len(errs) > 0 {

@@ -72,9 +72,10 @@ func TestApplyConfig(t *testing.T) {
 			if targetOf("a") != ta || targetOf("b") != tb {
 				t.Error("an unchanged target was replaced")
 			}
-			if n := shardGoroutines(); n != 8 {
-				t.Errorf("%d shard goroutines, want 8 (two targets of four shards)", n)
-			}
+			// A replacement starts once the target it replaces has stopped,
+			// at the very end of ApplyConfig: its goroutines may not show in
+			// a stack dump yet.
+			waitFor(t, 2*time.Second, "8 shard goroutines (two targets of four shards)", func() bool { return shardGoroutines() == 8 })
 		}},
 		{"changed external labels replace the target", func(t *testing.T) {
 			ta := targetOf("a")

@@ -7,10 +7,21 @@ import (
 // Drop reasons for sluice_forward_samples_dropped_total besides HTTP
 // status codes ("400", "404", ...).
 const (
-	// reasonQueueFull: a shard's buffer was full; its oldest samples made room.
-	reasonQueueFull = "queue_full"
-	// reasonShutdown: Stop (or a reload that removed the target) ran out of
-	// time before the sample was delivered.
+	// reasonCoalesced: the backlog was over max_backlog_bytes and the
+	// sample was folded into a newer one of its series (coalesce.go). Not
+	// data lost: the newer sample carries the total; resolution is lost.
+	reasonCoalesced = "coalesced"
+	// reasonBacklogFull: the backlog was still over max_backlog_bytes
+	// after coalescing; its oldest windows were deleted.
+	reasonBacklogFull = "backlog_full"
+	// reasonBacklogWrite: the window could not be written to the backlog
+	// (disk full, I/O error).
+	reasonBacklogWrite = "backlog_write"
+	// reasonCorrupt: the backlog held a frame that could not be read back
+	// (disk damage found after start-up).
+	reasonCorrupt = "backlog_corrupt"
+	// reasonShutdown: the target was removed from the configuration and
+	// its backlog deleted before the sample was delivered.
 	reasonShutdown = "shutdown"
 	// reasonRelabel: write_relabel_configs dropped the series. Not an error:
 	// it is the configured outcome, counted so that it can be told apart.
@@ -32,6 +43,8 @@ type metrics struct {
 	sendDuration   *prometheus.HistogramVec
 	requests       *prometheus.CounterVec
 	highestSent    *prometheus.GaugeVec
+	backlogBytes   *prometheus.GaugeVec
+	backlogOldest  *prometheus.GaugeVec
 }
 
 const remoteName = "remote_name"
@@ -52,15 +65,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{remoteName}),
 		samplesDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_forward_samples_dropped_total",
-			Help: "Samples (floats and histograms) not delivered, by reason: an HTTP status code, queue_full, shutdown, relabel (dropped by write_relabel_configs) or encode.",
+			Help: "Samples (floats and histograms) not delivered, by reason: an HTTP status code, coalesced (folded into a newer sample of the series when the backlog was full: resolution, not data), backlog_full, backlog_write, backlog_corrupt, shutdown, relabel (dropped by write_relabel_configs) or encode.",
 		}, []string{remoteName, "reason"}),
 		queueSamples: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sluice_forward_queue_samples",
-			Help: "Samples buffered or being sent.",
+			Help: "Samples waiting to be sent: in the backlog on disk, read ahead or being sent.",
 		}, []string{remoteName}),
 		queueBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sluice_forward_queue_bytes",
-			Help: "Approximate size of the samples buffered or being sent (label bytes plus values).",
+			Help: "Approximate in-memory size of the samples read ahead from the backlog or being sent (label bytes plus values).",
 		}, []string{remoteName}),
 		sendDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "sluice_forward_send_duration_seconds",
@@ -76,17 +89,27 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "sluice_forward_highest_sent_timestamp_seconds",
 			Help: "Highest sample timestamp accepted by the target, in seconds since the epoch.",
 		}, []string{remoteName}),
+		backlogBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_forward_backlog_bytes",
+			Help: "Bytes of the backlog on disk not yet sent; bounded by queue_config.max_backlog_bytes.",
+		}, []string{remoteName}),
+		backlogOldest: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_forward_backlog_oldest_timestamp_seconds",
+			Help: "Timestamp of the oldest sample not yet sent, in seconds since the epoch (time() minus it is the backlog's age); 0 when nothing waits.",
+		}, []string{remoteName}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.samplesSent, m.histogramsSent, m.samplesRetried, m.samplesDropped,
-			m.queueSamples, m.queueBytes, m.sendDuration, m.requests, m.highestSent)
+			m.queueSamples, m.queueBytes, m.sendDuration, m.requests, m.highestSent,
+			m.backlogBytes, m.backlogOldest)
 	}
 	return m
 }
 
 // forTarget returns the children of one target. Two targets with the same
-// name (a changed config replacing the old one while it drains) share them,
-// which is why gauges are only ever moved with Add.
+// name (a changed config replacing the old one) share them, and share the
+// backlog, which sets queueSamples and the backlog gauges; queueBytes is
+// only ever moved with Add.
 func (m *metrics) forTarget(name string) targetMetrics {
 	l := prometheus.Labels{remoteName: name}
 	tm := targetMetrics{
@@ -99,9 +122,11 @@ func (m *metrics) forTarget(name string) targetMetrics {
 		sendDuration:   m.sendDuration.With(l),
 		requests:       m.requests.MustCurryWith(l),
 		highestSent:    m.highestSent.With(l),
+		backlogBytes:   m.backlogBytes.With(l),
+		backlogOldest:  m.backlogOldest.With(l),
 	}
 	// Export the usual reasons at 0 so that rate() works from the start.
-	for _, r := range []string{reasonQueueFull, reasonShutdown} {
+	for _, r := range []string{reasonCoalesced, reasonBacklogFull, reasonBacklogWrite} {
 		tm.dropped.WithLabelValues(r)
 	}
 	return tm
@@ -119,6 +144,8 @@ func (m *metrics) delete(name string) {
 	m.sendDuration.DeletePartialMatch(l)
 	m.requests.DeletePartialMatch(l)
 	m.highestSent.DeletePartialMatch(l)
+	m.backlogBytes.DeletePartialMatch(l)
+	m.backlogOldest.DeletePartialMatch(l)
 }
 
 // targetMetrics are one target's children of metrics.
@@ -132,4 +159,6 @@ type targetMetrics struct {
 	sendDuration   prometheus.Observer
 	requests       *prometheus.CounterVec // by code
 	highestSent    prometheus.Gauge
+	backlogBytes   prometheus.Gauge
+	backlogOldest  prometheus.Gauge
 }

@@ -8,7 +8,6 @@ import (
 	"reflect"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	commoncfg "github.com/prometheus/common/config"
@@ -17,6 +16,7 @@ import (
 	"github.com/prometheus/prometheus/prompb"
 
 	"github.com/sluice-metrics/sluice/configs"
+	"github.com/sluice-metrics/sluice/wal"
 )
 
 // maxShards is the fixed number of shards (concurrent senders) per target:
@@ -27,8 +27,15 @@ import (
 const maxShards = 4
 
 // target forwards to one remote_write endpoint. It is created by
-// newTarget, started by start and stopped by stop, each once; append may be
-// called between start and stop, concurrently.
+// newTarget, started by start and stopped by stop or halt, each once;
+// append may be called between creation and stop, concurrently.
+//
+// Append writes each window to the target's backlog on disk (queue). One
+// dispatcher goroutine reads the backlog in order and hands each sample to
+// the shard of its series, up to queue_config.capacity samples read ahead
+// per shard; the shards send. Once every sample of a frame is resolved
+// (sent, or dropped for good) and so are the frames before it, the
+// dispatcher moves the backlog's cursor past it.
 type target struct {
 	cfg     configs.RemoteWriteConfig
 	name    string
@@ -39,17 +46,28 @@ type target struct {
 	client  *client
 	now     func() time.Time
 	shards  []*shard
+	q       *queue // the backlog; a target replaced by a reload hands it over
 
-	// ctx is cancelled when a stop runs out of time: it aborts requests in
-	// flight and backoff sleeps.
+	encMtx       sync.Mutex // guards enc and writeFailing
+	enc          *frameEncoder
+	writeFailing bool // backlog_write was logged since the last successful append
+
+	// Owned by the dispatcher goroutine (then by finish).
+	dec     *frameDecoder
+	coalEnc *frameEncoder
+	track   tracker
+
+	readerWake chan struct{} // capacity 1: a frame was appended, a shard has room or resolved a batch
+	readDone   chan struct{} // closed by the dispatcher when, draining, every frame is in the shards
+
+	// ctx is cancelled when a stop runs out of time or a halt: it aborts
+	// requests in flight, backoff sleeps and a coalescing.
 	ctx    context.Context
 	cancel context.CancelFunc
-	// drain is closed by stop: shards send what they hold, then exit.
+	// drain is closed by stop: everything in the backlog is sent, then the
+	// goroutines exit.
 	drain chan struct{}
-	wg    sync.WaitGroup // shard goroutines
-
-	queued        atomic.Int64 // samples buffered or being sent
-	shutdownDrops atomic.Int64 // samples dropped with reason shutdown
+	wg    sync.WaitGroup // dispatcher and shard goroutines
 
 	statusMtx sync.Mutex // guards lastSend, lastErr, lastErrAt, highestTs
 	lastSend  time.Time
@@ -58,18 +76,26 @@ type target struct {
 	highestTs int64
 }
 
+// newTarget builds a target on the backlog q (nil only for a target that
+// is never started).
 func newTarget(cfg configs.RemoteWriteConfig, ext map[string]string, userAgent string,
-	logger *slog.Logger, m *metrics, now func() time.Time) (*target, error) {
+	logger *slog.Logger, m *metrics, now func() time.Time, q *queue) (*target, error) {
 	name := cfg.DisplayName()
 	t := &target{
-		cfg:     cfg,
-		name:    name,
-		ext:     labels.FromMap(ext),
-		extMap:  maps.Clone(ext),
-		logger:  logger.With("remote_name", name),
-		metrics: m.forTarget(name),
-		now:     now,
-		drain:   make(chan struct{}),
+		cfg:        cfg,
+		name:       name,
+		ext:        labels.FromMap(ext),
+		extMap:     maps.Clone(ext),
+		logger:     logger.With("remote_name", name),
+		metrics:    m.forTarget(name),
+		now:        now,
+		q:          q,
+		enc:        newFrameEncoder(),
+		dec:        newFrameDecoder(),
+		coalEnc:    newFrameEncoder(),
+		readerWake: make(chan struct{}, 1),
+		readDone:   make(chan struct{}),
+		drain:      make(chan struct{}),
 	}
 	c, err := newClient(&t.cfg, userAgent, &t.metrics)
 	if err != nil {
@@ -90,18 +116,19 @@ func newTarget(cfg configs.RemoteWriteConfig, ext map[string]string, userAgent s
 	return t, nil
 }
 
-// start launches one goroutine per shard.
+// start launches the dispatcher and one goroutine per shard.
 func (t *target) start() {
-	t.wg.Add(len(t.shards))
+	t.wg.Add(len(t.shards) + 1)
+	go t.dispatch()
 	for _, s := range t.shards {
 		go s.run()
 	}
 }
 
-// stop makes the shards send what they hold until ctx is done, then aborts
-// the sends and drops the rest (reason shutdown). No append may run
-// concurrently or later. It returns the number of samples dropped for the
-// shutdown.
+// stop makes the target send everything in its backlog until ctx is done,
+// then aborts the sends. What is left stays in the backlog, which stop
+// leaves open (the caller closes or removes it). No append may run
+// concurrently or later. It returns the number of samples left.
 func (t *target) stop(ctx context.Context) int64 {
 	close(t.drain)
 	done := make(chan struct{})
@@ -115,20 +142,37 @@ func (t *target) stop(ctx context.Context) int64 {
 		t.cancel()
 		<-done
 	}
+	t.finish()
+	left, _ := t.q.pending()
+	return left
+}
+
+// halt stops the target at once, for a replacement that takes over its
+// backlog: batches in flight are aborted and will be read again.
+func (t *target) halt() {
+	t.cancel()
+	t.wg.Wait()
+	t.finish()
+}
+
+// finish runs once the goroutines have ended: what the shards held stays
+// in the backlog, the cursor moves past the frames resolved and is
+// persisted.
+func (t *target) finish() {
 	t.cancel()
 	var left []sample
 	for _, s := range t.shards {
 		s.mtx.Lock()
 		left = s.buf.pop(left[:0], s.buf.len())
 		s.mtx.Unlock()
-		if len(left) > 0 {
-			t.drop(reasonShutdown, len(left))
-			t.shutdownDrops.Add(int64(len(left)))
-			t.release(left)
-		}
+		t.releaseBytes(left)
+		clear(left)
+	}
+	t.commitResolved(nil)
+	if err := t.q.syncCursor(t.now()); err != nil {
+		t.logger.Error("persist the backlog cursor; what it would have skipped is sent again after a restart", "err", err)
 	}
 	t.client.close()
-	return t.shutdownDrops.Load()
 }
 
 // sameConfig reports whether the running target already matches cfg and
@@ -167,21 +211,28 @@ func proxyFields(p commoncfg.ProxyConfig) commoncfg.ProxyConfig {
 }
 
 // append applies external labels and write_relabel_configs to the series
-// and hands their samples to the shards. It only copies into buffers and
-// never waits for a send. flush asks the shards to send without waiting
-// for batch_send_deadline.
+// and writes them as one frame to the backlog. It never waits for a send.
+// flush asks for the window to be sent without waiting for
+// batch_send_deadline.
 func (t *target) append(in []inSeries, flush bool) {
 	var (
 		lb       *labels.Builder
 		relabels = t.cfg.WriteRelabelConfigs
-		perShard = make([][]sample, len(t.shards))
 		dropped  int
+		total    int
+		encErr   error
 	)
 	if t.ext.Len() > 0 || len(relabels) > 0 {
 		lb = labels.NewBuilder(labels.EmptyLabels())
 	}
+	t.encMtx.Lock()
+	defer t.encMtx.Unlock()
+	e := t.enc
+	e.reset()
 	for i := range in {
 		s := &in[i]
+		n := len(s.ts.Samples) + len(s.ts.Histograms)
+		total += n
 		ls := s.lset
 		if lb != nil {
 			lb.Reset(ls)
@@ -195,30 +246,61 @@ func (t *target) append(in []inSeries, flush bool) {
 				ls = lb.Labels()
 			}
 			if !keep || ls.IsEmpty() {
-				dropped += len(s.ts.Samples) + len(s.ts.Histograms)
+				dropped += n
 				continue
 			}
 		}
-		idx := 0
-		if len(t.shards) > 1 {
-			idx = int(ls.Hash() % uint64(len(t.shards)))
-		}
-		size := int(ls.ByteSize())
-		for _, smp := range s.ts.Samples {
-			perShard[idx] = append(perShard[idx], sample{lset: ls, meta: s.meta, t: smp.Timestamp, v: smp.Value, size: size + 16})
-		}
-		for j := range s.ts.Histograms {
-			h := &s.ts.Histograms[j]
-			perShard[idx] = append(perShard[idx], sample{lset: ls, meta: s.meta, h: h, t: h.Timestamp, size: size + h.Size()})
+		if encErr == nil {
+			encErr = e.addSeries(ls, s.meta, s.ts.Samples, s.ts.Histograms)
 		}
 	}
 	if dropped > 0 {
 		t.drop(reasonRelabel, dropped)
 	}
-	for i, batch := range perShard {
-		if len(batch) > 0 || flush {
-			t.shards[i].push(batch, flush)
+	if encErr != nil {
+		t.drop(reasonEncode, total-dropped)
+		t.logger.Error("dropping a window: cannot encode it for the backlog", "samples", total-dropped, "err", encErr)
+		return
+	}
+	if e.samples == 0 {
+		if flush {
+			t.q.markFlush()
+			t.flushShards()
+			t.wakeReader()
 		}
+		return
+	}
+	if err := t.q.append(e.finish(), e.samples, flush); err != nil {
+		t.drop(reasonBacklogWrite, e.samples)
+		if !t.writeFailing {
+			t.writeFailing = true
+			t.logger.Error("cannot write to the backlog, dropping windows (logged once until a write succeeds)",
+				"samples", e.samples, "err", err)
+		}
+		return
+	}
+	if t.writeFailing {
+		t.writeFailing = false
+		t.logger.Info("the backlog takes windows again")
+	}
+	t.wakeReader()
+}
+
+// flushShards makes the shards send what they hold without waiting for
+// batch_send_deadline.
+func (t *target) flushShards() {
+	for _, s := range t.shards {
+		s.mtx.Lock()
+		s.flush = s.flush || s.buf.len() > 0
+		s.mtx.Unlock()
+		s.poke()
+	}
+}
+
+func (t *target) wakeReader() {
+	select {
+	case t.readerWake <- struct{}{}:
+	default:
 	}
 }
 
@@ -227,20 +309,143 @@ func (t *target) drop(reason string, n int) {
 	t.metrics.dropped.WithLabelValues(reason).Add(float64(n))
 }
 
-// hold accounts for samples entering the queue; release for samples that
-// left it (sent or dropped).
-func (t *target) hold(n, bytes int) {
-	t.queued.Add(int64(n))
-	t.metrics.queueSamples.Add(float64(n))
-	t.metrics.queueBytes.Add(float64(bytes))
-}
-
-func (t *target) release(batch []sample) {
+// releaseBytes accounts for samples that left memory (resolved, or left
+// in the backlog by a stop).
+func (t *target) releaseBytes(batch []sample) {
 	bytes := 0
 	for i := range batch {
 		bytes += batch[i].size
 	}
-	t.hold(-len(batch), -bytes)
+	t.metrics.queueBytes.Sub(float64(bytes))
+}
+
+// resolve records that batch (of one frame) was sent or dropped for good.
+func (t *target) resolve(batch []sample) {
+	t.track.resolve(batch[0].frame, len(batch))
+	t.wakeReader()
+}
+
+// commitResolved moves the backlog's cursor past the resolved frames at
+// the head of the tracker. buf is scratch space, returned for reuse.
+func (t *target) commitResolved(buf []trackedFrame) []trackedFrame {
+	buf = t.track.popResolved(buf[:0])
+	for _, f := range buf {
+		t.q.commit(f.end, f.samples)
+	}
+	return buf
+}
+
+// dispatch is the dispatcher goroutine: it moves the cursor, persists it,
+// keeps the backlog under its limit and hands frames to the shards.
+func (t *target) dispatch() {
+	defer t.wg.Done()
+	q := t.q
+	q.rewind()
+	var (
+		n        = len(t.shards)
+		pend     = make([][]sample, n) // the current frame's samples for each shard
+		pendOff  = make([]int, n)      // how many of them the shard took
+		flush    bool                  // the current frame was appended with flush
+		decoded  []sample
+		resolved []trackedFrame
+		drain    = t.drain
+		draining bool
+		timer    = time.NewTimer(time.Hour)
+		timerOn  bool
+		failing  bool // a cursor write failed (logged once until one succeeds)
+	)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		resolved = t.commitResolved(resolved)
+		if moved, wait := q.cursorDue(t.now()); moved && wait == 0 {
+			if err := q.syncCursor(t.now()); err != nil {
+				if !failing {
+					t.logger.Error("persist the backlog cursor (logged once until it works again)", "err", err)
+				}
+				failing = true
+			} else {
+				failing = false
+			}
+		} else if moved && !timerOn {
+			timer.Reset(wait)
+			timerOn = true
+		}
+		if q.overLimit() {
+			q.enforceLimit(t.ctx, t.dec, t.coalEnc)
+		}
+
+		caughtUp := false
+		for {
+			handed := true
+			for i, s := range t.shards {
+				if pendOff[i] < len(pend[i]) {
+					pendOff[i] += s.push(pend[i][pendOff[i]:], flush)
+				}
+				if pendOff[i] < len(pend[i]) {
+					handed = false
+				} else if len(pend[i]) > 0 {
+					clear(pend[i])
+					pend[i], pendOff[i] = pend[i][:0], 0
+				}
+			}
+			if !handed {
+				break // a shard is full; it wakes us when it has room
+			}
+			payload, end, fl, ok := q.next()
+			if !ok {
+				caughtUp = true
+				break
+			}
+			count, minT, _, _ := payloadHeader(payload) // checked by next
+			var err error
+			decoded, err = t.dec.decode(payload, decoded[:0])
+			if err != nil {
+				// It passed its CRC: never expected.
+				t.drop(reasonCorrupt, count)
+				t.logger.Error("dropping a backlog frame that does not decode", "samples", count, "err", err)
+				t.track.add(end, count, 0, minT)
+				continue
+			}
+			seq := t.track.add(end, len(decoded), len(decoded), minT)
+			for i := range decoded {
+				s := &decoded[i]
+				s.frame = seq
+				idx := 0
+				if n > 1 {
+					idx = int(s.lset.Hash() % uint64(n))
+				}
+				pend[idx] = append(pend[idx], *s)
+			}
+			clear(decoded)
+			flush = fl
+		}
+		if oldest, ok := t.track.oldest(); ok {
+			t.metrics.backlogOldest.Set(float64(oldest) / 1000)
+		} else {
+			t.metrics.backlogOldest.Set(0)
+		}
+		if draining && caughtUp {
+			select {
+			case <-t.readDone:
+			default:
+				close(t.readDone)
+			}
+			if t.track.len() == 0 {
+				return
+			}
+		}
+
+		select {
+		case <-t.ctx.Done():
+			return
+		case <-drain:
+			draining, drain = true, nil
+		case <-t.readerWake:
+		case <-timer.C:
+			timerOn = false
+		}
+	}
 }
 
 // sent records a batch the target accepted.
@@ -275,6 +480,7 @@ func (t *target) setError(err error) {
 }
 
 func (t *target) status() TargetStatus {
+	samples, bytes := t.q.pending()
 	t.statusMtx.Lock()
 	defer t.statusMtx.Unlock()
 	return TargetStatus{
@@ -282,64 +488,128 @@ func (t *target) status() TargetStatus {
 		URL:             configs.RedactURL(t.cfg.URL),
 		ProtobufMessage: t.cfg.ProtobufMessage,
 		Shards:          len(t.shards),
-		QueuedSamples:   t.queued.Load(),
+		QueuedSamples:   samples,
+		BacklogBytes:    bytes,
 		LastSend:        t.lastSend,
 		LastError:       t.lastErr,
 		LastErrorTime:   t.lastErrAt,
 	}
 }
 
+// tracker follows the frames handed to the shards until each is resolved:
+// every one of its samples sent or dropped for good. The cursor only ever
+// moves past resolved frames, in order.
+type tracker struct {
+	mtx    sync.Mutex     // guards frames, head and base
+	frames []trackedFrame // frames[head+i] has sequence number base+i
+	head   int            // frames before it were popped
+	base   uint64
+}
+
+type trackedFrame struct {
+	end     wal.Position // just after the frame in the backlog
+	samples int
+	pending int // samples not yet resolved
+	minT    int64
+}
+
+// add tracks a frame of samples samples, pending of them unresolved, and
+// returns its sequence number.
+func (tr *tracker) add(end wal.Position, samples, pending int, minT int64) uint64 {
+	tr.mtx.Lock()
+	defer tr.mtx.Unlock()
+	if tr.head > 0 && tr.head >= len(tr.frames)/2 {
+		// Reuse the front rather than grow: O(1) amortised.
+		n := copy(tr.frames, tr.frames[tr.head:])
+		clear(tr.frames[n:])
+		tr.frames, tr.head = tr.frames[:n], 0
+	}
+	tr.frames = append(tr.frames, trackedFrame{end: end, samples: samples, pending: pending, minT: minT})
+	return tr.base + uint64(len(tr.frames)-tr.head-1)
+}
+
+func (tr *tracker) resolve(seq uint64, n int) {
+	tr.mtx.Lock()
+	tr.frames[tr.head+int(seq-tr.base)].pending -= n
+	tr.mtx.Unlock()
+}
+
+// popResolved moves the resolved frames at the head to dst.
+func (tr *tracker) popResolved(dst []trackedFrame) []trackedFrame {
+	tr.mtx.Lock()
+	defer tr.mtx.Unlock()
+	i := tr.head
+	for i < len(tr.frames) && tr.frames[i].pending == 0 {
+		i++
+	}
+	dst = append(dst, tr.frames[tr.head:i]...)
+	tr.base += uint64(i - tr.head)
+	tr.head = i
+	return dst
+}
+
+// oldest returns the lowest timestamp of the oldest unresolved frame.
+func (tr *tracker) oldest() (int64, bool) {
+	tr.mtx.Lock()
+	defer tr.mtx.Unlock()
+	if tr.head == len(tr.frames) {
+		return 0, false
+	}
+	return tr.frames[tr.head].minT, true
+}
+
+func (tr *tracker) len() int {
+	tr.mtx.Lock()
+	defer tr.mtx.Unlock()
+	return len(tr.frames) - tr.head
+}
+
 // shard is one sender of a target. A series always maps to the same shard
 // and a shard sends one batch at a time, retrying it until it is accepted
-// or dropped, so samples of a series arrive in order.
+// or dropped, so samples of a series arrive in order. A batch holds
+// samples of one backlog frame (one window) only: after a crash the
+// frames after the persisted cursor are sent again, and a receiver that
+// rejects a whole request for one out-of-order sample (Prometheus) then
+// rejects only already-stored windows, never a new one sent with them.
 type shard struct {
 	t    *target
 	wake chan struct{} // capacity 1: something was pushed
 
-	mtx      sync.Mutex // guards buf, oldest, flush and dropping
-	buf      backlog
-	oldest   time.Time // when buf last went from empty to non-empty
-	flush    bool      // send all of buf without waiting for the deadline
-	dropping bool      // queue_full was logged since the last successful send
+	mtx    sync.Mutex // guards buf, oldest and flush
+	buf    *ring
+	oldest time.Time // when buf last went from empty to non-empty
+	flush  bool      // send all of buf without waiting for the deadline
 
 	// Owned by the shard's goroutine.
 	enc   *encoder
 	batch []sample
 }
 
-// push buffers batch, evicting the oldest samples when the buffer is full.
-// It never blocks on a send.
-func (s *shard) push(batch []sample, flush bool) {
-	t := s.t
-	var evicted, evictedBytes, bytes int
+// push adds as many of batch's samples as there is room for and returns
+// how many. It never blocks on a send.
+func (s *shard) push(batch []sample, flush bool) int {
 	s.mtx.Lock()
-	if s.buf.len() == 0 && len(batch) > 0 {
+	k := min(len(batch), s.buf.room())
+	if k == 0 {
+		s.mtx.Unlock()
+		return 0
+	}
+	if s.buf.len() == 0 {
 		s.oldest = time.Now()
 	}
-	for _, x := range batch {
-		bytes += x.size
-		if ev, ok := s.buf.push(x); ok {
-			evicted++
-			evictedBytes += ev.size
-		}
+	bytes := 0
+	for i := range batch[:k] {
+		s.buf.push(batch[i])
+		bytes += batch[i].size
 	}
 	s.flush = s.flush || flush
-	logDrop := evicted > 0 && !s.dropping
-	if evicted > 0 {
-		s.dropping = true
-	}
-	// Accounted under the lock, so that the sender never releases samples
-	// that were not yet held.
-	t.hold(len(batch)-evicted, bytes-evictedBytes)
+	s.t.metrics.queueBytes.Add(float64(bytes))
 	s.mtx.Unlock()
+	s.poke()
+	return k
+}
 
-	if evicted > 0 {
-		t.drop(reasonQueueFull, evicted)
-		if logDrop {
-			t.logger.Warn("forward queue full, dropping the oldest samples (logged once until a send succeeds)",
-				"dropped", evicted, "capacity", t.cfg.QueueConfig.Capacity)
-		}
-	}
+func (s *shard) poke() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -347,10 +617,11 @@ func (s *shard) push(batch []sample, flush bool) {
 }
 
 // run sends batches until the target stops. A batch goes out when the
-// shard holds max_samples_per_send samples, when a push asked for a flush
-// (Append delivers whole windows: waiting could only add latency), when
-// batch_send_deadline has passed since the first buffered sample, or while
-// draining for a stop.
+// shard holds max_samples_per_send samples of one frame, when the next
+// frame's samples follow (a batch never spans frames, so waiting cannot
+// fill it), when a push asked for a flush (Append delivers whole windows:
+// waiting could only add latency), when batch_send_deadline has passed
+// since the first buffered sample, or while draining for a stop.
 func (s *shard) run() {
 	t := s.t
 	defer t.wg.Done()
@@ -359,21 +630,24 @@ func (s *shard) run() {
 		deadline = time.Duration(t.cfg.QueueConfig.BatchSendDeadline)
 		timer    = time.NewTimer(deadline)
 		drain    = t.drain
+		readDone <-chan struct{} // the dispatcher's, once draining
 		draining bool
+		finished bool // the dispatcher handed over every frame
 	)
 	timer.Stop()
 	defer timer.Stop()
 	for {
 		s.mtx.Lock()
 		n := s.buf.len()
-		ready := n >= perSend || (n > 0 && (s.flush || draining))
+		head := s.buf.headRun(perSend)
+		ready := head >= perSend || (n > 0 && (s.flush || draining || head < n))
 		var wait time.Duration
 		if n > 0 && !ready {
 			wait = deadline - time.Since(s.oldest)
 			ready = wait <= 0
 		}
 		if ready {
-			s.batch = s.buf.pop(s.batch[:0], perSend)
+			s.batch = s.buf.pop(s.batch[:0], head)
 		}
 		if s.buf.len() == 0 {
 			s.flush = false
@@ -381,14 +655,15 @@ func (s *shard) run() {
 		s.mtx.Unlock()
 
 		if ready {
+			t.wakeReader() // there is room again
 			if !s.send(s.batch) {
 				return
 			}
 			clear(s.batch) // release labels and histograms
 			continue
 		}
-		if draining {
-			return // nothing left
+		if finished && n == 0 {
+			return // drained
 		}
 		var expired <-chan time.Time
 		if n > 0 {
@@ -399,7 +674,9 @@ func (s *shard) run() {
 		case <-t.ctx.Done():
 			return
 		case <-drain:
-			draining, drain = true, nil
+			draining, drain, readDone = true, nil, t.readDone
+		case <-readDone:
+			finished, readDone = true, nil
 		case <-s.wake:
 		case <-expired:
 		}
@@ -409,15 +686,15 @@ func (s *shard) run() {
 
 // send delivers one batch, retrying recoverable errors with capped
 // exponential backoff (or the server's Retry-After). It returns false if
-// the target's context was cancelled, the batch then being dropped with
-// reason shutdown.
+// the target's context was cancelled: the batch stays in the backlog.
 func (s *shard) send(batch []sample) bool {
 	t := s.t
-	defer t.release(batch)
+	defer t.releaseBytes(batch)
 	body, err := s.enc.encode(batch)
 	if err != nil {
 		t.drop(reasonEncode, len(batch))
 		t.logger.Error("dropping batch: cannot encode it", "samples", len(batch), "err", err)
+		t.resolve(batch)
 		return true
 	}
 	q := t.cfg.QueueConfig
@@ -426,17 +703,13 @@ func (s *shard) send(batch []sample) bool {
 		err := t.client.store(t.ctx, body, attempt)
 		if err == nil {
 			t.sent(batch)
-			s.mtx.Lock()
-			s.dropping = false
-			s.mtx.Unlock()
+			t.resolve(batch)
 			if attempt > 0 {
 				t.logger.Info("batch sent after retries", "samples", len(batch), "retries", attempt)
 			}
 			return true
 		}
 		if t.ctx.Err() != nil {
-			t.drop(reasonShutdown, len(batch))
-			t.shutdownDrops.Add(int64(len(batch)))
 			return false
 		}
 		t.setError(err)
@@ -449,6 +722,7 @@ func (s *shard) send(batch []sample) bool {
 			}
 			t.drop(reason, len(batch))
 			t.logger.Error("dropping batch: non-recoverable error", "samples", len(batch), "reason", reason, "err", err.Error())
+			t.resolve(batch)
 			return true
 		}
 		sleep := backoff
@@ -464,8 +738,6 @@ func (s *shard) send(batch []sample) bool {
 		select {
 		case <-t.ctx.Done():
 			timer.Stop()
-			t.drop(reasonShutdown, len(batch))
-			t.shutdownDrops.Add(int64(len(batch)))
 			return false
 		case <-timer.C:
 		}

@@ -195,7 +195,7 @@ func TestSameConfig(t *testing.T) {
 	t.Parallel()
 	parse := func(y string) configs.RemoteWriteConfig { return yamlConfig(t, y) }
 	base := "url: http://127.0.0.1:1/w\nwrite_relabel_configs:\n  - source_labels: [a]\n    regex: x.*\n    action: drop\nbasic_auth:\n  username: u\n  password: p1\n"
-	running, err := newTarget(parse(base), map[string]string{"e": "1"}, "ua", discardLogger(), newMetrics(nil), time.Now)
+	running, err := newTarget(parse(base), map[string]string{"e": "1"}, "ua", discardLogger(), newMetrics(nil), time.Now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,11 +225,7 @@ func TestSameConfig(t *testing.T) {
 func TestAppendLabels(t *testing.T) {
 	t.Parallel()
 	cfg := yamlConfig(t, "url: http://127.0.0.1:1/w\nqueue_config:\n  max_shards: 3\nwrite_relabel_configs:\n  - source_labels: [region]\n    regex: us\n    action: drop\n")
-	tg, err := newTarget(cfg, map[string]string{"region": "eu", "replica": "r1"}, "ua", discardLogger(), newMetrics(nil), time.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tg.client.close()
+	tg := newTestTarget(t, cfg, map[string]string{"region": "eu", "replica": "r1"})
 	req := &prompb.WriteRequest{Timeseries: []prompb.TimeSeries{
 		{Labels: []prompb.Label{{Name: "__name__", Value: "a"}}, Samples: []prompb.Sample{{Value: 1}}},
 		{Labels: []prompb.Label{{Name: "__name__", Value: "b"}, {Name: "region", Value: "us"}}, Samples: []prompb.Sample{{Value: 2}}},
@@ -237,14 +233,12 @@ func TestAppendLabels(t *testing.T) {
 		{Labels: []prompb.Label{{Name: "__name__", Value: "empty"}}},
 	}}
 	tg.append(convert(req), false)
+	if n, _ := tg.q.pending(); n != 2 {
+		t.Errorf("queued %d, want 2", n)
+	}
 	var got []string
-	for i, s := range tg.shards {
-		for _, smp := range s.buf.pop(nil, 100) {
-			if want := int(smp.lset.Hash() % 3); want != i {
-				t.Errorf("%s in shard %d, want %d", smp.lset, i, want)
-			}
-			got = append(got, smp.lset.String())
-		}
+	for _, smp := range readBacklog(t, tg.q) {
+		got = append(got, smp.lset.String())
 	}
 	want := []string{
 		labels.FromStrings("__name__", "a", "region", "eu", "replica", "r1").String(),
@@ -253,7 +247,38 @@ func TestAppendLabels(t *testing.T) {
 	if strings.Join(sortedCopy(got), " ") != strings.Join(sortedCopy(want), " ") {
 		t.Errorf("queued %v, want %v", got, want)
 	}
-	if tg.queued.Load() != 2 {
-		t.Errorf("queued %d, want 2", tg.queued.Load())
+}
+
+// TestRingHeadRun: the next batch is the run of samples of the oldest
+// sample's frame, capped.
+func TestRingHeadRun(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		frames []uint64 // frame of each sample pushed
+		popped int      // popped before asking
+		max    int
+		want   int
+	}{
+		{"empty", nil, 0, 10, 0},
+		{"one frame", []uint64{1, 1, 1}, 0, 10, 3},
+		{"capped", []uint64{1, 1, 1}, 0, 2, 2},
+		{"stops at the next frame", []uint64{1, 1, 2, 2}, 0, 10, 2},
+		{"after a pop, across the wrap", []uint64{1, 1, 1, 2, 2}, 3, 10, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRing(4)
+			i := 0
+			for ; i < len(tc.frames) && r.room() > 0; i++ {
+				r.push(sample{frame: tc.frames[i]})
+			}
+			r.pop(nil, tc.popped)
+			for ; i < len(tc.frames); i++ {
+				r.push(sample{frame: tc.frames[i]})
+			}
+			if got := r.headRun(tc.max); got != tc.want {
+				t.Errorf("headRun(%d) = %d, want %d", tc.max, got, tc.want)
+			}
+		})
 	}
 }

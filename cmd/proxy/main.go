@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -138,7 +139,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	fwd := forward.NewManager(logger.With("component", "forward"), reg, "Sluice/"+version.Version)
+	fwd := forward.NewManager(logger.With("component", "forward"), reg, "Sluice/"+version.Version, filepath.Join(f.walDir, "queues"))
 	if err := fwd.ApplyConfig(tgts, cfg.Global.ExternalLabels); err != nil {
 		return fmt.Errorf("start forwarding: %w", err)
 	}

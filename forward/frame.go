@@ -1,0 +1,444 @@
+package forward
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"math"
+	"slices"
+
+	"github.com/golang/snappy"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/prompb"
+)
+
+// A backlog frame holds one window for one target (doc.go, "Backlog
+// format"):
+//
+//	type <1b> = 1 | payload length <4b, big endian> | CRC32-C <4b, big endian> | payload
+//	payload: samples <uvarint> | min timestamp <varint> | snappy block of the body
+//
+// The CRC covers every byte of the frame except itself, as in the WAL.
+const (
+	frameHeaderSize = 9
+	frameTypeWindow = 1
+	// maxFrameBody bounds the decoded body, checked with snappy.DecodedLen
+	// before decoding: bytes that pass the CRC by chance must not make the
+	// reader allocate gigabytes. A window of a million series is ~150 MB.
+	maxFrameBody = 1 << 30
+)
+
+// castagnoli is built once, before any goroutine could race on the lazily
+// built table inside hash/crc32.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// errFrame marks bytes that are not a valid frame: a torn write, a CRC
+// mismatch or garbage. Read errors of the file system are not errFrame.
+var errFrame = errors.New("invalid backlog frame")
+
+// frameEncoder builds frames, reusing its buffers from frame to frame. It is
+// not safe for concurrent use.
+type frameEncoder struct {
+	body  []byte // the records, uncompressed
+	frame []byte // header and payload of the last frame built
+	// meta numbers the metadata defined in the body so far, from 1.
+	meta    map[*prompb.MetricMetadata]uint64
+	samples int
+	minT    int64
+	one     [1]prompb.Sample // for addSample, so that it does not allocate
+}
+
+func newFrameEncoder() *frameEncoder {
+	e := &frameEncoder{meta: map[*prompb.MetricMetadata]uint64{}}
+	e.reset()
+	return e
+}
+
+// reset starts a new frame.
+func (e *frameEncoder) reset() {
+	e.body = e.body[:0]
+	clear(e.meta)
+	e.samples = 0
+	e.minT = math.MaxInt64
+}
+
+// addSeries appends one series record. md may be nil; it is written in
+// full the first time the frame refers to it, as a number afterwards. On
+// error the frame is unusable until reset.
+func (e *frameEncoder) addSeries(ls labels.Labels, md *prompb.MetricMetadata, floats []prompb.Sample, hists []prompb.Histogram) error {
+	e.seriesHeader(ls, md, floats)
+	e.body = binary.AppendUvarint(e.body, uint64(len(hists)))
+	for i := range hists {
+		if err := e.histogram(ls, &hists[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addSample appends a series record holding the one sample s.
+func (e *frameEncoder) addSample(s *sample) error {
+	if s.h != nil {
+		e.seriesHeader(s.lset, s.meta, nil)
+		e.body = append(e.body, 1)
+		return e.histogram(s.lset, s.h)
+	}
+	e.one[0] = prompb.Sample{Timestamp: s.t, Value: s.v}
+	e.seriesHeader(s.lset, s.meta, e.one[:])
+	e.body = append(e.body, 0)
+	return nil
+}
+
+// seriesHeader appends a record's metadata, labels and float samples.
+func (e *frameEncoder) seriesHeader(ls labels.Labels, md *prompb.MetricMetadata, floats []prompb.Sample) {
+	b := e.body
+	switch ref, ok := e.meta[md]; {
+	case md == nil:
+		b = append(b, 0)
+	case ok:
+		b = binary.AppendUvarint(b, ref)
+	default:
+		ref = uint64(len(e.meta) + 1)
+		e.meta[md] = ref
+		b = binary.AppendUvarint(b, ref)
+		b = binary.AppendUvarint(b, uint64(md.Type))
+		b = appendString(b, md.MetricFamilyName)
+		b = appendString(b, md.Help)
+		b = appendString(b, md.Unit)
+	}
+	b = binary.AppendUvarint(b, uint64(ls.Len()))
+	ls.Range(func(l labels.Label) {
+		b = appendString(b, l.Name)
+		b = appendString(b, l.Value)
+	})
+	b = binary.AppendUvarint(b, uint64(len(floats)))
+	for _, s := range floats {
+		b = binary.AppendVarint(b, s.Timestamp)
+		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(s.Value))
+		e.minT = min(e.minT, s.Timestamp)
+	}
+	e.body = b
+	e.samples += len(floats)
+}
+
+// histogram appends one length-prefixed histogram.
+func (e *frameEncoder) histogram(ls labels.Labels, h *prompb.Histogram) error {
+	n := h.Size()
+	b := binary.AppendUvarint(e.body, uint64(n))
+	b = slices.Grow(b, n)
+	if _, err := h.MarshalToSizedBuffer(b[len(b) : len(b)+n]); err != nil {
+		return fmt.Errorf("marshal histogram of %s: %w", ls, err)
+	}
+	e.body = b[:len(b)+n]
+	e.minT = min(e.minT, h.Timestamp)
+	e.samples++
+	return nil
+}
+
+// finish returns the frame of everything added since reset. It is valid
+// until the next finish.
+func (e *frameEncoder) finish() []byte {
+	minT := e.minT
+	if e.samples == 0 {
+		minT = 0
+	}
+	f := slices.Grow(e.frame[:0], frameHeaderSize+2*binary.MaxVarintLen64+snappy.MaxEncodedLen(len(e.body)))
+	f = f[:frameHeaderSize]
+	f = binary.AppendUvarint(f, uint64(e.samples))
+	f = binary.AppendVarint(f, minT)
+	comp := snappy.Encode(f[len(f):cap(f)], e.body)
+	f = f[:len(f)+len(comp)]
+	f[0] = frameTypeWindow
+	binary.BigEndian.PutUint32(f[1:5], uint32(len(f)-frameHeaderSize))
+	crc := crc32.Update(crc32.Checksum(f[:5], castagnoli), castagnoli, f[frameHeaderSize:])
+	binary.BigEndian.PutUint32(f[5:9], crc)
+	e.frame = f
+	return f
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// payloadHeader returns the sample count and the lowest timestamp that
+// start a payload, and the snappy block after them.
+func payloadHeader(p []byte) (samples int, minT int64, block []byte, err error) {
+	n, k := binary.Uvarint(p)
+	if k <= 0 || n == 0 || n > math.MaxInt32 {
+		return 0, 0, nil, fmt.Errorf("%w: bad sample count", errFrame)
+	}
+	t, k2 := binary.Varint(p[k:])
+	if k2 <= 0 {
+		return 0, 0, nil, fmt.Errorf("%w: bad timestamp", errFrame)
+	}
+	return int(n), t, p[k+k2:], nil
+}
+
+// readFrame reads the frame that starts at the current offset of r, off,
+// and must end by limit. It returns the payload, which aliases buf (grown
+// as needed) and is valid until buf is reused, and the payload's sample
+// count. Bytes that are not a valid frame give an error wrapping errFrame;
+// a failing read gives the read's error.
+func readFrame(r io.Reader, off, limit int64, hdr *[frameHeaderSize]byte, buf *[]byte) ([]byte, int, error) {
+	left := limit - off
+	if left < frameHeaderSize {
+		return nil, 0, fmt.Errorf("%w: %d bytes left, less than a header (torn write)", errFrame, left)
+	}
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, 0, readError(err)
+	}
+	if hdr[0] != frameTypeWindow {
+		return nil, 0, fmt.Errorf("%w: unknown frame type %d", errFrame, hdr[0])
+	}
+	plen := int64(binary.BigEndian.Uint32(hdr[1:5]))
+	if plen > left-frameHeaderSize {
+		return nil, 0, fmt.Errorf("%w: frame runs past the end of the segment (torn write)", errFrame)
+	}
+	if int64(cap(*buf)) < plen {
+		*buf = make([]byte, plen)
+	}
+	p := (*buf)[:plen]
+	if _, err := io.ReadFull(r, p); err != nil {
+		return nil, 0, readError(err)
+	}
+	want := binary.BigEndian.Uint32(hdr[5:9])
+	if got := crc32.Update(crc32.Checksum(hdr[:5], castagnoli), castagnoli, p); got != want {
+		return nil, 0, fmt.Errorf("%w: checksum %08x, frame says %08x", errFrame, got, want)
+	}
+	n, _, _, err := payloadHeader(p)
+	if err != nil {
+		return nil, 0, err
+	}
+	return p, n, nil
+}
+
+// readError classifies a failed read: a file shorter than its recorded
+// size is a torn tail.
+func readError(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: file shorter than expected (torn write)", errFrame)
+	}
+	return err
+}
+
+// frameDecoder turns payloads back into samples, reusing its buffers. It
+// is not safe for concurrent use.
+//
+// A target's windows repeat the same series and families every interval,
+// so the decoder keeps the labels and metadata it built, keyed by their
+// encoded bytes, while one of the last cacheFrames frames used them: in
+// the steady state a window decodes without building any.
+type frameDecoder struct {
+	raw   []byte
+	sb    labels.ScratchBuilder
+	meta  []*prompb.MetricMetadata // defined in the current frame, by number
+	spans [][2]int                 // the current record's label strings
+	cache map[string]*decoded
+	gen   uint64 // frames decoded
+}
+
+// decoded is a cached series or metadata; used is the last frame (gen)
+// that used it.
+type decoded struct {
+	ls   labels.Labels
+	md   *prompb.MetricMetadata
+	used uint64
+}
+
+// cacheFrames is how many frames a cached series or metadata outlives its
+// last use.
+const cacheFrames = 4
+
+func newFrameDecoder() *frameDecoder {
+	return &frameDecoder{sb: labels.NewScratchBuilder(16), cache: map[string]*decoded{}}
+}
+
+// decode appends the samples of a payload that passed its CRC to dst. The
+// samples own their labels, metadata and histograms: nothing aliases the
+// payload or the decoder's buffers. Labels and metadata are shared with
+// other samples and must not be modified.
+func (d *frameDecoder) decode(payload []byte, dst []sample) ([]sample, error) {
+	count, _, block, err := payloadHeader(payload)
+	if err != nil {
+		return dst, err
+	}
+	n, err := snappy.DecodedLen(block)
+	if err != nil || n > maxFrameBody {
+		return dst, fmt.Errorf("%w: bad snappy block (decoded length %d): %v", errFrame, n, err)
+	}
+	if cap(d.raw) < n {
+		d.raw = make([]byte, n)
+	}
+	raw, err := snappy.Decode(d.raw[:cap(d.raw)], block)
+	if err != nil {
+		return dst, fmt.Errorf("%w: %v", errFrame, err)
+	}
+	d.gen++
+	if d.gen%cacheFrames == 0 {
+		for k, c := range d.cache {
+			if c.used+cacheFrames < d.gen {
+				delete(d.cache, k)
+			}
+		}
+	}
+	p := bodyParser{raw: raw}
+	clear(d.meta)
+	d.meta = d.meta[:0]
+	start := len(dst)
+	for p.off < len(p.raw) {
+		var md *prompb.MetricMetadata
+		switch ref := p.uvarint(); {
+		case ref == 0:
+		case ref <= uint64(len(d.meta)):
+			md = d.meta[ref-1]
+		case ref == uint64(len(d.meta))+1:
+			md = d.metadata(&p)
+			d.meta = append(d.meta, md)
+		default:
+			p.fail()
+		}
+		ls := d.labels(&p)
+		if p.err {
+			break
+		}
+		size := int(ls.ByteSize())
+		nf := p.uvarint()
+		for i := uint64(0); i < nf && !p.err; i++ {
+			t := p.varint()
+			v := math.Float64frombits(p.uint64())
+			dst = append(dst, sample{lset: ls, meta: md, t: t, v: v, size: size + 16})
+		}
+		nh := p.uvarint()
+		for i := uint64(0); i < nh && !p.err; i++ {
+			a, b := p.span()
+			h := &prompb.Histogram{}
+			if p.err || h.Unmarshal(raw[a:b]) != nil {
+				p.fail()
+				break
+			}
+			dst = append(dst, sample{lset: ls, meta: md, h: h, t: h.Timestamp, size: size + b - a})
+		}
+		if p.err {
+			break
+		}
+	}
+	if p.err {
+		return dst[:start], fmt.Errorf("%w: malformed body at byte %d", errFrame, p.off)
+	}
+	if got := len(dst) - start; got != count {
+		return dst[:start], fmt.Errorf("%w: %d samples, header says %d", errFrame, got, count)
+	}
+	return dst, nil
+}
+
+// metadata reads a metadata definition: type, family, help, unit.
+func (d *frameDecoder) metadata(p *bodyParser) *prompb.MetricMetadata {
+	start := p.off
+	typ := p.uvarint()
+	f0, f1 := p.span()
+	h0, h1 := p.span()
+	u0, u1 := p.span()
+	if p.err {
+		return nil
+	}
+	if c := d.cache[string(p.raw[start:p.off])]; c != nil && c.md != nil {
+		c.used = d.gen
+		return c.md
+	}
+	md := &prompb.MetricMetadata{
+		Type:             prompb.MetricMetadata_MetricType(typ),
+		MetricFamilyName: string(p.raw[f0:f1]),
+		Help:             string(p.raw[h0:h1]),
+		Unit:             string(p.raw[u0:u1]),
+	}
+	d.cache[string(p.raw[start:p.off])] = &decoded{md: md, used: d.gen}
+	return md
+}
+
+// labels reads a record's labels.
+func (d *frameDecoder) labels(p *bodyParser) labels.Labels {
+	start := p.off
+	nl := p.uvarint()
+	if nl > uint64(len(p.raw)) {
+		p.fail()
+	}
+	d.spans = d.spans[:0]
+	for i := uint64(0); i < 2*nl && !p.err; i++ {
+		a, b := p.span()
+		d.spans = append(d.spans, [2]int{a, b})
+	}
+	if p.err {
+		return labels.EmptyLabels()
+	}
+	key := p.raw[start:p.off]
+	if c := d.cache[string(key)]; c != nil && c.md == nil {
+		c.used = d.gen
+		return c.ls
+	}
+	// Labels copies the strings it is given (stringlabels, the default) or
+	// keeps them: give it copies, never the reused buffer.
+	k := string(key)
+	d.sb.Reset()
+	for i := 0; i < len(d.spans); i += 2 {
+		n, v := d.spans[i], d.spans[i+1]
+		d.sb.Add(k[n[0]-start:n[1]-start], k[v[0]-start:v[1]-start])
+	}
+	ls := d.sb.Labels() // written sorted by the encoder
+	d.cache[k] = &decoded{ls: ls, used: d.gen}
+	return ls
+}
+
+// bodyParser reads a frame body. After the first error every read returns
+// a zero value and err stays set.
+type bodyParser struct {
+	raw []byte
+	off int
+	err bool
+}
+
+func (p *bodyParser) fail() { p.err, p.off = true, len(p.raw) }
+
+func (p *bodyParser) uvarint() uint64 {
+	x, k := binary.Uvarint(p.raw[p.off:])
+	if k <= 0 {
+		p.fail()
+		return 0
+	}
+	p.off += k
+	return x
+}
+
+func (p *bodyParser) varint() int64 {
+	x, k := binary.Varint(p.raw[p.off:])
+	if k <= 0 {
+		p.fail()
+		return 0
+	}
+	p.off += k
+	return x
+}
+
+func (p *bodyParser) uint64() uint64 {
+	if len(p.raw)-p.off < 8 {
+		p.fail()
+		return 0
+	}
+	x := binary.LittleEndian.Uint64(p.raw[p.off:])
+	p.off += 8
+	return x
+}
+
+// span returns the bounds of a length-prefixed field.
+func (p *bodyParser) span() (int, int) {
+	n := p.uvarint()
+	if p.err || n > uint64(len(p.raw)-p.off) {
+		p.fail()
+		return 0, 0
+	}
+	start := p.off
+	p.off += int(n)
+	return start, p.off
+}

@@ -1,0 +1,646 @@
+package forward
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sluice-metrics/sluice/configs"
+	"github.com/sluice-metrics/sluice/wal"
+)
+
+// Files in a target's backlog directory (doc.go, "Backlog format").
+const (
+	cursorFile  = "cursor"
+	cursorTmp   = "cursor.tmp"
+	coalesceTmp = "coalesce.tmp"
+	// cursorSize is segment <8b> | offset <8b> | CRC32-C of both <4b>.
+	cursorSize = 20
+)
+
+const (
+	// maxSegmentSize caps the segment size, which is max_backlog_bytes/16
+	// otherwise: a fully sent segment is deleted whole, so smaller segments
+	// free space sooner, and coalescing works on whole segments.
+	maxSegmentSize = 8 << 20
+	minSegmentSize = 64
+	// cursorSyncInterval is how often at most the read cursor is written
+	// and fsynced while batches are being accepted. After a crash, what was
+	// sent in the last interval is sent again (at-least-once).
+	cursorSyncInterval = 200 * time.Millisecond
+)
+
+var errQueueClosed = errors.New("backlog closed")
+
+// segmentSize returns the size at which a backlog of the given limit
+// starts a new segment.
+func segmentSize(limit int64) int64 {
+	return min(max(limit/16, minSegmentSize), maxSegmentSize)
+}
+
+// backlogLimit returns max_backlog_bytes, or its default for a
+// configuration that bypassed Validate: a limit of 0 would coalesce away
+// every window not yet read.
+func backlogLimit(limit int64) int64 {
+	if limit <= 0 {
+		return configs.DefaultQueueConfig().MaxBacklogBytes
+	}
+	return limit
+}
+
+// queue is one target's backlog on disk: an append-only log of frames in
+// numbered segments, one frame per window, and a persisted read cursor. It
+// is bounded by max_backlog_bytes (coalesce.go).
+//
+// append may be called from any goroutine. Everything else (the read side:
+// rewind, next, commit, syncCursor, enforceLimit) is for the one
+// dispatcher goroutine of the target that owns the queue, or for stop once
+// that goroutine ended; a replacing target's dispatcher starts only after
+// the replaced one's ended.
+type queue struct {
+	dir    string
+	fs     wal.FS
+	logger *slog.Logger
+	m      *targetMetrics
+
+	mtx sync.Mutex // guards every field down to the reader's; never held across reads
+	// limit is max_backlog_bytes; segSize derives from it.
+	limit, segSize int64
+	segs           []qseg   // ascending; appends go to the last one
+	f              wal.File // the last segment, open for appending; nil until the first append after open or after a seal
+	nextSeg        int      // index of the next segment created
+	diskBytes      int64    // sum of the segments' sizes
+	samples        int64    // samples appended and not yet resolved (sent, dropped)
+	// cursor: every frame before it is resolved; cursorSeen counts the
+	// samples of cursor.Segment's frames before it.
+	cursor     wal.Position
+	cursorSeen int64
+	// flushTo: frames ending at or before it were appended with flush.
+	flushTo wal.Position
+	// appended counts bytes ever appended; coalesceAfter holds coalescing
+	// off until appended reaches it, after one that did not pay.
+	appended, coalesceAfter int64
+	closed                  bool
+
+	// Reader state: rpos is the next frame to read, rseen the samples of
+	// rpos.Segment's frames before it.
+	rpos  wal.Position
+	rseen int64
+	rf    wal.File
+	hdr   [frameHeaderSize]byte
+	rbuf  []byte
+
+	// Cursor persistence, also the dispatcher's.
+	persisted   wal.Position
+	lastPersist time.Time
+}
+
+// qseg is one segment file.
+type qseg struct {
+	idx     int
+	size    int64 // bytes of whole frames; reads stop there
+	samples int64 // samples in those frames
+	frames  int
+}
+
+func segmentName(i int) string { return fmt.Sprintf("%08d", i) }
+
+// parseSegmentName returns the index of a segment file name: eight or more
+// digits in canonical form, as in the WAL.
+func parseSegmentName(name string) (int, bool) {
+	if len(name) < 8 {
+		return 0, false
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] < '0' || name[i] > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.Atoi(name)
+	if err != nil || segmentName(n) != name {
+		return 0, false
+	}
+	return n, true
+}
+
+func (q *queue) path(name string) string { return filepath.Join(q.dir, name) }
+
+func (q *queue) segPath(idx int) string { return q.path(segmentName(idx)) }
+
+// openQueue opens (creating it if needed) the backlog in dir. It deletes
+// segments the cursor has passed, checks every frame of the others (CRC
+// included) and cuts each segment at its first invalid frame: the torn
+// tail of a crash, or damage. Bad bytes are logged and never make it fail;
+// only the file system does.
+func openQueue(dir string, fsys wal.FS, limit int64, logger *slog.Logger, tm *targetMetrics) (*queue, error) {
+	if err := fsys.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create backlog directory: %w", err)
+	}
+	limit = backlogLimit(limit)
+	q := &queue{dir: dir, fs: fsys, logger: logger, m: tm, limit: limit, segSize: segmentSize(limit)}
+	entries, err := fsys.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list backlog directory: %w", err)
+	}
+	var idxs []int
+	for _, e := range entries {
+		name := e.Name()
+		if name == cursorTmp || name == coalesceTmp {
+			// Left by a crash before the rename that would have used it.
+			if err := fsys.Remove(q.path(name)); err != nil {
+				return nil, fmt.Errorf("remove %s: %w", name, err)
+			}
+			continue
+		}
+		if i, ok := parseSegmentName(name); ok && !e.IsDir() {
+			idxs = append(idxs, i)
+		}
+	}
+	slices.Sort(idxs)
+
+	cur, ok, err := readCursor(fsys, q.path(cursorFile))
+	if errors.Is(err, errBadCursor) {
+		logger.Warn("backlog cursor damaged; sending the whole backlog again", "dir", dir)
+	} else if err != nil {
+		return nil, err
+	}
+	if !ok && len(idxs) > 0 {
+		cur = wal.Position{Segment: idxs[0]}
+	}
+	q.persisted = cur
+	// Segments before the cursor's were sent; a crash came before their
+	// deletion.
+	for len(idxs) > 0 && idxs[0] < cur.Segment {
+		if err := fsys.Remove(q.segPath(idxs[0])); err != nil {
+			return nil, fmt.Errorf("remove sent backlog segment: %w", err)
+		}
+		idxs = idxs[1:]
+	}
+	q.nextSeg = cur.Segment + 1
+	if len(idxs) > 0 {
+		q.nextSeg = max(q.nextSeg, idxs[len(idxs)-1]+1)
+		if idxs[0] != cur.Segment {
+			cur = wal.Position{Segment: idxs[0]}
+		}
+	} else {
+		// The cursor's segment is gone: the first one created starts it.
+		cur = wal.Position{Segment: q.nextSeg}
+	}
+
+	var before int64 // samples before the cursor in its segment
+	for _, idx := range idxs {
+		cutAt := int64(-1)
+		if idx == cur.Segment {
+			cutAt = cur.Offset
+		}
+		s, boundary, n, err := q.scan(idx, cutAt)
+		if err != nil {
+			return nil, err
+		}
+		if idx == cur.Segment {
+			cur.Offset, before = boundary, n
+		}
+		q.segs = append(q.segs, s)
+		q.diskBytes += s.size
+		q.samples += s.samples
+	}
+	q.samples -= before
+	q.cursor, q.cursorSeen = cur, before
+	q.rpos, q.rseen = cur, before
+	if len(q.segs) > 0 {
+		// What waits from before the restart goes out without waiting for
+		// batch_send_deadline.
+		last := q.segs[len(q.segs)-1]
+		q.flushTo = wal.Position{Segment: last.idx, Offset: last.size}
+	}
+	q.updateGaugesLocked()
+	if q.samples > 0 {
+		logger.Info("resuming the backlog", "samples", q.samples, "bytes", q.unsentLocked(), "segments", len(q.segs))
+	}
+	return q, nil
+}
+
+// scan checks every frame of segment idx and cuts the file at the first
+// invalid one. If cursor >= 0 it also returns the last frame boundary at
+// or before cursor and the samples before that boundary.
+func (q *queue) scan(idx int, cursor int64) (s qseg, boundary int64, before int64, err error) {
+	s.idx = idx
+	name := q.segPath(idx)
+	f, err := q.fs.OpenFile(name, os.O_RDONLY, 0)
+	if err != nil {
+		return s, 0, 0, fmt.Errorf("open backlog segment: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return s, 0, 0, fmt.Errorf("stat backlog segment: %w", err)
+	}
+	size := fi.Size()
+	br := bufio.NewReaderSize(f, 64<<10)
+	var buf []byte
+	for s.size < size {
+		p, n, ferr := readFrame(br, s.size, size, &q.hdr, &buf)
+		if ferr != nil {
+			if !errors.Is(ferr, errFrame) {
+				return s, 0, 0, fmt.Errorf("read backlog segment %s: %w", segmentName(idx), ferr)
+			}
+			q.logger.Warn("backlog segment damaged (a crash or a disk error); cutting it at its last valid frame",
+				"segment", segmentName(idx), "offset", s.size, "bytes_dropped", size-s.size, "reason", ferr.Error())
+			if err := q.truncate(name, s.size); err != nil {
+				return s, 0, 0, err
+			}
+			break
+		}
+		s.size += frameHeaderSize + int64(len(p))
+		s.samples += int64(n)
+		s.frames++
+		if cursor >= 0 && s.size <= cursor {
+			boundary, before = s.size, s.samples
+		}
+	}
+	return s, boundary, before, nil
+}
+
+func (q *queue) truncate(name string, size int64) error {
+	f, err := q.fs.OpenFile(name, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("repair backlog segment: %w", err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return fmt.Errorf("repair backlog segment: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("repair backlog segment: %w", err)
+	}
+	return f.Close()
+}
+
+// errBadCursor: the cursor file does not hold a valid cursor.
+var errBadCursor = errors.New("damaged backlog cursor")
+
+// readCursor returns the persisted cursor; ok is false if there is none,
+// or it is damaged (errBadCursor), then the whole backlog is sent again.
+func readCursor(fsys wal.FS, name string) (wal.Position, bool, error) {
+	f, err := fsys.OpenFile(name, os.O_RDONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return wal.Position{}, false, nil
+	}
+	if err != nil {
+		return wal.Position{}, false, fmt.Errorf("open backlog cursor: %w", err)
+	}
+	defer f.Close()
+	var b [cursorSize + 1]byte
+	n, err := io.ReadFull(f, b[:])
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return wal.Position{}, false, fmt.Errorf("read backlog cursor: %w", err)
+	}
+	if n != cursorSize || crc32.Checksum(b[:16], castagnoli) != binary.BigEndian.Uint32(b[16:20]) {
+		return wal.Position{}, false, errBadCursor
+	}
+	seg, off := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:16])
+	if seg > 1<<31 || off > 1<<40 {
+		return wal.Position{}, false, errBadCursor
+	}
+	return wal.Position{Segment: int(seg), Offset: int64(off)}, true, nil
+}
+
+// writeCursor replaces the cursor file: write a temporary file, fsync it,
+// rename it. The directory is not fsynced: losing the rename in a machine
+// crash only means sending again what the older cursor did not cover.
+func writeCursor(fsys wal.FS, dir string, pos wal.Position) error {
+	var b [cursorSize]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(pos.Segment))
+	binary.BigEndian.PutUint64(b[8:16], uint64(pos.Offset))
+	binary.BigEndian.PutUint32(b[16:], crc32.Checksum(b[:16], castagnoli))
+	tmp := filepath.Join(dir, cursorTmp)
+	f, err := fsys.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("write backlog cursor: %w", err)
+	}
+	_, err = f.Write(b[:])
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = fsys.Rename(tmp, filepath.Join(dir, cursorFile))
+	}
+	if err != nil {
+		return fmt.Errorf("write backlog cursor: %w", err)
+	}
+	return nil
+}
+
+// setLimit applies a new max_backlog_bytes (a reloaded configuration).
+func (q *queue) setLimit(limit int64) {
+	limit = backlogLimit(limit)
+	q.mtx.Lock()
+	q.limit, q.segSize = limit, segmentSize(limit)
+	q.coalesceAfter = 0
+	q.mtx.Unlock()
+}
+
+// append writes one frame of n samples. It never fsyncs: see doc.go,
+// "Durability". A failed write is rolled back so that the segment ends
+// with a whole frame; if even that fails the segment is sealed at its last
+// whole frame and the next append starts a new one.
+func (q *queue) append(frame []byte, n int, flush bool) error {
+	q.mtx.Lock()
+	defer q.mtx.Unlock()
+	if q.closed {
+		return errQueueClosed
+	}
+	size := int64(len(frame))
+	if q.f == nil || (q.segs[len(q.segs)-1].size > 0 && q.segs[len(q.segs)-1].size+size > q.segSize) {
+		if err := q.rotateLocked(); err != nil {
+			return err
+		}
+	}
+	last := &q.segs[len(q.segs)-1]
+	if _, err := q.f.Write(frame); err != nil {
+		if terr := q.f.Truncate(last.size); terr != nil {
+			q.sealLocked()
+		}
+		return fmt.Errorf("write backlog segment %s: %w", segmentName(last.idx), err)
+	}
+	last.size += size
+	last.samples += int64(n)
+	last.frames++
+	q.diskBytes += size
+	q.samples += int64(n)
+	q.appended += size
+	if flush {
+		q.flushTo = wal.Position{Segment: last.idx, Offset: last.size}
+	}
+	q.updateGaugesLocked()
+	return nil
+}
+
+// rotateLocked starts a new segment. The previous one is not fsynced.
+func (q *queue) rotateLocked() error {
+	q.sealLocked()
+	idx := q.nextSeg
+	f, err := q.fs.OpenFile(q.segPath(idx), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("create backlog segment: %w", err)
+	}
+	q.nextSeg++
+	q.segs = append(q.segs, qseg{idx: idx})
+	q.f = f
+	return nil
+}
+
+// sealLocked stops appending to the last segment.
+func (q *queue) sealLocked() {
+	if q.f != nil {
+		if err := q.f.Close(); err != nil {
+			q.logger.Warn("close backlog segment", "err", err)
+		}
+		q.f = nil
+	}
+}
+
+// markFlush asks for everything appended so far to be sent without
+// waiting for batch_send_deadline.
+func (q *queue) markFlush() {
+	q.mtx.Lock()
+	if len(q.segs) > 0 {
+		last := q.segs[len(q.segs)-1]
+		q.flushTo = wal.Position{Segment: last.idx, Offset: last.size}
+	}
+	q.mtx.Unlock()
+}
+
+// unsentLocked returns the bytes of the frames at and after the cursor:
+// sluice_forward_backlog_bytes, what max_backlog_bytes bounds.
+func (q *queue) unsentLocked() int64 {
+	if len(q.segs) > 0 && q.segs[0].idx == q.cursor.Segment {
+		return q.diskBytes - q.cursor.Offset
+	}
+	return q.diskBytes
+}
+
+func (q *queue) updateGaugesLocked() {
+	q.m.backlogBytes.Set(float64(q.unsentLocked()))
+	q.m.queueSamples.Set(float64(q.samples))
+}
+
+// overLimit reports whether the backlog is over max_backlog_bytes.
+func (q *queue) overLimit() bool {
+	q.mtx.Lock()
+	defer q.mtx.Unlock()
+	return q.unsentLocked() > q.limit
+}
+
+// pending returns the samples not yet resolved and the bytes they take.
+func (q *queue) pending() (samples, bytes int64) {
+	q.mtx.Lock()
+	defer q.mtx.Unlock()
+	return q.samples, q.unsentLocked()
+}
+
+// rewind moves the reader back to the cursor: frames read but not resolved
+// are read again (by a replacing target, or after a restart).
+func (q *queue) rewind() {
+	q.closeReader()
+	q.mtx.Lock()
+	q.rpos, q.rseen = q.cursor, q.cursorSeen
+	q.mtx.Unlock()
+}
+
+func (q *queue) closeReader() {
+	if q.rf != nil {
+		_ = q.rf.Close()
+		q.rf = nil
+	}
+}
+
+// next returns the payload of the next frame, valid until the next call,
+// the position just after the frame, and whether it was appended with
+// flush. ok is false when everything appended has been read. A frame that
+// cannot be read ends its segment: the samples of the rest of it are
+// counted as dropped (reason backlog_corrupt) and the reader moves on.
+//
+// The file is read without buffering, up to the size recorded under the
+// mutex: never a byte of a write still in progress or rolled back.
+func (q *queue) next() (payload []byte, end wal.Position, flush, ok bool) {
+	for {
+		q.mtx.Lock()
+		i, _ := slices.BinarySearchFunc(q.segs, q.rpos.Segment, func(s qseg, idx int) int { return s.idx - idx })
+		if i == len(q.segs) {
+			q.mtx.Unlock()
+			return nil, q.rpos, false, false
+		}
+		s := q.segs[i]
+		last := i == len(q.segs)-1
+		flushTo := q.flushTo
+		q.mtx.Unlock()
+		if s.idx != q.rpos.Segment {
+			// The reader's segment is gone, or it was before the first.
+			q.closeReader()
+			q.rpos, q.rseen = wal.Position{Segment: s.idx}, 0
+		}
+		if q.rpos.Offset >= s.size {
+			if last {
+				return nil, q.rpos, false, false
+			}
+			q.closeReader()
+			q.rpos, q.rseen = wal.Position{Segment: s.idx + 1}, 0
+			continue
+		}
+		p, n, err := q.readAt(s)
+		if err != nil {
+			q.skipSegment(s, err)
+			continue
+		}
+		q.rpos.Offset += frameHeaderSize + int64(len(p))
+		q.rseen += int64(n)
+		return p, q.rpos, q.rpos.Compare(flushTo) <= 0, true
+	}
+}
+
+// readAt reads the frame at the reader's position in segment s.
+func (q *queue) readAt(s qseg) ([]byte, int, error) {
+	if q.rf == nil {
+		f, err := q.fs.OpenFile(q.segPath(s.idx), os.O_RDONLY, 0)
+		if err != nil {
+			return nil, 0, err
+		}
+		if _, err := f.Seek(q.rpos.Offset, io.SeekStart); err != nil {
+			f.Close()
+			return nil, 0, err
+		}
+		q.rf = f
+	}
+	p, n, err := readFrame(q.rf, q.rpos.Offset, s.size, &q.hdr, &q.rbuf)
+	if err != nil {
+		q.closeReader()
+	}
+	return p, n, err
+}
+
+// skipSegment gives up on the rest of segment s after a failed read.
+func (q *queue) skipSegment(s qseg, err error) {
+	q.closeReader()
+	q.mtx.Lock()
+	lost := max(s.samples-q.rseen, 0)
+	q.samples -= lost
+	if q.segs[len(q.segs)-1].idx == s.idx {
+		q.sealLocked() // append no more behind the damage
+	}
+	q.updateGaugesLocked()
+	q.mtx.Unlock()
+	q.m.dropped.WithLabelValues(reasonCorrupt).Add(float64(lost))
+	q.logger.Error("cannot read the backlog; skipping the rest of the segment",
+		"segment", segmentName(s.idx), "offset", q.rpos.Offset, "samples_dropped", lost, "err", err)
+	q.rpos, q.rseen = wal.Position{Segment: s.idx + 1}, 0
+}
+
+// commit records that the frame ending at end, of n samples, and every
+// frame before it are resolved. Segments wholly before the cursor are
+// deleted, except the last one, which takes appends.
+func (q *queue) commit(end wal.Position, n int) {
+	q.mtx.Lock()
+	if end.Segment != q.cursor.Segment {
+		q.cursorSeen = 0
+	}
+	q.cursor = end
+	q.cursorSeen += int64(n)
+	q.samples -= int64(n)
+	var gone []int
+	for len(q.segs) > 1 && (q.segs[0].idx < end.Segment || (q.segs[0].idx == end.Segment && end.Offset >= q.segs[0].size)) {
+		gone = append(gone, q.segs[0].idx)
+		q.diskBytes -= q.segs[0].size
+		q.segs = q.segs[1:]
+	}
+	q.updateGaugesLocked()
+	q.mtx.Unlock()
+	q.removeSegments(gone)
+}
+
+func (q *queue) removeSegments(idxs []int) {
+	for _, idx := range idxs {
+		if err := q.fs.Remove(q.segPath(idx)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			q.logger.Error("remove backlog segment", "segment", segmentName(idx), "err", err)
+		}
+	}
+}
+
+// cursorDue reports whether the cursor moved since it was persisted, and
+// how long to wait before persisting it (0: now).
+func (q *queue) cursorDue(now time.Time) (bool, time.Duration) {
+	q.mtx.Lock()
+	moved := q.cursor != q.persisted
+	q.mtx.Unlock()
+	if !moved {
+		return false, 0
+	}
+	return true, max(cursorSyncInterval-now.Sub(q.lastPersist), 0)
+}
+
+// syncCursor persists the cursor if it moved.
+func (q *queue) syncCursor(now time.Time) error {
+	q.mtx.Lock()
+	c := q.cursor
+	q.mtx.Unlock()
+	if c == q.persisted {
+		return nil
+	}
+	q.lastPersist = now
+	if err := writeCursor(q.fs, q.dir, c); err != nil {
+		return err
+	}
+	q.persisted = c
+	return nil
+}
+
+// close closes the files; later appends fail. The cursor is not persisted
+// here (syncCursor).
+func (q *queue) close() {
+	q.closeReader()
+	q.mtx.Lock()
+	q.sealLocked()
+	q.closed = true
+	q.mtx.Unlock()
+}
+
+// remove closes the queue and deletes its directory.
+func (q *queue) remove() error {
+	q.close()
+	return removeDir(q.fs, q.dir)
+}
+
+// removeDir deletes a backlog directory, which holds only files.
+func removeDir(fsys wal.FS, dir string) error {
+	entries, err := fsys.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete backlog: %w", err)
+	}
+	for _, e := range entries {
+		if err := fsys.Remove(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("delete backlog: %w", err)
+		}
+	}
+	if err := fsys.Remove(dir); err != nil {
+		return fmt.Errorf("delete backlog: %w", err)
+	}
+	return nil
+}
