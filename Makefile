@@ -27,6 +27,7 @@ fuzz:
 	$(GO) test ./configs -run '^$$' -fuzz '^FuzzParseMode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./aggregate -run '^$$' -fuzz '^FuzzDecodeOp$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./wal -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./forward -run '^$$' -fuzz '^FuzzFrameDecode$$' -fuzztime $(FUZZTIME)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=6 ./... | tee bench.txt

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 )
@@ -88,7 +89,9 @@ func (v *vmProc) export(t *testing.T, match string) []int64 {
 }
 
 // TestVictoriaMetricsOutage stops VictoriaMetrics for 30 s while pushes go
-// on, starts it again, and expects every 1 s window to arrive.
+// on, starts it again, and expects every 1 s window to arrive. A second
+// target into the same store has a backlog far too small for the outage:
+// its oldest windows are coalesced, and its total is still exact.
 func TestVictoriaMetricsOutage(t *testing.T) {
 	t.Parallel() // mostly waiting out the outage
 	bin := buildBinary(t)
@@ -100,9 +103,18 @@ self_metrics: {forward: false}
 remote_write:
   - url: http://%s/api/v1/write
     queue_config: {min_backoff: 100ms, max_backoff: 2s}
-`, vm.addr))
+  - url: http://%s/api/v1/write
+    name: tiny
+    write_relabel_configs:
+      - {target_label: backlog, replacement: tiny}
+    queue_config: {min_backoff: 100ms, max_backoff: 2s, max_backlog_bytes: 512, capacity: 1}
+`, vm.addr, vm.addr))
 	p := startSluice(t, bin, "--config.file="+cfg, "--aggregation.interval=1s")
-	push := func() { pushText(t, p, "POST", "/metrics/job/outage", "# TYPE beat_total counter\nbeat_total 1\n") }
+	pushes := 0
+	push := func() {
+		pushText(t, p, "POST", "/metrics/job/outage", "# TYPE beat_total counter\nbeat_total 1\n")
+		pushes++
+	}
 	push()
 	time.Sleep(3 * time.Second)
 	vm.stop()
@@ -117,7 +129,7 @@ remote_write:
 		time.Sleep(500 * time.Millisecond)
 	}
 	time.Sleep(3 * time.Second) // backoff is at most 2 s
-	ts := vm.export(t, `beat_total{job="outage"}`)
+	ts := vm.export(t, `beat_total{job="outage",backlog=""}`)
 	if len(ts) < 36 {
 		t.Fatalf("only %d windows arrived", len(ts))
 	}
@@ -126,5 +138,17 @@ remote_write:
 			t.Fatalf("gap between windows %d and %d (%d windows in all)", ts[i-1], ts[i], len(ts))
 		}
 	}
-	t.Logf("%d consecutive 1 s windows across a 30 s outage", len(ts))
+	tiny := vm.export(t, `beat_total{job="outage",backlog="tiny"}`)
+	res := (&store{name: "vm", base: "http://" + vm.addr, flush: func() {}}).query(t, `beat_total{job="outage",backlog="tiny"}`, time.Time{})
+	if len(res) != 1 || res[0].value != float64(pushes) {
+		t.Fatalf("tiny backlog: latest total %+v, want %d (every push)", res, pushes)
+	}
+	if len(tiny) >= len(ts) {
+		t.Fatalf("tiny backlog: %d windows arrived, want fewer than %d (coalesced)", len(tiny), len(ts))
+	}
+	_, body := p.get(t, "/metrics")
+	if !strings.Contains(body, `sluice_forward_samples_dropped_total{reason="coalesced",remote_name="tiny"}`) {
+		t.Fatalf("coalescing not counted:\n%s", grepLines(body, "dropped"))
+	}
+	t.Logf("%d consecutive 1 s windows across a 30 s outage; the tiny backlog delivered %d windows and the exact total %d", len(ts), len(tiny), pushes)
 }
