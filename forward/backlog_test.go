@@ -166,7 +166,7 @@ func TestTornTail(t *testing.T) {
 	}
 	var segName string
 	for _, e := range entries {
-		if _, ok := parseSegmentName(e.Name()); ok {
+		if _, ok := wal.ParseSegmentName(e.Name()); ok {
 			segName = e.Name()
 		}
 	}
@@ -510,7 +510,7 @@ func TestRemovedTarget(t *testing.T) {
 		if err := os.MkdirAll(stale, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(stale, segmentName(0)), []byte("x"), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(stale, wal.SegmentName(0)), []byte("x"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		rc := newReceiver(t, nil)
@@ -644,7 +644,7 @@ func TestQueueReopen(t *testing.T) {
 			segs := 0
 			entries, _ := os.ReadDir(dir)
 			for _, e := range entries {
-				if _, ok := parseSegmentName(e.Name()); ok {
+				if _, ok := wal.ParseSegmentName(e.Name()); ok {
 					segs++
 				}
 			}

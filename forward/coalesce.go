@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/value"
+
+	"github.com/sluice-metrics/sluice/wal"
 )
 
 // coalesceFrameSamples bounds the frames a coalescing writes, so that
@@ -193,7 +195,7 @@ func (q *queue) coalesce(ctx context.Context, pick []qseg, dec *frameDecoder, en
 				return err
 			}
 			q.logger.Error("backlog segment damaged; coalescing what precedes the damage",
-				"segment", segmentName(s.idx), "err", err)
+				"segment", wal.SegmentName(s.idx), "err", err)
 		}
 		lost += max(s.samples-seen, 0)
 	}

@@ -456,7 +456,7 @@ type faultFS struct {
 }
 
 func (f *faultFS) OpenFile(name string, flag int, perm os.FileMode) (wal.File, error) {
-	_, isSeg := parseSegmentName(filepath.Base(name))
+	_, isSeg := wal.ParseSegmentName(filepath.Base(name))
 	if isSeg && flag&os.O_CREATE != 0 && f.full.Load() {
 		return nil, &os.PathError{Op: "open", Path: name, Err: syscall.ENOSPC}
 	}

@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
@@ -114,29 +113,9 @@ type qseg struct {
 	frames  int
 }
 
-func segmentName(i int) string { return fmt.Sprintf("%08d", i) }
-
-// parseSegmentName returns the index of a segment file name: eight or more
-// digits in canonical form, as in the WAL.
-func parseSegmentName(name string) (int, bool) {
-	if len(name) < 8 {
-		return 0, false
-	}
-	for i := 0; i < len(name); i++ {
-		if name[i] < '0' || name[i] > '9' {
-			return 0, false
-		}
-	}
-	n, err := strconv.Atoi(name)
-	if err != nil || segmentName(n) != name {
-		return 0, false
-	}
-	return n, true
-}
-
 func (q *queue) path(name string) string { return filepath.Join(q.dir, name) }
 
-func (q *queue) segPath(idx int) string { return q.path(segmentName(idx)) }
+func (q *queue) segPath(idx int) string { return q.path(wal.SegmentName(idx)) }
 
 // openQueue opens (creating it if needed) the backlog in dir. It deletes
 // segments the cursor has passed, checks every frame of the others (CRC
@@ -163,7 +142,7 @@ func openQueue(dir string, fsys wal.FS, limit int64, logger *slog.Logger, tm *ta
 			}
 			continue
 		}
-		if i, ok := parseSegmentName(name); ok && !e.IsDir() {
+		if i, ok := wal.ParseSegmentName(name); ok && !e.IsDir() {
 			idxs = append(idxs, i)
 		}
 	}
@@ -253,10 +232,10 @@ func (q *queue) scan(idx int, cursor int64) (s qseg, boundary int64, before int6
 		p, n, ferr := readFrame(br, s.size, size, &q.hdr, &buf)
 		if ferr != nil {
 			if !errors.Is(ferr, errFrame) {
-				return s, 0, 0, fmt.Errorf("read backlog segment %s: %w", segmentName(idx), ferr)
+				return s, 0, 0, fmt.Errorf("read backlog segment %s: %w", wal.SegmentName(idx), ferr)
 			}
 			q.logger.Warn("backlog segment damaged (a crash or a disk error); cutting it at its last valid frame",
-				"segment", segmentName(idx), "offset", s.size, "bytes_dropped", size-s.size, "reason", ferr.Error())
+				"segment", wal.SegmentName(idx), "offset", s.size, "bytes_dropped", size-s.size, "reason", ferr.Error())
 			if err := q.truncate(name, s.size); err != nil {
 				return s, 0, 0, err
 			}
@@ -376,7 +355,7 @@ func (q *queue) append(frame []byte, n int, flush bool) error {
 		if terr := q.f.Truncate(last.size); terr != nil {
 			q.sealLocked()
 		}
-		return fmt.Errorf("write backlog segment %s: %w", segmentName(last.idx), err)
+		return fmt.Errorf("write backlog segment %s: %w", wal.SegmentName(last.idx), err)
 	}
 	last.size += size
 	last.samples += int64(n)
@@ -547,7 +526,7 @@ func (q *queue) skipSegment(s qseg, err error) {
 	q.mtx.Unlock()
 	q.m.dropped.WithLabelValues(reasonCorrupt).Add(float64(lost))
 	q.logger.Error("cannot read the backlog; skipping the rest of the segment",
-		"segment", segmentName(s.idx), "offset", q.rpos.Offset, "samples_dropped", lost, "err", err)
+		"segment", wal.SegmentName(s.idx), "offset", q.rpos.Offset, "samples_dropped", lost, "err", err)
 	q.rpos, q.rseen = wal.Position{Segment: s.idx + 1}, 0
 }
 
@@ -576,7 +555,7 @@ func (q *queue) commit(end wal.Position, n int) {
 func (q *queue) removeSegments(idxs []int) {
 	for _, idx := range idxs {
 		if err := q.fs.Remove(q.segPath(idx)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			q.logger.Error("remove backlog segment", "segment", segmentName(idx), "err", err)
+			q.logger.Error("remove backlog segment", "segment", wal.SegmentName(idx), "err", err)
 		}
 	}
 }

@@ -52,7 +52,7 @@ func (e *CheckpointError) Error() string {
 
 func (e *CheckpointError) Unwrap() error { return e.Err }
 
-func checkpointName(seg int) string { return checkpointPrefix + segmentName(seg) }
+func checkpointName(seg int) string { return checkpointPrefix + SegmentName(seg) }
 
 // WriteCheckpoint stores data as the checkpoint for pos in dir, atomically:
 // it writes checkpoint.tmp, fsyncs it, renames it to checkpoint.<segment>,
@@ -186,7 +186,7 @@ func listCheckpoints(dir string, fsys FS) ([]checkpointRef, error) {
 		if !found || e.IsDir() {
 			continue
 		}
-		if seg, ok := parseSegmentName(suffix); ok {
+		if seg, ok := ParseSegmentName(suffix); ok {
 			cps = append(cps, checkpointRef{name: name, seg: seg})
 		}
 	}

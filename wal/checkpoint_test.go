@@ -51,7 +51,7 @@ func TestCutTruncateCheckpoint(t *testing.T) {
 	if w.Segments() != len(segmentFiles(t, dir)) || w.Size() >= sizeBefore {
 		t.Fatalf("after TruncateBefore: Segments %d, %d files, Size %d (was %d)", w.Segments(), len(segmentFiles(t, dir)), w.Size(), sizeBefore)
 	}
-	if first := segmentFiles(t, dir)[0]; first != segmentName(cut.Segment) {
+	if first := segmentFiles(t, dir)[0]; first != SegmentName(cut.Segment) {
 		t.Fatalf("first segment after TruncateBefore(%v) is %s", cut, first)
 	}
 	if got, want := value(w.m.segments), float64(w.Segments()); got != want {
@@ -262,7 +262,7 @@ func TestCheckpointGuidesOpen(t *testing.T) {
 	t.Run("log lost past the checkpoint", func(t *testing.T) {
 		dir, _, cut := build(t)
 		for _, name := range segmentFiles(t, dir) {
-			if idx, _ := parseSegmentName(name); idx >= cut.Segment {
+			if idx, _ := ParseSegmentName(name); idx >= cut.Segment {
 				must(t, os.Remove(filepath.Join(dir, name)))
 			}
 		}
@@ -305,7 +305,7 @@ func TestCheckpointGuidesOpen(t *testing.T) {
 // a contiguous log.
 func TestTruncateBeforeOrder(t *testing.T) {
 	dir := t.TempDir()
-	ffs := &removeFailFS{FS: OSFS(), fail: segmentName(2)}
+	ffs := &removeFailFS{FS: OSFS(), fail: SegmentName(2)}
 	w := openT(t, dir, ffs, Options{SegmentSize: 128})
 	appendAll(t, w, genBatches(rand.New(rand.NewPCG(1, 1)), 30, 1, 40))
 	if w.Segments() < 5 {
@@ -315,12 +315,12 @@ func TestTruncateBeforeOrder(t *testing.T) {
 		t.Fatal("TruncateBefore succeeded despite a failing Remove")
 	}
 	files := segmentFiles(t, dir)
-	if files[0] != segmentName(2) || w.Segments() != len(files) {
+	if files[0] != SegmentName(2) || w.Segments() != len(files) {
 		t.Fatalf("after a failed TruncateBefore: files %v, Segments %d; want segment 2 first", files, w.Segments())
 	}
 	idx := make([]int, len(files))
 	for i, f := range files {
-		idx[i], _ = parseSegmentName(f)
+		idx[i], _ = ParseSegmentName(f)
 	}
 	if !slices.IsSorted(idx) || idx[len(idx)-1]-idx[0] != len(idx)-1 {
 		t.Fatalf("segments not contiguous: %v", idx)

@@ -27,12 +27,12 @@ const (
 // built table inside hash/crc32.
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// segmentName is the file name of segment i: eight digits, like tsdb/wlog.
-func segmentName(i int) string { return fmt.Sprintf("%08d", i) }
+// SegmentName is the file name of segment i: eight digits, like tsdb/wlog.
+func SegmentName(i int) string { return fmt.Sprintf("%08d", i) }
 
-// parseSegmentName returns the index of a segment file name. Names that
+// ParseSegmentName returns the index of a segment file name. Names that
 // are not the canonical eight (or more) digit form are not segments.
-func parseSegmentName(name string) (int, bool) {
+func ParseSegmentName(name string) (int, bool) {
 	if len(name) < 8 {
 		return 0, false
 	}
@@ -42,7 +42,7 @@ func parseSegmentName(name string) (int, bool) {
 		}
 	}
 	n, err := strconv.Atoi(name)
-	if err != nil || segmentName(n) != name {
+	if err != nil || SegmentName(n) != name {
 		return 0, false
 	}
 	return n, true
@@ -170,7 +170,7 @@ type CorruptionError struct {
 }
 
 func (e *CorruptionError) Error() string {
-	return fmt.Sprintf("wal: corruption in segment %s at offset %d: %v", segmentName(e.Segment), e.Offset, e.Err)
+	return fmt.Sprintf("wal: corruption in segment %s at offset %d: %v", SegmentName(e.Segment), e.Offset, e.Err)
 }
 
 func (e *CorruptionError) Unwrap() error { return e.Err }
@@ -251,5 +251,5 @@ func (r *segmentReader) readErr(err error) error {
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return r.corrupt(errTorn)
 	}
-	return fmt.Errorf("read segment %s at offset %d: %w", segmentName(r.seg), r.off, err)
+	return fmt.Errorf("read segment %s at offset %d: %w", SegmentName(r.seg), r.off, err)
 }

@@ -50,7 +50,7 @@ func FuzzReader(f *testing.F) {
 			}
 		}
 		for i, b := range files {
-			if err := os.WriteFile(filepath.Join(dir, segmentName(i)), b, 0o666); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, SegmentName(i)), b, 0o666); err != nil {
 				t.Fatal(err)
 			}
 		}

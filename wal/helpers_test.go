@@ -172,7 +172,7 @@ func segmentFiles(t testing.TB, dir string) []string {
 	}
 	var names []string
 	for _, e := range entries {
-		if _, ok := parseSegmentName(e.Name()); ok {
+		if _, ok := ParseSegmentName(e.Name()); ok {
 			names = append(names, e.Name())
 		}
 	}
@@ -230,7 +230,7 @@ func (f *faultFS) take(op string) (fault, bool) {
 }
 
 func isSegment(name string) bool {
-	_, ok := parseSegmentName(filepath.Base(name))
+	_, ok := ParseSegmentName(filepath.Base(name))
 	return ok
 }
 

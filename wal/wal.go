@@ -65,7 +65,7 @@ func (p Position) Compare(q Position) int {
 	return 0
 }
 
-func (p Position) String() string { return fmt.Sprintf("%s@%d", segmentName(p.Segment), p.Offset) }
+func (p Position) String() string { return fmt.Sprintf("%s@%d", SegmentName(p.Segment), p.Offset) }
 
 // Record is one entry of the log. The WAL treats Data as opaque bytes.
 type Record struct {
@@ -260,7 +260,7 @@ func Open(dir string, fsys FS, opts Options, reg prometheus.Registerer, logger *
 	return w, nil
 }
 
-func (w *WAL) path(idx int) string { return filepath.Join(w.dir, segmentName(idx)) }
+func (w *WAL) path(idx int) string { return filepath.Join(w.dir, SegmentName(idx)) }
 
 // recover checks the segments, repairs damage and opens the segment to
 // append to.
@@ -283,7 +283,7 @@ func (w *WAL) recover() error {
 	}
 	var idxs []int
 	for _, e := range entries {
-		if i, ok := parseSegmentName(e.Name()); ok && !e.IsDir() {
+		if i, ok := ParseSegmentName(e.Name()); ok && !e.IsDir() {
 			idxs = append(idxs, i)
 		}
 	}
@@ -306,7 +306,7 @@ func (w *WAL) recover() error {
 		if checked && idx != segs[len(segs)-1].idx+1 {
 			prev := segs[len(segs)-1]
 			cerr := &CorruptionError{Segment: prev.idx, Offset: prev.size,
-				Err: fmt.Errorf("segments %s to %s are missing", segmentName(prev.idx+1), segmentName(idx-1))}
+				Err: fmt.Errorf("segments %s to %s are missing", SegmentName(prev.idx+1), SegmentName(idx-1))}
 			if err := w.repair(cerr, idxs[i:], 0); err != nil {
 				return err
 			}
@@ -357,14 +357,14 @@ func (w *WAL) recover() error {
 	} else {
 		f, err := w.fs.OpenFile(w.path(end.Segment), os.O_WRONLY|os.O_APPEND, 0)
 		if err != nil {
-			return fmt.Errorf("wal: open segment %s: %w", segmentName(end.Segment), err)
+			return fmt.Errorf("wal: open segment %s: %w", SegmentName(end.Segment), err)
 		}
 		// A process that crashed may have left data in the page cache
 		// only; make it durable before anything derived from replaying it
 		// is acknowledged.
 		if err := w.fsync(f); err != nil {
 			f.Close()
-			return fmt.Errorf("wal: fsync segment %s: %w", segmentName(end.Segment), err)
+			return fmt.Errorf("wal: fsync segment %s: %w", SegmentName(end.Segment), err)
 		}
 		w.file, w.fileSeg = f, end.Segment
 		w.written, w.synced = end.Offset, end.Offset
@@ -378,12 +378,12 @@ func (w *WAL) recover() error {
 func (w *WAL) segmentSize(idx int) (int64, error) {
 	f, err := w.fs.OpenFile(w.path(idx), os.O_RDONLY, 0)
 	if err != nil {
-		return 0, fmt.Errorf("wal: open segment %s: %w", segmentName(idx), err)
+		return 0, fmt.Errorf("wal: open segment %s: %w", SegmentName(idx), err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return 0, fmt.Errorf("wal: stat segment %s: %w", segmentName(idx), err)
+		return 0, fmt.Errorf("wal: stat segment %s: %w", SegmentName(idx), err)
 	}
 	return st.Size(), nil
 }
@@ -393,12 +393,12 @@ func (w *WAL) segmentSize(idx int) (int64, error) {
 func (w *WAL) checkSegment(r *segmentReader, idx int) (valid, size int64, cerr *CorruptionError, err error) {
 	f, err := w.fs.OpenFile(w.path(idx), os.O_RDONLY, 0)
 	if err != nil {
-		return 0, 0, nil, fmt.Errorf("wal: open segment %s: %w", segmentName(idx), err)
+		return 0, 0, nil, fmt.Errorf("wal: open segment %s: %w", SegmentName(idx), err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return 0, 0, nil, fmt.Errorf("wal: stat segment %s: %w", segmentName(idx), err)
+		return 0, 0, nil, fmt.Errorf("wal: stat segment %s: %w", SegmentName(idx), err)
 	}
 	size = st.Size()
 	r.reset(idx, f, 0, size)
@@ -421,15 +421,15 @@ func (w *WAL) checkSegment(r *segmentReader, idx int) (valid, size int64, cerr *
 func (w *WAL) truncateSegment(idx int, size int64) error {
 	f, err := w.fs.OpenFile(w.path(idx), os.O_WRONLY, 0)
 	if err != nil {
-		return fmt.Errorf("wal: open segment %s for repair: %w", segmentName(idx), err)
+		return fmt.Errorf("wal: open segment %s for repair: %w", SegmentName(idx), err)
 	}
 	if err := f.Truncate(size); err != nil {
 		f.Close()
-		return fmt.Errorf("wal: truncate segment %s for repair: %w", segmentName(idx), err)
+		return fmt.Errorf("wal: truncate segment %s for repair: %w", SegmentName(idx), err)
 	}
 	if err := w.fsync(f); err != nil {
 		f.Close()
-		return fmt.Errorf("wal: fsync segment %s after repair: %w", segmentName(idx), err)
+		return fmt.Errorf("wal: fsync segment %s after repair: %w", SegmentName(idx), err)
 	}
 	return f.Close()
 }
@@ -443,7 +443,7 @@ func (w *WAL) repair(cerr *CorruptionError, drop []int, lost int64) error {
 			lost += size
 		}
 		if err := w.fs.Remove(w.path(drop[i])); err != nil {
-			return fmt.Errorf("wal: remove segment %s after corruption: %w", segmentName(drop[i]), err)
+			return fmt.Errorf("wal: remove segment %s after corruption: %w", SegmentName(drop[i]), err)
 		}
 	}
 	if len(drop) > 0 {
@@ -453,7 +453,7 @@ func (w *WAL) repair(cerr *CorruptionError, drop []int, lost int64) error {
 	}
 	w.m.corruptions.Inc()
 	w.logger.Warn("WAL: repaired a torn or corrupt log by cutting it at the last valid batch",
-		"segment", segmentName(cerr.Segment), "offset", cerr.Offset, "err", cerr.Err,
+		"segment", SegmentName(cerr.Segment), "offset", cerr.Offset, "err", cerr.Err,
 		"segments_deleted", len(drop), "bytes_dropped", lost)
 	return nil
 }
@@ -465,12 +465,12 @@ func (w *WAL) createSegment(idx int) (File, error) {
 	// be left over from a creation whose directory fsync failed).
 	f, err := w.fs.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o666)
 	if err != nil {
-		return nil, fmt.Errorf("wal: create segment %s: %w", segmentName(idx), err)
+		return nil, fmt.Errorf("wal: create segment %s: %w", SegmentName(idx), err)
 	}
 	if err := w.fs.SyncDir(w.dir); err != nil {
 		f.Close()
 		_ = w.fs.Remove(name) // best effort; see O_TRUNC above
-		return nil, fmt.Errorf("wal: sync directory after creating segment %s: %w", segmentName(idx), err)
+		return nil, fmt.Errorf("wal: sync directory after creating segment %s: %w", SegmentName(idx), err)
 	}
 	return f, nil
 }
@@ -609,10 +609,10 @@ func (w *WAL) write(g *group) error {
 		err = io.ErrShortWrite
 	}
 	if err != nil {
-		err = fmt.Errorf("wal: write segment %s: %w", segmentName(w.fileSeg), err)
+		err = fmt.Errorf("wal: write segment %s: %w", SegmentName(w.fileSeg), err)
 	} else if w.opts.Sync == SyncAlways {
 		if serr := w.fsync(w.file); serr != nil {
-			err = fmt.Errorf("wal: fsync segment %s: %w", segmentName(w.fileSeg), serr)
+			err = fmt.Errorf("wal: fsync segment %s: %w", SegmentName(w.fileSeg), serr)
 		}
 	}
 	if err != nil {
@@ -647,18 +647,18 @@ func (w *WAL) rollbackTail(g *group) {
 // turns unusable. The caller holds the token.
 func (w *WAL) rollback(cause error) {
 	if err := w.file.Truncate(w.written); err != nil {
-		w.setSticky(fmt.Errorf("wal: truncate segment %s after a failed append (%v): %w", segmentName(w.fileSeg), cause, err))
+		w.setSticky(fmt.Errorf("wal: truncate segment %s after a failed append (%v): %w", SegmentName(w.fileSeg), cause, err))
 		return
 	}
 	// The truncation must be durable: otherwise a crash could bring back
 	// the batch whose appenders were told it failed.
 	if err := w.fsync(w.file); err != nil {
-		w.setSticky(fmt.Errorf("wal: fsync segment %s after rolling back a failed append (%v): %w", segmentName(w.fileSeg), cause, err))
+		w.setSticky(fmt.Errorf("wal: fsync segment %s after rolling back a failed append (%v): %w", SegmentName(w.fileSeg), cause, err))
 		return
 	}
 	w.synced = w.written
 	w.logger.Warn("WAL: append failed; rolled the segment back to its last complete batch",
-		"segment", segmentName(w.fileSeg), "offset", w.written, "err", cause)
+		"segment", SegmentName(w.fileSeg), "offset", w.written, "err", cause)
 }
 
 func (w *WAL) setSticky(err error) {
@@ -685,7 +685,7 @@ func (w *WAL) rotate(idx int) error {
 		return err
 	}
 	if err := w.file.Close(); err != nil {
-		w.logger.Warn("WAL: closing a full segment", "segment", segmentName(w.fileSeg), "err", err)
+		w.logger.Warn("WAL: closing a full segment", "segment", SegmentName(w.fileSeg), "err", err)
 	}
 	w.file, w.fileSeg, w.written, w.synced = f, idx, 0, 0
 	w.mu.Lock()
@@ -703,7 +703,7 @@ func (w *WAL) syncData() error {
 		return nil
 	}
 	if err := w.fsync(w.file); err != nil {
-		err = fmt.Errorf("wal: fsync segment %s: %w", segmentName(w.fileSeg), err)
+		err = fmt.Errorf("wal: fsync segment %s: %w", SegmentName(w.fileSeg), err)
 		w.setSticky(err)
 		return err
 	}
@@ -769,7 +769,7 @@ func (w *WAL) Replay(from Position, fn func(pos Position, r Record) error) error
 
 	if !slices.ContainsFunc(segs, func(s segInfo) bool { return s.idx == from.Segment }) {
 		w.logger.Warn("WAL: replay starts at a segment that does not exist; records between it and the next segment were truncated or lost",
-			"from", from, "first_segment", segmentName(segs[0].idx), "last_segment", segmentName(segs[len(segs)-1].idx))
+			"from", from, "first_segment", SegmentName(segs[0].idx), "last_segment", SegmentName(segs[len(segs)-1].idx))
 	}
 	var r segmentReader
 	for _, s := range segs {
@@ -793,12 +793,12 @@ func (w *WAL) Replay(from Position, fn func(pos Position, r Record) error) error
 func (w *WAL) replaySegment(r *segmentReader, s segInfo, off int64, fn func(Position, Record) error) error {
 	f, err := w.fs.OpenFile(w.path(s.idx), os.O_RDONLY, 0)
 	if err != nil {
-		return fmt.Errorf("wal: open segment %s: %w", segmentName(s.idx), err)
+		return fmt.Errorf("wal: open segment %s: %w", SegmentName(s.idx), err)
 	}
 	defer f.Close()
 	if off > 0 {
 		if _, err := f.Seek(off, io.SeekStart); err != nil {
-			return fmt.Errorf("wal: seek segment %s: %w", segmentName(s.idx), err)
+			return fmt.Errorf("wal: seek segment %s: %w", SegmentName(s.idx), err)
 		}
 	}
 	r.reset(s.idx, f, off, s.size)
@@ -893,7 +893,7 @@ func (w *WAL) TruncateBefore(pos Position) error {
 	removed := 0
 	for _, idx := range victims {
 		if e := w.fs.Remove(w.path(idx)); e != nil && !errors.Is(e, fs.ErrNotExist) {
-			err = fmt.Errorf("wal: remove segment %s: %w", segmentName(idx), e)
+			err = fmt.Errorf("wal: remove segment %s: %w", SegmentName(idx), e)
 			break
 		}
 		removed++
@@ -967,7 +967,7 @@ func (w *WAL) Close() error {
 	}
 	err := w.syncData()
 	if cerr := w.file.Close(); cerr != nil && err == nil {
-		err = fmt.Errorf("wal: close segment %s: %w", segmentName(w.fileSeg), cerr)
+		err = fmt.Errorf("wal: close segment %s: %w", SegmentName(w.fileSeg), cerr)
 	}
 	w.m.unregister(w.reg)
 	return err

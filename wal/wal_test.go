@@ -110,7 +110,7 @@ func TestTornTail(t *testing.T) {
 			if tc.opts.SegmentSize != 0 && start != 0 {
 				t.Fatalf("test setup: last batch starts at %d, want a segment start (positions %s)", start, posList(bs))
 			}
-			seg := segmentName(end.Segment)
+			seg := SegmentName(end.Segment)
 			survivors := flatten(bs[:len(bs)-1])
 
 			for cut := start + 1; cut < end.Offset; cut++ {
@@ -179,7 +179,7 @@ func TestCorruptBytes(t *testing.T) {
 		{
 			name: "garbage after the last batch",
 			damage: func(t *testing.T, dir string) {
-				f, err := os.OpenFile(filepath.Join(dir, segmentName(7)), os.O_WRONLY|os.O_APPEND, 0)
+				f, err := os.OpenFile(filepath.Join(dir, SegmentName(7)), os.O_WRONLY|os.O_APPEND, 0)
 				must(t, err)
 				_, err = f.Write([]byte("garbage that is no frame"))
 				must(t, err)
@@ -190,7 +190,7 @@ func TestCorruptBytes(t *testing.T) {
 		{
 			name: "zeros after the last batch",
 			damage: func(t *testing.T, dir string) {
-				f, err := os.OpenFile(filepath.Join(dir, segmentName(7)), os.O_WRONLY|os.O_APPEND, 0)
+				f, err := os.OpenFile(filepath.Join(dir, SegmentName(7)), os.O_WRONLY|os.O_APPEND, 0)
 				must(t, err)
 				_, err = f.Write(make([]byte, 4096))
 				must(t, err)
@@ -201,14 +201,14 @@ func TestCorruptBytes(t *testing.T) {
 		{
 			name: "middle segment missing",
 			damage: func(t *testing.T, dir string) {
-				must(t, os.Remove(filepath.Join(dir, segmentName(4))))
+				must(t, os.Remove(filepath.Join(dir, SegmentName(4))))
 			},
 			keep: 16, segs: 4, repairs: 1,
 		},
 		{
 			name: "first segment cut mid frame",
 			damage: func(t *testing.T, dir string) {
-				must(t, os.Truncate(filepath.Join(dir, segmentName(0)), 50))
+				must(t, os.Truncate(filepath.Join(dir, SegmentName(0)), 50))
 			},
 			keep: 0, segs: 1, repairs: 1,
 		},
@@ -265,7 +265,7 @@ func TestCorruptBytes(t *testing.T) {
 // flip returns a damage function that inverts one byte of a segment.
 func flip(seg int, off int64) func(*testing.T, string) {
 	return func(t *testing.T, dir string) {
-		name := filepath.Join(dir, segmentName(seg))
+		name := filepath.Join(dir, SegmentName(seg))
 		b, err := os.ReadFile(name)
 		must(t, err)
 		b[off] ^= 0xff
