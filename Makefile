@@ -24,6 +24,8 @@ lint:
 fuzz:
 	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzParseGroupingKey$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzDecodeBody$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzDecodeRemoteWriteV1$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzDecodeRemoteWriteV2$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./configs -run '^$$' -fuzz '^FuzzParseMode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./aggregate -run '^$$' -fuzz '^FuzzDecodeOp$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./wal -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME)

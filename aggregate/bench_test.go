@@ -33,7 +33,7 @@ func benchPush(b *testing.B, n int, mode string) []*dto.MetricFamily {
 func BenchmarkApply(b *testing.B) {
 	for _, mode := range []string{"sum", "replace", "mean1m", "p99_5m"} {
 		b.Run(mode, func(b *testing.B) {
-			s := New(testSettings(), time.Now, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+			s := New(testSettings(), time.Now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 			fams := benchPush(b, 25, mode)
 			groups := make([]Push, 1000)
 			for i := range groups {
@@ -52,7 +52,7 @@ func BenchmarkApply(b *testing.B) {
 
 // BenchmarkApplyParallel is BenchmarkApply/sum from all cores at once.
 func BenchmarkApplyParallel(b *testing.B) {
-	s := New(testSettings(), time.Now, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	s := New(testSettings(), time.Now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	fams := benchPush(b, 25, "sum")
 	groups := make([]Push, 1000)
 	for i := range groups {
@@ -74,7 +74,7 @@ func BenchmarkApplyParallel(b *testing.B) {
 
 // BenchmarkGather renders 25,000 series.
 func BenchmarkGather(b *testing.B) {
-	s := New(testSettings(), time.Now, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	s := New(testSettings(), time.Now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	fams := benchPush(b, 25, "sum")
 	for i := 0; i < 1000; i++ {
 		if err := s.Apply(context.Background(), &Push{Group: groupLabels(fmt.Sprintf("job=j%d", i)), Families: fams}); err != nil {

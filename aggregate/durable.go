@@ -110,6 +110,8 @@ func (s *Store) Replay(op *Op) error {
 		if len(op.ExpiredSeries) > 0 {
 			s.removeSeriesKeys(op.ExpiredSeries)
 		}
+	case RecordRelay:
+		s.replayRelay(op)
 	default:
 		return fmt.Errorf("replay: unknown record type %d", op.Type)
 	}

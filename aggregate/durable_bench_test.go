@@ -30,7 +30,7 @@ func BenchmarkDurableApply(b *testing.B) {
 			done := make(chan struct{})
 			go func() { _ = c.Run(ctx); close(done) }()
 			defer func() { cancel(); <-done }()
-			s := New(testSettings(), time.Now, c, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+			s := New(testSettings(), time.Now, c, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 			s.SetReady()
 			fams := benchPush(b, 25, "sum")
 			groups := make([]Push, 1000)

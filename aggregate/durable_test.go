@@ -52,7 +52,7 @@ func TestReplayRebuildsState(t *testing.T) {
 	set.SeriesTTL = time.Hour
 	j := &memJournal{}
 	clk := newClock()
-	s := New(set, clk.now, j, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	s := New(set, clk.now, j, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	s.SetReady()
 	ctx := context.Background()
 	steps := []func(){
@@ -93,7 +93,7 @@ func TestReplayRebuildsState(t *testing.T) {
 	set2.Aggregation.DefaultModes.Gauge = configs.Mode{Kind: configs.ModeSum}
 	set2.Limits.MaxSeries = 1 // replay ignores limits: everything was accepted
 	set2.Limits.MaxSeriesPerGroup = 1
-	r := New(set2, clk.now, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	r := New(set2, clk.now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	for i, rec := range j.recs {
 		op, err := DecodeOp(rec.typ, rec.data)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/prompb"
 	"google.golang.org/protobuf/encoding/protodelim"
 
 	"github.com/sluice-metrics/sluice/configs"
@@ -22,6 +23,10 @@ const (
 	RecordDelete uint8 = 2
 	RecordWipe   uint8 = 3
 	RecordExpire uint8 = 4
+	// RecordRelay is a remote_write request's series relayed unchanged to
+	// the forward targets (those without clear_mode). Replay appends them
+	// to the forward queues again: delivery is at-least-once.
+	RecordRelay uint8 = 5
 )
 
 // Op is one state-changing operation: what the write-ahead log records so
@@ -39,6 +44,9 @@ type Op struct {
 	// single series by key within live groups.
 	ExpiredGroups []labels.Labels
 	ExpiredSeries []string
+	// Relay is set for RecordRelay: the series to relay, in Remote-Write
+	// 1.0 form.
+	Relay *prompb.WriteRequest
 }
 
 // maxRecordBytes bounds decoding of corrupt records.
@@ -56,6 +64,7 @@ const pushgatewayBit = 0x80
 //	delete:   group labels
 //	wipe:     nothing
 //	expire:   n groups | n * group labels | m series | m * (len | key bytes)
+//	relay:    a prometheus.WriteRequest protobuf to the end
 //	labels:   n | n * (len | name | len | value)
 func EncodeOp(op *Op) ([]byte, error) {
 	var b []byte
@@ -93,6 +102,17 @@ func EncodeOp(op *Op) ([]byte, error) {
 			b = appendString(b, k)
 		}
 		return b, nil
+	case RecordRelay:
+		if op.Relay == nil {
+			return nil, errors.New("encode relay record: no request")
+		}
+		// One allocation: the timestamp, then the request marshalled in place.
+		out := make([]byte, len(b)+op.Relay.Size())
+		copy(out, b)
+		if _, err := op.Relay.MarshalToSizedBuffer(out[len(b):]); err != nil {
+			return nil, fmt.Errorf("encode relay record: %w", err)
+		}
+		return out, nil
 	}
 	return nil, fmt.Errorf("encode op: unknown record type %d", op.Type)
 }
@@ -183,6 +203,13 @@ func DecodeOp(typ uint8, b []byte) (*Op, error) {
 			}
 			op.ExpiredSeries = append(op.ExpiredSeries, k)
 		}
+	case RecordRelay:
+		req := &prompb.WriteRequest{}
+		if err := req.Unmarshal(r.b); err != nil {
+			return nil, fmt.Errorf("decode relay record: %w", err)
+		}
+		op.Relay = req
+		r.b = nil
 	default:
 		return nil, fmt.Errorf("decode op: unknown record type %d", typ)
 	}

@@ -1,6 +1,7 @@
 package aggregate
 
 import (
+	"reflect"
 	"testing"
 	"time"
 
@@ -26,6 +27,7 @@ func TestOpRoundTrip(t *testing.T) {
 		{"push_empty_label_value", Op{Type: RecordPush, Time: at, Push: &Push{Group: groupLabels("job=f,e="), Method: MethodPost}}},
 		{"delete", Op{Type: RecordDelete, Time: at, Group: groupLabels("job=f")}},
 		{"wipe", Op{Type: RecordWipe, Time: at}},
+		{"relay", Op{Type: RecordRelay, Time: at, Relay: relayReq("temp", 1_700_000_000_123, 21.5)}},
 		{"expire", Op{Type: RecordExpire, Time: at, ExpiredGroups: []labels.Labels{groupLabels("job=a"), groupLabels("job=b,i=1")}, ExpiredSeries: []string{"k1", "", "k\x003"}}},
 	}
 	for _, tc := range cases {
@@ -70,11 +72,16 @@ func TestOpRoundTrip(t *testing.T) {
 					t.Fatalf("series key %d: %q", i, got.ExpiredSeries[i])
 				}
 			}
+			if tc.op.Relay != nil && !reflect.DeepEqual(got.Relay, tc.op.Relay) {
+				t.Fatalf("relay: %+v", got.Relay)
+			}
 			// Every strict prefix is an error, never a panic or a silent success
-			// (a push body may end at any family boundary, so only non-push
-			// records are checked for that).
+			// (a push body may end at any family boundary, and a relay's
+			// protobuf at any field boundary, so only the other records are
+			// checked for that).
 			for n := 0; n < len(b); n++ {
-				if _, err := DecodeOp(tc.op.Type, b[:n]); err == nil && tc.op.Type != RecordPush && n < len(b) {
+				_, err := DecodeOp(tc.op.Type, b[:n])
+				if err == nil && tc.op.Type != RecordPush && tc.op.Type != RecordRelay && n < len(b) {
 					t.Fatalf("prefix of %d/%d bytes decoded without error", n, len(b))
 				}
 			}
@@ -88,6 +95,7 @@ func FuzzDecodeOp(f *testing.F) {
 		{Type: RecordPush, Time: at, Push: &Push{Group: groupLabels("job=f"), Families: []*dto.MetricFamily{{Name: ptr("x"), Type: dto.MetricType_GAUGE.Enum(), Metric: []*dto.Metric{{Gauge: &dto.Gauge{Value: ptr(1.0)}}}}}}},
 		{Type: RecordDelete, Time: at, Group: groupLabels("job=f")},
 		{Type: RecordExpire, Time: at, ExpiredGroups: []labels.Labels{groupLabels("job=a")}, ExpiredSeries: []string{"k"}},
+		{Type: RecordRelay, Time: at, Relay: relayReq("temp", 1, 2)},
 	} {
 		b, _ := EncodeOp(&op)
 		f.Add(op.Type, b)

@@ -26,7 +26,7 @@ func openDurable(t *testing.T, dir string, clk *fakeClock) *durableStore {
 		t.Fatal(err)
 	}
 	c := NewCommitter(w)
-	s := New(testSettings(), clk.now, c, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	s := New(testSettings(), clk.now, c, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	cp, ok, err := w.LoadCheckpoint()
 	if err != nil {
 		t.Fatal(err)

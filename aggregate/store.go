@@ -75,7 +75,8 @@ type Settings struct {
 
 // Store is the aggregation state. All methods are safe for concurrent use.
 type Store struct {
-	journal Journal // nil: no durability
+	journal Journal  // nil: no durability
+	relay   Appender // where relayed remote_write series go; nil: nowhere
 	broken  atomic.Pointer[error]
 	ready   atomic.Bool // with a journal: recovery is done
 	// stateMu orders operations against durable snapshots: every
@@ -136,12 +137,15 @@ type family struct {
 }
 
 // New builds a Store. journal makes operations durable before they are
-// acknowledged; nil keeps state in memory only. It starts nothing; Run
-// expires old series.
-func New(set Settings, now func() time.Time, journal Journal, reg prometheus.Registerer, logger *slog.Logger) *Store {
+// acknowledged; nil keeps state in memory only. relay receives the
+// remote_write series relayed unchanged (Write), once they are durable,
+// and again when the log is replayed; nil drops them. It starts nothing;
+// Run expires old series.
+func New(set Settings, now func() time.Time, journal Journal, relay Appender, reg prometheus.Registerer, logger *slog.Logger) *Store {
 	n := 16 * runtime.GOMAXPROCS(0)
 	s := &Store{
 		journal:  journal,
+		relay:    relay,
 		now:      now,
 		logger:   logger,
 		groups:   make(map[string]*group),
@@ -181,24 +185,51 @@ func (s *Store) Apply(ctx context.Context, p *Push) error {
 }
 
 func (s *Store) applyPush(ctx context.Context, p *Push, at time.Time, set *Settings, j Journal) error {
-	now := at.UnixNano()
+	pr, rec, err := s.preparePush(p, at, set, j)
+	if err != nil {
+		return err
+	}
+	s.stateMu.RLock()
+	wait, err := s.applyPrepared(pr, rec, at.UnixNano(), set, j)
+	s.stateMu.RUnlock()
+	if err != nil {
+		return err
+	}
+	if err := s.waitDurable(ctx, wait); err != nil {
+		return err
+	}
+	s.countApplied(pr)
+	return nil
+}
+
+// preparePush validates a push against everything that does not depend on
+// the stored state and, with a journal, encodes its record. A rejected
+// push marks its group's last failure.
+func (s *Store) preparePush(p *Push, at time.Time, set *Settings, j Journal) (*prepared, []byte, error) {
 	pr, err := s.prepare(p, set)
 	if err != nil {
-		s.recordFailure(p.Group, now)
-		return err
+		s.recordFailure(p.Group, at.UnixNano())
+		return nil, nil, err
 	}
 	var rec []byte
 	if j != nil {
 		rec, err = EncodeOp(&Op{Type: RecordPush, Time: at, Push: &Push{
 			Group: p.Group, Method: p.Method, Families: p.Families, Modes: pr.modes, Semantics: &pr.semantics}})
 		if err != nil {
-			return fmt.Errorf("encode push for the write-ahead log: %w", err)
+			return nil, nil, fmt.Errorf("encode push for the write-ahead log: %w", err)
 		}
 	}
+	return pr, rec, nil
+}
+
+// applyPrepared checks a prepared push against the stored state and
+// applies it, enqueueing rec (if not nil) to j. The caller holds
+// s.stateMu for reading. It returns the wait for durability (nil without
+// a record).
+func (s *Store) applyPrepared(pr *prepared, rec []byte, now int64, set *Settings, j Journal) (func(context.Context) error, error) {
 	var wait func(context.Context) error
-	s.stateMu.RLock()
 	g := s.lockGroup(pr)
-	err = s.applyLocked(g, pr, set, now, func() {
+	err := s.applyLocked(g, pr, set, now, func() {
 		if rec != nil {
 			wait = j.Enqueue(RecordPush, rec)
 		}
@@ -215,17 +246,14 @@ func (s *Store) applyPush(ctx context.Context, p *Push, at time.Time, set *Setti
 		g.lastPush = now
 	}
 	g.mu.Unlock()
-	s.stateMu.RUnlock()
-	if err != nil {
-		return err
-	}
-	if err := s.waitDurable(ctx, wait); err != nil {
-		return err
-	}
+	return wait, err
+}
+
+// countApplied counts what an applied push ingested.
+func (s *Store) countApplied(pr *prepared) {
 	s.metrics.samplesIngested.Add(float64(len(pr.updates)))
 	s.metrics.timestampsIgnored.Add(float64(pr.timestamps))
 	s.metrics.quantilesDropped.Add(float64(pr.droppedQuants))
-	return nil
 }
 
 // recordFailure sets push_failure_time_seconds of an existing group, as the

@@ -38,7 +38,7 @@ func testSettings() Settings {
 func newTestStore(t *testing.T, set Settings) (*Store, *fakeClock) {
 	t.Helper()
 	clk := newClock()
-	return New(set, clk.now, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler)), clk
+	return New(set, clk.now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler)), clk
 }
 
 // groupLabels parses "job=f,env=prod" into grouping labels.

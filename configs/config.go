@@ -23,6 +23,7 @@ import (
 // Config is the whole configuration file.
 type Config struct {
 	Global      GlobalConfig        `yaml:"global"`
+	Ingest      IngestConfig        `yaml:"ingest"`
 	Aggregation AggregationConfig   `yaml:"aggregation"`
 	Limits      LimitsConfig        `yaml:"limits"`
 	RemoteWrite []RemoteWriteConfig `yaml:"remote_write,omitempty"`
@@ -262,6 +263,9 @@ func validEnvName(n []byte) bool {
 // Validate checks every section and compiles what needs compiling. It must
 // be called on a Config built in code before use.
 func (c *Config) Validate() error {
+	if err := c.Ingest.validate(); err != nil {
+		return fmt.Errorf("ingest: %w", err)
+	}
 	if err := c.Aggregation.validate(); err != nil {
 		return fmt.Errorf("aggregation: %w", err)
 	}

@@ -40,6 +40,8 @@ func TestLoadBadFiles(t *testing.T) {
 		"remote_write_bad_message.bad.yml":   `protobuf_message "prometheus.WriteRequestV3"`,
 		"remote_write_duplicate.bad.yml":     "duplicate target",
 		"remote_write_creds_in_url.bad.yml":  "put credentials in basic_auth",
+		"ingest_relabel_no_target.bad.yml":   "ingest: relabel_configs[0]: relabel configuration for replace action requires 'target_label'",
+		"ingest_relabel_bad_action.bad.yml":  `unknown relabel action "dorp"`,
 	}
 	files, _ := filepath.Glob("testdata/*.bad.yml")
 	if len(files) != len(want) {
@@ -145,6 +147,23 @@ func TestRemoteWriteDefaultsAndSecrets(t *testing.T) {
 	}
 	if got := RedactURL("https://u:p@host/push?api_key=abc"); strings.Contains(got, "abc") || strings.Contains(got, "p@") {
 		t.Fatalf("RedactURL leaks: %s", got)
+	}
+}
+
+func TestIngestRelabelConfigs(t *testing.T) {
+	c, err := Load("testdata/ingest_relabel.good.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcs := c.Ingest.RelabelConfigs
+	if len(rcs) != 3 || rcs[0].Action != "drop" || rcs[1].TargetLabel != "clear_mode" || rcs[2].Action != "labeldrop" {
+		t.Fatalf("relabel_configs: %+v", rcs)
+	}
+	if rcs[0].Separator != ";" || rcs[1].Regex.String() != "lambda-.*;.*_requests_total" {
+		t.Fatalf("relabel defaults not kept: %+v", rcs[1])
+	}
+	if d := Default(); len(d.Ingest.RelabelConfigs) != 0 {
+		t.Fatalf("default ingest relabelling: %+v", d.Ingest)
 	}
 }
 

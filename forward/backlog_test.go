@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"net/http"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -762,4 +764,94 @@ func FuzzFrameDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// syncCountFS counts fsyncs of backlog segments (by name) and directories.
+type syncCountFS struct {
+	wal.FS
+	mu    sync.Mutex
+	syncs map[string]int
+	dirs  int
+}
+
+func (f *syncCountFS) OpenFile(name string, flag int, perm os.FileMode) (wal.File, error) {
+	file, err := f.FS.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return &syncCountFile{File: file, fs: f, name: filepath.Base(name)}, nil
+}
+
+func (f *syncCountFS) SyncDir(name string) error {
+	f.mu.Lock()
+	f.dirs++
+	f.mu.Unlock()
+	return f.FS.SyncDir(name)
+}
+
+type syncCountFile struct {
+	wal.File
+	fs   *syncCountFS
+	name string
+}
+
+func (f *syncCountFile) Sync() error {
+	f.fs.mu.Lock()
+	f.fs.syncs[f.name]++
+	f.fs.mu.Unlock()
+	return f.File.Sync()
+}
+
+// TestQueueSync: sync fsyncs the segment appended to and every segment
+// sealed since the last sync, once, and the directory; a second sync with
+// nothing appended does nothing.
+func TestQueueSync(t *testing.T) {
+	tg := newTestTarget(t, testConfig("http://127.0.0.1:1/api/v1/write", "s"), nil)
+	fsys := &syncCountFS{FS: wal.OSFS(), syncs: map[string]int{}}
+	// 1 KiB backlog: 64-byte segments, so each 50-byte frame gets its own.
+	q, err := openQueue(t.TempDir(), fsys, 1024, discardLogger(), &tg.metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.close()
+	for range 3 {
+		if err := q.append(make([]byte, 50), 1, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := q.sync(); err != nil {
+		t.Fatal(err)
+	}
+	// A new backlog's first segment is 1.
+	want := map[string]int{wal.SegmentName(1): 1, wal.SegmentName(2): 1, wal.SegmentName(3): 1}
+	fsys.mu.Lock()
+	if !maps.Equal(fsys.syncs, want) || fsys.dirs != 1 {
+		t.Fatalf("fsyncs %v and %d of the directory; want %v and 1", fsys.syncs, fsys.dirs, want)
+	}
+	fsys.mu.Unlock()
+	if err := q.sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.append(make([]byte, 10), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.sync(); err != nil {
+		t.Fatal(err)
+	}
+	fsys.mu.Lock()
+	defer fsys.mu.Unlock()
+	if fsys.syncs[wal.SegmentName(3)] != 2 || fsys.syncs[wal.SegmentName(1)] != 1 || fsys.dirs != 2 {
+		t.Fatalf("after one more frame: fsyncs %v, directory %d", fsys.syncs, fsys.dirs)
+	}
+}
+
+func TestManagerSync(t *testing.T) {
+	rc := newReceiver(t, nil)
+	h := newHarness(t)
+	h.apply(nil, testConfig(rc.url(), "a"))
+	h.m.Append(window(1000, 3))
+	if err := h.m.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	rc.nextAccepted(3, 5*time.Second)
 }

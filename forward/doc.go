@@ -62,9 +62,14 @@
 //
 // # Durability and delivery
 //
-// Frames are written with write(2) and never fsynced (coalesced segments
-// are, before they replace others). A kill -9 loses nothing written: the
-// kernel holds it. A machine crash or power loss may lose the windows the
+// Frames are written with write(2) and not fsynced on append (coalesced
+// segments are, before they replace others). A kill -9 loses nothing
+// written: the kernel holds it. Manager.Sync fsyncs every segment written
+// since the last Sync, and the directory: the write-ahead log calls it
+// before a checkpoint drops the log, because relayed remote_write series
+// (which, unlike windows, cannot be recomputed) are durable only in the
+// log until their frames are. The cursor is not part of it: a stale
+// cursor only means sending again. A machine crash or power loss may lose the windows the
 // kernel had not yet written back; that is acceptable because Sluice's
 // outputs are cumulative and recomputed from the aggregate state, which
 // the WAL keeps durable: the next window carries the totals, only those

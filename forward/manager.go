@@ -378,6 +378,23 @@ func familyMetadata(meta map[string]*prompb.MetricMetadata, name string) *prompb
 	return md
 }
 
+// Sync makes every window appended so far durable in the backlogs on disk
+// (Append never fsyncs): it fsyncs each target's segments written since the
+// last Sync and their directory. The write-ahead log calls it before a
+// checkpoint drops relayed series whose only other copy is the backlog.
+// It returns the first error, after trying every target.
+func (m *Manager) Sync() error {
+	m.mtx.RLock()
+	defer m.mtx.RUnlock()
+	var errs []error
+	for _, t := range m.targets {
+		if err := t.q.sync(); err != nil {
+			errs = append(errs, fmt.Errorf("remote_write %s: %w", t.name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Stop stops accepting, lets every target send its backlog until ctx is
 // done, then stops. What is not sent stays in the backlogs, with their
 // cursor persisted, and is sent after the next start. It returns an error

@@ -91,6 +91,10 @@ type queue struct {
 	// off until appended reaches it, after one that did not pay.
 	appended, coalesceAfter int64
 	closed                  bool
+	// unsynced lists the segments sealed since the last sync without an
+	// fsync; dirty says the segment appended to was written since then.
+	unsynced []int
+	dirty    bool
 
 	// Reader state: rpos is the next frame to read, rseen the samples of
 	// rpos.Segment's frames before it.
@@ -360,6 +364,7 @@ func (q *queue) append(frame []byte, n int, flush bool) error {
 	last.size += size
 	last.samples += int64(n)
 	last.frames++
+	q.dirty = true
 	q.diskBytes += size
 	q.samples += int64(n)
 	q.appended += size
@@ -387,11 +392,55 @@ func (q *queue) rotateLocked() error {
 // sealLocked stops appending to the last segment.
 func (q *queue) sealLocked() {
 	if q.f != nil {
+		if q.dirty {
+			q.unsynced = append(q.unsynced, q.segs[len(q.segs)-1].idx)
+			q.dirty = false
+		}
 		if err := q.f.Close(); err != nil {
 			q.logger.Warn("close backlog segment", "err", err)
 		}
 		q.f = nil
 	}
+}
+
+// sync makes every frame appended so far durable: it fsyncs the segment
+// appended to, the segments sealed since the last sync (those since
+// deleted need nothing) and the directory, which may have new segments.
+// Appends wait meanwhile. Checkpoints call it (through Manager.Sync)
+// before the write-ahead log drops relay records whose only other copy is
+// here.
+func (q *queue) sync() error {
+	q.mtx.Lock()
+	defer q.mtx.Unlock()
+	if q.closed || (!q.dirty && len(q.unsynced) == 0) {
+		return nil
+	}
+	if q.f != nil && q.dirty {
+		if err := q.f.Sync(); err != nil {
+			return fmt.Errorf("fsync backlog segment: %w", err)
+		}
+	}
+	for _, idx := range q.unsynced {
+		f, err := q.fs.OpenFile(q.segPath(idx), os.O_RDONLY, 0)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // sent and deleted
+		}
+		if err != nil {
+			return fmt.Errorf("fsync backlog segment: %w", err)
+		}
+		err = f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("fsync backlog segment %s: %w", wal.SegmentName(idx), err)
+		}
+	}
+	if err := q.fs.SyncDir(q.dir); err != nil {
+		return fmt.Errorf("fsync backlog directory: %w", err)
+	}
+	q.dirty, q.unsynced = false, q.unsynced[:0]
+	return nil
 }
 
 // markFlush asks for everything appended so far to be sent without

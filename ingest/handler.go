@@ -1,7 +1,8 @@
 // Package ingest is Sluice's HTTP front: the Pushgateway-compatible push
-// API, the scrape view on GET /metrics, the Pushgateway JSON API and the
-// health and lifecycle endpoints. It decodes and validates requests and
-// hands pushes to an Aggregator.
+// API, the remote_write receiver, the scrape view on GET /metrics, the
+// Pushgateway JSON API and the health and lifecycle endpoints. It decodes
+// and validates requests and hands pushes and remote writes to an
+// Aggregator.
 package ingest
 
 import (
@@ -20,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/relabel"
 
 	"github.com/sluice-metrics/sluice/aggregate"
 	"github.com/sluice-metrics/sluice/configs"
@@ -30,6 +32,10 @@ import (
 // returns *aggregate.Error for rejections.
 type Aggregator interface {
 	Apply(ctx context.Context, p *aggregate.Push) error
+	// Write applies a remote_write request: the series to relay and the
+	// pushes built from the series to aggregate (see aggregate.Store.Write,
+	// including its partial writes).
+	Write(ctx context.Context, w *aggregate.Write) (aggregate.WriteResult, error)
 	Delete(ctx context.Context, group labels.Labels) error
 	Wipe(ctx context.Context) error
 	Groups() []aggregate.GroupSnapshot
@@ -45,6 +51,9 @@ type Options struct {
 	Aggregator Aggregator
 	// Limits returns the limits in force (they change on reload).
 	Limits func() configs.LimitsConfig
+	// Ingest returns the ingest settings in force (relabelling of
+	// remote-written series); nil means none.
+	Ingest func() configs.IngestConfig
 
 	EnableAdminAPI  bool
 	EnableLifecycle bool
@@ -68,13 +77,16 @@ type Status struct {
 type server struct {
 	opts    Options
 	metrics *ingestMetrics
+	rw      *rwMetrics
 	scrape  fiber.Handler
+	bufs    bufPool        // remote_write decompression buffers
+	meta    *metadataCache // Remote-Write 1.0 metadata sent on its own
 }
 
 // NewApp builds the fiber application serving every endpoint. bodyLimit
 // caps request bodies as received (fiber answers 413 above it).
 func NewApp(opts Options, bodyLimit int) *fiber.App {
-	s := &server{opts: opts, metrics: newIngestMetrics(opts.Registerer)}
+	s := &server{opts: opts, metrics: newIngestMetrics(opts.Registerer), rw: newRWMetrics(opts.Registerer), meta: newMetadataCache()}
 	s.scrape = adaptor.HTTPHandler(promhttp.HandlerFor(
 		prometheus.Gatherers{opts.Gatherer, opts.Aggregator},
 		promhttp.HandlerOpts{
@@ -117,6 +129,8 @@ func NewApp(opts Options, bodyLimit int) *fiber.App {
 	})
 
 	app.Options("/api/v1/*", cors)
+	app.Post("/api/v1/write", s.remoteWrite)
+	app.All("/api/v1/write", methodNotAllowed)
 	app.Get("/api/v1/status", s.status)
 	app.Get("/api/v1/metrics", s.apiMetrics)
 	if opts.EnableAdminAPI {
@@ -130,6 +144,13 @@ func NewApp(opts Options, bodyLimit int) *fiber.App {
 	return app
 }
 
+func (s *server) relabelConfigs() []*relabel.Config {
+	if s.opts.Ingest == nil {
+		return nil
+	}
+	return s.opts.Ingest().RelabelConfigs
+}
+
 // errorHandler answers fiber's own errors (404, 405, 413) in plain text.
 func errorHandler(c *fiber.Ctx, err error) error {
 	code := http.StatusInternalServerError
@@ -140,6 +161,12 @@ func errorHandler(c *fiber.Ctx, err error) error {
 	msg := err.Error()
 	if code == http.StatusRequestEntityTooLarge {
 		msg = "request body too large (limits.max_body_bytes)"
+	}
+	if v, _ := rwVersionOf(c.Get(fiber.HeaderContentType)); v == rwV2 && c.Path() == "/api/v1/write" {
+		// Remote-Write 2.0 answers always say what was written.
+		c.Set(headerSamplesWritten, "0")
+		c.Set(headerHistogramsWritten, "0")
+		c.Set(headerExemplarsWritten, "0")
 	}
 	c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
 	return c.Status(code).SendString(msg)

@@ -29,6 +29,9 @@ type testEnv struct {
 	quit    int
 	reloads int
 	ready   string
+	relay   *fakeRelay // what the store relayed
+	reg     *prometheus.Registry
+	cfg     *configs.Config
 }
 
 func newTestEnv(t *testing.T, admin, lifecycle bool, mutate func(*configs.Config)) *testEnv {
@@ -41,15 +44,16 @@ func newTestEnv(t *testing.T, admin, lifecycle bool, mutate func(*configs.Config
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
+	env := &testEnv{relay: &fakeRelay{}, reg: reg, cfg: &cfg}
 	store := aggregate.New(aggregate.Settings{Aggregation: cfg.Aggregation, Limits: cfg.Limits, SeriesTTL: time.Hour},
-		time.Now, nil, reg, slog.New(slog.DiscardHandler))
-	env := &testEnv{}
+		time.Now, nil, env.relay, reg, slog.New(slog.DiscardHandler))
 	env.app = NewApp(Options{
 		Logger:          slog.New(slog.DiscardHandler),
 		Registerer:      reg,
 		Gatherer:        reg,
 		Aggregator:      store,
 		Limits:          func() configs.LimitsConfig { return cfg.Limits },
+		Ingest:          func() configs.IngestConfig { return env.cfg.Ingest },
 		EnableAdminAPI:  admin,
 		EnableLifecycle: lifecycle,
 		Ready:           func() string { return env.ready },
@@ -200,8 +204,6 @@ func TestPushEndpoints(t *testing.T) {
 		})
 	}
 }
-
-func ptrS(s string) *string { return &s }
 
 func TestDeleteAnswers202AndRemovesGroup(t *testing.T) {
 	env := newTestEnv(t, false, false, nil)
@@ -357,7 +359,7 @@ func TestWALFailureAnswers503(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	store := aggregate.New(aggregate.Settings{Aggregation: cfg.Aggregation, Limits: cfg.Limits, SeriesTTL: time.Hour},
-		time.Now, failingJournal{}, reg, slog.New(slog.DiscardHandler))
+		time.Now, failingJournal{}, nil, reg, slog.New(slog.DiscardHandler))
 	store.SetReady()
 	env := &testEnv{}
 	env.app = NewApp(Options{

@@ -127,14 +127,6 @@ func run(args []string) error {
 		return fmt.Errorf("open write-ahead log in %s: %w", f.walDir, err)
 	}
 	defer wlog.Close()
-	committer := aggregate.NewCommitter(wlog)
-	store := aggregate.New(settings(cfg), time.Now, committer, reg, logger.With("component", "aggregate"))
-	checkpointEvery := time.Duration(cfg.WAL.CheckpointInterval)
-	if checkpointEvery == 0 {
-		checkpointEvery = f.interval
-	}
-	var recovered atomic.Bool
-
 	tgts, err := targets(cfg, f.remoteWriteURLs)
 	if err != nil {
 		return err
@@ -143,6 +135,18 @@ func run(args []string) error {
 	if err := fwd.ApplyConfig(tgts, cfg.Global.ExternalLabels); err != nil {
 		return fmt.Errorf("start forwarding: %w", err)
 	}
+
+	committer := aggregate.NewCommitter(wlog)
+	// Relayed remote_write series go to the forward queues once durable.
+	store := aggregate.New(settings(cfg), time.Now, committer, fwd, reg, logger.With("component", "aggregate"))
+	// The forward queues are synced before a checkpoint drops the log:
+	// until then, the log holds the only durable copy of relayed series.
+	checkpointLog := aggregate.SyncBeforeTruncate(wlog, fwd.Sync)
+	checkpointEvery := time.Duration(cfg.WAL.CheckpointInterval)
+	if checkpointEvery == 0 {
+		checkpointEvery = f.interval
+	}
+	var recovered atomic.Bool
 	sources := []aggregate.Source{{Gatherer: aggregate.Durable{Store: store, Timeout: f.interval}}}
 	if cfg.SelfMetrics.Forward {
 		sources = append(sources, aggregate.Source{Gatherer: reg, Labels: map[string]string{"job": "sluice", "instance": selfInstance(cfg)}})
@@ -151,6 +155,8 @@ func run(args []string) error {
 
 	var cfgMu sync.Mutex // serialises reloads
 	current := cfg
+	var ingestCfg atomic.Pointer[configs.IngestConfig]
+	ingestCfg.Store(&cfg.Ingest)
 	reload := func() error {
 		cfgMu.Lock()
 		defer cfgMu.Unlock()
@@ -174,6 +180,7 @@ func run(args []string) error {
 		}
 		current = c
 		store.SetSettings(settings(c))
+		ingestCfg.Store(&c.Ingest)
 		reloads.success()
 		logger.Info("reloaded config", "file", f.configFile)
 		return nil
@@ -202,6 +209,7 @@ func run(args []string) error {
 		Gatherer:        reg,
 		Aggregator:      store,
 		Limits:          func() configs.LimitsConfig { return store.Settings().Limits },
+		Ingest:          func() configs.IngestConfig { return *ingestCfg.Load() },
 		EnableAdminAPI:  f.enableAdminAPI,
 		EnableLifecycle: f.enableLifecycle,
 		Ready: func() string {
@@ -278,7 +286,7 @@ func run(args []string) error {
 	checkpointDone := make(chan struct{})
 	go func() {
 		defer close(checkpointDone)
-		_ = store.RunCheckpoints(checkpointCtx, checkpointEvery, wlog)
+		_ = store.RunCheckpoints(checkpointCtx, checkpointEvery, checkpointLog)
 	}()
 
 	// The flusher outlives the signal context: it must emit the last
@@ -317,7 +325,7 @@ func run(args []string) error {
 	<-flushDone
 	stopCheckpoints()
 	<-checkpointDone
-	if err := store.Checkpoint(context.Background(), wlog); err != nil {
+	if err := store.Checkpoint(context.Background(), checkpointLog); err != nil {
 		logger.Error("final checkpoint", "err", err)
 	}
 	stopCommit()

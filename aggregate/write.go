@@ -1,0 +1,145 @@
+package aggregate
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/prometheus/prometheus/prompb"
+
+	"github.com/sluice-metrics/sluice/wal"
+)
+
+// Write is one remote_write request as the Store applies it: the series to
+// relay unchanged and the pushes built from the series to aggregate.
+type Write struct {
+	// Relay holds the series relayed unchanged (no clear_mode), in
+	// Remote-Write 1.0 form; nil or empty if none. Ownership passes to
+	// the Store, which hands it to the relay Appender.
+	Relay *prompb.WriteRequest
+	// Pushes are applied in order; a series with several samples in the
+	// request is in several of them, one sample each, oldest first.
+	Pushes []*Push
+}
+
+// WriteResult says what of a Write was applied.
+type WriteResult struct {
+	// Relayed: Relay is durable and was handed to the relay Appender.
+	Relayed bool
+	// Pushes is the number of pushes applied, from the first on.
+	Pushes int
+}
+
+// Write applies a remote_write request. Every push is first checked
+// against everything that needs no stored state; if one fails, nothing is
+// applied. Then, with the journal, the relay record is enqueued, the
+// pushes are applied in order (each atomically, as Apply does), and Write
+// waits until all that is durable before it hands Relay to the relay
+// Appender and returns.
+//
+// A push rejected by the stored state (a type or mode conflict, a
+// histogram layout change, a series limit) stops the Write there: the
+// relay and the pushes before it stay applied (a partial write, reported
+// in the result along with the error). The relay goes first because a
+// relayed sample sent twice is the same sample, while an aggregated delta
+// applied twice is counted twice: a sender retrying after a 503 must not
+// find the aggregated part already applied.
+//
+// While a relay is in flight it holds s.stateMu for reading until the
+// Appender has it, so a checkpoint (which takes it for writing, then
+// syncs the forward queues, then drops the log before it; see
+// SyncBeforeTruncate) never drops a relay record that is not yet in the
+// forward queues.
+func (s *Store) Write(ctx context.Context, w *Write) (WriteResult, error) {
+	var res WriteResult
+	if err := s.unavailable(); err != nil {
+		return res, err
+	}
+	at := s.now()
+	set := s.settings.Load()
+	j := s.journal
+	prs := make([]*prepared, len(w.Pushes))
+	recs := make([][]byte, len(w.Pushes))
+	for i, p := range w.Pushes {
+		pr, rec, err := s.preparePush(p, at, set, j)
+		if err != nil {
+			return res, err
+		}
+		prs[i], recs[i] = pr, rec
+	}
+	relay := w.Relay
+	if relay != nil && len(relay.Timeseries) == 0 {
+		relay = nil
+	}
+	var relayRec []byte
+	if relay != nil && j != nil {
+		var err error
+		if relayRec, err = EncodeOp(&Op{Type: RecordRelay, Time: at, Relay: relay}); err != nil {
+			return res, fmt.Errorf("encode relay for the write-ahead log: %w", err)
+		}
+	}
+
+	s.stateMu.RLock()
+	defer s.stateMu.RUnlock()
+	var relayWait func(context.Context) error
+	if relayRec != nil {
+		relayWait = j.Enqueue(RecordRelay, relayRec)
+	}
+	waits := make([]func(context.Context) error, 0, len(prs))
+	var applyErr error
+	for i, pr := range prs {
+		wait, err := s.applyPrepared(pr, recs[i], at.UnixNano(), set, j)
+		if err != nil {
+			applyErr = err
+			break
+		}
+		waits = append(waits, wait)
+	}
+	// The relay record is enqueued: once durable it is replayed after a
+	// crash, so it goes to the forward queues now whatever the request's
+	// context says.
+	if err := s.waitDurable(context.WithoutCancel(ctx), relayWait); err != nil {
+		return res, err
+	}
+	if relay != nil {
+		res.Relayed = true
+		if s.relay != nil {
+			s.relay.Append(relay)
+		}
+	}
+	for i, wait := range waits {
+		if err := s.waitDurable(ctx, wait); err != nil {
+			return res, err
+		}
+		s.countApplied(prs[i])
+		res.Pushes++
+	}
+	return res, applyErr
+}
+
+// replayRelay hands a recorded relay to the relay Appender again.
+func (s *Store) replayRelay(op *Op) {
+	if s.relay != nil && op.Relay != nil {
+		s.relay.Append(op.Relay)
+	}
+}
+
+// SyncBeforeTruncate wraps a CheckpointLog so that sync runs before each
+// checkpoint drops the log before it. The forward queues are written
+// without fsync; until they are synced, the log's relay records are the
+// only durable copy of the relayed series. If sync fails, no checkpoint is
+// written and the log is kept.
+func SyncBeforeTruncate(log CheckpointLog, sync func() error) CheckpointLog {
+	return syncedLog{CheckpointLog: log, sync: sync}
+}
+
+type syncedLog struct {
+	CheckpointLog
+	sync func() error
+}
+
+func (l syncedLog) WriteCheckpoint(pos wal.Position, data []byte) error {
+	if err := l.sync(); err != nil {
+		return fmt.Errorf("sync the forward queues before dropping the log: %w", err)
+	}
+	return l.CheckpointLog.WriteCheckpoint(pos, data)
+}

@@ -1,0 +1,895 @@
+package ingest
+
+import (
+	"cmp"
+	"fmt"
+	"mime"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/golang/snappy"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/relabel"
+	"github.com/prometheus/prometheus/prompb"
+	writev2 "github.com/prometheus/prometheus/prompb/io/prometheus/write/v2"
+
+	"github.com/sluice-metrics/sluice/aggregate"
+	"github.com/sluice-metrics/sluice/configs"
+)
+
+// rwVersion is the Remote-Write protocol version of a request.
+type rwVersion uint8
+
+const (
+	rwUnknown rwVersion = iota
+	rwV1
+	rwV2
+)
+
+func (v rwVersion) String() string {
+	switch v {
+	case rwV1:
+		return "1.0"
+	case rwV2:
+		return "2.0"
+	}
+	return "unknown"
+}
+
+const (
+	rwMediaType = "application/x-protobuf"
+	rwEncoding  = "snappy"
+	// maxPooledBuf: decompression buffers larger than this are not kept
+	// for reuse, so one huge request does not pin its buffer.
+	maxPooledBuf = 16 << 20
+)
+
+// rwError is a rejected remote_write request: its HTTP status, a message
+// naming the problem, and a reason for sluice_remote_write_rejected_total.
+type rwError struct {
+	code   int
+	reason string
+	msg    string
+}
+
+func (e *rwError) Error() string { return e.msg }
+
+func rwErrorf(code int, reason, format string, args ...any) *rwError {
+	return &rwError{code: code, reason: reason, msg: fmt.Sprintf(format, args...)}
+}
+
+// Rejection reasons of sluice_remote_write_rejected_total, besides the
+// aggregation reasons (aggregate.Reason*).
+const (
+	rwReasonMediaType    = "unsupported_media_type"
+	rwReasonEncoding     = "unsupported_encoding"
+	rwReasonTooLarge     = "body_too_large"
+	rwReasonSnappy       = "invalid_snappy"
+	rwReasonProtobuf     = "invalid_protobuf"
+	rwReasonSymbols      = "invalid_symbol_ref"
+	rwReasonLabel        = "invalid_label"
+	rwReasonNoName       = "missing_metric_name"
+	rwReasonDuplicate    = "duplicate_label"
+	rwReasonUnsorted     = "unsorted_labels"
+	rwReasonLabelLimit   = "label_limit"
+	rwReasonHistogram    = "invalid_histogram"
+	rwReasonMixed        = "samples_and_histograms"
+	rwReasonTypeConflict = "type_conflict"
+)
+
+// rwVersionOf picks the protocol from Content-Type: application/x-protobuf
+// is Remote-Write 1.0 unless its proto parameter names the 2.0 message.
+func rwVersionOf(contentType string) (rwVersion, *rwError) {
+	if strings.TrimSpace(contentType) == "" {
+		return rwUnknown, rwErrorf(415, rwReasonMediaType, "no Content-Type: remote_write needs %s (Remote-Write 1.0) or %s;proto=%s", rwMediaType, rwMediaType, configs.ProtoMsgV2)
+	}
+	mt, params, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return rwUnknown, rwErrorf(415, rwReasonMediaType, "unparsable Content-Type %q: %v", contentType, err)
+	}
+	if mt != rwMediaType {
+		return rwUnknown, rwErrorf(415, rwReasonMediaType, "unsupported Content-Type %q: remote_write needs %s", mt, rwMediaType)
+	}
+	switch proto := params["proto"]; proto {
+	case "", configs.ProtoMsgV1:
+		return rwV1, nil
+	case configs.ProtoMsgV2:
+		return rwV2, nil
+	default:
+		return rwUnknown, rwErrorf(415, rwReasonMediaType, "unsupported protobuf message %q (Content-Type proto parameter): Sluice accepts %s and %s",
+			proto, configs.ProtoMsgV1, configs.ProtoMsgV2)
+	}
+}
+
+// checkRWEncoding accepts only snappy: the Remote-Write specifications
+// require it (block format).
+func checkRWEncoding(contentEncoding string) *rwError {
+	enc := strings.TrimSpace(contentEncoding)
+	if strings.EqualFold(enc, rwEncoding) {
+		return nil
+	}
+	if enc == "" {
+		return rwErrorf(415, rwReasonEncoding, "no Content-Encoding: remote_write bodies must be snappy-compressed (block format) with Content-Encoding: snappy")
+	}
+	return rwErrorf(415, rwReasonEncoding, "unsupported Content-Encoding %q: remote_write bodies must be snappy (block format)", enc)
+}
+
+// bufPool reuses decompression buffers. Get returns a buffer of at least
+// n bytes; Put takes it back once nothing refers to it any more.
+type bufPool struct{ p sync.Pool }
+
+func (b *bufPool) get(n int) *[]byte {
+	if v, ok := b.p.Get().(*[]byte); ok && cap(*v) >= n {
+		return v
+	}
+	buf := make([]byte, n)
+	return &buf
+}
+
+func (b *bufPool) put(buf *[]byte) {
+	if cap(*buf) <= maxPooledBuf {
+		b.p.Put(buf)
+	}
+}
+
+// unsnappy decompresses a snappy block into a pooled buffer after checking
+// its decoded length against limit. The caller puts buf back once done
+// with data.
+func unsnappy(pool *bufPool, body []byte, limit int64) (buf *[]byte, data []byte, rerr *rwError) {
+	n, err := snappy.DecodedLen(body)
+	if err != nil {
+		return nil, nil, rwErrorf(400, rwReasonSnappy, "decompress snappy body (%d bytes): %v", len(body), err)
+	}
+	if int64(n) > limit {
+		return nil, nil, rwErrorf(413, rwReasonTooLarge, "decompressed body of %d bytes exceeds %d bytes (limits.max_decompressed_body_bytes)", n, limit)
+	}
+	buf = pool.get(n)
+	data, err = snappy.Decode((*buf)[:cap(*buf)], body)
+	if err != nil {
+		pool.put(buf)
+		return nil, nil, rwErrorf(400, rwReasonSnappy, "decompress snappy body (%d bytes): %v", len(body), err)
+	}
+	return buf, data, nil
+}
+
+// rwDecoded is a validated remote_write request, split into what is
+// relayed and what is aggregated, with the counts the response reports.
+type rwDecoded struct {
+	write aggregate.Write
+	// Samples and histograms relayed, aggregated (per push, in push
+	// order) and relabelled away.
+	relayFloats, relayHists int
+	pushFloats, pushHists   []int
+	droppedSeries           int
+	droppedFloats           int
+	droppedHists            int
+	exemplars               int // received; Sluice does not carry them
+}
+
+// rwDecoder validates, relabels and splits decoded requests. A decoder is
+// used for one request at a time.
+type rwDecoder struct {
+	lim      configs.LimitsConfig
+	relabels []*relabel.Config
+	meta     *metadataCache // nil: none
+
+	sb  labels.ScratchBuilder
+	lb  *labels.Builder
+	agg map[string]*aggSeries
+	// aggOrder keeps the aggregated series in request order.
+	aggOrder []*aggSeries
+}
+
+func newRWDecoder(lim configs.LimitsConfig, relabels []*relabel.Config, meta *metadataCache) *rwDecoder {
+	d := &rwDecoder{lim: lim, relabels: relabels, meta: meta}
+	if len(relabels) > 0 {
+		d.lb = labels.NewBuilder(labels.EmptyLabels())
+	}
+	return d
+}
+
+// seriesMeta is what the sender said about a series' metric family.
+type seriesMeta struct {
+	typ        prompb.MetricMetadata_MetricType
+	help, unit string
+	known      bool
+}
+
+// aggSeries is one series to aggregate, with every sample the request
+// carried for it (a Remote-Write 1.0 sender sends each sample as its own
+// TimeSeries).
+type aggSeries struct {
+	lbls   []prompb.Label
+	name   string
+	meta   seriesMeta
+	floats []prompb.Sample
+	hists  []prompb.Histogram
+}
+
+// decodeV1 validates a Remote-Write 1.0 request and splits it. The
+// relayed series are req's own TimeSeries, compacted in place, so that
+// relaying allocates nothing per sample; req belongs to the result.
+func (d *rwDecoder) decodeV1(req *prompb.WriteRequest) (*rwDecoded, *rwError) {
+	out := &rwDecoded{}
+	if d.meta != nil {
+		d.meta.update(req.Metadata)
+	}
+	var reqMeta map[string]*prompb.MetricMetadata // built on first need
+	lookup := func(name string) seriesMeta {
+		if reqMeta == nil && len(req.Metadata) > 0 {
+			reqMeta = make(map[string]*prompb.MetricMetadata, len(req.Metadata))
+			for i := range req.Metadata {
+				reqMeta[req.Metadata[i].MetricFamilyName] = &req.Metadata[i]
+			}
+		}
+		if md := familyMetadata(func(f string) (prompb.MetricMetadata, bool) {
+			if m := reqMeta[f]; m != nil {
+				return *m, true
+			}
+			if d.meta != nil {
+				return d.meta.get(f)
+			}
+			return prompb.MetricMetadata{}, false
+		}, name); md != nil {
+			return seriesMeta{typ: md.Type, help: md.Help, unit: md.Unit, known: true}
+		}
+		return seriesMeta{}
+	}
+	keep := req.Timeseries[:0]
+	var relayNames map[string]struct{} // for cached metadata
+	for i := range req.Timeseries {
+		ts := req.Timeseries[i]
+		out.exemplars += len(ts.Exemplars)
+		ts.Exemplars = nil
+		ls, err := d.sortedV1(ts.Labels)
+		if err != nil {
+			return nil, err
+		}
+		if len(ts.Samples) == 0 && len(ts.Histograms) == 0 {
+			continue // nothing to write (exemplars only)
+		}
+		ls, name, mode, drop, err := d.finish(ls)
+		if err != nil {
+			return nil, err
+		}
+		if drop {
+			out.droppedSeries++
+			out.droppedFloats += len(ts.Samples)
+			out.droppedHists += len(ts.Histograms)
+			continue
+		}
+		if err := checkHistograms(ls, ts.Histograms); err != nil {
+			return nil, err
+		}
+		if mode {
+			if err := d.addAgg(ls, name, lookup(name), ts.Samples, ts.Histograms); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		ts.Labels = ls
+		keep = append(keep, ts)
+		out.relayFloats += len(ts.Samples)
+		out.relayHists += len(ts.Histograms)
+		if len(req.Metadata) == 0 && d.meta != nil && d.meta.size() > 0 {
+			if relayNames == nil {
+				relayNames = make(map[string]struct{})
+			}
+			relayNames[name] = struct{}{}
+		}
+	}
+	clear(req.Timeseries[len(keep):]) // drop references to what moved
+	req.Timeseries = keep
+	if len(keep) > 0 {
+		// Prometheus sends metadata in requests of its own; those seen
+		// before go with the series they describe.
+		if len(relayNames) > 0 {
+			req.Metadata = d.meta.forNames(relayNames)
+		}
+		out.write.Relay = req
+	}
+	if err := d.buildPushes(out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// decodeV2 validates a Remote-Write 2.0 request and splits it. Relayed
+// series are converted to Remote-Write 1.0 form (labels resolved, start
+// timestamps and exemplars dropped) in a few request-wide allocations.
+func (d *rwDecoder) decodeV2(req *writev2.Request) (*rwDecoded, *rwError) {
+	out := &rwDecoded{}
+	syms := req.Symbols
+	if len(syms) > 0 && syms[0] != "" {
+		return nil, rwErrorf(400, rwReasonSymbols, "symbols[0] must be the empty string, got %q", truncate(syms[0]))
+	}
+	for i, s := range syms {
+		if !utf8.ValidString(s) {
+			return nil, rwErrorf(400, rwReasonLabel, "symbols[%d] is not valid UTF-8", i)
+		}
+	}
+	nLabels, nFloats := 0, 0
+	for i := range req.Timeseries {
+		ts := &req.Timeseries[i]
+		if len(ts.LabelsRefs)%2 != 0 {
+			return nil, rwErrorf(400, rwReasonSymbols, "timeseries[%d]: odd number of labels_refs (%d)", i, len(ts.LabelsRefs))
+		}
+		nLabels += len(ts.LabelsRefs) / 2
+		nFloats += len(ts.Samples)
+	}
+	// Every relayed series' labels and samples are sub-slices of these.
+	labelBuf := make([]prompb.Label, 0, nLabels)
+	floatBuf := make([]prompb.Sample, 0, nFloats)
+	var relay *prompb.WriteRequest
+	var metaIdx map[string]struct{}
+	for i := range req.Timeseries {
+		ts := &req.Timeseries[i]
+		out.exemplars += len(ts.Exemplars)
+		start := len(labelBuf)
+		prev := ""
+		for j := 0; j < len(ts.LabelsRefs); j += 2 {
+			nr, vr := ts.LabelsRefs[j], ts.LabelsRefs[j+1]
+			if int(nr) >= len(syms) || int(vr) >= len(syms) {
+				return nil, rwErrorf(400, rwReasonSymbols, "timeseries[%d]: labels_refs (%d, %d) outside the symbols table of %d entries", i, nr, vr, len(syms))
+			}
+			name := syms[nr]
+			if j > 0 && name <= prev {
+				ls := labelBuf[start:]
+				if name == prev {
+					return nil, rwErrorf(400, rwReasonDuplicate, "series %s: label %q more than once", rwSeries(ls), truncate(name))
+				}
+				return nil, rwErrorf(400, rwReasonUnsorted, "series %s: labels not sorted by name (%q after %q); Remote-Write 2.0 requires sorted labels",
+					rwSeries(ls), truncate(name), truncate(prev))
+			}
+			prev = name
+			if name == "" {
+				return nil, rwErrorf(400, rwReasonLabel, "series %s: empty label name", rwSeries(labelBuf[start:]))
+			}
+			if syms[vr] == "" {
+				continue // an empty value is no label
+			}
+			labelBuf = append(labelBuf, prompb.Label{Name: name, Value: syms[vr]})
+		}
+		// Names and values are checked: every symbol is valid UTF-8.
+		ls := labelBuf[start:len(labelBuf):len(labelBuf)]
+		md := ts.Metadata
+		if int(md.HelpRef) >= len(syms) || int(md.UnitRef) >= len(syms) {
+			return nil, rwErrorf(400, rwReasonSymbols, "series %s: metadata help_ref %d or unit_ref %d outside the symbols table of %d entries",
+				rwSeries(ls), md.HelpRef, md.UnitRef, len(syms))
+		}
+		if len(ts.Samples) > 0 && len(ts.Histograms) > 0 {
+			return nil, rwErrorf(400, rwReasonMixed, "series %s has both samples and histograms; Remote-Write 2.0 allows one kind per series", rwSeries(ls))
+		}
+		if len(ts.Samples) == 0 && len(ts.Histograms) == 0 {
+			continue // exemplars only
+		}
+		ls, name, mode, drop, err := d.finish(ls)
+		if err != nil {
+			return nil, err
+		}
+		if drop {
+			out.droppedSeries++
+			out.droppedFloats += len(ts.Samples)
+			out.droppedHists += len(ts.Histograms)
+			continue
+		}
+		fs := len(floatBuf)
+		for _, s := range ts.Samples {
+			floatBuf = append(floatBuf, prompb.Sample{Value: s.Value, Timestamp: s.Timestamp})
+		}
+		floats := floatBuf[fs:len(floatBuf):len(floatBuf)]
+		var hists []prompb.Histogram
+		if len(ts.Histograms) > 0 {
+			hists = make([]prompb.Histogram, len(ts.Histograms))
+			for k := range ts.Histograms {
+				hists[k] = histV2ToV1(&ts.Histograms[k])
+			}
+			if err := checkHistograms(ls, hists); err != nil {
+				return nil, err
+			}
+		}
+		sm := seriesMeta{typ: prompb.MetricMetadata_MetricType(md.Type), help: syms[md.HelpRef], unit: syms[md.UnitRef]}
+		sm.known = md.Type != writev2.Metadata_METRIC_TYPE_UNSPECIFIED
+		if mode {
+			if err := d.addAgg(ls, name, sm, floats, hists); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if relay == nil {
+			relay = &prompb.WriteRequest{Timeseries: make([]prompb.TimeSeries, 0, len(req.Timeseries)-i)}
+		}
+		relay.Timeseries = append(relay.Timeseries, prompb.TimeSeries{Labels: ls, Samples: floats, Histograms: hists})
+		out.relayFloats += len(floats)
+		out.relayHists += len(hists)
+		if sm.known || sm.help != "" || sm.unit != "" {
+			fam := familyName(name, sm.typ)
+			if _, ok := metaIdx[fam]; !ok {
+				if metaIdx == nil {
+					metaIdx = make(map[string]struct{})
+				}
+				metaIdx[fam] = struct{}{}
+				relay.Metadata = append(relay.Metadata, prompb.MetricMetadata{Type: sm.typ, MetricFamilyName: fam, Help: sm.help, Unit: sm.unit})
+			}
+		}
+	}
+	out.write.Relay = relay
+	if err := d.buildPushes(out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// sortedV1 checks a Remote-Write 1.0 label list and sorts it by name if
+// the sender did not (in place: the request is ours). Empty values are
+// dropped: in Prometheus an empty label is no label.
+func (d *rwDecoder) sortedV1(ls []prompb.Label) ([]prompb.Label, *rwError) {
+	empty, sorted := false, true
+	for i := range ls {
+		if ls[i].Value == "" {
+			empty = true
+		}
+		if i > 0 && ls[i].Name < ls[i-1].Name {
+			sorted = false
+		}
+	}
+	if empty {
+		ls = slices.DeleteFunc(ls, func(l prompb.Label) bool { return l.Value == "" })
+	}
+	if !sorted {
+		slices.SortStableFunc(ls, func(a, b prompb.Label) int { return cmp.Compare(a.Name, b.Name) })
+	}
+	for i := 1; i < len(ls); i++ {
+		if ls[i].Name == ls[i-1].Name {
+			return nil, rwErrorf(400, rwReasonDuplicate, "series %s: label %q more than once", rwSeries(ls), truncate(ls[i].Name))
+		}
+	}
+	if err := checkNames(ls); err != nil {
+		return nil, err
+	}
+	return ls, nil
+}
+
+// checkNames checks that label names are non-empty valid UTF-8 and values
+// valid UTF-8 (what Prometheus 3 accepts).
+func checkNames(ls []prompb.Label) *rwError {
+	for _, l := range ls {
+		if !model.UTF8Validation.IsValidLabelName(l.Name) {
+			return rwErrorf(400, rwReasonLabel, "series %s: invalid label name %q", rwSeries(ls), truncate(l.Name))
+		}
+		if !utf8.ValidString(l.Value) {
+			return rwErrorf(400, rwReasonLabel, "series %s: label %q has a value that is not valid UTF-8", rwSeries(ls), truncate(l.Name))
+		}
+	}
+	return nil
+}
+
+// finish applies ingest.relabel_configs to sorted, checked labels, then
+// checks the metric name and the label limits. It returns the final
+// labels, the metric name, whether the series carries clear_mode, and
+// whether relabelling dropped it (also when it left no metric name).
+func (d *rwDecoder) finish(ls []prompb.Label) (_ []prompb.Label, name string, mode, drop bool, _ *rwError) {
+	if len(d.relabels) > 0 {
+		d.sb.Reset()
+		for _, l := range ls {
+			d.sb.Add(l.Name, l.Value)
+		}
+		d.lb.Reset(d.sb.Labels())
+		if !relabel.ProcessBuilder(d.lb, d.relabels...) {
+			return nil, "", false, true, nil
+		}
+		res := d.lb.Labels()
+		if res.Get(model.MetricNameLabel) == "" {
+			return nil, "", false, true, nil
+		}
+		ls = prompb.FromLabels(res, nil)
+		if err := checkNames(ls); err != nil {
+			return nil, "", false, false, err
+		}
+	}
+	for _, l := range ls {
+		switch l.Name {
+		case model.MetricNameLabel:
+			name = l.Value
+		case aggregate.ModeLabel, aggregate.ModeLabelAlias:
+			mode = true
+		}
+		if len(l.Name) > d.lim.MaxLabelNameLength {
+			return nil, "", false, false, rwErrorf(413, rwReasonLabelLimit, "series %s: label name %q is longer than %d bytes (limits.max_label_name_length)",
+				rwSeries(ls), truncate(l.Name), d.lim.MaxLabelNameLength)
+		}
+		if len(l.Value) > d.lim.MaxLabelValueLength {
+			return nil, "", false, false, rwErrorf(413, rwReasonLabelLimit, "series %s: value of label %q is longer than %d bytes (limits.max_label_value_length)",
+				rwSeries(ls), truncate(l.Name), d.lim.MaxLabelValueLength)
+		}
+	}
+	if name == "" {
+		return nil, "", false, false, rwErrorf(400, rwReasonNoName, "series %s has no metric name (__name__)", rwSeries(ls))
+	}
+	if n := len(ls) - 1; n > d.lim.MaxLabelsPerSeries {
+		return nil, "", false, false, rwErrorf(413, rwReasonLabelLimit, "series %s has %d labels, more than %d (limits.max_labels_per_series)",
+			rwSeries(ls), n, d.lim.MaxLabelsPerSeries)
+	}
+	return ls, name, mode, false, nil
+}
+
+// checkHistograms rejects native histograms a store would reject (and with
+// them the whole batch they are forwarded in).
+func checkHistograms(ls []prompb.Label, hs []prompb.Histogram) *rwError {
+	for i := range hs {
+		h := &hs[i]
+		var err error
+		if h.IsFloatHistogram() {
+			err = h.ToFloatHistogram().Validate()
+		} else {
+			err = h.ToIntHistogram().Validate()
+		}
+		if err != nil {
+			return rwErrorf(400, rwReasonHistogram, "series %s: invalid native histogram at %d: %v", rwSeries(ls), h.Timestamp, err)
+		}
+	}
+	return nil
+}
+
+// histV2ToV1 converts a Remote-Write 2.0 histogram (its start timestamp is
+// dropped: Remote-Write 1.0 cannot carry it). Bucket slices are shared.
+func histV2ToV1(h *writev2.Histogram) prompb.Histogram {
+	out := prompb.Histogram{
+		Sum: h.Sum, Schema: h.Schema, ZeroThreshold: h.ZeroThreshold,
+		NegativeSpans: spansV2ToV1(h.NegativeSpans), NegativeDeltas: h.NegativeDeltas, NegativeCounts: h.NegativeCounts,
+		PositiveSpans: spansV2ToV1(h.PositiveSpans), PositiveDeltas: h.PositiveDeltas, PositiveCounts: h.PositiveCounts,
+		ResetHint: prompb.Histogram_ResetHint(h.ResetHint), Timestamp: h.Timestamp, CustomValues: h.CustomValues,
+	}
+	switch c := h.Count.(type) {
+	case *writev2.Histogram_CountInt:
+		out.Count = &prompb.Histogram_CountInt{CountInt: c.CountInt}
+	case *writev2.Histogram_CountFloat:
+		out.Count = &prompb.Histogram_CountFloat{CountFloat: c.CountFloat}
+	}
+	switch z := h.ZeroCount.(type) {
+	case *writev2.Histogram_ZeroCountInt:
+		out.ZeroCount = &prompb.Histogram_ZeroCountInt{ZeroCountInt: z.ZeroCountInt}
+	case *writev2.Histogram_ZeroCountFloat:
+		out.ZeroCount = &prompb.Histogram_ZeroCountFloat{ZeroCountFloat: z.ZeroCountFloat}
+	}
+	return out
+}
+
+func spansV2ToV1(s []writev2.BucketSpan) []prompb.BucketSpan {
+	if len(s) == 0 {
+		return nil
+	}
+	out := make([]prompb.BucketSpan, len(s))
+	for i, sp := range s {
+		out[i] = prompb.BucketSpan{Offset: sp.Offset, Length: sp.Length}
+	}
+	return out
+}
+
+// familyName is the metric family a series belongs to, for Remote-Write
+// 1.0 metadata: the series name without the suffix a histogram or summary
+// adds (counters keep _total, as Prometheus' metadata does).
+func familyName(name string, t prompb.MetricMetadata_MetricType) string {
+	switch t {
+	case prompb.MetricMetadata_HISTOGRAM, prompb.MetricMetadata_GAUGEHISTOGRAM, prompb.MetricMetadata_SUMMARY:
+		for _, suf := range []string{"_bucket", "_count", "_sum"} {
+			if base, ok := strings.CutSuffix(name, suf); ok && base != "" {
+				return base
+			}
+		}
+	}
+	return name
+}
+
+// familyMetadata finds the metadata of the family a series belongs to: its
+// name, or its name without the suffix a histogram, summary or counter
+// adds, if that family's type has such a suffix.
+func familyMetadata(get func(family string) (prompb.MetricMetadata, bool), name string) *prompb.MetricMetadata {
+	if md, ok := get(name); ok {
+		return &md
+	}
+	i := strings.LastIndexByte(name, '_')
+	if i <= 0 {
+		return nil
+	}
+	md, ok := get(name[:i])
+	if !ok {
+		return nil
+	}
+	const (
+		counter   = prompb.MetricMetadata_COUNTER
+		hist      = prompb.MetricMetadata_HISTOGRAM
+		gaugeHist = prompb.MetricMetadata_GAUGEHISTOGRAM
+		summary   = prompb.MetricMetadata_SUMMARY
+	)
+	switch name[i:] {
+	case "_bucket":
+		ok = md.Type == hist || md.Type == gaugeHist
+	case "_count", "_sum":
+		ok = md.Type == hist || md.Type == gaugeHist || md.Type == summary
+	case "_total":
+		ok = md.Type == counter
+	default:
+		ok = false
+	}
+	if !ok {
+		return nil
+	}
+	return &md
+}
+
+// addAgg collects a series to aggregate. Several TimeSeries with the same
+// labels are one series with all their samples.
+func (d *rwDecoder) addAgg(ls []prompb.Label, name string, md seriesMeta, floats []prompb.Sample, hists []prompb.Histogram) *rwError {
+	if d.agg == nil {
+		d.agg = make(map[string]*aggSeries)
+	}
+	var kb strings.Builder
+	for _, l := range ls {
+		kb.WriteString(l.Name)
+		kb.WriteByte(0xff)
+		kb.WriteString(l.Value)
+		kb.WriteByte(0xff)
+	}
+	key := kb.String()
+	s := d.agg[key]
+	if s == nil {
+		s = &aggSeries{lbls: slices.Clone(ls), name: name, meta: md}
+		d.agg[key] = s
+		d.aggOrder = append(d.aggOrder, s)
+	} else if !s.meta.known && md.known {
+		s.meta = md
+	}
+	s.floats = append(s.floats, floats...)
+	s.hists = append(s.hists, hists...)
+	if len(s.floats) > 0 && len(s.hists) > 0 {
+		return rwErrorf(400, rwReasonMixed, "series %s has both float samples and native histograms; an aggregated series has one type", rwSeries(ls))
+	}
+	return nil
+}
+
+// buildPushes turns the aggregated series into pushes, as a Pushgateway
+// push of them would be: the grouping key is the series' job and instance
+// (as for a scrape target), each sample is one pushed value, and a series
+// with several samples is pushed once per sample, oldest first (one push
+// per group for each round of samples).
+func (d *rwDecoder) buildPushes(out *rwDecoded) *rwError {
+	if len(d.aggOrder) == 0 {
+		return nil
+	}
+	rounds := 0
+	for _, s := range d.aggOrder {
+		slices.SortStableFunc(s.floats, func(a, b prompb.Sample) int { return cmp.Compare(a.Timestamp, b.Timestamp) })
+		slices.SortStableFunc(s.hists, func(a, b prompb.Histogram) int { return cmp.Compare(a.Timestamp, b.Timestamp) })
+		rounds = max(rounds, len(s.floats), len(s.hists))
+	}
+	sem := aggregate.SemanticsAggregate
+	for r := 0; r < rounds; r++ {
+		type groupPush struct {
+			push         *aggregate.Push
+			fams         map[string]*dto.MetricFamily
+			floats, hist int
+		}
+		byGroup := map[string]*groupPush{}
+		var keys []string
+		for _, s := range d.aggOrder {
+			if r >= len(s.floats) && r >= len(s.hists) {
+				continue
+			}
+			d.sb.Reset()
+			for _, l := range s.lbls {
+				if l.Name == "job" || l.Name == "instance" {
+					d.sb.Add(l.Name, l.Value)
+				}
+			}
+			group := d.sb.Labels()
+			gk := group.String()
+			gp := byGroup[gk]
+			if gp == nil {
+				gp = &groupPush{push: &aggregate.Push{Group: group, Method: aggregate.MethodPost, Semantics: &sem}, fams: map[string]*dto.MetricFamily{}}
+				byGroup[gk] = gp
+				keys = append(keys, gk)
+			}
+			typ := aggType(s.name, s.meta, len(s.hists) > 0)
+			f := gp.fams[s.name]
+			if f == nil {
+				f = &dto.MetricFamily{Name: ptrS(s.name), Type: typ.Enum()}
+				if s.meta.help != "" {
+					f.Help = ptrS(s.meta.help)
+				}
+				gp.fams[s.name] = f
+				gp.push.Families = append(gp.push.Families, f)
+			} else if f.GetType() != typ {
+				return rwErrorf(400, rwReasonTypeConflict, "metric %q is sent as %s and as %s in one request",
+					truncate(s.name), strings.ToLower(f.GetType().String()), strings.ToLower(typ.String()))
+			}
+			m := &dto.Metric{Label: make([]*dto.LabelPair, 0, len(s.lbls)-1)}
+			for _, l := range s.lbls {
+				if l.Name != model.MetricNameLabel {
+					m.Label = append(m.Label, &dto.LabelPair{Name: ptrS(l.Name), Value: ptrS(l.Value)})
+				}
+			}
+			if len(s.hists) > 0 {
+				h := &s.hists[r]
+				m.TimestampMs = ptrI64(h.Timestamp)
+				m.Histogram = histToDTO(h)
+				gp.hist++
+			} else {
+				v := s.floats[r].Value
+				m.TimestampMs = ptrI64(s.floats[r].Timestamp)
+				switch typ {
+				case dto.MetricType_COUNTER:
+					m.Counter = &dto.Counter{Value: &v}
+				case dto.MetricType_GAUGE:
+					m.Gauge = &dto.Gauge{Value: &v}
+				default:
+					m.Untyped = &dto.Untyped{Value: &v}
+				}
+				gp.floats++
+			}
+			f.Metric = append(f.Metric, m)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			gp := byGroup[k]
+			out.write.Pushes = append(out.write.Pushes, gp.push)
+			out.pushFloats = append(out.pushFloats, gp.floats)
+			out.pushHists = append(out.pushHists, gp.hist)
+		}
+	}
+	return nil
+}
+
+// aggType is the type a remote-written series is aggregated as: from the
+// sender's metadata, else from its name's suffix (_total, _count, _sum and
+// _bucket are counters), else untyped. The series of a classic histogram
+// or summary are counters (_bucket, _count, _sum) or gauges (quantiles).
+func aggType(name string, md seriesMeta, hist bool) dto.MetricType {
+	if hist {
+		if md.typ == prompb.MetricMetadata_GAUGEHISTOGRAM {
+			return dto.MetricType_GAUGE_HISTOGRAM
+		}
+		return dto.MetricType_HISTOGRAM
+	}
+	component := strings.HasSuffix(name, "_bucket") || strings.HasSuffix(name, "_count") || strings.HasSuffix(name, "_sum")
+	if md.known {
+		switch md.typ {
+		case prompb.MetricMetadata_COUNTER:
+			return dto.MetricType_COUNTER
+		case prompb.MetricMetadata_GAUGE, prompb.MetricMetadata_GAUGEHISTOGRAM, prompb.MetricMetadata_INFO, prompb.MetricMetadata_STATESET:
+			return dto.MetricType_GAUGE
+		case prompb.MetricMetadata_HISTOGRAM, prompb.MetricMetadata_SUMMARY:
+			if component {
+				return dto.MetricType_COUNTER
+			}
+			return dto.MetricType_GAUGE
+		}
+	}
+	if component || strings.HasSuffix(name, "_total") {
+		return dto.MetricType_COUNTER
+	}
+	return dto.MetricType_UNTYPED
+}
+
+// histToDTO converts a native histogram to the push form the aggregation
+// merges. One without buckets gets an empty span, as client_golang does,
+// so that it still counts as native.
+func histToDTO(h *prompb.Histogram) *dto.Histogram {
+	d := &dto.Histogram{Schema: ptrI32(h.Schema), ZeroThreshold: ptrF(h.ZeroThreshold), SampleSum: ptrF(h.Sum)}
+	if h.IsFloatHistogram() {
+		d.SampleCountFloat = ptrF(h.GetCountFloat())
+		d.ZeroCountFloat = ptrF(h.GetZeroCountFloat())
+		d.PositiveCount, d.NegativeCount = h.PositiveCounts, h.NegativeCounts
+	} else {
+		cnt, zc := h.GetCountInt(), h.GetZeroCountInt()
+		d.SampleCount, d.ZeroCount = &cnt, &zc
+		d.PositiveDelta, d.NegativeDelta = h.PositiveDeltas, h.NegativeDeltas
+	}
+	d.PositiveSpan = spansToDTO(h.PositiveSpans)
+	d.NegativeSpan = spansToDTO(h.NegativeSpans)
+	if len(d.PositiveSpan) == 0 && len(d.NegativeSpan) == 0 {
+		d.PositiveSpan = []*dto.BucketSpan{{Offset: ptrI32(0), Length: ptrU32(0)}}
+	}
+	return d
+}
+
+func spansToDTO(s []prompb.BucketSpan) []*dto.BucketSpan {
+	out := make([]*dto.BucketSpan, len(s))
+	for i, sp := range s {
+		out[i] = &dto.BucketSpan{Offset: ptrI32(sp.Offset), Length: ptrU32(sp.Length)}
+	}
+	return out
+}
+
+func ptrS(s string) *string    { return &s }
+func ptrF(f float64) *float64  { return &f }
+func ptrI32(i int32) *int32    { return &i }
+func ptrU32(u uint32) *uint32  { return &u }
+func ptrI64(i int64) *int64    { return &i }
+func truncate(s string) string { return truncateTo(s, 128) }
+func truncateTo(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// seriesString prints labels the way PromQL users read them, shortened.
+func rwSeries(ls []prompb.Label) string {
+	var b labels.ScratchBuilder
+	for _, l := range ls {
+		b.Add(l.Name, l.Value)
+	}
+	return truncateTo(b.Labels().String(), 256)
+}
+
+// metadataCache keeps the metadata Remote-Write 1.0 senders send in
+// requests of their own (Prometheus every minute), so that relayed series
+// carry it. Bounded: when full it starts over.
+type metadataCache struct {
+	mu sync.RWMutex // guards m
+	m  map[string]prompb.MetricMetadata
+}
+
+// maxCachedFamilies bounds the cache; a large Prometheus has a few
+// thousand metric families.
+const maxCachedFamilies = 100_000
+
+func newMetadataCache() *metadataCache {
+	return &metadataCache{m: make(map[string]prompb.MetricMetadata)}
+}
+
+func (c *metadataCache) update(mds []prompb.MetricMetadata) {
+	if len(mds) == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m)+len(mds) > maxCachedFamilies {
+		clear(c.m)
+	}
+	for _, md := range mds {
+		if md.MetricFamilyName != "" {
+			c.m[md.MetricFamilyName] = md
+		}
+	}
+}
+
+func (c *metadataCache) size() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.m)
+}
+
+func (c *metadataCache) get(family string) (prompb.MetricMetadata, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	md, ok := c.m[family]
+	return md, ok
+}
+
+// forNames returns the metadata of the families the named series belong to.
+func (c *metadataCache) forNames(names map[string]struct{}) []prompb.MetricMetadata {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out []prompb.MetricMetadata
+	seen := make(map[string]struct{}, len(names))
+	for n := range names {
+		md := familyMetadata(func(f string) (prompb.MetricMetadata, bool) { m, ok := c.m[f]; return m, ok }, n)
+		if md == nil {
+			continue
+		}
+		if _, ok := seen[md.MetricFamilyName]; ok {
+			continue
+		}
+		seen[md.MetricFamilyName] = struct{}{}
+		out = append(out, *md)
+	}
+	slices.SortFunc(out, func(a, b prompb.MetricMetadata) int { return cmp.Compare(a.MetricFamilyName, b.MetricFamilyName) })
+	return out
+}
