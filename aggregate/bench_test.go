@@ -29,16 +29,37 @@ func benchPush(b *testing.B, n int, mode string) []*dto.MetricFamily {
 	return []*dto.MetricFamily{fams["bench_total"]}
 }
 
+// benchGroups is one 25-series push in the given mode for each of 1,000 groups.
+func benchGroups(b *testing.B, mode string) []Push {
+	fams := benchPush(b, 25, mode)
+	groups := make([]Push, 1000)
+	for i := range groups {
+		groups[i] = Push{Group: groupLabels(fmt.Sprintf("job=j%d", i)), Families: fams}
+	}
+	return groups
+}
+
+// applyParallel applies the pushes round-robin (by stride) from every
+// benchmark goroutine.
+func applyParallel(b *testing.B, s *Store, groups []Push, stride int) {
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			if err := s.Apply(context.Background(), &groups[i%len(groups)]); err != nil {
+				b.Error(err)
+				return
+			}
+			i += stride
+		}
+	})
+}
+
 // BenchmarkApply measures one push of 25 series over 1,000 groups, per mode.
 func BenchmarkApply(b *testing.B) {
 	for _, mode := range []string{"sum", "replace", "mean1m", "p99_5m"} {
 		b.Run(mode, func(b *testing.B) {
 			s := New(testSettings(), time.Now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
-			fams := benchPush(b, 25, mode)
-			groups := make([]Push, 1000)
-			for i := range groups {
-				groups[i] = Push{Group: groupLabels(fmt.Sprintf("job=j%d", i)), Families: fams}
-			}
+			groups := benchGroups(b, mode)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -53,23 +74,10 @@ func BenchmarkApply(b *testing.B) {
 // BenchmarkApplyParallel is BenchmarkApply/sum from all cores at once.
 func BenchmarkApplyParallel(b *testing.B) {
 	s := New(testSettings(), time.Now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
-	fams := benchPush(b, 25, "sum")
-	groups := make([]Push, 1000)
-	for i := range groups {
-		groups[i] = Push{Group: groupLabels(fmt.Sprintf("job=j%d", i)), Families: fams}
-	}
+	groups := benchGroups(b, "sum")
 	b.ReportAllocs()
 	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		i := 0
-		for pb.Next() {
-			if err := s.Apply(context.Background(), &groups[i%len(groups)]); err != nil {
-				b.Error(err)
-				return
-			}
-			i += 7
-		}
-	})
+	applyParallel(b, s, groups, 7)
 }
 
 // BenchmarkGather renders 25,000 series.

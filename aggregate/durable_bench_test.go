@@ -2,7 +2,6 @@ package aggregate
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -32,24 +31,11 @@ func BenchmarkDurableApply(b *testing.B) {
 			defer func() { cancel(); <-done }()
 			s := New(testSettings(), time.Now, c, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 			s.SetReady()
-			fams := benchPush(b, 25, "sum")
-			groups := make([]Push, 1000)
-			for i := range groups {
-				groups[i] = Push{Group: groupLabels(fmt.Sprintf("job=j%d", i)), Families: fams}
-			}
+			groups := benchGroups(b, "sum")
 			b.SetParallelism(32) // 64 pushers on 2 cores, like concurrent HTTP clients
 			b.ReportAllocs()
 			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				i := 0
-				for pb.Next() {
-					if err := s.Apply(context.Background(), &groups[i%len(groups)]); err != nil {
-						b.Error(err)
-						return
-					}
-					i += 13
-				}
-			})
+			applyParallel(b, s, groups, 13)
 		})
 	}
 }

@@ -47,6 +47,8 @@ type prepared struct {
 	groupKey string
 	group    labels.Labels
 	updates  []update
+	// keys holds the key of every update (duplicates are rejected).
+	keys map[string]struct{}
 	// replaceAll: every series of the group not in updates is removed
 	// (PUT with Pushgateway semantics).
 	replaceAll bool
@@ -81,6 +83,7 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 		pr.replaceAll = true
 	}
 	seen := make(map[string]struct{})
+	pr.keys = seen
 	var sb labels.ScratchBuilder
 	var body []labels.Label
 	nSeries := 0

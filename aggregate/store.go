@@ -14,11 +14,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math"
 	"runtime"
 	"slices"
 	"sort"
-	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -331,14 +330,10 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 
 	// Series the push removes: the whole group (PUT, Pushgateway
 	// semantics) or the replaced families, minus what the push updates.
-	inPush := make(map[string]struct{}, len(pr.updates))
-	for i := range pr.updates {
-		inPush[pr.updates[i].key] = struct{}{}
-	}
 	var removed []*series
 	if pr.replaceAll || len(pr.replaceNames) > 0 {
 		for k, se := range g.series {
-			if _, ok := inPush[k]; ok {
+			if _, ok := pr.keys[k]; ok {
 				continue
 			}
 			if pr.replaceAll || pr.replaceNames[se.name] {
@@ -804,17 +799,7 @@ func typeName(t dto.MetricType) string {
 	case dto.MetricType_GAUGE_HISTOGRAM:
 		return "gaugehistogram"
 	}
-	return lower(t.String())
-}
-
-func lower(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c >= 'A' && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
-		}
-	}
-	return string(b)
+	return strings.ToLower(t.String())
 }
 
 func layoutString(h *histState) string {
@@ -827,20 +812,13 @@ func layoutString(h *histState) string {
 			s += "..."
 			break
 		}
-		s += formatFloat(b)
+		s += formatLabelFloat(b)
 	}
 	s += "]"
 	if h.native != nil {
 		s += "+native"
 	}
 	return s
-}
-
-func formatFloat(f float64) string {
-	if math.IsInf(f, 1) {
-		return "+Inf"
-	}
-	return strconv.FormatFloat(f, 'g', -1, 64)
 }
 
 // GroupSnapshot is one group as the /api/v1/metrics JSON API shows it.

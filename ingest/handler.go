@@ -187,19 +187,10 @@ func cors(c *fiber.Ctx) error {
 // groupFromPath parses the grouping key of a /metrics/... request.
 func groupFromPath(c *fiber.Ctx) (labels.Labels, error) {
 	raw := string(c.Request().URI().PathOriginal())
-	if i := indexByte(raw, '?'); i >= 0 {
+	if i := strings.IndexByte(raw, '?'); i >= 0 {
 		raw = raw[:i]
 	}
 	return ParseGroupingKey(raw[len("/metrics"):])
-}
-
-func indexByte(s string, b byte) int {
-	for i := 0; i < len(s); i++ {
-		if s[i] == b {
-			return i
-		}
-	}
-	return -1
 }
 
 func (s *server) push(c *fiber.Ctx) error {

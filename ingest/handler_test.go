@@ -132,8 +132,8 @@ const protoCT = "application/vnd.google.protobuf; proto=io.prometheus.client.Met
 
 func TestPushEndpoints(t *testing.T) {
 	counter := func(v float64) *dto.MetricFamily {
-		return &dto.MetricFamily{Name: ptrS("req_total"), Type: dto.MetricType_COUNTER.Enum(),
-			Metric: []*dto.Metric{{Label: []*dto.LabelPair{{Name: ptrS("fn"), Value: ptrS("a")}}, Counter: &dto.Counter{Value: &v}}}}
+		return &dto.MetricFamily{Name: ptr("req_total"), Type: dto.MetricType_COUNTER.Enum(),
+			Metric: []*dto.Metric{{Label: []*dto.LabelPair{{Name: ptr("fn"), Value: ptr("a")}}, Counter: &dto.Counter{Value: &v}}}}
 	}
 	cases := []struct {
 		name     string

@@ -698,9 +698,9 @@ func (d *rwDecoder) buildPushes(out *rwDecoded) *rwError {
 			typ := aggType(s.name, s.meta, len(s.hists) > 0)
 			f := gp.fams[s.name]
 			if f == nil {
-				f = &dto.MetricFamily{Name: ptrS(s.name), Type: typ.Enum()}
+				f = &dto.MetricFamily{Name: ptr(s.name), Type: typ.Enum()}
 				if s.meta.help != "" {
-					f.Help = ptrS(s.meta.help)
+					f.Help = ptr(s.meta.help)
 				}
 				gp.fams[s.name] = f
 				gp.push.Families = append(gp.push.Families, f)
@@ -711,17 +711,17 @@ func (d *rwDecoder) buildPushes(out *rwDecoded) *rwError {
 			m := &dto.Metric{Label: make([]*dto.LabelPair, 0, len(s.lbls)-1)}
 			for _, l := range s.lbls {
 				if l.Name != model.MetricNameLabel {
-					m.Label = append(m.Label, &dto.LabelPair{Name: ptrS(l.Name), Value: ptrS(l.Value)})
+					m.Label = append(m.Label, &dto.LabelPair{Name: ptr(l.Name), Value: ptr(l.Value)})
 				}
 			}
 			if len(s.hists) > 0 {
 				h := &s.hists[r]
-				m.TimestampMs = ptrI64(h.Timestamp)
+				m.TimestampMs = ptr(h.Timestamp)
 				m.Histogram = histToDTO(h)
 				gp.hist++
 			} else {
 				v := s.floats[r].Value
-				m.TimestampMs = ptrI64(s.floats[r].Timestamp)
+				m.TimestampMs = ptr(s.floats[r].Timestamp)
 				switch typ {
 				case dto.MetricType_COUNTER:
 					m.Counter = &dto.Counter{Value: &v}
@@ -780,10 +780,10 @@ func aggType(name string, md seriesMeta, hist bool) dto.MetricType {
 // merges. One without buckets gets an empty span, as client_golang does,
 // so that it still counts as native.
 func histToDTO(h *prompb.Histogram) *dto.Histogram {
-	d := &dto.Histogram{Schema: ptrI32(h.Schema), ZeroThreshold: ptrF(h.ZeroThreshold), SampleSum: ptrF(h.Sum)}
+	d := &dto.Histogram{Schema: ptr(h.Schema), ZeroThreshold: ptr(h.ZeroThreshold), SampleSum: ptr(h.Sum)}
 	if h.IsFloatHistogram() {
-		d.SampleCountFloat = ptrF(h.GetCountFloat())
-		d.ZeroCountFloat = ptrF(h.GetZeroCountFloat())
+		d.SampleCountFloat = ptr(h.GetCountFloat())
+		d.ZeroCountFloat = ptr(h.GetZeroCountFloat())
 		d.PositiveCount, d.NegativeCount = h.PositiveCounts, h.NegativeCounts
 	} else {
 		cnt, zc := h.GetCountInt(), h.GetZeroCountInt()
@@ -793,7 +793,7 @@ func histToDTO(h *prompb.Histogram) *dto.Histogram {
 	d.PositiveSpan = spansToDTO(h.PositiveSpans)
 	d.NegativeSpan = spansToDTO(h.NegativeSpans)
 	if len(d.PositiveSpan) == 0 && len(d.NegativeSpan) == 0 {
-		d.PositiveSpan = []*dto.BucketSpan{{Offset: ptrI32(0), Length: ptrU32(0)}}
+		d.PositiveSpan = []*dto.BucketSpan{{Offset: ptr[int32](0), Length: ptr[uint32](0)}}
 	}
 	return d
 }
@@ -801,16 +801,12 @@ func histToDTO(h *prompb.Histogram) *dto.Histogram {
 func spansToDTO(s []prompb.BucketSpan) []*dto.BucketSpan {
 	out := make([]*dto.BucketSpan, len(s))
 	for i, sp := range s {
-		out[i] = &dto.BucketSpan{Offset: ptrI32(sp.Offset), Length: ptrU32(sp.Length)}
+		out[i] = &dto.BucketSpan{Offset: ptr(sp.Offset), Length: ptr(sp.Length)}
 	}
 	return out
 }
 
-func ptrS(s string) *string    { return &s }
-func ptrF(f float64) *float64  { return &f }
-func ptrI32(i int32) *int32    { return &i }
-func ptrU32(u uint32) *uint32  { return &u }
-func ptrI64(i int64) *int64    { return &i }
+func ptr[T any](v T) *T        { return &v }
 func truncate(s string) string { return truncateTo(s, 128) }
 func truncateTo(s string, n int) string {
 	if len(s) > n {

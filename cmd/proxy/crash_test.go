@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,39 +12,6 @@ import (
 	"testing"
 	"time"
 )
-
-// startSluiceOn runs the binary on a given address and WAL directory and
-// waits until it is ready (recovery done). It does not register a cleanup:
-// the crash test kills it itself.
-func startSluiceOn(t *testing.T, bin, addr string, args ...string) *sluiceProc {
-	t.Helper()
-	cmd := exec.Command(bin, append([]string{"--web.listen-address=" + addr}, args...)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &sluiceProc{url: "http://" + addr, cmd: cmd, stderr: &stderr, done: make(chan struct{})}
-	go func() { p.waitErr = cmd.Wait(); close(p.done) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if r, err := http.Get(p.url + "/-/ready"); err == nil {
-			r.Body.Close()
-			if r.StatusCode == 200 {
-				return p
-			}
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("sluice exited during start-up: %v\n%s", p.waitErr, stderr.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	_ = cmd.Process.Kill()
-	<-p.done
-	t.Fatalf("sluice not ready within 20s:\n%s", stderr.String())
-	return nil
-}
 
 // TestCrashRecoveryTotals pushes counter deltas from concurrent clients,
 // kills Sluice with SIGKILL at 20 random moments (with 1 s windows and

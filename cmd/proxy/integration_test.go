@@ -57,9 +57,17 @@ func freePort(t *testing.T) string {
 // The process is stopped (SIGTERM, then SIGKILL) when the test ends.
 func startSluice(t *testing.T, bin string, args ...string) *sluiceProc {
 	t.Helper()
-	addr := freePort(t)
-	args = append([]string{"--web.listen-address=" + addr, "--wal.dir=" + t.TempDir()}, args...)
-	cmd := exec.Command(bin, args...)
+	p := startSluiceOn(t, bin, freePort(t), append([]string{"--wal.dir=" + t.TempDir()}, args...)...)
+	t.Cleanup(func() { p.stop(t) })
+	return p
+}
+
+// startSluiceOn runs the binary on a given address and WAL directory and
+// waits until it is ready (recovery done). It does not register a cleanup:
+// the crash test kills it itself.
+func startSluiceOn(t *testing.T, bin, addr string, args ...string) *sluiceProc {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"--web.listen-address=" + addr}, args...)...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -67,8 +75,7 @@ func startSluice(t *testing.T, bin string, args ...string) *sluiceProc {
 	}
 	p := &sluiceProc{url: "http://" + addr, cmd: cmd, stderr: &stderr, done: make(chan struct{})}
 	go func() { p.waitErr = cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() { p.stop(t) })
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		if r, err := http.Get(p.url + "/-/ready"); err == nil {
 			r.Body.Close()
@@ -76,9 +83,15 @@ func startSluice(t *testing.T, bin string, args ...string) *sluiceProc {
 				return p
 			}
 		}
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-p.done:
+			t.Fatalf("sluice exited during start-up: %v\n%s", p.waitErr, stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
-	t.Fatalf("sluice did not become ready; stderr:\n%s", stderr.String())
+	_ = cmd.Process.Kill()
+	<-p.done
+	t.Fatalf("sluice not ready within 20s:\n%s", stderr.String())
 	return nil
 }
 
