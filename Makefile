@@ -36,3 +36,36 @@ bench:
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
+
+# Deployment files (ops). kubeconform and kustomize are pinned and run with
+# `go run`; kubeconform reads the schemas vendored in
+# deploy/kubernetes/schemas (its default location, GitHub, is not reachable
+# from CI) and must reject every deploy/kubernetes/testdata/*.bad.yaml.
+KUBECONFORM ?= $(GO) run github.com/yannh/kubeconform/cmd/kubeconform@v0.7.0
+KUSTOMIZE   ?= $(GO) run sigs.k8s.io/kustomize/kustomize/v5@v5.8.1
+K8S_SCHEMAS := -schema-location 'deploy/kubernetes/schemas/{{ .ResourceKind }}{{ .KindSuffix }}.json'
+
+.PHONY: check-deploy check-rules
+
+check-deploy:
+	@out="$$(mktemp)"; trap 'rm -f "$$out"' EXIT; \
+		$(KUSTOMIZE) build deploy/kubernetes >"$$out" && \
+		$(KUBECONFORM) -strict -summary $(K8S_SCHEMAS) - <"$$out"
+	@for f in deploy/kubernetes/testdata/*.bad.yaml; do \
+		if $(KUBECONFORM) -strict $(K8S_SCHEMAS) "$$f" >/dev/null 2>&1; then \
+			echo "check-deploy: $$f should be invalid but passed: the schemas check nothing"; exit 1; \
+		fi; \
+	done; echo "check-deploy: every deploy/kubernetes/testdata/*.bad.yaml rejected"
+	$(GO) test -count=1 -run 'TestDeploy' ./configs ./cmd/proxy
+
+check-rules:
+	promtool check rules alerts/sluice.rules.yml
+	promtool test rules alerts/sluice.rules.test.yml
+
+# Side-by-side performance comparison with vmagent and the Pushgateway
+# (SPEC 10; about 5 minutes; COMPARE_SECONDS and the other COMPARE_* in
+# loadtest/compare.sh shorten it). Prints PASS/FAIL, fails only on tooling.
+.PHONY: compare
+
+compare:
+	bash loadtest/compare.sh

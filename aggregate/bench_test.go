@@ -56,7 +56,7 @@ func applyParallel(b *testing.B, s *Store, groups []Push, stride int) {
 
 // BenchmarkApply measures one push of 25 series over 1,000 groups, per mode.
 func BenchmarkApply(b *testing.B) {
-	for _, mode := range []string{"sum", "replace", "mean1m", "p99_5m"} {
+	for _, mode := range []string{"sum", "replace", "family", "mean1m", "max1m", "p99_5m"} {
 		b.Run(mode, func(b *testing.B) {
 			s := New(testSettings(), time.Now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 			groups := benchGroups(b, mode)
@@ -93,6 +93,19 @@ func BenchmarkGather(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, err := s.Gather(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkEncodePush measures the write-ahead log record of a 25-series push.
+func BenchmarkEncodePush(b *testing.B) {
+	sem := SemanticsAggregate
+	p := benchGroups(b, "sum")[0]
+	p.Semantics = &sem
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := EncodeOp(&Op{Type: RecordPush, Time: time.Now(), Push: &p}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -205,6 +205,7 @@ func (s *Store) Checkpoint(ctx context.Context, log CheckpointLog) error {
 	}
 	data := s.snapshot()
 	s.stateMu.Unlock()
+	s.snapshotSize.Store(int64(len(data)))
 	if err := log.WriteCheckpoint(pos, data); err != nil {
 		return fmt.Errorf("write checkpoint: %w", err)
 	}

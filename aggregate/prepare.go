@@ -82,7 +82,14 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 	if sem == SemanticsPushgateway && p.Method == MethodPut {
 		pr.replaceAll = true
 	}
-	seen := make(map[string]struct{})
+	total := 0
+	for _, fam := range p.Families {
+		total += len(fam.GetMetric())
+	}
+	total = max(min(total, lim.MaxSeriesPerRequest), 0) // sizes only; the limit is checked below
+	pr.updates = make([]update, 0, total)
+	pr.modes = make([]configs.Mode, 0, total)
+	seen := make(map[string]struct{}, total)
 	pr.keys = seen
 	var sb labels.ScratchBuilder
 	var body []labels.Label

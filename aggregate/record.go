@@ -8,10 +8,13 @@ import (
 	"io"
 	"time"
 
+	"github.com/golang/snappy"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/prompb"
 	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sluice-metrics/sluice/configs"
 )
@@ -47,6 +50,10 @@ type Op struct {
 	// Relay is set for RecordRelay: the series to relay, in Remote-Write
 	// 1.0 form.
 	Relay *prompb.WriteRequest
+	// RelaySnappy, if set when encoding, is Relay already marshalled and
+	// snappy-compressed (Write.RelaySnappy); EncodeOp copies it instead of
+	// encoding Relay. Decoding never sets it.
+	RelaySnappy []byte
 }
 
 // maxRecordBytes bounds decoding of corrupt records.
@@ -64,7 +71,9 @@ const pushgatewayBit = 0x80
 //	delete:   group labels
 //	wipe:     nothing
 //	expire:   n groups | n * group labels | m series | m * (len | key bytes)
-//	relay:    a prometheus.WriteRequest protobuf to the end
+//	relay:    format (1 byte) = 1 | snappy block (to the end) of a prometheus.WriteRequest
+//	          protobuf; records written before the format byte (a protobuf
+//	          right after the time) are still read
 //	labels:   n | n * (len | name | len | value)
 func EncodeOp(op *Op) ([]byte, error) {
 	var b []byte
@@ -81,13 +90,24 @@ func EncodeOp(op *Op) ([]byte, error) {
 		for _, md := range op.Push.Modes {
 			b = appendString(b, md.String())
 		}
-		buf := bytes.NewBuffer(b)
-		for _, f := range op.Push.Families {
-			if _, err := protodelim.MarshalTo(buf, f); err != nil {
+		// What protodelim.MarshalTo writes, appended in place: sizing
+		// every family first lets the record be allocated once.
+		sizes := make([]int, len(op.Push.Families))
+		total := len(b)
+		for i, f := range op.Push.Families {
+			sizes[i] = proto.Size(f)
+			total += protowire.SizeVarint(uint64(sizes[i])) + sizes[i]
+		}
+		out := make([]byte, len(b), total)
+		copy(out, b)
+		for i, f := range op.Push.Families {
+			out = protowire.AppendVarint(out, uint64(sizes[i]))
+			var err error
+			if out, err = (proto.MarshalOptions{UseCachedSize: true}).MarshalAppend(out, f); err != nil {
 				return nil, fmt.Errorf("encode push record: %w", err)
 			}
 		}
-		return buf.Bytes(), nil
+		return out, nil
 	case RecordDelete:
 		return appendLabels(b, op.Group), nil
 	case RecordWipe:
@@ -103,16 +123,7 @@ func EncodeOp(op *Op) ([]byte, error) {
 		}
 		return b, nil
 	case RecordRelay:
-		if op.Relay == nil {
-			return nil, errors.New("encode relay record: no request")
-		}
-		// One allocation: the timestamp, then the request marshalled in place.
-		out := make([]byte, len(b)+op.Relay.Size())
-		copy(out, b)
-		if _, err := op.Relay.MarshalToSizedBuffer(out[len(b):]); err != nil {
-			return nil, fmt.Errorf("encode relay record: %w", err)
-		}
-		return out, nil
+		return encodeRelay(b, op)
 	}
 	return nil, fmt.Errorf("encode op: unknown record type %d", op.Type)
 }
@@ -204,9 +215,9 @@ func DecodeOp(typ uint8, b []byte) (*Op, error) {
 			op.ExpiredSeries = append(op.ExpiredSeries, k)
 		}
 	case RecordRelay:
-		req := &prompb.WriteRequest{}
-		if err := req.Unmarshal(r.b); err != nil {
-			return nil, fmt.Errorf("decode relay record: %w", err)
+		req, err := decodeRelay(r.b)
+		if err != nil {
+			return nil, err
 		}
 		op.Relay = req
 		r.b = nil
@@ -285,4 +296,59 @@ func (r *reader) labels() (labels.Labels, error) {
 	}
 	sb.Sort()
 	return sb.Labels(), nil
+}
+
+// relaySnappyFormat starts a relay record's payload: a snappy block of a
+// prometheus.WriteRequest follows. A protobuf never starts with this byte
+// (field number 0), so records from before the format byte, a bare
+// protobuf, are told apart.
+const relaySnappyFormat = 1
+
+// encodeRelay appends a relay record's payload to b (the time): the
+// snappy block given (op.RelaySnappy) or Relay marshalled and compressed.
+// A 2,000-sample request takes about a quarter of its protobuf size.
+func encodeRelay(b []byte, op *Op) ([]byte, error) {
+	block := op.RelaySnappy
+	if block == nil {
+		if op.Relay == nil {
+			return nil, errors.New("encode relay record: no request")
+		}
+		pb, err := op.Relay.Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("encode relay record: %w", err)
+		}
+		out := make([]byte, len(b)+1, len(b)+1+snappy.MaxEncodedLen(len(pb)))
+		copy(out, b)
+		out[len(b)] = relaySnappyFormat
+		enc := snappy.Encode(out[len(out):cap(out)], pb)
+		return out[:len(out)+len(enc)], nil
+	}
+	// One allocation: the time, the format, the block.
+	out := make([]byte, len(b)+1+len(block))
+	copy(out, b)
+	out[len(b)] = relaySnappyFormat
+	copy(out[len(b)+1:], block)
+	return out, nil
+}
+
+// decodeRelay parses a relay record's payload.
+func decodeRelay(p []byte) (*prompb.WriteRequest, error) {
+	pb := p
+	if len(p) > 0 && p[0] == relaySnappyFormat {
+		n, err := snappy.DecodedLen(p[1:])
+		if err != nil {
+			return nil, fmt.Errorf("decode relay record: %w", err)
+		}
+		if n > maxRecordBytes {
+			return nil, fmt.Errorf("decode relay record: %d bytes uncompressed, more than %d", n, maxRecordBytes)
+		}
+		if pb, err = snappy.Decode(make([]byte, n), p[1:]); err != nil {
+			return nil, fmt.Errorf("decode relay record: %w", err)
+		}
+	}
+	req := &prompb.WriteRequest{}
+	if err := req.Unmarshal(pb); err != nil {
+		return nil, fmt.Errorf("decode relay record: %w", err)
+	}
+	return req, nil
 }

@@ -31,7 +31,9 @@ const (
 // Snapshot serialises the whole state. The caller holds stateMu for
 // writing (see Checkpoint), so no operation runs meanwhile.
 func (s *Store) snapshot() []byte {
-	b := []byte(snapshotMagic)
+	// The previous snapshot's size is a good guess of this one's.
+	b := make([]byte, 0, s.snapshotSize.Load()*9/8+64)
+	b = append(b, snapshotMagic...)
 	b = binary.AppendUvarint(b, snapshotVersion)
 	groups := s.groupList()
 	idx := make(map[*group]int, len(groups))
@@ -155,6 +157,15 @@ func (r *reader) float() (float64, error) {
 	return f, nil
 }
 
+func (r *reader) uvarint() (uint64, error) {
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		return 0, errShort
+	}
+	r.b = r.b[n:]
+	return v, nil
+}
+
 func (r *reader) varint() (int64, error) {
 	v, n := binary.Varint(r.b)
 	if n <= 0 {
@@ -184,7 +195,7 @@ func (s *Store) restore(data []byte) error {
 		if err != nil {
 			return err
 		}
-		g := &group{key: groupKey(ls), labels: ls, series: make(map[string]*series)}
+		g := &group{key: groupKey(ls), labels: ls}
 		if g.lastPush, err = r.varint(); err != nil {
 			return err
 		}
@@ -192,19 +203,24 @@ func (s *Store) restore(data []byte) error {
 			return err
 		}
 		groups[i] = g
-		s.groups[g.key] = g
 	}
 	ns, err := r.count()
 	if err != nil {
 		return err
 	}
+	// Decode every series first, then build the maps at their final
+	// sizes: growing maps of a million entries one by one costs more than
+	// decoding the series.
+	all := make([]*series, 0, ns)
+	perGroup := make([]int, len(groups))
 	for i := 0; i < ns; i++ {
-		gi, err := r.count()
-		if err != nil || gi >= len(groups) {
+		// The group index is not a length: count() would reject an index
+		// larger than the bytes left, as near the end of a big snapshot.
+		gi, err := r.uvarint()
+		if err != nil || gi >= uint64(len(groups)) {
 			return fmt.Errorf("restore snapshot: series %d: bad group index", i)
 		}
-		g := groups[gi]
-		se := &series{group: g}
+		se := &series{group: groups[gi]}
 		if se.lset, err = r.labels(); err != nil {
 			return err
 		}
@@ -256,14 +272,29 @@ func (s *Store) restore(data []byte) error {
 			return fmt.Errorf("restore snapshot: %w", err)
 		}
 		se.fam = f // the claim is the series' reference
-		s.shards[s.shardOf(se.key)].series[se.key] = se
-		g.series[se.key] = se
-		s.seriesCount.Add(1)
-		s.modeCounts[se.mode.Kind].Add(1)
+		se.name = f.name
+		all = append(all, se)
+		perGroup[gi]++
 	}
 	if len(r.b) != 0 {
 		return fmt.Errorf("restore snapshot: %d trailing bytes", len(r.b))
 	}
+	for i, g := range groups {
+		g.series = make(map[string]*series, perGroup[i])
+		s.groups[g.key] = g
+	}
+	perShard := len(all)/len(s.shards) + len(all)/(8*len(s.shards)) + 1
+	for i := range s.shards {
+		if len(s.shards[i].series) == 0 {
+			s.shards[i].series = make(map[string]*series, perShard)
+		}
+	}
+	for _, se := range all {
+		s.shards[s.shardOf(se.key)].series[se.key] = se
+		se.group.series[se.key] = se
+		s.modeCounts[se.mode.Kind].Add(1)
+	}
+	s.seriesCount.Add(int64(len(all)))
 	return nil
 }
 

@@ -101,7 +101,9 @@ type Store struct {
 
 	shards      []shard
 	seriesCount atomic.Int64
-	modeCounts  [configs.ModeWindowQuantile + 1]atomic.Int64
+	// snapshotSize is the size of the last snapshot, to presize the next.
+	snapshotSize atomic.Int64
+	modeCounts   [configs.ModeWindowQuantile + 1]atomic.Int64
 }
 
 type shard struct {
@@ -406,6 +408,7 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 		se := p.s
 		if p.isNew {
 			se.fam = claimed[se.name]
+			se.name = se.fam.name // the family's copy, not the push's
 			se.fam.refs.Add(1)
 			s.shards[p.u.shard].series[se.key] = se
 			g.series[se.key] = se
@@ -485,7 +488,9 @@ func (s *Store) claim(u *update) (*family, error) {
 	defer s.famMu.Unlock()
 	f = s.families[u.name]
 	if f == nil {
-		f = &family{name: u.name, typ: u.outType, pushedType: u.typ, mode: u.mode, help: u.help}
+		// Clone: the push's strings may share memory with its whole body
+		// (see ingest's text decoder), which the family must not keep.
+		f = &family{name: strings.Clone(u.name), typ: u.outType, pushedType: u.typ, mode: u.mode, help: strings.Clone(u.help)}
 		s.families[u.name] = f
 	}
 	if f.typ != u.outType {

@@ -3,6 +3,8 @@ package aggregate
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/prometheus/prometheus/prompb"
 
@@ -14,8 +16,21 @@ import (
 type Write struct {
 	// Relay holds the series relayed unchanged (no clear_mode), in
 	// Remote-Write 1.0 form; nil or empty if none. Ownership passes to
-	// the Store, which hands it to the relay Appender.
+	// the Store, which hands it to the relay Appender, unless
+	// RelayBorrowed.
 	Relay *prompb.WriteRequest
+	// RelayBorrowed: Relay (strings included) stays the caller's, which
+	// reuses its memory once Write returns (the remote_write decoder's
+	// pooled requests). The Store then hands it to a BorrowingAppender as
+	// is, and a deep copy to any other Appender.
+	RelayBorrowed bool
+	// RelaySnappy is Relay as a snappy-compressed (block format)
+	// prometheus.WriteRequest, what the relay's write-ahead log record
+	// carries: for a request relayed unchanged, the body as received. It
+	// must decode to Relay's series and metadata (exemplars and unknown
+	// fields aside, which the forward queues ignore). Nil: Write encodes
+	// Relay itself. It is read during Write only.
+	RelaySnappy []byte
 	// Pushes are applied in order; a series with several samples in the
 	// request is in several of them, one sample each, oldest first.
 	Pushes []*Push
@@ -73,7 +88,7 @@ func (s *Store) Write(ctx context.Context, w *Write) (WriteResult, error) {
 	var relayRec []byte
 	if relay != nil && j != nil {
 		var err error
-		if relayRec, err = EncodeOp(&Op{Type: RecordRelay, Time: at, Relay: relay}); err != nil {
+		if relayRec, err = EncodeOp(&Op{Type: RecordRelay, Time: at, Relay: relay, RelaySnappy: w.RelaySnappy}); err != nil {
 			return res, fmt.Errorf("encode relay for the write-ahead log: %w", err)
 		}
 	}
@@ -102,7 +117,11 @@ func (s *Store) Write(ctx context.Context, w *Write) (WriteResult, error) {
 	}
 	if relay != nil {
 		res.Relayed = true
-		if s.relay != nil {
+		if b, ok := s.relay.(BorrowingAppender); ok && w.RelayBorrowed {
+			b.AppendBorrowed(relay)
+		} else if s.relay != nil && w.RelayBorrowed {
+			s.relay.Append(cloneWriteRequest(relay))
+		} else if s.relay != nil {
 			s.relay.Append(relay)
 		}
 	}
@@ -114,6 +133,40 @@ func (s *Store) Write(ctx context.Context, w *Write) (WriteResult, error) {
 		res.Pushes++
 	}
 	return res, applyErr
+}
+
+// BorrowingAppender is an Appender that can also take a request it does
+// not own: AppendBorrowed reads req during the call only and keeps
+// nothing of it (strings included) once it returns. forward.Manager is
+// one; Write hands it the relayed series without copying them.
+type BorrowingAppender interface {
+	Appender
+	AppendBorrowed(req *prompb.WriteRequest)
+}
+
+// cloneWriteRequest deep-copies req, strings included, for an Appender
+// that keeps what it is given.
+func cloneWriteRequest(req *prompb.WriteRequest) *prompb.WriteRequest {
+	out := &prompb.WriteRequest{
+		Timeseries: make([]prompb.TimeSeries, len(req.Timeseries)),
+		Metadata:   make([]prompb.MetricMetadata, len(req.Metadata)),
+	}
+	for i, ts := range req.Timeseries {
+		c := prompb.TimeSeries{
+			Labels:     make([]prompb.Label, len(ts.Labels)),
+			Samples:    slices.Clone(ts.Samples),
+			Histograms: slices.Clone(ts.Histograms),
+		}
+		for k, l := range ts.Labels {
+			c.Labels[k] = prompb.Label{Name: strings.Clone(l.Name), Value: strings.Clone(l.Value)}
+		}
+		out.Timeseries[i] = c
+	}
+	for i, md := range req.Metadata {
+		out.Metadata[i] = prompb.MetricMetadata{Type: md.Type, MetricFamilyName: strings.Clone(md.MetricFamilyName),
+			Help: strings.Clone(md.Help), Unit: strings.Clone(md.Unit)}
+	}
+	return out
 }
 
 // replayRelay hands a recorded relay to the relay Appender again.

@@ -29,6 +29,7 @@ type Config struct {
 	RemoteWrite []RemoteWriteConfig `yaml:"remote_write,omitempty"`
 	SelfMetrics SelfMetricsConfig   `yaml:"self_metrics"`
 	WAL         WALConfig           `yaml:"wal"`
+	Web         WebConfig           `yaml:"web"`
 }
 
 // WALConfig tunes the write-ahead log. It applies at start-up only.
@@ -147,6 +148,10 @@ type LimitsConfig struct {
 	MaxSeriesPerGroup int `yaml:"max_series_per_group"`
 	// MaxSeries caps the live aggregated series in total.
 	MaxSeries int `yaml:"max_series"`
+	// MaxInflightRequests caps the push and remote_write requests being
+	// decoded and applied at once; more get 429 (pushes) or 503
+	// (remote_write), both with Retry-After.
+	MaxInflightRequests int `yaml:"max_inflight_requests"`
 }
 
 // Default returns the configuration used when no file is given. Every
@@ -190,7 +195,13 @@ func Default() Config {
 			MaxSeriesPerGroup: 10_000,
 			// SPEC 10 sizes Sluice for 1M live series.
 			MaxSeries: 1_000_000,
+			// Pushes mostly wait for the shared fsync (group commit), so
+			// hundreds in flight keep the disk busy; 1024 bounds the
+			// goroutines and decoded bodies held at once (Mimir's
+			// distributor allows 2000 in-flight pushes).
+			MaxInflightRequests: 1024,
 		},
+		Web: defaultWeb(),
 	}
 }
 
@@ -272,6 +283,9 @@ func (c *Config) Validate() error {
 	if err := c.Limits.validate(); err != nil {
 		return fmt.Errorf("limits: %w", err)
 	}
+	if err := c.Web.validate(); err != nil {
+		return fmt.Errorf("web: %w", err)
+	}
 	switch c.WAL.Fsync {
 	case "always", "interval":
 	default:
@@ -347,6 +361,7 @@ func (l LimitsConfig) validate() error {
 		{"max_label_value_length", int64(l.MaxLabelValueLength)},
 		{"max_series_per_group", int64(l.MaxSeriesPerGroup)},
 		{"max_series", int64(l.MaxSeries)},
+		{"max_inflight_requests", int64(l.MaxInflightRequests)},
 	} {
 		if c.v <= 0 {
 			return fmt.Errorf("%s must be positive, got %d", c.name, c.v)

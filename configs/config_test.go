@@ -42,6 +42,16 @@ func TestLoadBadFiles(t *testing.T) {
 		"remote_write_creds_in_url.bad.yml":  "put credentials in basic_auth",
 		"ingest_relabel_no_target.bad.yml":   "ingest: relabel_configs[0]: relabel configuration for replace action requires 'target_label'",
 		"ingest_relabel_bad_action.bad.yml":  `unknown relabel action "dorp"`,
+		// web and limits.max_inflight_requests (configs/web.go)
+		"web_plain_password.bad.yml":     `user "lambda": password must be a bcrypt hash`,
+		"web_token_two_sources.bad.yml":  "bearer_tokens[0]: set exactly one of token, token_file and token_env",
+		"web_token_file_missing.bad.yml": "bearer_tokens[0]: read token_file",
+		"web_token_short.bad.yml":        "token shorter than 16 bytes",
+		"web_tls_no_key.bad.yml":         "cert_file and key_file must be given together",
+		"web_tls_bad_version.bad.yml":    `unknown TLS version "TLS14"`,
+		"web_tls_mtls_no_ca.bad.yml":     "client_auth_type RequireAndVerifyClientCert needs client_ca_file",
+		"web_zero_timeout.bad.yml":       "read_timeout, write_timeout and idle_timeout must be positive",
+		"inflight_zero.bad.yml":          "max_inflight_requests must be positive",
 	}
 	files, _ := filepath.Glob("testdata/*.bad.yml")
 	if len(files) != len(want) {

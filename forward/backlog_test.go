@@ -255,7 +255,7 @@ func TestCoalesceBacklog(t *testing.T) {
 	// Room for ten windows.
 	enc := newFrameEncoder()
 	in := convert(counterWindow(15_000, 1))
-	if err := enc.addSeries(in[0].lset, in[0].meta, in[0].ts.Samples, nil); err != nil {
+	if err := enc.addSeriesPB(in[0].lbls, nil, in[0].meta, in[0].ts.Samples, nil); err != nil {
 		t.Fatal(err)
 	}
 	limit := int64(10 * len(enc.finish()))
@@ -600,7 +600,7 @@ func TestQueueReopen(t *testing.T) {
 			for i := range frames {
 				enc.reset()
 				in := convert(counterWindow(int64(i+1)*1000, float64(i)))
-				if err := enc.addSeries(in[0].lset, in[0].meta, in[0].ts.Samples, nil); err != nil {
+				if err := enc.addSeriesPB(in[0].lbls, nil, in[0].meta, in[0].ts.Samples, nil); err != nil {
 					t.Fatal(err)
 				}
 				if err := q.append(enc.finish(), 1, false); err != nil {
@@ -723,7 +723,7 @@ func FuzzFrameDecode(f *testing.F) {
 	for _, req := range []*prompb.WriteRequest{window(15_000, 3), counterWindow(30_000, 7)} {
 		enc.reset()
 		for _, s := range convert(req) {
-			if err := enc.addSeries(s.lset, s.meta, s.ts.Samples, s.ts.Histograms); err != nil {
+			if err := enc.addSeriesPB(s.lbls, nil, s.meta, s.ts.Samples, s.ts.Histograms); err != nil {
 				f.Fatal(err)
 			}
 		}

@@ -5,10 +5,15 @@
 //
 // # Data flow
 //
-// The aggregator hands each window to Manager.Append. Append converts the
-// labels once, then for every target adds the external labels a series
-// lacks, applies write_relabel_configs and writes the window as one frame
-// to the target's backlog, a log of frames on disk. It never waits for the
+// The aggregator hands each window to Manager.Append, and the Store each
+// remote_write request's relayed series to Manager.AppendBorrowed (which
+// reads them during the call only: they point into the decoder's pooled
+// request). Append finds each series' metadata once, then for every
+// target adds the external labels a series lacks (merged while the
+// record is written, without building labels.Labels, unless
+// write_relabel_configs need them), applies write_relabel_configs and
+// writes the window as one frame to the target's backlog, a log of
+// frames on disk. It never waits for the
 // network; the disk write is the only I/O it does, and it never fsyncs.
 // Each target has a dispatcher goroutine that reads its backlog in order
 // and hands each sample to the shard of its series; the shards send. Once

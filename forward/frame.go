@@ -78,6 +78,87 @@ func (e *frameEncoder) addSeries(ls labels.Labels, md *prompb.MetricMetadata, fl
 	return nil
 }
 
+// addSeriesPB is addSeries for labels sorted by name as a request carries
+// them, with ext's labels (sorted) added where ls lacks them or has them
+// empty, and empty values dropped, as labels.Builder would: no
+// labels.Labels is built. ext may be nil.
+func (e *frameEncoder) addSeriesPB(ls, ext []prompb.Label, md *prompb.MetricMetadata, floats []prompb.Sample, hists []prompb.Histogram) error {
+	b := e.metadata(e.body, md)
+	n := 0
+	for it := (mergeIter{ls: ls, ext: ext}); ; n++ {
+		if _, _, ok := it.next(); !ok {
+			break
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(n))
+	for it := (mergeIter{ls: ls, ext: ext}); ; {
+		name, value, ok := it.next()
+		if !ok {
+			break
+		}
+		b = appendString(b, name)
+		b = appendString(b, value)
+	}
+	e.body = e.floats(b, floats)
+	e.body = binary.AppendUvarint(e.body, uint64(len(hists)))
+	for i := range hists {
+		if err := e.histogram(pbLabels(ls), &hists[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pbLabels prints request labels in error messages.
+type pbLabels []prompb.Label
+
+func (ls pbLabels) String() string {
+	var sb labels.ScratchBuilder
+	for _, l := range ls {
+		sb.Add(l.Name, l.Value)
+	}
+	return sb.Labels().String()
+}
+
+// mergeIter walks the union of two label lists sorted by name: ls's
+// non-empty labels, and ext's where ls has none of that name (or an empty
+// one).
+type mergeIter struct {
+	ls, ext []prompb.Label
+	i, j    int
+}
+
+func (m *mergeIter) next() (name, value string, ok bool) {
+	for {
+		switch {
+		case m.i < len(m.ls) && (m.j >= len(m.ext) || m.ls[m.i].Name < m.ext[m.j].Name):
+			l := m.ls[m.i]
+			m.i++
+			if l.Value != "" {
+				return l.Name, l.Value, true
+			}
+		case m.j < len(m.ext) && (m.i >= len(m.ls) || m.ext[m.j].Name < m.ls[m.i].Name):
+			x := m.ext[m.j]
+			m.j++
+			if x.Value != "" {
+				return x.Name, x.Value, true
+			}
+		case m.i < len(m.ls): // the same name in both
+			l, x := m.ls[m.i], m.ext[m.j]
+			m.i++
+			m.j++
+			if l.Value != "" {
+				return l.Name, l.Value, true
+			}
+			if x.Value != "" {
+				return x.Name, x.Value, true
+			}
+		default:
+			return "", "", false
+		}
+	}
+}
+
 // addSample appends a series record holding the one sample s.
 func (e *frameEncoder) addSample(s *sample) error {
 	if s.h != nil {
@@ -93,7 +174,17 @@ func (e *frameEncoder) addSample(s *sample) error {
 
 // seriesHeader appends a record's metadata, labels and float samples.
 func (e *frameEncoder) seriesHeader(ls labels.Labels, md *prompb.MetricMetadata, floats []prompb.Sample) {
-	b := e.body
+	b := e.metadata(e.body, md)
+	b = binary.AppendUvarint(b, uint64(ls.Len()))
+	ls.Range(func(l labels.Label) {
+		b = appendString(b, l.Name)
+		b = appendString(b, l.Value)
+	})
+	e.body = e.floats(b, floats)
+}
+
+// metadata appends a record's metadata reference (and definition).
+func (e *frameEncoder) metadata(b []byte, md *prompb.MetricMetadata) []byte {
 	switch ref, ok := e.meta[md]; {
 	case md == nil:
 		b = append(b, 0)
@@ -108,23 +199,23 @@ func (e *frameEncoder) seriesHeader(ls labels.Labels, md *prompb.MetricMetadata,
 		b = appendString(b, md.Help)
 		b = appendString(b, md.Unit)
 	}
-	b = binary.AppendUvarint(b, uint64(ls.Len()))
-	ls.Range(func(l labels.Label) {
-		b = appendString(b, l.Name)
-		b = appendString(b, l.Value)
-	})
+	return b
+}
+
+// floats appends a record's float samples.
+func (e *frameEncoder) floats(b []byte, floats []prompb.Sample) []byte {
 	b = binary.AppendUvarint(b, uint64(len(floats)))
 	for _, s := range floats {
 		b = binary.AppendVarint(b, s.Timestamp)
 		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(s.Value))
 		e.minT = min(e.minT, s.Timestamp)
 	}
-	e.body = b
 	e.samples += len(floats)
+	return b
 }
 
 // histogram appends one length-prefixed histogram.
-func (e *frameEncoder) histogram(ls labels.Labels, h *prompb.Histogram) error {
+func (e *frameEncoder) histogram(ls fmt.Stringer, h *prompb.Histogram) error {
 	n := h.Size()
 	b := binary.AppendUvarint(e.body, uint64(n))
 	b = slices.Grow(b, n)

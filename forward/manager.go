@@ -8,13 +8,13 @@ import (
 	"io/fs"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/model"
-	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/prompb"
 
 	"github.com/sluice-metrics/sluice/configs"
@@ -283,16 +283,27 @@ func queueDirName(name string) string {
 
 // Append hands one window's output to every target. Ownership of req
 // passes to the Manager: the caller must not touch it again, and the
-// Manager never modifies it. Append converts labels, applies each
-// target's external labels and relabelling and writes the window to each
-// target's backlog on disk; it never waits for a send, so a slow or dead
-// target cannot block it (a full backlog coalesces its oldest windows).
-// The samples are sent promptly, without waiting for batch_send_deadline.
-// After Stop, Append does nothing.
+// Manager never modifies it. Append applies each target's external labels
+// and relabelling and writes the window to each target's backlog on disk;
+// it never waits for a send, so a slow or dead target cannot block it (a
+// full backlog coalesces its oldest windows). The samples are sent
+// promptly, without waiting for batch_send_deadline. After Stop, Append
+// does nothing.
 func (m *Manager) Append(req *prompb.WriteRequest) {
 	m.append(req, true)
 }
 
+// AppendBorrowed is Append for a request the caller keeps: the Manager
+// reads req (strings included) during the call only and keeps nothing of
+// it once AppendBorrowed returns, so the caller may reuse its memory
+// (aggregate.BorrowingAppender; the remote_write decoder's pooled
+// requests).
+func (m *Manager) AppendBorrowed(req *prompb.WriteRequest) {
+	m.append(req, true)
+}
+
+// append reads req during the call only: each target encodes what it
+// needs into its backlog frame before append returns.
 func (m *Manager) append(req *prompb.WriteRequest, flush bool) {
 	if req == nil {
 		return
@@ -308,8 +319,9 @@ func (m *Manager) append(req *prompb.WriteRequest, flush bool) {
 	}
 }
 
-// convert turns req's series into labels once for all targets and finds
-// each series' metadata.
+// convert finds each series' metadata, once for all targets. Labels stay
+// the request's own (no labels.Labels per series); a series whose labels
+// are not sorted by name gets a sorted copy.
 func convert(req *prompb.WriteRequest) []inSeries {
 	var meta map[string]*prompb.MetricMetadata
 	if len(req.Metadata) > 0 {
@@ -319,20 +331,30 @@ func convert(req *prompb.WriteRequest) []inSeries {
 			meta[md.MetricFamilyName] = md
 		}
 	}
-	sb := labels.NewScratchBuilder(16)
 	in := make([]inSeries, 0, len(req.Timeseries))
 	for i := range req.Timeseries {
 		ts := &req.Timeseries[i]
 		if len(ts.Samples) == 0 && len(ts.Histograms) == 0 {
 			continue
 		}
-		sb.Reset()
-		for _, l := range ts.Labels {
-			sb.Add(l.Name, l.Value)
+		ls := ts.Labels
+		name := ""
+		for k, l := range ls {
+			if k > 0 && l.Name < ls[k-1].Name {
+				ls = slices.Clone(ls)
+				slices.SortStableFunc(ls, func(a, b prompb.Label) int { return strings.Compare(a.Name, b.Name) })
+				break
+			}
 		}
-		sb.Sort()
-		ls := sb.Labels()
-		in = append(in, inSeries{lset: ls, meta: familyMetadata(meta, ls.Get(model.MetricNameLabel)), ts: ts})
+		if meta != nil {
+			for _, l := range ls {
+				if l.Name == model.MetricNameLabel {
+					name = l.Value
+					break
+				}
+			}
+		}
+		in = append(in, inSeries{lbls: ls, meta: familyMetadata(meta, name), ts: ts})
 	}
 	return in
 }

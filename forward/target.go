@@ -40,6 +40,7 @@ type target struct {
 	cfg     configs.RemoteWriteConfig
 	name    string
 	ext     labels.Labels     // external labels, added where missing
+	extPB   []prompb.Label    // ext as request labels, for appends without relabelling
 	extMap  map[string]string // as given to ApplyConfig, to detect changes
 	logger  *slog.Logger
 	metrics targetMetrics
@@ -85,6 +86,7 @@ func newTarget(cfg configs.RemoteWriteConfig, ext map[string]string, userAgent s
 		cfg:        cfg,
 		name:       name,
 		ext:        labels.FromMap(ext),
+		extPB:      prompb.FromLabels(labels.FromMap(ext), nil),
 		extMap:     maps.Clone(ext),
 		logger:     logger.With("remote_name", name),
 		metrics:    m.forTarget(name),
@@ -217,12 +219,13 @@ func proxyFields(p commoncfg.ProxyConfig) commoncfg.ProxyConfig {
 func (t *target) append(in []inSeries, flush bool) {
 	var (
 		lb       *labels.Builder
+		sb       labels.ScratchBuilder
 		relabels = t.cfg.WriteRelabelConfigs
 		dropped  int
 		total    int
 		encErr   error
 	)
-	if t.ext.Len() > 0 || len(relabels) > 0 {
+	if len(relabels) > 0 {
 		lb = labels.NewBuilder(labels.EmptyLabels())
 	}
 	t.encMtx.Lock()
@@ -233,22 +236,25 @@ func (t *target) append(in []inSeries, flush bool) {
 		s := &in[i]
 		n := len(s.ts.Samples) + len(s.ts.Histograms)
 		total += n
-		ls := s.lset
-		if lb != nil {
-			lb.Reset(ls)
-			t.ext.Range(func(l labels.Label) {
-				if lb.Get(l.Name) == "" {
-					lb.Set(l.Name, l.Value)
-				}
-			})
-			keep := relabel.ProcessBuilder(lb, relabels...)
-			if keep {
-				ls = lb.Labels()
+		if lb == nil {
+			// The common case: no labels.Labels, external labels merged
+			// as the record is written.
+			if encErr == nil {
+				encErr = e.addSeriesPB(s.lbls, t.extPB, s.meta, s.ts.Samples, s.ts.Histograms)
 			}
-			if !keep || ls.IsEmpty() {
-				dropped += n
-				continue
+			continue
+		}
+		lb.Reset(s.lset(&sb))
+		t.ext.Range(func(l labels.Label) {
+			if lb.Get(l.Name) == "" {
+				lb.Set(l.Name, l.Value)
 			}
+		})
+		keep := relabel.ProcessBuilder(lb, relabels...)
+		ls := lb.Labels()
+		if !keep || ls.IsEmpty() {
+			dropped += n
+			continue
 		}
 		if encErr == nil {
 			encErr = e.addSeries(ls, s.meta, s.ts.Samples, s.ts.Histograms)
@@ -746,10 +752,18 @@ func (s *shard) send(batch []sample) bool {
 	}
 }
 
-// inSeries is one series of a WriteRequest with its labels converted once
-// for every target.
+// inSeries is one series of a WriteRequest as every target reads it.
 type inSeries struct {
-	lset labels.Labels
+	lbls []prompb.Label // sorted by name
 	meta *prompb.MetricMetadata
 	ts   *prompb.TimeSeries
+}
+
+// lset builds the series' labels (for write_relabel_configs).
+func (s *inSeries) lset(sb *labels.ScratchBuilder) labels.Labels {
+	sb.Reset()
+	for _, l := range s.lbls {
+		sb.Add(l.Name, l.Value)
+	}
+	return sb.Labels()
 }

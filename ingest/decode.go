@@ -189,6 +189,11 @@ func endsWithEOFLine(body []byte) bool {
 // decodeText parses the Prometheus text format 0.0.4 and returns the
 // families sorted by name.
 func decodeText(body []byte) ([]*dto.MetricFamily, error) {
+	if fams, ok := fastText(body); ok {
+		return fams, nil
+	}
+	// Whatever the fast parser does not handle, expfmt parses (or rejects
+	// with its own message).
 	parser := expfmt.NewTextParser(model.LegacyValidation)
 	byName, err := parser.TextToMetricFamilies(bytes.NewReader(body))
 	if err != nil {

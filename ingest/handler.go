@@ -65,6 +65,14 @@ type Options struct {
 	Quit func()
 	// Status is what /api/v1/status shows.
 	Status Status
+	// Web returns the web config in force: credentials and what they
+	// protect are read per request (a reload returns a new pointer); the
+	// HTTP server settings are read once by NewApp. Nil means the
+	// defaults: no authentication.
+	Web func() *configs.WebConfig
+	// Targets returns the forward targets' state for the web page on GET /;
+	// nil means the page says it is not available.
+	Targets func() []TargetInfo
 }
 
 // Status is the data of /api/v1/status, in the Pushgateway's shape.
@@ -81,6 +89,9 @@ type server struct {
 	scrape  fiber.Handler
 	bufs    bufPool        // remote_write decompression buffers
 	meta    *metadataCache // Remote-Write 1.0 metadata sent on its own
+	limits  *limitMetrics  // limits.go
+	auth    *authState     // auth.go
+	authm   *authMetrics
 }
 
 // NewApp builds the fiber application serving every endpoint. bodyLimit
@@ -95,19 +106,29 @@ func NewApp(opts Options, bodyLimit int) *fiber.App {
 			EnableOpenMetrics: true,
 		},
 	))
+	s.initHardening(bodyLimit) // limits.go, auth.go
+	hs := s.auth.web().HTTPServerConfig
 	app := fiber.New(fiber.Config{
 		AppName:               "sluice",
 		DisableStartupMessage: true,
 		BodyLimit:             bodyLimit,
 		CaseSensitive:         true,
 		StrictRouting:         true,
-		ErrorHandler:          errorHandler,
+		ErrorHandler:          s.errorHandler,
+		ReadTimeout:           time.Duration(hs.ReadTimeout),
+		WriteTimeout:          time.Duration(hs.WriteTimeout),
+		IdleTimeout:           time.Duration(hs.IdleTimeout),
+		ReadBufferSize:        hs.MaxHeaderBytes,
+		Concurrency:           hs.MaxConnections,
 	})
+	app.Server().HeaderReceived = s.headerReceived // 401 before the body is read
 	// A panic is a bug, never an answer to input; recover turns it into a
 	// 500 and a logged stack instead of a dead process.
 	app.Use(recover.New(recover.Config{EnableStackTrace: true, StackTraceHandler: func(c *fiber.Ctx, e any) {
 		opts.Logger.Error("panic serving request", "path", c.Path(), "panic", e, "stack", string(debug.Stack()))
 	}}))
+	app.Use(s.guard) // authentication and limits.max_inflight_requests (auth.go)
+	app.Get("/", homeHandler(s))
 	app.Get("/metrics", s.scrape)
 	app.Put("/metrics", s.push)
 	app.Post("/metrics", s.push)
@@ -151,8 +172,9 @@ func (s *server) relabelConfigs() []*relabel.Config {
 	return s.opts.Ingest().RelabelConfigs
 }
 
-// errorHandler answers fiber's own errors (404, 405, 413) in plain text.
-func errorHandler(c *fiber.Ctx, err error) error {
+// errorHandler answers fiber's own errors (404, 405, 408, 413, 431) in
+// plain text.
+func (s *server) errorHandler(c *fiber.Ctx, err error) error {
 	code := http.StatusInternalServerError
 	var fe *fiber.Error
 	if errors.As(err, &fe) {
@@ -160,7 +182,14 @@ func errorHandler(c *fiber.Ctx, err error) error {
 	}
 	msg := err.Error()
 	if code == http.StatusRequestEntityTooLarge {
+		if unread, err := s.rejectedUnread(c); unread {
+			return err // no valid credentials: 401, body not read
+		}
 		msg = "request body too large (limits.max_body_bytes)"
+		s.limits.countLimit(msg)
+	}
+	if m := httpServerLimitMessage(code); m != "" {
+		msg = m
 	}
 	if v, _ := rwVersionOf(c.Get(fiber.HeaderContentType)); v == rwV2 && c.Path() == "/api/v1/write" {
 		// Remote-Write 2.0 answers always say what was written.
@@ -201,6 +230,7 @@ func (s *server) push(c *fiber.Ctx) error {
 	s.metrics.duration.WithLabelValues(method).Observe(time.Since(start).Seconds())
 	if reason != "" {
 		s.metrics.rejected.WithLabelValues(reason).Inc()
+		s.limits.countLimit(msg)
 		s.opts.Logger.Debug("push rejected", "path", c.Path(), "code", code, "reason", reason, "err", msg)
 	}
 	if msg != "" {

@@ -7,8 +7,6 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/prometheus/prometheus/model/relabel"
-	"github.com/prometheus/prometheus/prompb"
-	writev2 "github.com/prometheus/prometheus/prompb/io/prometheus/write/v2"
 
 	"github.com/sluice-metrics/sluice/aggregate"
 	"github.com/sluice-metrics/sluice/configs"
@@ -44,6 +42,7 @@ func (s *server) remoteWrite(c *fiber.Ctx) error {
 	s.rw.duration.WithLabelValues(v).Observe(time.Since(start).Seconds())
 	if r.reason != "" {
 		s.rw.rejected.WithLabelValues(r.reason).Inc()
+		s.limits.countLimit(r.msg)
 		s.opts.Logger.Debug("remote_write rejected", "version", v, "code", r.code, "reason", r.reason, "err", r.msg)
 	}
 	if n := r.relayFloats; n > 0 {
@@ -77,29 +76,10 @@ func (s *server) remoteWrite(c *fiber.Ctx) error {
 
 // decodeRemoteWrite decompresses, unmarshals, validates, relabels and
 // splits a remote_write body (the raw body: fiber's c.Body() would undo
-// Content-Encoding itself). Nothing of it is applied yet.
+// Content-Encoding itself). Nothing of it is applied yet. The result
+// points into a pooled request: release it once the Store is done.
 func decodeRemoteWrite(pool *bufPool, v rwVersion, body []byte, lim configs.LimitsConfig, relabels []*relabel.Config, meta *metadataCache) (*rwDecoded, *rwError) {
-	buf, data, e := unsnappy(pool, body, lim.MaxDecompressedBodyBytes)
-	if e != nil {
-		return nil, e
-	}
-	d := newRWDecoder(lim, relabels, meta)
-	if v == rwV1 {
-		req := &prompb.WriteRequest{}
-		err := req.Unmarshal(data)
-		pool.put(buf) // the generated code copies what it keeps
-		if err != nil {
-			return nil, rwErrorf(http.StatusBadRequest, rwReasonProtobuf, "decode Remote-Write 1.0 body (prometheus.WriteRequest): %v", err)
-		}
-		return d.decodeV1(req)
-	}
-	req := &writev2.Request{}
-	err := req.Unmarshal(data)
-	pool.put(buf)
-	if err != nil {
-		return nil, rwErrorf(http.StatusBadRequest, rwReasonProtobuf, "decode Remote-Write 2.0 body (io.prometheus.write.v2.Request): %v", err)
-	}
-	return d.decodeV2(req)
+	return pool.decode(v, body, lim, relabels, meta)
 }
 
 func (s *server) doRemoteWrite(c *fiber.Ctx) rwResult {
@@ -118,6 +98,7 @@ func (s *server) doRemoteWrite(c *fiber.Ctx) rwResult {
 	if e != nil {
 		return fail(v, e)
 	}
+	defer dec.release() // the Store only borrows the relayed series
 	if dec.droppedSeries > 0 {
 		s.rw.relabelDropped.Add(float64(dec.droppedSeries))
 	}

@@ -1,6 +1,10 @@
 package ingest
 
 import (
+	"bytes"
+	"fmt"
+	"math"
+	"slices"
 	"testing"
 
 	"github.com/golang/snappy"
@@ -51,8 +55,12 @@ func fuzzRemoteWrite(t *testing.T, v rwVersion, raw []byte, compress, relabelOn 
 	if relabelOn {
 		rcs = fuzzRelabel()
 	}
+	if data, err := snappy.Decode(nil, body); err == nil {
+		diffDecode(t, v, data)
+	}
 	var pool bufPool
 	dec, err := decodeRemoteWrite(&pool, v, body, fuzzLimits(), rcs, newMetadataCache())
+	defer dec.release()
 	if err != nil {
 		if err.msg == "" || err.reason == "" || err.code < 400 || err.code > 415 {
 			t.Fatalf("bad error: %+v", err)
@@ -90,9 +98,18 @@ func fuzzRemoteWrite(t *testing.T, v rwVersion, raw []byte, compress, relabelOn 
 			floats += len(ts.Samples)
 			hists += len(ts.Histograms)
 		}
-		// What is relayed goes into the write-ahead log as a protobuf.
-		if _, err := r.Marshal(); err != nil {
-			t.Fatalf("relay does not marshal: %v", err)
+		// What is relayed goes into the write-ahead log as a snappy block
+		// of a protobuf: it must decode to the relay.
+		pb, err := snappy.Decode(nil, dec.write.RelaySnappy)
+		if err != nil {
+			t.Fatalf("relay record block: %v", err)
+		}
+		var back prompb.WriteRequest
+		if err := back.Unmarshal(pb); err != nil {
+			t.Fatalf("relay record does not unmarshal: %v", err)
+		}
+		if d := relayDiff(r, &back); d != "" {
+			t.Fatalf("relay record differs from the relay: %s", d)
 		}
 	}
 	if floats != dec.relayFloats || hists != dec.relayHists {
@@ -157,4 +174,135 @@ func FuzzDecodeRemoteWriteV2(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw []byte, compress, relabelOn bool) {
 		fuzzRemoteWrite(t, rwV2, raw, compress, relabelOn)
 	})
+}
+
+// relayDiff compares the series and metadata of two relays (exemplars and
+// unknown fields aside).
+func relayDiff(a, b *prompb.WriteRequest) string {
+	if len(a.Timeseries) != len(b.Timeseries) {
+		return fmt.Sprintf("%d series, want %d", len(b.Timeseries), len(a.Timeseries))
+	}
+	for i := range a.Timeseries {
+		if d := seriesDiff(&a.Timeseries[i], &b.Timeseries[i]); d != "" {
+			return fmt.Sprintf("timeseries[%d]: %s", i, d)
+		}
+	}
+	return metadataDiff(a.Metadata, b.Metadata)
+}
+
+func seriesDiff(a, b *prompb.TimeSeries) string {
+	if !slices.EqualFunc(a.Labels, b.Labels, func(x, y prompb.Label) bool { return x.Name == y.Name && x.Value == y.Value }) {
+		return fmt.Sprintf("labels %v, want %v", b.Labels, a.Labels)
+	}
+	if !slices.EqualFunc(a.Samples, b.Samples, func(x, y prompb.Sample) bool {
+		return x.Timestamp == y.Timestamp && math.Float64bits(x.Value) == math.Float64bits(y.Value)
+	}) {
+		return fmt.Sprintf("samples %v, want %v", b.Samples, a.Samples)
+	}
+	if len(a.Histograms) != len(b.Histograms) {
+		return fmt.Sprintf("%d histograms, want %d", len(b.Histograms), len(a.Histograms))
+	}
+	for i := range a.Histograms {
+		x, y := a.Histograms[i], b.Histograms[i]
+		x.XXX_unrecognized, y.XXX_unrecognized = nil, nil
+		xb, _ := x.Marshal()
+		yb, _ := y.Marshal()
+		if !bytes.Equal(xb, yb) {
+			return fmt.Sprintf("histogram %d: %v, want %v", i, y, x)
+		}
+	}
+	return ""
+}
+
+func metadataDiff(a, b []prompb.MetricMetadata) string {
+	if !slices.EqualFunc(a, b, func(x, y prompb.MetricMetadata) bool {
+		return x.Type == y.Type && x.MetricFamilyName == y.MetricFamilyName && x.Help == y.Help && x.Unit == y.Unit
+	}) {
+		return fmt.Sprintf("metadata %v, want %v", b, a)
+	}
+	return ""
+}
+
+// diffDecode checks the pooled decoder against the generated code on an
+// uncompressed body: both accept it or both reject it, and when they
+// accept it they yield the same series, samples, histograms, exemplar
+// count and metadata. The pooled request first decodes another body, so
+// that reuse is exercised too.
+func diffDecode(t *testing.T, v rwVersion, data []byte) {
+	t.Helper()
+	var r rwRequest
+	warm, err := (&prompb.WriteRequest{Timeseries: []prompb.TimeSeries{{Labels: lbls("__name__", "warm", "a", "b"),
+		Samples: []prompb.Sample{{Value: 1, Timestamp: 2}}}}}).Marshal()
+	if err != nil || r.parseV1(warm) != nil {
+		t.Fatalf("warm-up request: %v", err)
+	}
+	r.reset()
+	if v == rwV1 {
+		var want prompb.WriteRequest
+		werr := want.Unmarshal(data)
+		gerr := r.parseV1(data)
+		if (werr == nil) != (gerr == nil) {
+			t.Fatalf("generated code: %v; pooled decoder: %v", werr, gerr)
+		}
+		if werr != nil {
+			return
+		}
+		ex := 0
+		for _, ts := range want.Timeseries {
+			ex += len(ts.Exemplars)
+		}
+		if ex != r.exemplars {
+			t.Fatalf("%d exemplars, want %d", r.exemplars, ex)
+		}
+		if d := relayDiff(&want, &r.v1); d != "" {
+			t.Fatal(d)
+		}
+		return
+	}
+	var want writev2.Request
+	werr := want.Unmarshal(data)
+	gerr := r.parseV2(data)
+	if (werr == nil) != (gerr == nil) {
+		t.Fatalf("generated code: %v; pooled decoder: %v", werr, gerr)
+	}
+	if werr != nil {
+		return
+	}
+	if !slices.Equal(want.Symbols, r.v2.Symbols) {
+		t.Fatalf("symbols %q, want %q", r.v2.Symbols, want.Symbols)
+	}
+	if len(want.Timeseries) != len(r.v2.Timeseries) {
+		t.Fatalf("%d series, want %d", len(r.v2.Timeseries), len(want.Timeseries))
+	}
+	ex := 0
+	for i := range want.Timeseries {
+		w, g := &want.Timeseries[i], &r.v2.Timeseries[i]
+		ex += len(w.Exemplars)
+		if !slices.Equal(w.LabelsRefs, g.LabelsRefs) {
+			t.Fatalf("timeseries[%d]: labels_refs %v, want %v", i, g.LabelsRefs, w.LabelsRefs)
+		}
+		if !slices.EqualFunc(w.Samples, g.Samples, func(x, y writev2.Sample) bool {
+			return x.Timestamp == y.Timestamp && x.StartTimestamp == y.StartTimestamp && math.Float64bits(x.Value) == math.Float64bits(y.Value)
+		}) {
+			t.Fatalf("timeseries[%d]: samples %v, want %v", i, g.Samples, w.Samples)
+		}
+		if w.Metadata.Type != g.Metadata.Type || w.Metadata.HelpRef != g.Metadata.HelpRef || w.Metadata.UnitRef != g.Metadata.UnitRef {
+			t.Fatalf("timeseries[%d]: metadata %v, want %v", i, g.Metadata, w.Metadata)
+		}
+		if len(w.Histograms) != len(g.Histograms) {
+			t.Fatalf("timeseries[%d]: %d histograms, want %d", i, len(g.Histograms), len(w.Histograms))
+		}
+		for k := range w.Histograms {
+			x, y := w.Histograms[k], g.Histograms[k]
+			x.XXX_unrecognized, y.XXX_unrecognized = nil, nil
+			xb, _ := x.Marshal()
+			yb, _ := y.Marshal()
+			if !bytes.Equal(xb, yb) {
+				t.Fatalf("timeseries[%d]: histogram %d differs", i, k)
+			}
+		}
+	}
+	if ex != r.exemplars {
+		t.Fatalf("%d exemplars, want %d", r.exemplars, ex)
+	}
 }

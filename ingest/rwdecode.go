@@ -119,42 +119,108 @@ func checkRWEncoding(contentEncoding string) *rwError {
 	return rwErrorf(415, rwReasonEncoding, "unsupported Content-Encoding %q: remote_write bodies must be snappy (block format)", enc)
 }
 
-// bufPool reuses decompression buffers. Get returns a buffer of at least
-// n bytes; Put takes it back once nothing refers to it any more.
+// bufPool reuses decoded requests (rwRequest) with their decompression
+// buffers and arenas from request to request.
 type bufPool struct{ p sync.Pool }
 
-func (b *bufPool) get(n int) *[]byte {
-	if v, ok := b.p.Get().(*[]byte); ok && cap(*v) >= n {
-		return v
+func (b *bufPool) get() *rwRequest {
+	if r, ok := b.p.Get().(*rwRequest); ok {
+		return r
 	}
-	buf := make([]byte, n)
-	return &buf
+	return &rwRequest{}
 }
 
-func (b *bufPool) put(buf *[]byte) {
-	if cap(*buf) <= maxPooledBuf {
-		b.p.Put(buf)
+// put takes r back once nothing refers to it or to its strings any more.
+// A request whose body was larger than maxPooledBuf is not kept, so that
+// one huge request does not pin its buffers.
+func (b *bufPool) put(r *rwRequest) {
+	if cap(r.buf) > maxPooledBuf {
+		return
 	}
+	r.reset()
+	b.p.Put(r)
 }
 
-// unsnappy decompresses a snappy block into a pooled buffer after checking
-// its decoded length against limit. The caller puts buf back once done
-// with data.
-func unsnappy(pool *bufPool, body []byte, limit int64) (buf *[]byte, data []byte, rerr *rwError) {
+// unsnappy decompresses a snappy block into r's buffer after checking its
+// decoded length against limit.
+func (r *rwRequest) unsnappy(body []byte, limit int64) ([]byte, *rwError) {
 	n, err := snappy.DecodedLen(body)
 	if err != nil {
-		return nil, nil, rwErrorf(400, rwReasonSnappy, "decompress snappy body (%d bytes): %v", len(body), err)
+		return nil, rwErrorf(400, rwReasonSnappy, "decompress snappy body (%d bytes): %v", len(body), err)
 	}
 	if int64(n) > limit {
-		return nil, nil, rwErrorf(413, rwReasonTooLarge, "decompressed body of %d bytes exceeds %d bytes (limits.max_decompressed_body_bytes)", n, limit)
+		return nil, rwErrorf(413, rwReasonTooLarge, "decompressed body of %d bytes exceeds %d bytes (limits.max_decompressed_body_bytes)", n, limit)
 	}
-	buf = pool.get(n)
-	data, err = snappy.Decode((*buf)[:cap(*buf)], body)
+	if cap(r.buf) < n {
+		r.buf = make([]byte, n)
+	}
+	data, err := snappy.Decode(r.buf[:cap(r.buf)], body)
 	if err != nil {
-		pool.put(buf)
-		return nil, nil, rwErrorf(400, rwReasonSnappy, "decompress snappy body (%d bytes): %v", len(body), err)
+		return nil, rwErrorf(400, rwReasonSnappy, "decompress snappy body (%d bytes): %v", len(body), err)
 	}
-	return buf, data, nil
+	return data, nil
+}
+
+// decode decompresses, decodes, validates, relabels and splits a
+// remote_write body. The result is valid until its release is called,
+// which gives the pooled request back: relayed series (and the relay's
+// WAL record) point into it, and the Store only borrows them. What is
+// aggregated, cached or reported in errors is copied.
+func (b *bufPool) decode(v rwVersion, body []byte, lim configs.LimitsConfig, relabels []*relabel.Config, meta *metadataCache) (*rwDecoded, *rwError) {
+	r := b.get()
+	out, e := r.decode(v, body, lim, relabels, meta)
+	if e != nil {
+		b.put(r)
+		return nil, e
+	}
+	out.pool, out.req = b, r
+	return out, nil
+}
+
+func (r *rwRequest) decode(v rwVersion, body []byte, lim configs.LimitsConfig, relabels []*relabel.Config, meta *metadataCache) (*rwDecoded, *rwError) {
+	data, e := r.unsnappy(body, lim.MaxDecompressedBodyBytes)
+	if e != nil {
+		return nil, e
+	}
+	d := newRWDecoder(lim, relabels, meta)
+	if v == rwV1 {
+		if err := r.parseV1(data); err != nil {
+			return nil, rwErrorf(400, rwReasonProtobuf, "decode Remote-Write 1.0 body (prometheus.WriteRequest): %v", err)
+		}
+		return d.decodeV1(r, body)
+	}
+	if err := r.parseV2(data); err != nil {
+		return nil, rwErrorf(400, rwReasonProtobuf, "decode Remote-Write 2.0 body (io.prometheus.write.v2.Request): %v", err)
+	}
+	return d.decodeV2(r)
+}
+
+// relaySnappy sets w.RelaySnappy: the relay as the Remote-Write 1.0 body
+// the write-ahead log records, built in r's buffers. body is the request
+// as received, used as is when the relay is the request unchanged.
+func (r *rwRequest) relaySnappy(w *aggregate.Write, body []byte, unchanged bool) *rwError {
+	if w.Relay == nil {
+		return nil
+	}
+	w.RelayBorrowed = true
+	if unchanged {
+		w.RelaySnappy = body
+		return nil
+	}
+	n := w.Relay.Size()
+	if cap(r.relayPB) < n {
+		r.relayPB = make([]byte, n)
+	}
+	k, err := w.Relay.MarshalToSizedBuffer(r.relayPB[:n])
+	if err != nil {
+		return rwErrorf(500, "internal", "encode relayed series: %v", err)
+	}
+	pb := r.relayPB[n-k : n]
+	if m := snappy.MaxEncodedLen(len(pb)); cap(r.relaySnap) < m {
+		r.relaySnap = make([]byte, m)
+	}
+	w.RelaySnappy = snappy.Encode(r.relaySnap[:cap(r.relaySnap)], pb)
+	return nil
 }
 
 // rwDecoded is a validated remote_write request, split into what is
@@ -169,6 +235,19 @@ type rwDecoded struct {
 	droppedFloats           int
 	droppedHists            int
 	exemplars               int // received; Sluice does not carry them
+
+	// The pooled request the relay points into; release gives it back.
+	pool *bufPool
+	req  *rwRequest
+}
+
+// release gives the request back to its pool: the result, its relay and
+// its strings must not be used afterwards. Safe on nil.
+func (d *rwDecoded) release() {
+	if d != nil && d.pool != nil {
+		d.pool.put(d.req)
+		d.pool, d.req = nil, nil
+	}
 }
 
 // rwDecoder validates, relabels and splits decoded requests. A decoder is
@@ -200,6 +279,11 @@ type seriesMeta struct {
 	known      bool
 }
 
+func (m seriesMeta) clone() seriesMeta {
+	m.help, m.unit = strings.Clone(m.help), strings.Clone(m.unit)
+	return m
+}
+
 // aggSeries is one series to aggregate, with every sample the request
 // carried for it (a Remote-Write 1.0 sender sends each sample as its own
 // TimeSeries).
@@ -212,10 +296,13 @@ type aggSeries struct {
 }
 
 // decodeV1 validates a Remote-Write 1.0 request and splits it. The
-// relayed series are req's own TimeSeries, compacted in place, so that
-// relaying allocates nothing per sample; req belongs to the result.
-func (d *rwDecoder) decodeV1(req *prompb.WriteRequest) (*rwDecoded, *rwError) {
-	out := &rwDecoded{}
+// relayed series are r.v1's own TimeSeries, compacted in place, so that
+// relaying allocates nothing per sample. body is the request as received:
+// when the relay is the whole request unchanged, the write-ahead log
+// records it as is.
+func (d *rwDecoder) decodeV1(r *rwRequest, body []byte) (*rwDecoded, *rwError) {
+	req := &r.v1
+	out := &rwDecoded{exemplars: r.exemplars}
 	if d.meta != nil {
 		d.meta.update(req.Metadata)
 	}
@@ -240,17 +327,22 @@ func (d *rwDecoder) decodeV1(req *prompb.WriteRequest) (*rwDecoded, *rwError) {
 		}
 		return seriesMeta{}
 	}
+	// unchanged: the relay is the request as received (same series, same
+	// labels in the same order, same metadata), so its body can stand for
+	// it in the write-ahead log. Exemplars and unknown fields in the body
+	// do not matter: the forward queues ignore them.
+	unchanged := len(d.relabels) == 0
 	keep := req.Timeseries[:0]
 	var relayNames map[string]struct{} // for cached metadata
 	for i := range req.Timeseries {
 		ts := req.Timeseries[i]
-		out.exemplars += len(ts.Exemplars)
 		ts.Exemplars = nil
-		ls, err := d.sortedV1(ts.Labels)
+		ls, same, err := d.sortedV1(ts.Labels)
 		if err != nil {
 			return nil, err
 		}
 		if len(ts.Samples) == 0 && len(ts.Histograms) == 0 {
+			unchanged = false
 			continue // nothing to write (exemplars only)
 		}
 		ls, name, mode, drop, err := d.finish(ls)
@@ -261,6 +353,7 @@ func (d *rwDecoder) decodeV1(req *prompb.WriteRequest) (*rwDecoded, *rwError) {
 			out.droppedSeries++
 			out.droppedFloats += len(ts.Samples)
 			out.droppedHists += len(ts.Histograms)
+			unchanged = false
 			continue
 		}
 		if err := checkHistograms(ls, ts.Histograms); err != nil {
@@ -270,8 +363,10 @@ func (d *rwDecoder) decodeV1(req *prompb.WriteRequest) (*rwDecoded, *rwError) {
 			if err := d.addAgg(ls, name, lookup(name), ts.Samples, ts.Histograms); err != nil {
 				return nil, err
 			}
+			unchanged = false
 			continue
 		}
+		unchanged = unchanged && same
 		ts.Labels = ls
 		keep = append(keep, ts)
 		out.relayFloats += len(ts.Samples)
@@ -290,8 +385,12 @@ func (d *rwDecoder) decodeV1(req *prompb.WriteRequest) (*rwDecoded, *rwError) {
 		// before go with the series they describe.
 		if len(relayNames) > 0 {
 			req.Metadata = d.meta.forNames(relayNames)
+			unchanged = unchanged && len(req.Metadata) == 0
 		}
 		out.write.Relay = req
+	}
+	if err := r.relaySnappy(&out.write, body, unchanged); err != nil {
+		return nil, err
 	}
 	if err := d.buildPushes(out); err != nil {
 		return nil, err
@@ -302,8 +401,9 @@ func (d *rwDecoder) decodeV1(req *prompb.WriteRequest) (*rwDecoded, *rwError) {
 // decodeV2 validates a Remote-Write 2.0 request and splits it. Relayed
 // series are converted to Remote-Write 1.0 form (labels resolved, start
 // timestamps and exemplars dropped) in a few request-wide allocations.
-func (d *rwDecoder) decodeV2(req *writev2.Request) (*rwDecoded, *rwError) {
-	out := &rwDecoded{}
+func (d *rwDecoder) decodeV2(r *rwRequest) (*rwDecoded, *rwError) {
+	req := &r.v2
+	out := &rwDecoded{exemplars: r.exemplars}
 	syms := req.Symbols
 	if len(syms) > 0 && syms[0] != "" {
 		return nil, rwErrorf(400, rwReasonSymbols, "symbols[0] must be the empty string, got %q", truncate(syms[0]))
@@ -322,14 +422,15 @@ func (d *rwDecoder) decodeV2(req *writev2.Request) (*rwDecoded, *rwError) {
 		nLabels += len(ts.LabelsRefs) / 2
 		nFloats += len(ts.Samples)
 	}
-	// Every relayed series' labels and samples are sub-slices of these.
-	labelBuf := make([]prompb.Label, 0, nLabels)
-	floatBuf := make([]prompb.Sample, 0, nFloats)
+	// Every relayed series' labels and samples are sub-slices of these,
+	// sized first so that they never move.
+	labelBuf := slices.Grow(r.relayLbls[:0], nLabels)
+	floatBuf := slices.Grow(r.relayFlts[:0], nFloats)
+	defer func() { r.relayLbls, r.relayFlts = labelBuf[:0], floatBuf[:0] }()
 	var relay *prompb.WriteRequest
 	var metaIdx map[string]struct{}
 	for i := range req.Timeseries {
 		ts := &req.Timeseries[i]
-		out.exemplars += len(ts.Exemplars)
 		start := len(labelBuf)
 		prev := ""
 		for j := 0; j < len(ts.LabelsRefs); j += 2 {
@@ -402,7 +503,8 @@ func (d *rwDecoder) decodeV2(req *writev2.Request) (*rwDecoded, *rwError) {
 			continue
 		}
 		if relay == nil {
-			relay = &prompb.WriteRequest{Timeseries: make([]prompb.TimeSeries, 0, len(req.Timeseries)-i)}
+			relay = &r.relay
+			relay.Timeseries = slices.Grow(r.relaySer[:0], len(req.Timeseries)-i)
 		}
 		relay.Timeseries = append(relay.Timeseries, prompb.TimeSeries{Labels: ls, Samples: floats, Histograms: hists})
 		out.relayFloats += len(floats)
@@ -419,6 +521,12 @@ func (d *rwDecoder) decodeV2(req *writev2.Request) (*rwDecoded, *rwError) {
 		}
 	}
 	out.write.Relay = relay
+	if relay != nil {
+		r.relaySer = relay.Timeseries[:0]
+	}
+	if err := r.relaySnappy(&out.write, nil, false); err != nil {
+		return nil, err
+	}
 	if err := d.buildPushes(out); err != nil {
 		return nil, err
 	}
@@ -427,8 +535,9 @@ func (d *rwDecoder) decodeV2(req *writev2.Request) (*rwDecoded, *rwError) {
 
 // sortedV1 checks a Remote-Write 1.0 label list and sorts it by name if
 // the sender did not (in place: the request is ours). Empty values are
-// dropped: in Prometheus an empty label is no label.
-func (d *rwDecoder) sortedV1(ls []prompb.Label) ([]prompb.Label, *rwError) {
+// dropped: in Prometheus an empty label is no label. same reports that ls
+// needed neither.
+func (d *rwDecoder) sortedV1(ls []prompb.Label) (_ []prompb.Label, same bool, _ *rwError) {
 	empty, sorted := false, true
 	for i := range ls {
 		if ls[i].Value == "" {
@@ -446,13 +555,13 @@ func (d *rwDecoder) sortedV1(ls []prompb.Label) ([]prompb.Label, *rwError) {
 	}
 	for i := 1; i < len(ls); i++ {
 		if ls[i].Name == ls[i-1].Name {
-			return nil, rwErrorf(400, rwReasonDuplicate, "series %s: label %q more than once", rwSeries(ls), truncate(ls[i].Name))
+			return nil, false, rwErrorf(400, rwReasonDuplicate, "series %s: label %q more than once", rwSeries(ls), truncate(ls[i].Name))
 		}
 	}
 	if err := checkNames(ls); err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return ls, nil
+	return ls, !empty && sorted, nil
 }
 
 // checkNames checks that label names are non-empty valid UTF-8 and values
@@ -639,11 +748,18 @@ func (d *rwDecoder) addAgg(ls []prompb.Label, name string, md seriesMeta, floats
 	key := kb.String()
 	s := d.agg[key]
 	if s == nil {
-		s = &aggSeries{lbls: slices.Clone(ls), name: name, meta: md}
+		// The Store keeps these: copies, not strings into the pooled body.
+		s = &aggSeries{lbls: make([]prompb.Label, len(ls)), meta: md.clone()}
+		for i, l := range ls {
+			s.lbls[i] = prompb.Label{Name: strings.Clone(l.Name), Value: strings.Clone(l.Value)}
+			if l.Name == model.MetricNameLabel {
+				s.name = s.lbls[i].Value
+			}
+		}
 		d.agg[key] = s
 		d.aggOrder = append(d.aggOrder, s)
 	} else if !s.meta.known && md.known {
-		s.meta = md
+		s.meta = md.clone()
 	}
 	s.floats = append(s.floats, floats...)
 	s.hists = append(s.hists, hists...)
@@ -850,7 +966,12 @@ func (c *metadataCache) update(mds []prompb.MetricMetadata) {
 		clear(c.m)
 	}
 	for _, md := range mds {
-		if md.MetricFamilyName != "" {
+		if md.MetricFamilyName == "" {
+			continue
+		}
+		if old, ok := c.m[md.MetricFamilyName]; !ok || old.Type != md.Type || old.Help != md.Help || old.Unit != md.Unit {
+			// Copies: mds points into a pooled request body.
+			md.MetricFamilyName, md.Help, md.Unit = strings.Clone(md.MetricFamilyName), strings.Clone(md.Help), strings.Clone(md.Unit)
 			c.m[md.MetricFamilyName] = md
 		}
 	}

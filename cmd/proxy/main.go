@@ -157,6 +157,8 @@ func run(args []string) error {
 	current := cfg
 	var ingestCfg atomic.Pointer[configs.IngestConfig]
 	ingestCfg.Store(&cfg.Ingest)
+	var webCfg atomic.Pointer[configs.WebConfig] // credentials and TLS files reload; the rest needs a restart
+	webCfg.Store(&cfg.Web)
 	reload := func() error {
 		cfgMu.Lock()
 		defer cfgMu.Unlock()
@@ -181,6 +183,10 @@ func run(args []string) error {
 		current = c
 		store.SetSettings(settings(c))
 		ingestCfg.Store(&c.Ingest)
+		if c.Web.TLSServerConfig.Enabled() != current.Web.TLSServerConfig.Enabled() || c.Web.HTTPServerConfig != current.Web.HTTPServerConfig {
+			logger.Warn("turning TLS on or off and web.http_server_config change only on restart")
+		}
+		webCfg.Store(&c.Web)
 		reloads.success()
 		logger.Info("reloaded config", "file", f.configFile)
 		return nil
@@ -210,6 +216,7 @@ func run(args []string) error {
 		Aggregator:      store,
 		Limits:          func() configs.LimitsConfig { return store.Settings().Limits },
 		Ingest:          func() configs.IngestConfig { return *ingestCfg.Load() },
+		Web:             webCfg.Load,
 		EnableAdminAPI:  f.enableAdminAPI,
 		EnableLifecycle: f.enableLifecycle,
 		Ready: func() string {
@@ -231,11 +238,18 @@ func run(args []string) error {
 			Flags:     flagValues,
 			StartTime: start,
 		},
+		Targets: func() []ingest.TargetInfo { return targetInfos(fwd.Targets()) },
 	}, int(cfg.Limits.MaxBodyBytes))
 
 	ln, err := net.Listen("tcp", f.listenAddress)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", f.listenAddress, err)
+	}
+	if cfg.Web.TLSServerConfig.Enabled() {
+		tlsCfg := func() configs.TLSServerConfig { return webCfg.Load().TLSServerConfig }
+		if ln, err = ingest.TLSListener(ln, tlsCfg, logger.With("component", "web")); err != nil {
+			return fmt.Errorf("serve TLS on %s: %w", f.listenAddress, err)
+		}
 	}
 	logger.Info("starting sluice", "version", version.Version, "listen", ln.Addr().String(), "config", f.configFile,
 		"interval", f.interval, "series_ttl", f.seriesTTL, "semantics", f.semantics)
@@ -403,3 +417,14 @@ func newReloadMetrics(reg prometheus.Registerer) *reloadMetrics {
 
 func (m *reloadMetrics) success() { m.ok.Set(1); m.when.SetToCurrentTime() }
 func (m *reloadMetrics) failure() { m.ok.Set(0) }
+
+// targetInfos converts the forward targets' state for the web page.
+func targetInfos(ts []forward.TargetStatus) []ingest.TargetInfo {
+	out := make([]ingest.TargetInfo, len(ts))
+	for i, t := range ts {
+		out[i] = ingest.TargetInfo{Name: t.Name, URL: t.URL, ProtobufMessage: t.ProtobufMessage, Shards: t.Shards,
+			QueuedSamples: t.QueuedSamples, BacklogBytes: t.BacklogBytes, LastSend: t.LastSend,
+			LastError: t.LastError, LastErrorTime: t.LastErrorTime}
+	}
+	return out
+}

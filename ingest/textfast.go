@@ -1,0 +1,660 @@
+package ingest
+
+import (
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	dto "github.com/prometheus/client_model/go"
+)
+
+// fastText parses the Prometheus text format 0.0.4 straight into metric
+// families, with a handful of allocations per body instead of several per
+// line: the body is copied into one string that names and label values
+// point into, and metrics, label pairs and values come from slabs.
+//
+// It produces exactly what expfmt.TextParser produces, for the inputs it
+// accepts. It gives up (ok == false) on anything outside the common shape
+// — any input expfmt rejects, quoted UTF-8 names, names inside braces,
+// escapes in odd places, a missing final newline — and the caller then
+// parses with expfmt, which yields the same families or expfmt's own error
+// message. FuzzTextFastMatchesExpfmt checks the equivalence.
+//
+// The families, their strings and their values share memory: whoever keeps
+// a string beyond the push (a new series' metric name, say) must clone it.
+func fastText(body []byte) (fams []*dto.MetricFamily, ok bool) {
+	if len(body) == 0 || body[len(body)-1] != '\n' {
+		return nil, false
+	}
+	p := textParser{s: string(body)}
+	p.slab.init(strings.Count(p.s, "\n"), strings.Count(p.s, `"`)/2)
+	if !p.parse() {
+		return nil, false
+	}
+	out := make([]*dto.MetricFamily, 0, len(p.fams))
+	for _, f := range p.fams {
+		if len(f.Metric) > 0 {
+			out = append(out, f)
+		}
+	}
+	for _, m := range p.hists {
+		normalizeHistogram(m.Histogram)
+	}
+	if len(out) == 0 {
+		return nil, true
+	}
+	slices.SortFunc(out, func(a, b *dto.MetricFamily) int { return strings.Compare(*a.Name, *b.Name) })
+	return out, true
+}
+
+// textParser is the state of one fastText call.
+type textParser struct {
+	s    string
+	pos  int
+	slab textSlab
+	fams map[string]*dto.MetricFamily
+
+	// grouped maps family+labels (without le or quantile) to the metric
+	// that collects a histogram's or summary's lines.
+	grouped map[string]*dto.Metric
+	hists   []*dto.Metric
+	pairs   []*dto.LabelPair // label pairs of the current line
+	sig     []byte
+}
+
+// textSlab hands out the small objects of a parse from a few large
+// allocations. Chunks are never reallocated, so pointers stay valid.
+type textSlab struct {
+	metrics []dto.Metric
+	pairs   []dto.LabelPair
+	strs    []string
+	floats  []float64
+	ints    []int64
+	ptrs    []*dto.LabelPair
+	// Values by type; allocated on first use.
+	counters []dto.Counter
+	gauges   []dto.Gauge
+	untypeds []dto.Untyped
+}
+
+// init sizes the first chunks from the body: a metric and a value per
+// line, a label pair per pair of quotes, two strings per pair.
+func (sl *textSlab) init(lines, pairs int) {
+	lines, pairs = max(lines, 1), max(pairs, 1)
+	sl.metrics = make([]dto.Metric, 0, lines)
+	sl.pairs = make([]dto.LabelPair, 0, pairs)
+	sl.ptrs = make([]*dto.LabelPair, 0, pairs)
+	sl.strs = make([]string, 0, 2*pairs+8)
+	sl.floats = make([]float64, 0, lines+4)
+}
+
+// labels copies pairs into the slab and returns them as a slice whose
+// capacity ends at its length, so an append elsewhere copies it.
+func (sl *textSlab) labels(pairs []*dto.LabelPair) []*dto.LabelPair {
+	if cap(sl.ptrs)-len(sl.ptrs) < len(pairs) {
+		sl.ptrs = make([]*dto.LabelPair, 0, max(cap(sl.ptrs), 4*len(pairs)))
+	}
+	start := len(sl.ptrs)
+	sl.ptrs = append(sl.ptrs, pairs...)
+	return sl.ptrs[start:len(sl.ptrs):len(sl.ptrs)]
+}
+
+// grow returns s with room for one more element, in a new chunk of at
+// least the old capacity when s is full.
+func grow[T any](s []T) []T {
+	if len(s) < cap(s) {
+		return s
+	}
+	return make([]T, 0, max(cap(s), 16))
+}
+
+func (sl *textSlab) metric() *dto.Metric {
+	sl.metrics = grow(sl.metrics)
+	sl.metrics = sl.metrics[:len(sl.metrics)+1]
+	return &sl.metrics[len(sl.metrics)-1]
+}
+
+func (sl *textSlab) str(v string) *string {
+	sl.strs = grow(sl.strs)
+	sl.strs = append(sl.strs, v)
+	return &sl.strs[len(sl.strs)-1]
+}
+
+func (sl *textSlab) float(v float64) *float64 {
+	sl.floats = grow(sl.floats)
+	sl.floats = append(sl.floats, v)
+	return &sl.floats[len(sl.floats)-1]
+}
+
+func (sl *textSlab) pair(name, value string) *dto.LabelPair {
+	sl.pairs = grow(sl.pairs)
+	sl.pairs = sl.pairs[:len(sl.pairs)+1]
+	lp := &sl.pairs[len(sl.pairs)-1]
+	lp.Name, lp.Value = sl.str(name), sl.str(value)
+	return lp
+}
+
+// left bounds the samples still to come: the lines not yet made metrics.
+func (sl *textSlab) left() int { return cap(sl.metrics) - len(sl.metrics) + 1 }
+
+// next returns a pointer to a new zero element of *s. The first chunk
+// holds up to hint elements.
+func next[T any](s *[]T, hint int) *T {
+	if *s == nil {
+		*s = make([]T, 0, max(hint, 1))
+	}
+	*s = grow(*s)
+	*s = (*s)[:len(*s)+1]
+	return &(*s)[len(*s)-1]
+}
+
+func (p *textParser) parse() bool {
+	p.fams = make(map[string]*dto.MetricFamily, 8)
+	for p.pos < len(p.s) {
+		p.skipBlank()
+		switch c := p.s[p.pos]; {
+		case c == '\n':
+			p.pos++
+		case c == '#':
+			if !p.comment() {
+				return false
+			}
+		case isNameStart(c):
+			if !p.sample() {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func (p *textParser) skipBlank() {
+	for p.pos < len(p.s) && (p.s[p.pos] == ' ' || p.s[p.pos] == '\t') {
+		p.pos++
+	}
+}
+
+func isNameStart(c byte) bool {
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c == ':'
+}
+
+func isLabelStart(c byte) bool {
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+// name reads a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*) at pos, or returns
+// false if the name is followed by a quote (expfmt's quoted-name syntax).
+func (p *textParser) name() (string, bool) {
+	start := p.pos
+	for p.pos < len(p.s) && (isNameStart(p.s[p.pos]) || isDigit(p.s[p.pos])) {
+		p.pos++
+	}
+	if p.pos < len(p.s) && p.s[p.pos] == '"' {
+		return "", false
+	}
+	return p.s[start:p.pos], true
+}
+
+// lineEnd returns the index of the next newline at or after pos.
+func (p *textParser) lineEnd() int {
+	return p.pos + strings.IndexByte(p.s[p.pos:], '\n')
+}
+
+// comment handles a line starting with '#': HELP and TYPE set family
+// metadata, anything else is skipped.
+func (p *textParser) comment() bool {
+	p.pos++ // '#'
+	p.skipBlank()
+	end := p.lineEnd()
+	kwEnd := p.pos
+	for kwEnd < end && p.s[kwEnd] != ' ' && p.s[kwEnd] != '\t' {
+		kwEnd++
+	}
+	kw := p.s[p.pos:kwEnd]
+	if (kw != "HELP" && kw != "TYPE") || kwEnd == end {
+		p.pos = end + 1
+		return true
+	}
+	p.pos = kwEnd
+	p.skipBlank()
+	if p.s[p.pos] == '\n' {
+		p.pos++
+		return true
+	}
+	if !isNameStart(p.s[p.pos]) {
+		return false
+	}
+	name, ok := p.name()
+	if !ok {
+		return false
+	}
+	switch p.s[p.pos] {
+	case '\n':
+		p.pos++
+		return true
+	case ' ', '\t':
+	default:
+		return false
+	}
+	mf := p.family(name)
+	p.skipBlank()
+	if p.s[p.pos] == '\n' {
+		p.pos++
+		return true
+	}
+	rest := p.s[p.pos:end]
+	p.pos = end + 1
+	if kw == "HELP" {
+		if mf.Help != nil {
+			return false
+		}
+		help, ok := unescapeHelp(rest)
+		if !ok {
+			return false
+		}
+		mf.Help = p.slab.str(help)
+		return true
+	}
+	if mf.Type != nil {
+		return false
+	}
+	var t dto.MetricType
+	switch rest {
+	case "counter":
+		t = dto.MetricType_COUNTER
+	case "gauge":
+		t = dto.MetricType_GAUGE
+	case "histogram":
+		t = dto.MetricType_HISTOGRAM
+	case "summary":
+		t = dto.MetricType_SUMMARY
+	case "untyped":
+		t = dto.MetricType_UNTYPED
+	default:
+		return false // other spellings: let expfmt decide
+	}
+	mf.Type = t.Enum()
+	return true
+}
+
+// unescapeHelp undoes the escapes expfmt accepts in HELP text.
+func unescapeHelp(s string) (string, bool) {
+	if strings.IndexByte(s, '\\') < 0 {
+		return s, true
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '\\' {
+			b.WriteByte(c)
+			continue
+		}
+		i++
+		if i == len(s) {
+			return "", false
+		}
+		switch s[i] {
+		case '\\', '"':
+			b.WriteByte(s[i])
+		case 'n':
+			b.WriteByte('\n')
+		default:
+			return "", false
+		}
+	}
+	return b.String(), true
+}
+
+// family returns the family a name belongs to, as expfmt decides it: the
+// family of that exact name, else the summary or histogram whose _sum,
+// _count (or _bucket) it is, else a new family. The flags say which part
+// of a summary or histogram the name is.
+func (p *textParser) familyOf(name string) (mf *dto.MetricFamily, isCount, isSum bool) {
+	if mf := p.fams[name]; mf != nil {
+		return mf, false, false
+	}
+	count := len(name) > 6 && name[len(name)-6:] == "_count"
+	sum := len(name) > 4 && name[len(name)-4:] == "_sum"
+	base := name
+	switch {
+	case count:
+		base = name[:len(name)-6]
+	case sum:
+		base = name[:len(name)-4]
+	}
+	if mf := p.fams[base]; mf != nil && mf.GetType() == dto.MetricType_SUMMARY {
+		return mf, count, sum
+	}
+	if !count && !sum && len(name) > 7 && name[len(name)-7:] == "_bucket" {
+		base = name[:len(name)-7]
+	}
+	if mf := p.fams[base]; mf != nil && isHistogram(mf.GetType()) {
+		return mf, count, sum
+	}
+	mf = &dto.MetricFamily{Name: p.slab.str(name)}
+	p.fams[name] = mf
+	return mf, false, false
+}
+
+func (p *textParser) family(name string) *dto.MetricFamily {
+	mf, _, _ := p.familyOf(name)
+	return mf
+}
+
+func isHistogram(t dto.MetricType) bool {
+	return t == dto.MetricType_HISTOGRAM || t == dto.MetricType_GAUGE_HISTOGRAM
+}
+
+// sample parses one sample line.
+func (p *textParser) sample() bool {
+	name, ok := p.name()
+	if !ok {
+		return false
+	}
+	mf, isCount, isSum := p.familyOf(name)
+	if mf.Type == nil {
+		mf.Type = dto.MetricType_UNTYPED.Enum()
+	}
+	typ := mf.GetType()
+	grouped := typ == dto.MetricType_SUMMARY || isHistogram(typ)
+	p.skipBlank()
+	p.pairs = p.pairs[:0]
+	quantile, bucket := math.NaN(), math.NaN()
+	if p.pos < len(p.s) && p.s[p.pos] == '{' {
+		p.pos++
+		for {
+			p.skipBlank()
+			if p.pos >= len(p.s) {
+				return false
+			}
+			if p.s[p.pos] == '}' {
+				p.pos++
+				break
+			}
+			if !isLabelStart(p.s[p.pos]) {
+				return false
+			}
+			start := p.pos
+			for p.pos < len(p.s) && (isLabelStart(p.s[p.pos]) || isDigit(p.s[p.pos])) {
+				p.pos++
+			}
+			ln := p.s[start:p.pos]
+			p.skipBlank()
+			if p.pos >= len(p.s) || p.s[p.pos] != '=' || ln == "__name__" {
+				return false
+			}
+			p.pos++
+			p.skipBlank()
+			if p.pos >= len(p.s) || p.s[p.pos] != '"' {
+				return false
+			}
+			p.pos++
+			lv, ok := p.labelValue()
+			if !ok {
+				return false
+			}
+			switch {
+			case typ == dto.MetricType_SUMMARY && ln == "quantile":
+				if quantile, ok = parseTextFloat(lv); !ok {
+					return false
+				}
+			case isHistogram(typ) && ln == "le":
+				if bucket, ok = parseTextFloat(lv); !ok {
+					return false
+				}
+			default:
+				for _, lp := range p.pairs {
+					if *lp.Name == ln {
+						return false
+					}
+				}
+				p.pairs = append(p.pairs, p.slab.pair(ln, lv))
+			}
+			p.skipBlank()
+			if p.pos >= len(p.s) {
+				return false
+			}
+			switch p.s[p.pos] {
+			case ',':
+				p.pos++
+			case '}':
+			default:
+				return false
+			}
+		}
+		p.skipBlank()
+	}
+
+	// The value, up to a blank or the end of the line.
+	start := p.pos
+	for p.pos < len(p.s) && p.s[p.pos] != ' ' && p.s[p.pos] != '\t' && p.s[p.pos] != '\n' {
+		p.pos++
+	}
+	v, ok := parseTextFloat(p.s[start:p.pos])
+	if !ok {
+		return false
+	}
+	var ts *int64
+	if p.s[p.pos] != '\n' {
+		p.skipBlank()
+		start := p.pos
+		for p.pos < len(p.s) && p.s[p.pos] != ' ' && p.s[p.pos] != '\t' && p.s[p.pos] != '\n' {
+			p.pos++
+		}
+		if p.s[p.pos] != '\n' {
+			return false
+		}
+		t, err := strconv.ParseInt(p.s[start:p.pos], 10, 64)
+		if err != nil {
+			return false
+		}
+		p.slab.ints = grow(p.slab.ints)
+		p.slab.ints = append(p.slab.ints, t)
+		ts = &p.slab.ints[len(p.slab.ints)-1]
+	}
+	p.pos++ // '\n'
+
+	var m *dto.Metric
+	if grouped {
+		m = p.groupMetric(mf)
+	} else {
+		m = p.slab.metric()
+		m.Label = p.labelsOfLine()
+		mf.Metric = append(mf.Metric, m)
+	}
+	if ts != nil {
+		m.TimestampMs = ts
+	}
+	switch typ {
+	case dto.MetricType_COUNTER:
+		m.Counter = next(&p.slab.counters, p.slab.left())
+		m.Counter.Value = p.slab.float(v)
+	case dto.MetricType_GAUGE:
+		m.Gauge = next(&p.slab.gauges, p.slab.left())
+		m.Gauge.Value = p.slab.float(v)
+	case dto.MetricType_UNTYPED:
+		m.Untyped = next(&p.slab.untypeds, p.slab.left())
+		m.Untyped.Value = p.slab.float(v)
+	case dto.MetricType_SUMMARY:
+		if m.Summary == nil {
+			m.Summary = &dto.Summary{}
+		}
+		switch {
+		case isCount:
+			c := uint64(v)
+			m.Summary.SampleCount = &c
+		case isSum:
+			m.Summary.SampleSum = p.slab.float(v)
+		case !math.IsNaN(quantile):
+			m.Summary.Quantile = append(m.Summary.Quantile, &dto.Quantile{Quantile: p.slab.float(quantile), Value: p.slab.float(v)})
+		}
+	default: // histogram, gauge histogram
+		if m.Histogram == nil {
+			m.Histogram = &dto.Histogram{}
+			p.hists = append(p.hists, m)
+		}
+		h := m.Histogram
+		switch {
+		case isCount:
+			if u := uint64(v); v == float64(u) {
+				h.SampleCount = &u
+			} else {
+				if v < 0 {
+					return false
+				}
+				h.SampleCountFloat = p.slab.float(v)
+			}
+		case isSum:
+			h.SampleSum = p.slab.float(v)
+		case !math.IsNaN(bucket):
+			b := &dto.Bucket{UpperBound: p.slab.float(bucket)}
+			if u := uint64(v); v == float64(u) {
+				b.CumulativeCount = &u
+			} else {
+				if v < 0 {
+					return false
+				}
+				b.CumulativeCountFloat = p.slab.float(v)
+			}
+			h.Bucket = append(h.Bucket, b)
+		}
+	}
+	return true
+}
+
+// labelsOfLine returns the current line's label pairs as a new slice, nil
+// for none (as expfmt does).
+func (p *textParser) labelsOfLine() []*dto.LabelPair {
+	if len(p.pairs) == 0 {
+		return nil
+	}
+	return p.slab.labels(p.pairs)
+}
+
+// groupMetric returns the metric that collects the lines of a summary or
+// histogram with the current line's labels (le and quantile aside),
+// creating it with those labels on the first line.
+func (p *textParser) groupMetric(mf *dto.MetricFamily) *dto.Metric {
+	// The signature is order-independent, as model.LabelsToSignature.
+	sorted := p.pairs
+	if !slices.IsSortedFunc(sorted, cmpPairName) {
+		sorted = slices.Clone(sorted)
+		slices.SortFunc(sorted, cmpPairName)
+	}
+	sig := append(p.sig[:0], *mf.Name...)
+	for _, lp := range sorted {
+		sig = append(sig, 0xff)
+		sig = append(sig, *lp.Name...)
+		sig = append(sig, 0xfe)
+		sig = append(sig, *lp.Value...)
+	}
+	p.sig = sig
+	if m := p.grouped[string(sig)]; m != nil {
+		return m
+	}
+	if p.grouped == nil {
+		p.grouped = make(map[string]*dto.Metric)
+	}
+	m := p.slab.metric()
+	m.Label = p.labelsOfLine()
+	p.grouped[string(sig)] = m
+	mf.Metric = append(mf.Metric, m)
+	return m
+}
+
+func cmpPairName(a, b *dto.LabelPair) int { return strings.Compare(*a.Name, *b.Name) }
+
+// labelValue reads a label value after its opening quote, up to and
+// including the closing quote.
+func (p *textParser) labelValue() (string, bool) {
+	start := p.pos
+	for p.pos < len(p.s) {
+		switch p.s[p.pos] {
+		case '"':
+			v := p.s[start:p.pos]
+			p.pos++
+			return v, utf8.ValidString(v)
+		case '\n':
+			return "", false
+		case '\\':
+			return p.escapedLabelValue(start)
+		}
+		p.pos++
+	}
+	return "", false
+}
+
+func (p *textParser) escapedLabelValue(start int) (string, bool) {
+	b := []byte(p.s[start:p.pos])
+	for p.pos < len(p.s) {
+		c := p.s[p.pos]
+		switch c {
+		case '"':
+			p.pos++
+			v := string(b)
+			return v, utf8.ValidString(v)
+		case '\n':
+			return "", false
+		case '\\':
+			p.pos++
+			if p.pos >= len(p.s) {
+				return "", false
+			}
+			switch p.s[p.pos] {
+			case '"', '\\':
+				b = append(b, p.s[p.pos])
+			case 'n':
+				b = append(b, '\n')
+			default:
+				return "", false
+			}
+		default:
+			b = append(b, c)
+		}
+		p.pos++
+	}
+	return "", false
+}
+
+// parseTextFloat parses a value as expfmt does.
+func parseTextFloat(s string) (float64, bool) {
+	if strings.ContainsAny(s, "pP_") {
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	return v, err == nil
+}
+
+// normalizeHistogram makes a histogram with any float count all float, as
+// expfmt does.
+func normalizeHistogram(h *dto.Histogram) {
+	if h == nil {
+		return
+	}
+	anyFloats := h.GetSampleCountFloat() != 0
+	for _, b := range h.GetBucket() {
+		if anyFloats {
+			break
+		}
+		anyFloats = b.GetCumulativeCountFloat() != 0
+	}
+	if !anyFloats {
+		return
+	}
+	if h.GetSampleCountFloat() == 0 {
+		c := float64(h.GetSampleCount())
+		h.SampleCountFloat, h.SampleCount = &c, nil
+	}
+	for _, b := range h.GetBucket() {
+		if b.GetCumulativeCountFloat() == 0 {
+			c := float64(b.GetCumulativeCount())
+			b.CumulativeCountFloat, b.CumulativeCount = &c, nil
+		}
+	}
+}

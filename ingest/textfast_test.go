@@ -1,0 +1,118 @@
+package ingest
+
+import (
+	"bytes"
+	"slices"
+	"strings"
+	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"google.golang.org/protobuf/proto"
+)
+
+// expfmtText is what decodeText returned before the fast parser: expfmt's
+// families sorted by name.
+func expfmtText(body []byte) ([]*dto.MetricFamily, error) {
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	byName, err := p.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	var out []*dto.MetricFamily
+	for _, mf := range byName {
+		out = append(out, mf)
+	}
+	slices.SortFunc(out, func(a, b *dto.MetricFamily) int { return strings.Compare(a.GetName(), b.GetName()) })
+	return out, nil
+}
+
+// checkFastText fails if fastText accepts body but disagrees with expfmt.
+func checkFastText(t *testing.T, body []byte) (accepted bool) {
+	t.Helper()
+	got, ok := fastText(body)
+	if !ok {
+		return false
+	}
+	want, err := expfmtText(body)
+	if err != nil {
+		t.Fatalf("fast parser accepted a body expfmt rejects (%v):\n%s", err, body)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("fast parser gave %d families, expfmt %d:\n%s\ngot  %v\nwant %v", len(got), len(want), body, got, want)
+	}
+	for i := range got {
+		if !proto.Equal(got[i], want[i]) {
+			t.Fatalf("family %d differs for\n%s\ngot  %v\nwant %v", i, body, got[i], want[i])
+		}
+	}
+	return true
+}
+
+func TestFastTextMatchesExpfmt(t *testing.T) {
+	cases := []struct {
+		name   string
+		body   string
+		accept bool // whether the fast parser should handle it itself
+	}{
+		{name: "bench body", body: string(benchText()), accept: true},
+		{name: "untyped no labels", body: "a 1\nb 2 1700000000000\n", accept: true},
+		{name: "blank and comment lines", body: "\n  \t\n# a comment\n#\n# HELP\n# HELP x\na 1\n", accept: true},
+		{name: "help escapes", body: "# HELP a x\\\\y\\nz\\\"q\n# TYPE a gauge\na{b=\"c\\\"d\\\\e\\nf\"} -1.5e3\n", accept: true},
+		{name: "spaces everywhere", body: "a { b = \"c\" , d=\"e\", } \t 1 \t 12\n", accept: true},
+		{name: "special floats", body: "a{x=\"1\"} NaN\na{x=\"2\"} +Inf\na{x=\"3\"} -Inf\na{x=\"4\"} 0x1\n", accept: false},
+		{name: "inf and nan", body: "a{x=\"1\"} NaN\na{x=\"2\"} +Inf\na{x=\"3\"} -inf\n", accept: true},
+		{name: "summary", body: "# TYPE s summary\ns{q=\"a\",quantile=\"0.5\"} 1\ns{quantile=\"0.9\",q=\"a\"} 2\ns_sum{q=\"a\"} 3\ns_count{q=\"a\"} 4\ns 7\n", accept: true},
+		{name: "histogram float counts", body: "# TYPE h histogram\nh_bucket{le=\"1\"} 1.5\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n", accept: true},
+		{name: "histogram groups by labels", body: "# TYPE h histogram\nh_bucket{a=\"1\",le=\"1\"} 1\nh_bucket{a=\"2\",le=\"1\"} 1\nh_count{a=\"1\"} 1\nh{le=\"5\"} 1\n", accept: true},
+		{name: "gauge histogram", body: "# TYPE h gaugehistogram\nh_bucket{le=\"1\"} 1\n", accept: false},
+		{name: "type after samples", body: "a 1\n# TYPE a counter\n", accept: false},
+		{name: "second help", body: "# HELP a x\n# HELP a y\na 1\n", accept: false},
+		{name: "help only family", body: "# HELP a x\n# TYPE b counter\nc 1\n", accept: true},
+		{name: "count of a counter is its own family", body: "# TYPE c counter\nc_count 1\nc 2\n", accept: true},
+		{name: "no final newline", body: "a 1", accept: false},
+		{name: "crlf", body: "a 1\r\n", accept: false},
+		{name: "trailing blank after value", body: "a 1 \n", accept: false},
+		{name: "duplicate label", body: "a{b=\"1\",b=\"2\"} 1\n", accept: false},
+		{name: "name in braces", body: "{a} 1\n", accept: false},
+		{name: "quoted name", body: "{\"a.b\"} 1\n", accept: false},
+		{name: "uppercase type", body: "# TYPE a COUNTER\na 1\n", accept: false},
+		{name: "negative histogram count", body: "# TYPE h histogram\nh_count -1.5\n", accept: false},
+		{name: "le is a plain label of a gauge", body: "# TYPE g gauge\ng{le=\"x\"} 1\n", accept: true},
+		{name: "type of a histogram part is the histogram's", body: "# TYPE h histogram\n# TYPE h_sum summary\nh_sum 1\n", accept: false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := checkFastText(t, []byte(tc.body)); got != tc.accept {
+				t.Errorf("fast parser accepted = %v, want %v", got, tc.accept)
+			}
+			// Whoever parses it, DecodeBody's answer is expfmt's.
+			want, wantErr := expfmtText([]byte(tc.body))
+			got, err := decodeText([]byte(tc.body))
+			if (err == nil) != (wantErr == nil) || (err != nil && err.Error() != wantErr.Error()) {
+				t.Fatalf("error %v, want %v", err, wantErr)
+			}
+			if len(got) != len(want) {
+				t.Fatalf("got %d families, want %d", len(got), len(want))
+			}
+			for i := range got {
+				if !proto.Equal(got[i], want[i]) {
+					t.Fatalf("family %d: got %v, want %v", i, got[i], want[i])
+				}
+			}
+		})
+	}
+}
+
+// FuzzTextFastMatchesExpfmt checks that whatever the fast text parser
+// accepts, expfmt parses to the same families.
+func FuzzTextFastMatchesExpfmt(f *testing.F) {
+	f.Add(benchText())
+	f.Add([]byte("# TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 3\ns_count 2\n"))
+	f.Add([]byte("# TYPE h histogram\nh_bucket{le=\"1\",a=\"x\"} 1.5\nh_bucket{a=\"x\",le=\"+Inf\"} 2\nh_count{a=\"x\"} 2\n"))
+	f.Add([]byte("# HELP a x\\ny\na{b=\"c\\\"\"} 1 2\n"))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		checkFastText(t, body)
+	})
+}

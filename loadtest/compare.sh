@@ -1,0 +1,442 @@
+#!/usr/bin/env bash
+# Side-by-side performance comparison (SPEC section 10), on this machine, in
+# one run, against the Debian vmagent and Pushgateway:
+#   1. Remote-Write relay: Sluice vs vmagent, same load into a counting sink.
+#   2. Pushes (1,000 groups, ~25 lines): Sluice (wal.fsync always and
+#      interval) vs the Pushgateway; max rate and p99 at half of Sluice's max.
+#   3. Memory and restart: 1M live series, bytes per series, kill -9, time
+#      until /-/ready.
+# Prints a table and PASS/FAIL lines. Exits non-zero only when the tooling
+# fails (a build, a process that does not start, the generator erroring),
+# never on a missed target.
+#
+# Environment (defaults in brackets):
+#   COMPARE_SECONDS [20]           length of each measured run
+#   COMPARE_SKIP_RW, COMPARE_SKIP_PUSH, COMPARE_SKIP_SERIES [0]  skip a part
+#   COMPARE_RW_CONCURRENCY [8], COMPARE_RW_SERIES [500] (per request),
+#   COMPARE_RW_TOTAL_SERIES [100000]
+#   COMPARE_PUSH_CONCURRENCY [64], COMPARE_PUSH_GROUPS [1000], COMPARE_PUSH_SERIES [25]
+#   COMPARE_SERIES_GROUPS [1000], COMPARE_SERIES_PER_GROUP [1000]
+#   COMPARE_PIN [1]                pin the generator and the sink to the last CPU
+#   COMPARE_DRAIN_TIMEOUT [60]     seconds to wait for a relay to deliver everything
+#   COMPARE_DIR [$TMPDIR or /tmp]  where WALs live (use a real disk, not tmpfs:
+#                                  fsync on tmpfs is free)
+#   COMPARE_WARMUP_SECONDS [30]    cap on the one-push-per-group warm-up before push runs
+#   COMPARE_KEEP [0]               keep the work directory (logs, JSON results)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+SECS=${COMPARE_SECONDS:-20}
+SKIP_RW=${COMPARE_SKIP_RW:-0}
+SKIP_PUSH=${COMPARE_SKIP_PUSH:-0}
+SKIP_SERIES=${COMPARE_SKIP_SERIES:-0}
+RW_CONC=${COMPARE_RW_CONCURRENCY:-8}
+RW_SERIES=${COMPARE_RW_SERIES:-500}
+RW_TOTAL=${COMPARE_RW_TOTAL_SERIES:-100000}
+PUSH_CONC=${COMPARE_PUSH_CONCURRENCY:-64}
+PUSH_GROUPS=${COMPARE_PUSH_GROUPS:-1000}
+PUSH_SERIES=${COMPARE_PUSH_SERIES:-25}
+MEM_GROUPS=${COMPARE_SERIES_GROUPS:-1000}
+MEM_SERIES=${COMPARE_SERIES_PER_GROUP:-1000}
+PIN=${COMPARE_PIN:-1}
+DRAIN_TIMEOUT=${COMPARE_DRAIN_TIMEOUT:-60}
+KEEP=${COMPARE_KEEP:-0}
+WARMUP_MAX=${COMPARE_WARMUP_SECONDS:-30}
+
+# SPEC 10 targets.
+PUSH_TARGET=28000      # 10x the zapier aggregation gateway's 2,800 pushes/s
+P99_TARGET_MS=5
+GROUP_COMMIT_MAX=25    # percent of throughput
+BYTES_PER_SERIES_MAX=1024
+RESTART_MAX_S=10
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'compare: %s\n' "$*" >&2; exit 1; }
+
+WORK=$(mktemp -d "${COMPARE_DIR:-${TMPDIR:-/tmp}}/sluice-compare.XXXXXX")
+PIDS=()
+
+# stop_pid ends one process this script started: SIGTERM, then SIGKILL
+# after 10 s.
+stop_pid() {
+	local pid=$1 i
+	kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+	kill -TERM "$pid" 2>/dev/null || true
+	for i in $(seq 100); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+	local pid
+	for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+	if [ "$KEEP" = 1 ]; then
+		echo "work directory kept: $WORK" >&2
+	else
+		rm -rf "$WORK"
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start_bg NAME CMD... starts CMD in the background with its output in
+# $WORK/NAME.log and sets LAST_PID (not a command substitution: the
+# process must be this shell's child so that it can be waited for).
+LAST_PID=
+start_bg() {
+	local name=$1
+	shift
+	"$@" >"$WORK/$name.log" 2>&1 &
+	LAST_PID=$!
+	PIDS+=("$LAST_PID")
+}
+
+NCPU=$(nproc)
+GEN_CPU=$((NCPU - 1))
+PIN_PREFIX=()
+if [ "$PIN" = 1 ] && [ "$NCPU" -gt 1 ] && command -v taskset >/dev/null; then
+	PIN_PREFIX=(taskset -c "$GEN_CPU")
+fi
+# gen CMD... runs a generator command, pinned to the last CPU when asked.
+gen() { "${PIN_PREFIX[@]}" "$@"; }
+
+CLK_TCK=$(getconf CLK_TCK)
+# cpu_ticks PID: user+system CPU of the process so far, in clock ticks.
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+# status_kb PID FIELD: a field of /proc/PID/status in kB (VmHWM, VmRSS).
+status_kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
+# jget FILE KEY: a top-level scalar of the one-line JSON in FILE.
+jget() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" "$1" | tr -d '"' | head -n1; }
+# jstatuses FILE: the "statuses" object of a generator result, as 200:n 503:m.
+jstatuses() { sed -n 's/.*"statuses":{\([^}]*\)}.*/\1/p' "$1" | tr -d '"' | tr ',' ' '; }
+# calc EXPR [DECIMALS]: floating-point arithmetic.
+calc() { awk "BEGIN { printf \"%.${2:-2}f\", $1 }"; }
+# ge A B: A >= B for floats.
+ge() { awk "BEGIN { exit !($1 >= $2) }"; }
+
+RESULTS=()   # table rows
+VERDICTS=()  # PASS/FAIL lines
+verdict() {  # verdict OK(0/1) TEXT
+	if [ "$1" = 1 ]; then VERDICTS+=("PASS  $2"); else VERDICTS+=("FAIL  $2"); fi
+}
+
+# --- dependencies --------------------------------------------------------
+
+VMAGENT=${VMAGENT:-$(command -v vmagent || echo /usr/bin/vmagent)}
+PUSHGATEWAY=${PUSHGATEWAY:-$(command -v prometheus-pushgateway || echo /usr/bin/prometheus-pushgateway)}
+missing=()
+[ "$SKIP_RW" = 1 ] || [ -x "$VMAGENT" ] || missing+=(victoria-metrics)
+[ "$SKIP_PUSH" = 1 ] || [ -x "$PUSHGATEWAY" ] || missing+=(prometheus-pushgateway)
+if [ "${#missing[@]}" -gt 0 ]; then
+	if [ "$(id -u)" = 0 ]; then
+		log "installing ${missing[*]}"
+		# The packages' services do not start here (no init); ports are ours.
+		apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+			log "could not install ${missing[*]}; those comparisons are skipped"
+	else
+		log "not root: cannot install ${missing[*]}; those comparisons are skipped"
+	fi
+fi
+
+log "building bin/sluice and bin/loadtest"
+mkdir -p bin
+CGO_ENABLED=0 go build -o bin/sluice ./cmd/proxy || die "build ./cmd/proxy failed"
+go build -o bin/loadtest ./loadtest || die "build ./loadtest failed"
+SLUICE=$ROOT/bin/sluice
+LT=$ROOT/bin/loadtest
+
+port() { "$LT" freeport; }
+wait_ready() { # URL [TIMEOUT]
+	"$LT" wait -url "$1" -timeout "${2:-60s}" >/dev/null || die "$1 did not become ready (logs in $WORK)"
+}
+check_alive() { # PID NAME
+	kill -0 "$1" 2>/dev/null || { KEEP=1; die "$2 exited; see $WORK/$2.log"; }
+}
+
+if [ "${#PIN_PREFIX[@]}" -gt 0 ]; then
+	PIN_NOTE="generator and sink pinned to CPU $GEN_CPU of $NCPU; the proxy is not pinned and shares that CPU with them"
+else
+	PIN_NOTE="nothing pinned: generator, sink and proxy share all $NCPU CPUs"
+fi
+log "$PIN_NOTE"
+
+# --- 1. Remote-Write relay ------------------------------------------------
+
+SINK_PID=
+SINK_URL=
+start_sink() {
+	local p
+	p=$(port)
+	start_bg sink "${PIN_PREFIX[@]}" "$LT" sink -listen "127.0.0.1:$p" -prefix loadtest_rw_ -print-interval 0
+	SINK_PID=$LAST_PID
+	SINK_URL=http://127.0.0.1:$p
+	wait_ready "$SINK_URL/-/ready" 10s
+}
+
+# wait_drain SENT: wait until the sink has SENT matching samples, or nothing
+# arrived for 10 s, or DRAIN_TIMEOUT; prints the samples received.
+wait_drain() {
+	local sent=$1 got=0 last=-1 still=0 waited=0
+	while :; do
+		got=$("$LT" fetch -url "$SINK_URL/count" | sed -n 's/.*"matched_samples":\([0-9]*\).*/\1/p')
+		[ "$got" -ge "$sent" ] && break
+		if [ "$got" = "$last" ]; then still=$((still + 1)); else still=0; fi
+		last=$got
+		[ "$still" -ge 20 ] && break
+		[ "$waited" -ge $((DRAIN_TIMEOUT * 2)) ] && break
+		sleep 0.5
+		waited=$((waited + 1))
+	done
+	echo "$got"
+}
+
+# rw_measure NAME PID WRITE_URL: one relay run; sets RW_* for NAME.
+declare -A RW_SPS RW_CPUM RW_HWM RW_P99 RW_SENT RW_RECV RW_STAT
+rw_measure() {
+	local name=$1 pid=$2 url=$3 t0 t1 sent recv out=$WORK/rw-$1.json
+	"$LT" fetch -method POST -url "$SINK_URL/reset" >/dev/null
+	t0=$(cpu_ticks "$pid")
+	log "remote-write -> $name for ${SECS}s ($RW_CONC clients, $RW_SERIES series/request, $RW_TOTAL distinct series)"
+	gen "$LT" remote-write -url "$url" -duration "${SECS}s" -concurrency "$RW_CONC" \
+		-series "$RW_SERIES" -total-series "$RW_TOTAL" -json >"$out" || die "remote-write generator failed against $name"
+	sent=$(jget "$out" samples)
+	recv=$(wait_drain "$sent")
+	t1=$(cpu_ticks "$pid")
+	check_alive "$pid" "$name"
+	RW_SENT[$name]=$sent
+	RW_RECV[$name]=$recv
+	RW_SPS[$name]=$(jget "$out" samples_per_second)
+	RW_P99[$name]=$(calc "$(jget "$out" latency_p99_ms)" 2)
+	RW_HWM[$name]=$(status_kb "$pid" VmHWM)
+	RW_STAT[$name]=$(jstatuses "$out")
+	if [ "$sent" -gt 0 ]; then
+		RW_CPUM[$name]=$(calc "($t1 - $t0) / $CLK_TCK / ($sent / 1e6)" 3)
+	else
+		RW_CPUM[$name]=inf
+	fi
+	log "$name: $(calc "${RW_SPS[$name]}" 0) samples/s accepted, ${RW_CPUM[$name]} CPU s per M samples, sink got $recv of $sent"
+}
+
+if [ "$SKIP_RW" != 1 ]; then
+	start_sink
+	# Sluice relays every series without clear_mode unchanged; its own
+	# metrics are not forwarded, so the sink sees only the generator's.
+	cat >"$WORK/sluice-rw.yml" <<-EOF
+		self_metrics:
+		  forward: false
+	EOF
+	p=$(port)
+	start_bg sluice-rw "$SLUICE" --web.listen-address="127.0.0.1:$p" --wal.dir="$WORK/rw-wal" \
+		--config.file="$WORK/sluice-rw.yml" --remote-write.url="$SINK_URL/api/v1/write" --log.level=warn
+	SLUICE_PID=$LAST_PID
+	wait_ready "http://127.0.0.1:$p/-/ready"
+	rw_measure sluice "$SLUICE_PID" "http://127.0.0.1:$p/api/v1/write"
+	stop_pid "$SLUICE_PID"
+
+	if [ -x "$VMAGENT" ]; then
+		p=$(port)
+		start_bg vmagent "$VMAGENT" -httpListenAddr="127.0.0.1:$p" -remoteWrite.url="$SINK_URL/api/v1/write" \
+			-remoteWrite.tmpDataPath="$WORK/vmagent-data" -loggerLevel=WARN
+		VM_PID=$LAST_PID
+		wait_ready "http://127.0.0.1:$p/health"
+		rw_measure vmagent "$VM_PID" "http://127.0.0.1:$p/api/v1/write"
+		stop_pid "$VM_PID"
+	fi
+	stop_pid "$SINK_PID"
+
+	for n in sluice vmagent; do
+		[ -n "${RW_SENT[$n]:-}" ] || continue
+		RESULTS+=("$(printf '%-28s %14s %12s %10s %10s   %s' "relay: $n" "$(calc "${RW_SPS[$n]}" 0)" "${RW_CPUM[$n]}" \
+			"$(calc "${RW_HWM[$n]} / 1024" 0)" "${RW_P99[$n]}" "sink got ${RW_RECV[$n]} of ${RW_SENT[$n]} sent; ${RW_STAT[$n]}")")
+		verdict "$([ "${RW_RECV[$n]}" -ge "${RW_SENT[$n]}" ] && echo 1 || echo 0)" \
+			"relay $n: every accepted sample reached the sink (${RW_RECV[$n]} of ${RW_SENT[$n]})"
+	done
+	if [ -n "${RW_SENT[vmagent]:-}" ]; then
+		verdict "$(ge "${RW_CPUM[vmagent]}" "${RW_CPUM[sluice]}" && echo 1 || echo 0)" \
+			"relay CPU per M samples: Sluice ${RW_CPUM[sluice]} s <= vmagent ${RW_CPUM[vmagent]} s (ratio $(calc "${RW_CPUM[sluice]} / ${RW_CPUM[vmagent]}"))"
+	else
+		VERDICTS+=("SKIP  relay CPU per M samples: no vmagent")
+	fi
+fi
+
+# --- 2. Pushes ------------------------------------------------------------
+
+declare -A PU_RPS PU_SPS PU_CPUM PU_HWM PU_P99 PU_STAT
+# push_measure NAME PID BASE_URL [RATE]: one push run into PU_*[NAME].
+push_measure() {
+	local name=$1 pid=$2 url=$3 rate=${4:-0} t0 t1 out=$WORK/push-$1.json samples
+	t0=$(cpu_ticks "$pid")
+	log "push -> $name for ${SECS}s ($PUSH_CONC clients, $PUSH_GROUPS groups, $PUSH_SERIES lines, rate ${rate/#0/max})"
+	gen "$LT" push -url "$url" -duration "${SECS}s" -concurrency "$PUSH_CONC" -rate "$rate" \
+		-groups "$PUSH_GROUPS" -series "$PUSH_SERIES" -json >"$out" || die "push generator failed against $name"
+	t1=$(cpu_ticks "$pid")
+	check_alive "$pid" "$name"
+	samples=$(jget "$out" samples)
+	PU_RPS[$name]=$(jget "$out" requests_per_second)
+	PU_SPS[$name]=$(jget "$out" samples_per_second)
+	PU_P99[$name]=$(calc "$(jget "$out" latency_p99_ms)" 2)
+	PU_HWM[$name]=$(status_kb "$pid" VmHWM)
+	PU_STAT[$name]=$(jstatuses "$out")
+	if [ "$samples" -gt 0 ]; then
+		PU_CPUM[$name]=$(calc "($t1 - $t0) / $CLK_TCK / ($samples / 1e6)" 3)
+	else
+		PU_CPUM[$name]=inf
+	fi
+	log "$name: $(calc "${PU_RPS[$name]}" 0) pushes/s, p99 ${PU_P99[$name]} ms (${PU_STAT[$name]})"
+}
+
+# warm_up NAME URL: one push to every group, so that the measured run sees
+# them all; capped at WARMUP_MAX seconds (a Pushgateway holding 1,000 groups
+# takes a few pushes per second here). Sets PU_GROUPS[NAME].
+declare -A PU_GROUPS
+warm_up() {
+	gen "$LT" push -url "$2" -requests "$PUSH_GROUPS" -duration "${WARMUP_MAX}s" -concurrency 8 \
+		-groups "$PUSH_GROUPS" -series "$PUSH_SERIES" -json >"$WORK/warmup-$1.json" || die "warm-up push failed against $1"
+	PU_GROUPS[$1]=$(jget "$WORK/warmup-$1.json" ok)
+	[ "${PU_GROUPS[$1]}" -ge "$PUSH_GROUPS" ] || log "$1: warm-up reached only ${PU_GROUPS[$1]} of $PUSH_GROUPS groups in ${WARMUP_MAX}s"
+}
+
+# fsync_ms URL: Sluice's mean WAL fsync latency so far, in ms.
+fsync_ms() {
+	"$LT" fetch -url "$1/metrics" -sum sluice_wal_fsync_duration_seconds_sum -sum sluice_wal_fsync_duration_seconds_count |
+		awk '{ v[NR] = $2 } END { if (v[2] > 0) printf "%.2f", 1000 * v[1] / v[2]; else print "n/a" }'
+}
+
+# start_sluice_push NAME FSYNC: a Sluice without targets, sets SP_PID/SP_URL.
+start_sluice_push() {
+	local p
+	p=$(port)
+	cat >"$WORK/sluice-$1.yml" <<-EOF
+		self_metrics:
+		  forward: false
+		wal:
+		  fsync: $2
+	EOF
+	start_bg "$1" "$SLUICE" --web.listen-address="127.0.0.1:$p" --wal.dir="$WORK/$1-wal" \
+		--config.file="$WORK/sluice-$1.yml" --log.level=warn
+	SP_PID=$LAST_PID
+	SP_URL=http://127.0.0.1:$p
+	wait_ready "$SP_URL/-/ready"
+}
+
+if [ "$SKIP_PUSH" != 1 ]; then
+	start_sluice_push sluice-push always
+	warm_up sluice "$SP_URL"
+	push_measure "sluice" "$SP_PID" "$SP_URL"
+	HALF=$(calc "${PU_RPS[sluice]} / 2" 0)
+	if [ "$HALF" -gt 0 ]; then
+		push_measure "sluice@half" "$SP_PID" "$SP_URL" "$HALF"
+	fi
+	FSYNC_MS=$(fsync_ms "$SP_URL")
+	stop_pid "$SP_PID"
+
+	start_sluice_push sluice-interval interval
+	warm_up "sluice(fsync=interval)" "$SP_URL"
+	push_measure "sluice(fsync=interval)" "$SP_PID" "$SP_URL"
+	stop_pid "$SP_PID"
+
+	if [ -x "$PUSHGATEWAY" ]; then
+		p=$(port)
+		start_bg pushgateway "$PUSHGATEWAY" --web.listen-address="127.0.0.1:$p" --log.level=warn
+		PG_PID=$LAST_PID
+		wait_ready "http://127.0.0.1:$p/-/ready"
+		warm_up pushgateway "http://127.0.0.1:$p"
+		push_measure "pushgateway" "$PG_PID" "http://127.0.0.1:$p"
+		stop_pid "$PG_PID"
+	fi
+
+	for n in sluice "sluice@half" "sluice(fsync=interval)" pushgateway; do
+		[ -n "${PU_RPS[$n]:-}" ] || continue
+		RESULTS+=("$(printf '%-28s %14s %12s %10s %10s   %s' "push: $n" "$(calc "${PU_RPS[$n]}" 0)/s" "${PU_CPUM[$n]}" \
+			"$(calc "${PU_HWM[$n]} / 1024" 0)" "${PU_P99[$n]}" "$(calc "${PU_SPS[$n]}" 0) samples/s; ${PU_STAT[$n]}${PU_GROUPS[$n]:+; ${PU_GROUPS[$n]} groups}")")
+	done
+	verdict "$(ge "${PU_RPS[sluice]}" "$PUSH_TARGET" && echo 1 || echo 0)" \
+		"pushes: Sluice $(calc "${PU_RPS[sluice]}" 0)/s >= $PUSH_TARGET/s (10x the zapier gateway's 2,800/s)"
+	if [ -n "${PU_P99[sluice@half]:-}" ]; then
+		verdict "$(ge "$P99_TARGET_MS" "${PU_P99[sluice@half]}" && echo 1 || echo 0)" \
+			"push p99 at half of Sluice's max ($HALF/s, achieved $(calc "${PU_RPS[sluice@half]}" 0)/s): ${PU_P99[sluice@half]} ms < $P99_TARGET_MS ms (mean WAL fsync $FSYNC_MS ms)"
+	fi
+	COST=$(calc "100 * (1 - ${PU_RPS[sluice]} / ${PU_RPS[sluice(fsync=interval)]})" 1)
+	verdict "$(ge "$GROUP_COMMIT_MAX" "$COST" && echo 1 || echo 0)" \
+		"group commit cost: fsync always $(calc "${PU_RPS[sluice]}" 0)/s vs interval $(calc "${PU_RPS[sluice(fsync=interval)]}" 0)/s = $COST% < $GROUP_COMMIT_MAX%"
+	if [ -n "${PU_RPS[pushgateway]:-}" ]; then
+		VERDICTS+=("INFO  pushes: Sluice / Pushgateway = $(calc "${PU_RPS[sluice]} / ${PU_RPS[pushgateway]}" 1)x")
+	fi
+fi
+
+# --- 3. Memory per live series and restart ---------------------------------
+
+if [ "$SKIP_SERIES" != 1 ]; then
+	N=$((MEM_GROUPS * MEM_SERIES))
+	p=$(port)
+	MEM_URL=http://127.0.0.1:$p
+	cat >"$WORK/sluice-mem.yml" <<-EOF
+		self_metrics:
+		  forward: false
+		limits:
+		  max_series: $((N * 2 + 10000))
+		  max_series_per_group: $((MEM_SERIES * 2 + 100))
+		  max_series_per_request: $((MEM_SERIES * 2 + 100))
+	EOF
+	MEM_ARGS=(--web.listen-address="127.0.0.1:$p" --wal.dir="$WORK/mem-wal" --config.file="$WORK/sluice-mem.yml"
+		--aggregation.interval=5s --log.level=warn)
+	start_bg sluice-mem "$SLUICE" "${MEM_ARGS[@]}"
+	MEM_PID=$LAST_PID
+	wait_ready "$MEM_URL/-/ready"
+	RSS0=$(status_kb "$MEM_PID" VmRSS)
+	log "series: pushing $MEM_GROUPS groups x $MEM_SERIES series = $N live series"
+	gen "$LT" series -url "$MEM_URL" -groups "$MEM_GROUPS" -series "$MEM_SERIES" -json >"$WORK/series.json" ||
+		die "series generator failed"
+	log "series: $(jget "$WORK/series.json" ok) of $MEM_GROUPS pushes accepted ($(jstatuses "$WORK/series.json")); waiting for a checkpoint"
+	sleep 7 # one 5 s aggregation interval: the state is checkpointed
+	check_alive "$MEM_PID" sluice-mem
+	RSS1=$(status_kb "$MEM_PID" VmRSS)
+	HWM1=$(status_kb "$MEM_PID" VmHWM)
+	# Read after RSS: rendering /metrics with every series costs memory.
+	"$LT" fetch -url "$MEM_URL/metrics" -sum go_memstats_heap_inuse_bytes -sum sluice_series >"$WORK/mem-metrics.txt" ||
+		die "fetch $MEM_URL/metrics failed"
+	HEAP=$(awk '$1 == "go_memstats_heap_inuse_bytes" { print $2 }' "$WORK/mem-metrics.txt")
+	LIVE=$(awk '$1 == "sluice_series" { print $2 }' "$WORK/mem-metrics.txt")
+	[ "${LIVE%.*}" -gt 0 ] 2>/dev/null || LIVE=$N
+	WALB=$(du -sb "$WORK/mem-wal" | cut -f1)
+	BPS_RSS=$(calc "($RSS1 - $RSS0) * 1024 / $LIVE" 0)
+	BPS_HEAP=$(calc "$HEAP / $LIVE" 0)
+
+	log "series: kill -9 and restart on the same WAL ($(calc "$WALB / 1048576" 1) MiB)"
+	kill -KILL "$MEM_PID"
+	wait "$MEM_PID" 2>/dev/null || true
+	T0=$(date +%s.%N)
+	start_bg sluice-mem-restart "$SLUICE" "${MEM_ARGS[@]}"
+	MEM_PID=$LAST_PID
+	READY=$("$LT" wait -url "$MEM_URL/-/ready" -since "$T0" -timeout 300s) || die "Sluice not ready within 300 s after restart"
+	RSS2=$(status_kb "$MEM_PID" VmRSS)
+	LIVE2=$("$LT" fetch -url "$MEM_URL/metrics" -sum sluice_series | awk '{ print $2 }')
+	stop_pid "$MEM_PID"
+
+	RESULTS+=("$(printf '%-28s %s' "series: $(calc "$LIVE" 0) live" \
+		"RSS $(calc "$RSS0 / 1024" 0) -> $(calc "$RSS1 / 1024" 0) MiB (peak $(calc "$HWM1 / 1024" 0)), heap in use $(calc "$HEAP / 1048576" 0) MiB; $BPS_RSS B/series by RSS, $BPS_HEAP B/series by heap; WAL+checkpoint $(calc "$WALB / 1048576" 1) MiB")")
+	RESULTS+=("$(printf '%-28s %s' "restart after kill -9" "ready in $READY s; $(calc "$LIVE2" 0) series back; RSS $(calc "$RSS2 / 1024" 0) MiB")")
+	verdict "$(ge "$BYTES_PER_SERIES_MAX" "$BPS_RSS" && echo 1 || echo 0)" \
+		"memory: $BPS_RSS bytes per live series (RSS growth / series) < $BYTES_PER_SERIES_MAX"
+	verdict "$(ge "$RESTART_MAX_S" "$READY" && echo 1 || echo 0)" \
+		"restart with $(calc "$LIVE" 0) series: ready in $READY s < $RESTART_MAX_S s"
+fi
+
+# --- report ---------------------------------------------------------------
+
+echo
+echo "Sluice performance comparison ($(date -u +%FT%TZ), $(uname -m), $NCPU CPUs, COMPARE_SECONDS=$SECS)"
+echo "$PIN_NOTE."
+echo "CPU: utime+stime of the proxy process from /proc/<pid>/stat over the run and the sink drain;"
+echo "peak RSS: VmHWM from /proc/<pid>/status; p99: generator's request latency."
+echo "rate: samples/s accepted for the relay, pushes/s for pushes; CPU s/M: CPU seconds per million samples."
+echo
+printf '%-28s %14s %12s %10s %10s   %s\n' "" "rate" "CPU s/M" "peak MiB" "p99 ms" "notes"
+for r in "${RESULTS[@]}"; do echo "$r"; done
+echo
+for v in "${VERDICTS[@]}"; do echo "$v"; done
