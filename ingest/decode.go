@@ -40,6 +40,9 @@ const (
 	// clamped to [minDecompressBuf, maxInitialBuf], and double from there.
 	minDecompressBuf = 4 << 10
 	maxInitialBuf    = 1 << 20
+	// maxDecompressChunk bounds each chunk readAtMost reads into: a few
+	// allocations for any body, none of them much larger than needed.
+	maxDecompressChunk = 8 << 20
 
 	protoMediaType   = "application/vnd.google.protobuf"
 	protoParamProto  = "io.prometheus.client.MetricFamily"
@@ -118,9 +121,13 @@ func decompress(contentEncoding string, body []byte, limit int64) ([]byte, error
 	return out, nil
 }
 
-// readAtMost reads r to the end into a buffer that never grows beyond
-// limit+1 bytes. It fails with ErrBodyTooLarge once more than limit bytes
-// came out of r, without reading further.
+// readAtMost reads r to the end and fails with ErrBodyTooLarge once more
+// than limit bytes came out of r, without reading further.
+//
+// It reads into chunks and joins them once at the end, so a body refused
+// at the limit (a decompression bomb) costs limit bytes of memory, not the
+// 1.5-2x that growing one buffer by doubling costs (the old buffer and the
+// new one at each step).
 func readAtMost(r io.Reader, limit int64, compressedLen int) ([]byte, error) {
 	if limit > math.MaxInt-1 {
 		limit = math.MaxInt - 1
@@ -128,29 +135,37 @@ func readAtMost(r io.Reader, limit int64, compressedLen int) ([]byte, error) {
 	hardCap := int(limit) + 1
 	// Start from a guess of a few times the compressed size, bounded so that a
 	// small bomb cannot reserve much before it has produced anything.
-	initial := min(max(compressedLen*4, minDecompressBuf), maxInitialBuf, hardCap)
-	buf := make([]byte, 0, initial)
-	lr := io.LimitReader(r, int64(hardCap))
+	next := min(max(compressedLen*4, minDecompressBuf), maxInitialBuf, hardCap)
+	var chunks [][]byte
+	total := 0
 	for {
-		if len(buf) == cap(buf) {
-			if len(buf) >= hardCap {
-				break
-			}
-			buf = slices.Grow(buf, min(max(cap(buf), minDecompressBuf), hardCap-len(buf)))
+		buf := make([]byte, next)
+		n, err := io.ReadFull(r, buf)
+		total += n
+		if n > 0 {
+			chunks = append(chunks, buf[:n])
 		}
-		n, err := lr.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
+		if total > int(limit) {
+			return nil, fmt.Errorf("%w: decompressed body exceeds %d bytes", ErrBodyTooLarge, limit)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			break
 		}
 		if err != nil {
 			return nil, err
 		}
+		// Grow the chunks with the body (a few allocations for any size),
+		// at most maxDecompressChunk, never past the limit.
+		next = min(max(total, minDecompressBuf), maxDecompressChunk, hardCap-total)
 	}
-	if len(buf) > int(limit) {
-		return nil, fmt.Errorf("%w: decompressed body exceeds %d bytes", ErrBodyTooLarge, limit)
+	if len(chunks) == 1 {
+		return chunks[0], nil
 	}
-	return buf, nil
+	out := make([]byte, 0, total)
+	for _, c := range chunks {
+		out = append(out, c...)
+	}
+	return out, nil
 }
 
 type bodyFormat int

@@ -17,7 +17,7 @@ func lowLimits(c *configs.Config) {
 	c.Limits.MaxDecompressedBodyBytes = 8192
 	c.Limits.MaxSeriesPerRequest = 3
 	c.Limits.MaxLabelsPerSeries = 3
-	c.Limits.MaxLabelNameLength = 8
+	c.Limits.MaxLabelNameLength = 10
 	c.Limits.MaxLabelValueLength = 8
 	c.Limits.MaxSeriesPerGroup = 4
 	c.Limits.MaxSeries = 6
@@ -44,12 +44,12 @@ func TestEachLimitAnswersAndCounts(t *testing.T) {
 		{name: "push snappy stream bomb", path: "/metrics/job/f", body: snappyStream(strings.Repeat("# x\n", 4000)), headers: []string{"Content-Encoding", "snappy"}, want: 413, limit: "max_decompressed_body_bytes"},
 		{name: "push series", path: "/metrics/job/f", body: []byte("a 1\nb 1\nc 1\nd 1\n"), want: 413, limit: "max_series_per_request"},
 		{name: "push labels", path: "/metrics/job/f", body: []byte(`a{b="1",c="2",d="3"} 1` + "\n"), want: 413, limit: "max_labels_per_series"},
-		{name: "push label name", path: "/metrics/job/f", body: []byte(`a{abcdefghi="1"} 1` + "\n"), want: 413, limit: "max_label_name_length"},
+		{name: "push label name", path: "/metrics/job/f", body: []byte(`a{abcdefghijk="1"} 1` + "\n"), want: 413, limit: "max_label_name_length"},
 		{name: "push label value", path: "/metrics/job/f", body: []byte(`a{b="123456789"} 1` + "\n"), want: 413, limit: "max_label_value_length"},
 		{name: "push series per group", path: "/metrics/job/f", setup: []string{"/metrics/job/f:a 1\nb 1\nc 1\n"}, body: []byte("d 1\ne 1\n"), want: 429, limit: "max_series_per_group"},
 		{name: "push series total", path: "/metrics/job/h", setup: []string{"/metrics/job/f:a 1\nb 1\nc 1\n", "/metrics/job/g:a 1\nb 1\nc 1\n"}, body: []byte("a 1\n"), want: 429, limit: "max_series"},
 		{name: "remote_write label value", path: "/api/v1/write", body: rw("__name__", "up", "job", "123456789"), headers: rwHeaders, want: 413, limit: "max_label_value_length"},
-		{name: "remote_write labels", path: "/api/v1/write", body: rw("__name__", "up", "a", "1", "b", "2", "c", "3"), headers: rwHeaders, want: 413, limit: "max_labels_per_series"},
+		{name: "remote_write labels", path: "/api/v1/write", body: rw("__name__", "up", "a", "1", "b", "2", "c", "3", "d", "4"), headers: rwHeaders, want: 413, limit: "max_labels_per_series"},
 		{name: "remote_write series total", path: "/api/v1/write", setup: []string{"/metrics/job/f:a 1\nb 1\nc 1\n", "/metrics/job/g:a 1\nb 1\nc 1\n"},
 			body: rw("__name__", "x", "clear_mode", "sum", "job", "r"), headers: rwHeaders, want: 400, limit: "max_series"},
 	}
