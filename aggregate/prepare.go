@@ -6,6 +6,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/cespare/xxhash/v2"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/histogram"
@@ -31,8 +32,11 @@ const reservedPrefix = "sluice_"
 
 // update is one series of a push after validation, before it is applied.
 type update struct {
-	key     string
-	lset    labels.Labels
+	key  string      // the series key: the label set's encoding
+	m    *dto.Metric // the pushed metric, for labelSet
+	hash uint64      // xxhash of key
+	// k0 and k1 locate key in the push's key arena while prepare builds it.
+	k0, k1  int32
 	name    string
 	typ     dto.MetricType
 	outType dto.MetricType
@@ -47,7 +51,8 @@ type prepared struct {
 	groupKey string
 	group    labels.Labels
 	updates  []update
-	// keys holds the key of every update (duplicates are rejected).
+	// keys holds the key of every update (duplicates are rejected); it is
+	// built only when the push removes series (replaceAll, replaceNames).
 	keys map[string]struct{}
 	// replaceAll: every series of the group not in updates is removed
 	// (PUT with Pushgateway semantics).
@@ -89,10 +94,22 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 	total = max(min(total, lim.MaxSeriesPerRequest), 0) // sizes only; the limit is checked below
 	pr.updates = make([]update, 0, total)
 	pr.modes = make([]configs.Mode, 0, total)
-	seen := make(map[string]struct{}, total)
-	pr.keys = seen
-	var sb labels.ScratchBuilder
-	var body []labels.Label
+	// The keys of all series go into one arena, sized from the first
+	// series (the series of a push tend to be alike); they are cut out of
+	// it once the loop is done. Label sets are built only for new series
+	// (update.labelSet).
+	var keyArena []byte
+	var seen map[uint64]int // key hash -> first update with it; for big pushes only
+	if total > smallPush {
+		seen = make(map[uint64]int, total)
+	}
+	var (
+		sb     labels.ScratchBuilder
+		tmp    labels.Labels
+		keyBuf []byte
+		cur    []labels.Label
+	)
+	curSet := func() labels.Labels { return labels.New(cur...) }
 	nSeries := 0
 	for _, fam := range p.Families {
 		name := fam.GetName()
@@ -116,48 +133,46 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 			if m.TimestampMs != nil {
 				pr.timestamps++
 			}
-			body = body[:0]
-			modeText, hasMode := "", false
-			for _, lp := range m.GetLabel() {
-				ln, lv := lp.GetName(), lp.GetValue()
-				if ln == ModeLabel || ln == ModeLabelAlias {
-					if hasMode {
-						return nil, invalid(ReasonUnknownMode, "metric %q carries both %s and %s; use one", name, ModeLabel, ModeLabelAlias)
-					}
-					modeText, hasMode = lv, true
-					continue
-				}
-				if err := checkLabel(name, ln, lv, lim); err != nil {
-					return nil, err
-				}
-				if p.Group.Has(ln) {
-					continue // grouping labels override body labels
-				}
-				body = append(body, labels.Label{Name: ln, Value: lv})
+			var (
+				modeText string
+				hasMode  bool
+				err      error
+			)
+			cur, modeText, hasMode, err = seriesLabels(cur[:0], name, m, p.Group, &lim)
+			if err != nil {
+				return nil, err
 			}
-			sb.Reset()
-			sb.Add(model.MetricNameLabel, name)
-			for _, l := range body {
-				sb.Add(l.Name, l.Value)
-			}
-			p.Group.Range(func(l labels.Label) { sb.Add(l.Name, l.Value) })
-			if !p.Group.Has("instance") && !hasLabel(body, "instance") {
-				sb.Add("instance", "")
-			}
-			sb.Sort()
-			lset := sb.Labels()
-			if n := lset.Len() - 1; n > lim.MaxLabelsPerSeries {
-				return nil, &Error{Kind: KindTooLarge, Reason: ReasonLimitLabels, Msg: "series " + seriesString(lset) +
+			if n := len(cur) - 1; n > lim.MaxLabelsPerSeries {
+				return nil, &Error{Kind: KindTooLarge, Reason: ReasonLimitLabels, Msg: "series " + seriesString(curSet()) +
 					" has " + itoa(n) + " labels, more than " + itoa(lim.MaxLabelsPerSeries) + " (limits.max_labels_per_series)"}
 			}
-			if d := duplicateName(lset); d != "" {
-				return nil, invalid(ReasonDuplicate, "metric %q has label %q more than once", name, d)
+			for i := 1; i < len(cur); i++ {
+				if cur[i].Name == cur[i-1].Name {
+					return nil, invalid(ReasonDuplicate, "metric %q has label %q more than once", name, cur[i].Name)
+				}
 			}
-			key := string(lset.Bytes(nil))
-			if _, dup := seen[key]; dup {
-				return nil, invalid(ReasonDuplicate, "series %s appears more than once in the push", seriesString(lset))
+			// The key is the label set's own encoding (Labels.Bytes), as
+			// the checkpoint rebuilds it.
+			sb.Reset()
+			for _, l := range cur {
+				sb.Add(l.Name, l.Value)
 			}
-			seen[key] = struct{}{}
+			sb.Overwrite(&tmp)
+			keyBuf = tmp.Bytes(keyBuf)
+			hash := xxhash.Sum64(keyBuf)
+			if dupOf(pr.updates, seen, keyArena, keyBuf, hash) {
+				return nil, invalid(ReasonDuplicate, "series %s appears more than once in the push", seriesString(curSet()))
+			}
+			if seen != nil {
+				if _, ok := seen[hash]; !ok {
+					seen[hash] = len(pr.updates)
+				}
+			}
+			if keyArena == nil {
+				keyArena = make([]byte, 0, len(keyBuf)*total+64)
+			}
+			k0 := len(keyArena)
+			keyArena = append(keyArena, keyBuf...)
 
 			mode := defaultMode(defaults, typ, sem)
 			if p.Modes != nil {
@@ -170,18 +185,19 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 			} else if hasMode {
 				pm, err := configs.ParseMode(modeText)
 				if err != nil {
-					return nil, invalid(ReasonUnknownMode, "series %s: %v", seriesString(lset), err)
+					return nil, invalid(ReasonUnknownMode, "series %s: %v", seriesString(curSet()), err)
 				}
 				mode = pm
 			}
-			obs, quants, err := observe(name, lset, typ, mode, m)
+			obs, quants, err := observe(name, curSet, typ, mode, m)
 			if err != nil {
 				return nil, err
 			}
 			pr.droppedQuants += quants
 			u := update{
-				key: key, lset: lset, name: name, typ: typ, outType: outputType(typ, mode),
-				help: fam.GetHelp(), mode: mode, obs: obs, shard: s.shardOf(key),
+				hash: hash, k0: int32(k0), k1: int32(len(keyArena)), m: m,
+				name: name, typ: typ, outType: outputType(typ, mode),
+				help: fam.GetHelp(), mode: mode, obs: obs, shard: s.shardOfHash(hash),
 			}
 			pr.modes = append(pr.modes, mode)
 			if mode.Kind == configs.ModeFamily || (sem == SemanticsPushgateway && p.Method == MethodPost) {
@@ -193,7 +209,42 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 			pr.updates = append(pr.updates, u)
 		}
 	}
+	keys := string(keyArena)
+	for i := range pr.updates {
+		u := &pr.updates[i]
+		u.key = keys[u.k0:u.k1]
+	}
+	if pr.replaceAll || len(pr.replaceNames) > 0 {
+		pr.keys = make(map[string]struct{}, len(pr.updates))
+		for i := range pr.updates {
+			pr.keys[pr.updates[i].key] = struct{}{}
+		}
+	}
 	return pr, nil
+}
+
+// smallPush is the number of series up to which prepare finds duplicate
+// series by scanning the earlier ones rather than through a map.
+const smallPush = 64
+
+// dupOf reports whether key (with hash) is the key of an earlier update.
+// Keys of updates are still offsets into arena. seen, if not nil, maps a
+// hash to the first update with it.
+func dupOf(us []update, seen map[uint64]int, arena, key []byte, hash uint64) bool {
+	from := 0
+	if seen != nil {
+		i, ok := seen[hash]
+		if !ok {
+			return false
+		}
+		from = i
+	}
+	for i := from; i < len(us); i++ {
+		if u := &us[i]; u.hash == hash && string(arena[u.k0:u.k1]) == string(key) {
+			return true
+		}
+	}
+	return false
 }
 
 func defaultMode(d configs.DefaultModes, typ dto.MetricType, sem Semantics) configs.Mode {
@@ -234,31 +285,55 @@ func checkLabel(metric, name, value string, lim configs.LimitsConfig) error {
 	return nil
 }
 
-func hasLabel(ls []labels.Label, name string) bool {
-	for _, l := range ls {
-		if l.Name == name {
-			return true
-		}
-	}
-	return false
+// labelSet returns the labels of the update's series in group g (the
+// push's group); for new series and error messages only.
+func (u *update) labelSet(g labels.Labels) labels.Labels {
+	var buf [16]labels.Label
+	ls, _, _, _ := seriesLabels(buf[:0], u.name, u.m, g, nil)
+	return labels.New(ls...)
 }
 
-// duplicateName returns a label name that occurs twice in a sorted set.
-func duplicateName(ls labels.Labels) string {
-	prev, dup := "", ""
-	ls.Range(func(l labels.Label) {
-		if l.Name == prev && dup == "" {
-			dup = l.Name
+// seriesLabels appends the sorted labels of the series of metric m of
+// family name, pushed to group, to dst: the metric name, the body labels
+// that the grouping labels do not override, the grouping labels and an
+// empty instance if there is none. It returns the value of the mode label
+// (clear_mode or clearmode), which is not a label of the series. With lim
+// it checks every body label and fails on the first problem.
+func seriesLabels(dst []labels.Label, name string, m *dto.Metric, group labels.Labels, lim *configs.LimitsConfig) (_ []labels.Label, modeText string, hasMode bool, err error) {
+	dst = append(dst, labels.Label{Name: model.MetricNameLabel, Value: name})
+	hasInstance := false
+	for _, lp := range m.GetLabel() {
+		ln, lv := lp.GetName(), lp.GetValue()
+		if ln == ModeLabel || ln == ModeLabelAlias {
+			if hasMode && lim != nil {
+				return nil, "", false, invalid(ReasonUnknownMode, "metric %q carries both %s and %s; use one", name, ModeLabel, ModeLabelAlias)
+			}
+			modeText, hasMode = lv, true
+			continue
 		}
-		prev = l.Name
-	})
-	return dup
+		if lim != nil {
+			if err := checkLabel(name, ln, lv, *lim); err != nil {
+				return nil, "", false, err
+			}
+		}
+		if group.Has(ln) {
+			continue // grouping labels override body labels
+		}
+		hasInstance = hasInstance || ln == "instance"
+		dst = append(dst, labels.Label{Name: ln, Value: lv})
+	}
+	group.Range(func(l labels.Label) { dst = append(dst, l) })
+	if !hasInstance && !group.Has("instance") {
+		dst = append(dst, labels.Label{Name: "instance", Value: ""})
+	}
+	slices.SortFunc(dst, func(a, b labels.Label) int { return strings.Compare(a.Name, b.Name) })
+	return dst, modeText, hasMode, nil
 }
 
 // observe extracts the pushed value of one metric and checks it against its
 // type and mode. It returns how many summary quantiles it dropped.
-func observe(name string, lset labels.Labels, typ dto.MetricType, mode configs.Mode, m *dto.Metric) (observation, int, error) {
-	id := func() string { return seriesString(lset) }
+func observe(name string, lset func() labels.Labels, typ dto.MetricType, mode configs.Mode, m *dto.Metric) (observation, int, error) {
+	id := func() string { return seriesString(lset()) }
 	if mode.Windowed() && (typ == dto.MetricType_HISTOGRAM || typ == dto.MetricType_GAUGE_HISTOGRAM || typ == dto.MetricType_SUMMARY) {
 		return observation{}, 0, invalid(ReasonModeConflict, "series %s: clear_mode %s is for counters, gauges and untyped metrics, not %s",
 			id(), mode, strings.ToLower(typ.String()))

@@ -9,6 +9,7 @@ import (
 	"github.com/DataDog/sketches-go/ddsketch"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/prometheus/model/histogram"
+	"github.com/prometheus/prometheus/model/labels"
 
 	"github.com/sluice-metrics/sluice/configs"
 )
@@ -175,6 +176,79 @@ func (r *reader) varint() (int64, error) {
 	return v, nil
 }
 
+// restoreScratch is what restore reuses from one series to the next.
+type restoreScratch struct {
+	strs  map[string]string       // interned strings, up to maxInterned
+	modes map[string]configs.Mode // parsed modes by their text
+	sb    labels.ScratchBuilder
+	key   []byte
+}
+
+// maxInterned bounds the strings a restore interns; label values can be
+// unique per series, and those are not worth keeping.
+const maxInterned = 1 << 16
+
+// string reads a string, returning the interned copy if it has one.
+func (rs *restoreScratch) string(r *reader) (string, error) {
+	n, err := r.count()
+	if err != nil || n > len(r.b) {
+		return "", errShort
+	}
+	b := r.b[:n]
+	r.b = r.b[n:]
+	if s, ok := rs.strs[string(b)]; ok {
+		return s, nil
+	}
+	s := string(b)
+	if len(rs.strs) < maxInterned {
+		rs.strs[s] = s
+	}
+	return s, nil
+}
+
+// labels is reader.labels with interned strings and a reused builder.
+func (rs *restoreScratch) labels(r *reader) (labels.Labels, error) {
+	n, err := r.count()
+	if err != nil {
+		return labels.EmptyLabels(), err
+	}
+	rs.sb.Reset()
+	for i := 0; i < n; i++ {
+		name, err := rs.string(r)
+		if err != nil {
+			return labels.EmptyLabels(), err
+		}
+		value, err := rs.string(r)
+		if err != nil {
+			return labels.EmptyLabels(), err
+		}
+		rs.sb.Add(name, value)
+	}
+	rs.sb.Sort()
+	return rs.sb.Labels(), nil
+}
+
+// mode reads and parses a mode, parsing each distinct text once.
+func (rs *restoreScratch) mode(r *reader) (configs.Mode, error) {
+	n, err := r.count()
+	if err != nil || n > len(r.b) {
+		return configs.Mode{}, errShort
+	}
+	b := r.b[:n]
+	r.b = r.b[n:]
+	if m, ok := rs.modes[string(b)]; ok {
+		return m, nil
+	}
+	m, err := configs.ParseMode(string(b))
+	if err != nil {
+		return configs.Mode{}, fmt.Errorf("restore snapshot: %w", err)
+	}
+	if len(rs.modes) < maxInterned {
+		rs.modes[string(b)] = m
+	}
+	return m, nil
+}
+
 // restore rebuilds the state from a snapshot into an empty Store.
 func (s *Store) restore(data []byte) error {
 	if len(data) < len(snapshotMagic) || string(data[:len(snapshotMagic)]) != snapshotMagic {
@@ -213,6 +287,10 @@ func (s *Store) restore(data []byte) error {
 	// decoding the series.
 	all := make([]*series, 0, ns)
 	perGroup := make([]int, len(groups))
+	// Scratch reused for every series: label names, metric names, modes
+	// and HELP texts repeat across series, so they are interned, and the
+	// label builder and key buffer are reused.
+	rs := restoreScratch{strs: make(map[string]string), modes: make(map[string]configs.Mode)}
 	for i := 0; i < ns; i++ {
 		// The group index is not a length: count() would reject an index
 		// larger than the bytes left, as near the end of a big snapshot.
@@ -221,11 +299,12 @@ func (s *Store) restore(data []byte) error {
 			return fmt.Errorf("restore snapshot: series %d: bad group index", i)
 		}
 		se := &series{group: groups[gi]}
-		if se.lset, err = r.labels(); err != nil {
+		if se.lset, err = rs.labels(r); err != nil {
 			return err
 		}
-		se.key = string(se.lset.Bytes(nil))
-		if se.name, err = r.string(); err != nil {
+		rs.key = se.lset.Bytes(rs.key)
+		se.key = string(rs.key)
+		if se.name, err = rs.string(r); err != nil {
 			return err
 		}
 		tb, err := r.byte()
@@ -233,14 +312,10 @@ func (s *Store) restore(data []byte) error {
 			return err
 		}
 		se.typ = dto.MetricType(tb)
-		ms, err := r.string()
-		if err != nil {
+		if se.mode, err = rs.mode(r); err != nil {
 			return err
 		}
-		if se.mode, err = configs.ParseMode(ms); err != nil {
-			return fmt.Errorf("restore snapshot: %w", err)
-		}
-		help, err := r.string()
+		help, err := rs.string(r)
 		if err != nil {
 			return err
 		}

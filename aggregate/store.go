@@ -168,9 +168,10 @@ func (s *Store) SetSettings(set Settings) { s.settings.Store(&set) }
 // Settings returns the settings in force.
 func (s *Store) Settings() Settings { return *s.settings.Load() }
 
-func (s *Store) shardOf(key string) int {
-	return int(xxhash.Sum64String(key) % uint64(len(s.shards)))
-}
+func (s *Store) shardOf(key string) int { return s.shardOfHash(xxhash.Sum64String(key)) }
+
+// shardOfHash is shardOf for a key's xxhash.
+func (s *Store) shardOfHash(h uint64) int { return int(h % uint64(len(s.shards))) }
 
 func groupKey(ls labels.Labels) string { return string(ls.Bytes(nil)) }
 
@@ -371,7 +372,7 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 		existing := s.shards[u.shard].series[u.key]
 		if existing != nil && existing.group != g {
 			return invalid(ReasonOtherGroup, "series %s was already pushed by group %s; a series belongs to one grouping key",
-				seriesString(u.lset), groupString(existing.group.labels))
+				seriesString(u.labelSet(g.labels)), groupString(existing.group.labels))
 		}
 		p, err := next(g, u, existing)
 		if err != nil {
@@ -434,7 +435,9 @@ func next(g *group, u *update, se *series) (pending, error) {
 	p := pending{u: u, s: se}
 	if se == nil {
 		p.isNew = true
-		p.s = &series{key: u.key, lset: u.lset, name: u.name, group: g, typ: u.typ, mode: u.mode}
+		// The key and labels are copied out of the push's slabs, which
+		// the series must not keep alive.
+		p.s = &series{key: strings.Clone(u.key), lset: u.labelSet(g.labels), name: u.name, group: g, typ: u.typ, mode: u.mode}
 		if u.mode.Windowed() {
 			p.s.win = newWindow(u.mode)
 		}
@@ -443,11 +446,11 @@ func next(g *group, u *update, se *series) (pending, error) {
 	}
 	if se.mode != u.mode {
 		return p, invalid(ReasonModeConflict, "series %s is aggregated with clear_mode=%s, this push says %s; a series keeps its mode until it expires or its group is deleted",
-			seriesString(u.lset), se.mode, u.mode)
+			seriesString(u.labelSet(g.labels)), se.mode, u.mode)
 	}
 	if se.typ != u.typ {
 		return p, invalid(ReasonTypeConflict, "series %s has type %s, this push says %s",
-			seriesString(u.lset), typeName(se.typ), typeName(u.typ))
+			seriesString(u.labelSet(g.labels)), typeName(se.typ), typeName(u.typ))
 	}
 	if u.mode.Kind != configs.ModeSum {
 		p.value, p.hist, p.summ = u.obs.value, u.obs.hist, u.obs.summ
@@ -457,11 +460,11 @@ func next(g *group, u *update, se *series) (pending, error) {
 	case u.obs.hist != nil:
 		if !se.hist.sameLayout(u.obs.hist) {
 			return p, invalid(ReasonLayoutChange, "histogram %s: bucket layout changed from %s to %s; summing different layouts would corrupt the cumulative counts (delete the group or use clear_mode=replace to change it)",
-				seriesString(u.lset), layoutString(se.hist), layoutString(u.obs.hist))
+				seriesString(u.labelSet(g.labels)), layoutString(se.hist), layoutString(u.obs.hist))
 		}
 		h, err := se.hist.plus(u.obs.hist)
 		if err != nil {
-			return p, invalid(ReasonBadHistogram, "histogram %s: cannot merge native histograms: %v", seriesString(u.lset), err)
+			return p, invalid(ReasonBadHistogram, "histogram %s: cannot merge native histograms: %v", seriesString(u.labelSet(g.labels)), err)
 		}
 		p.hist = h
 	case u.obs.summ != nil:

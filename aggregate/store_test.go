@@ -311,6 +311,8 @@ func TestRejectedPushChangesNothing(t *testing.T) {
 		{name: "type_conflict_other_group", group: "job=other", push: "# TYPE lat counter\nlat 1\n", wantErr: `metric "lat" pushed as counter`, kind: KindInvalid},
 		{name: "mode_conflict", push: "lat{clear_mode=\"max1m\"} 3\n", wantErr: "is aggregated with clear_mode=mean1m, this push says max1m", kind: KindInvalid},
 		{name: "duplicate_in_push", push: "y 1\ny 2\n", wantErr: "appears more than once", kind: KindInvalid},
+		{name: "duplicate_in_big_push", push: manySeries(100) + "y{i=\"7\"} 2\n", wantErr: `series {__name__="y", i="7", instance="", job="f"} appears more than once`, kind: KindInvalid},
+		{name: "duplicate_after_group_override", push: "y 1\ny{job=\"other\"} 2\n", wantErr: "appears more than once", kind: KindInvalid},
 		{name: "both_mode_labels", push: "y{clear_mode=\"sum\",clearmode=\"sum\"} 1\n", wantErr: "both clear_mode and clearmode", kind: KindInvalid},
 		{name: "series_of_other_group", group: "job=f,instance=i", push: "# TYPE req_total counter\nreq_total{fn=\"a\"} 1\n", wantErr: "", kind: 0},
 		{name: "reserved_prefix", push: "sluice_x 1\n", wantErr: "reserved for Sluice's own metrics", kind: KindInvalid},
@@ -582,4 +584,13 @@ func TestQuantileAccuracy(t *testing.T) {
 			}
 		})
 	}
+}
+
+// manySeries is a push of n distinct untyped series y{i="0"} ... .
+func manySeries(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "y{i=\"%d\"} 1\n", i)
+	}
+	return b.String()
 }

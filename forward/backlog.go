@@ -1,6 +1,7 @@
 package forward
 
 import (
+	"github.com/cespare/xxhash/v2"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/prompb"
 )
@@ -11,7 +12,13 @@ import (
 // backlog on disk (queue.go); each owns its labels, metadata and
 // histogram, which are shared between copies and never modified.
 type sample struct {
+	// lset is the series' labels, empty when wire holds them.
 	lset labels.Labels
+	// wire is the series' labels as a prometheus.TimeSeries holds them
+	// (field-1 Label messages), set only by a wire decoder (for
+	// Remote-Write 1.0 targets); it aliases a decoder arena that is never
+	// written again.
+	wire []byte
 	// meta is the metric family's metadata, nil if none was given.
 	meta *prompb.MetricMetadata
 	// h is the histogram, nil for a float sample.
@@ -24,6 +31,15 @@ type sample struct {
 	// frame is the sequence number of the backlog frame the sample was
 	// read from (see tracker): a batch never mixes two frames.
 	frame uint64
+}
+
+// hash picks the sample's shard: the same series always gets the same
+// hash within one target (whose samples all have wire, or none has).
+func (s *sample) hash() uint64 {
+	if s.wire != nil {
+		return xxhash.Sum64(s.wire)
+	}
+	return s.lset.Hash()
 }
 
 // ring is a shard's in-memory FIFO of samples read ahead from the backlog,

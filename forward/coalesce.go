@@ -218,6 +218,7 @@ func (q *queue) coalesce(ctx context.Context, pick []qseg, dec *frameDecoder, en
 	}
 
 	q.mtx.Lock()
+	q.forgetMemLocked(last) // their frames moved
 	i, _ := slices.BinarySearchFunc(q.segs, pick[0].idx, func(s qseg, idx int) int { return s.idx - idx })
 	q.segs = slices.Delete(q.segs, i, i+len(pick)-1)
 	q.segs[i] = qseg{idx: last, size: size, samples: int64(len(out)), frames: frames}

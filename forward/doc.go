@@ -16,7 +16,11 @@
 // frames on disk. It never waits for the
 // network; the disk write is the only I/O it does, and it never fsyncs.
 // Each target has a dispatcher goroutine that reads its backlog in order
-// and hands each sample to the shard of its series; the shards send. Once
+// and hands each sample to the shard of its series; the shards send. The
+// last frames appended (up to 4 MiB of payload per target) are also kept
+// in memory, so a target that keeps up takes them from there instead of
+// reading them back; they are on disk all the same, and the cursor moves
+// exactly as for a frame read from disk. Once
 // every sample of a frame is resolved (accepted with a 2xx, or dropped for
 // good after a non-retryable answer) and so is every frame before it, the
 // dispatcher moves the backlog's read cursor past it. While a target is
@@ -156,7 +160,11 @@
 // # Sending
 //
 // Remote-Write 1.0 sends a prometheus.WriteRequest (one TimeSeries per
-// sample, plus the metadata of every family in the batch); 2.0 sends an
+// sample, plus the metadata of every family in the batch), written
+// directly: a 1.0 target's dispatcher decodes each series' labels into
+// their protobuf encoding once (cached like labels), and the encoder
+// copies those bytes into every TimeSeries, byte for byte what the
+// generated code would write; 2.0 sends an
 // io.prometheus.write.v2.Request with interned symbols and inline
 // metadata. Bodies are snappy block-compressed. Network errors, 5xx and (if
 // retry_on_http_429) 429 are retried with exponential backoff from

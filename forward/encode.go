@@ -2,7 +2,10 @@ package forward
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
+	"math"
+	"slices"
 
 	"github.com/golang/snappy"
 	"github.com/prometheus/prometheus/model/labels"
@@ -18,14 +21,10 @@ import (
 type encoder struct {
 	v2 bool
 
-	// Remote-Write 1.0. Series point into labels, samples and histograms,
-	// which are sized before use so that they never move while referenced.
-	series     []prompb.TimeSeries
-	labels     []prompb.Label
-	samples    []prompb.Sample
-	histograms []prompb.Histogram
-	metadata   []prompb.MetricMetadata
-	families   map[string]struct{} // metadata already in the request
+	// Remote-Write 1.0, written directly (marshalV1).
+	scratch  []byte                   // labels encoded from lset
+	metadata []*prompb.MetricMetadata // of the families in the request, in order
+	families map[string]struct{}      // metadata already in the request
 
 	// Remote-Write 2.0.
 	symbols     writev2.SymbolsTable
@@ -79,50 +78,88 @@ func counts(batch []sample) (nLabels, nHistograms int) {
 
 // marshalV1 writes a prometheus.WriteRequest to e.pb: one TimeSeries per
 // sample, as Prometheus sends, and the metadata of every family present.
+// It writes the protobuf directly, byte for byte what the generated code
+// would: the labels of a sample from a wire decoder (sample.wire) are
+// copied as they are, those of others encoded from lset.
 func (e *encoder) marshalV1(batch []sample) error {
-	nLabels, nHist := counts(batch)
-	e.labels = grow(e.labels, nLabels)
-	e.samples = grow(e.samples, len(batch)-nHist)
-	e.histograms = grow(e.histograms, nHist)
-	e.series = grow(e.series, len(batch))
 	e.metadata = e.metadata[:0]
 	clear(e.families)
-
+	b := e.pb[:0]
 	for i := range batch {
 		s := &batch[i]
-		start := len(e.labels)
-		s.lset.Range(func(l labels.Label) {
-			e.labels = append(e.labels, prompb.Label{Name: l.Name, Value: l.Value})
-		})
-		ts := prompb.TimeSeries{Labels: e.labels[start:len(e.labels):len(e.labels)]}
-		if s.h != nil {
-			e.histograms = append(e.histograms, *s.h)
-			n := len(e.histograms)
-			ts.Histograms = e.histograms[n-1 : n : n]
-		} else {
-			e.samples = append(e.samples, prompb.Sample{Value: s.v, Timestamp: s.t})
-			n := len(e.samples)
-			ts.Samples = e.samples[n-1 : n : n]
+		ls := s.wire
+		if ls == nil {
+			e.scratch = e.scratch[:0]
+			s.lset.Range(func(l labels.Label) {
+				e.scratch = appendWireLabel(e.scratch, l.Name, l.Value)
+			})
+			ls = e.scratch
 		}
-		e.series = append(e.series, ts)
+		var inner, hsize int
+		if s.h != nil {
+			hsize = s.h.Size()
+			inner = 1 + uvarintLen(uint64(hsize)) + hsize
+		} else {
+			n := sampleSize(s.v, s.t)
+			inner = 1 + uvarintLen(uint64(n)) + n
+		}
+		tsLen := len(ls) + inner
+		b = append(b, 0x0a) // WriteRequest.timeseries
+		b = binary.AppendUvarint(b, uint64(tsLen))
+		b = append(b, ls...)
+		if s.h != nil {
+			b = append(b, 0x22) // TimeSeries.histograms
+			b = binary.AppendUvarint(b, uint64(hsize))
+			b = slices.Grow(b, hsize)
+			if _, err := s.h.MarshalToSizedBuffer(b[len(b) : len(b)+hsize]); err != nil {
+				return fmt.Errorf("marshal write request: %w", err)
+			}
+			b = b[:len(b)+hsize]
+		} else {
+			b = append(b, 0x12) // TimeSeries.samples
+			b = binary.AppendUvarint(b, uint64(sampleSize(s.v, s.t)))
+			if s.v != 0 {
+				b = append(b, 0x09) // Sample.value
+				b = binary.LittleEndian.AppendUint64(b, math.Float64bits(s.v))
+			}
+			if s.t != 0 {
+				b = append(b, 0x10) // Sample.timestamp
+				b = binary.AppendUvarint(b, uint64(s.t))
+			}
+		}
 		if s.meta != nil {
 			if _, ok := e.families[s.meta.MetricFamilyName]; !ok {
 				e.families[s.meta.MetricFamilyName] = struct{}{}
-				e.metadata = append(e.metadata, *s.meta)
+				e.metadata = append(e.metadata, s.meta)
 			}
 		}
 	}
-	req := prompb.WriteRequest{Timeseries: e.series, Metadata: e.metadata}
-	size := req.Size()
-	if cap(e.pb) < size {
-		e.pb = make([]byte, size)
+	for _, md := range e.metadata {
+		n := md.Size()
+		b = append(b, 0x1a) // WriteRequest.metadata
+		b = binary.AppendUvarint(b, uint64(n))
+		b = slices.Grow(b, n)
+		if _, err := md.MarshalToSizedBuffer(b[len(b) : len(b)+n]); err != nil {
+			return fmt.Errorf("marshal write request: %w", err)
+		}
+		b = b[:len(b)+n]
 	}
-	n, err := req.MarshalToSizedBuffer(e.pb[:size])
-	if err != nil {
-		return fmt.Errorf("marshal write request: %w", err)
-	}
-	e.pb = e.pb[size-n : size]
+	clear(e.metadata)
+	e.pb = b
 	return nil
+}
+
+// sampleSize is the size of a prometheus.Sample message; zero fields are
+// left out, as the generated code does (a NaN is written, -0 is not).
+func sampleSize(v float64, t int64) int {
+	n := 0
+	if v != 0 {
+		n += 9
+	}
+	if t != 0 {
+		n += 1 + uvarintLen(uint64(t))
+	}
+	return n
 }
 
 // marshalV2 writes an io.prometheus.write.v2.Request to e.pb with interned

@@ -84,20 +84,27 @@ func (e *frameEncoder) addSeries(ls labels.Labels, md *prompb.MetricMetadata, fl
 // labels.Labels is built. ext may be nil.
 func (e *frameEncoder) addSeriesPB(ls, ext []prompb.Label, md *prompb.MetricMetadata, floats []prompb.Sample, hists []prompb.Histogram) error {
 	b := e.metadata(e.body, md)
+	// One byte is left for the label count, which is written once the
+	// labels are: a second byte, for 128 labels or more, moves them.
+	at := len(b)
+	b = append(b, 0)
 	n := 0
 	for it := (mergeIter{ls: ls, ext: ext}); ; n++ {
-		if _, _, ok := it.next(); !ok {
-			break
-		}
-	}
-	b = binary.AppendUvarint(b, uint64(n))
-	for it := (mergeIter{ls: ls, ext: ext}); ; {
 		name, value, ok := it.next()
 		if !ok {
 			break
 		}
 		b = appendString(b, name)
 		b = appendString(b, value)
+	}
+	if n < 0x80 {
+		b[at] = byte(n)
+	} else {
+		var c [binary.MaxVarintLen64]byte
+		k := binary.PutUvarint(c[:], uint64(n))
+		b = append(b, c[:k-1]...)
+		copy(b[at+k:], b[at+1:len(b)-(k-1)])
+		copy(b[at:], c[:k])
 	}
 	e.body = e.floats(b, floats)
 	e.body = binary.AppendUvarint(e.body, uint64(len(hists)))
@@ -323,6 +330,11 @@ func readError(err error) error {
 // encoded bytes, while one of the last cacheFrames frames used them: in
 // the steady state a window decodes without building any.
 type frameDecoder struct {
+	// wire: give each sample its labels in their protobuf encoding
+	// (sample.wire) instead of labels.Labels, for the Remote-Write 1.0
+	// encoder, which copies them as they are.
+	wire  bool
+	arena []byte // wire labels are cut from it; never reused, only replaced
 	raw   []byte
 	sb    labels.ScratchBuilder
 	meta  []*prompb.MetricMetadata // defined in the current frame, by number
@@ -335,6 +347,7 @@ type frameDecoder struct {
 // that used it.
 type decoded struct {
 	ls   labels.Labels
+	wire []byte // a wire decoder's
 	md   *prompb.MetricMetadata
 	used uint64
 }
@@ -346,6 +359,20 @@ const cacheFrames = 4
 func newFrameDecoder() *frameDecoder {
 	return &frameDecoder{sb: labels.NewScratchBuilder(16), cache: map[string]*decoded{}}
 }
+
+// newWireDecoder returns a frameDecoder whose samples carry their labels
+// as protobuf bytes (sample.wire), lset left empty.
+func newWireDecoder() *frameDecoder {
+	d := newFrameDecoder()
+	d.wire = true
+	return d
+}
+
+// wireArenaSize is the size of the chunks wire labels are cut from. A
+// series' wire labels are cached like labels (cacheFrames), so in the
+// steady state nothing is cut; a chunk is freed once no sample and no
+// cache entry uses it.
+const wireArenaSize = 64 << 10
 
 // decode appends the samples of a payload that passed its CRC to dst. The
 // samples own their labels, metadata and histograms: nothing aliases the
@@ -367,6 +394,12 @@ func (d *frameDecoder) decode(payload []byte, dst []sample) ([]sample, error) {
 	if err != nil {
 		return dst, fmt.Errorf("%w: %v", errFrame, err)
 	}
+	return d.decodeBody(raw, count, dst)
+}
+
+// decodeBody decodes an uncompressed body of count samples. Nothing of raw
+// is kept.
+func (d *frameDecoder) decodeBody(raw []byte, count int, dst []sample) ([]sample, error) {
 	d.gen++
 	if d.gen%cacheFrames == 0 {
 		for k, c := range d.cache {
@@ -391,16 +424,26 @@ func (d *frameDecoder) decode(payload []byte, dst []sample) ([]sample, error) {
 		default:
 			p.fail()
 		}
-		ls := d.labels(&p)
+		var (
+			ls   labels.Labels
+			wire []byte
+			size int
+		)
+		if d.wire {
+			wire = d.wireLabels(&p)
+			size = len(wire)
+		} else {
+			ls = d.labels(&p)
+			size = int(ls.ByteSize())
+		}
 		if p.err {
 			break
 		}
-		size := int(ls.ByteSize())
 		nf := p.uvarint()
 		for i := uint64(0); i < nf && !p.err; i++ {
 			t := p.varint()
 			v := math.Float64frombits(p.uint64())
-			dst = append(dst, sample{lset: ls, meta: md, t: t, v: v, size: size + 16})
+			dst = append(dst, sample{lset: ls, wire: wire, meta: md, t: t, v: v, size: size + 16})
 		}
 		nh := p.uvarint()
 		for i := uint64(0); i < nh && !p.err; i++ {
@@ -410,7 +453,7 @@ func (d *frameDecoder) decode(payload []byte, dst []sample) ([]sample, error) {
 				p.fail()
 				break
 			}
-			dst = append(dst, sample{lset: ls, meta: md, h: h, t: h.Timestamp, size: size + b - a})
+			dst = append(dst, sample{lset: ls, wire: wire, meta: md, h: h, t: h.Timestamp, size: size + b - a})
 		}
 		if p.err {
 			break
@@ -465,7 +508,7 @@ func (d *frameDecoder) labels(p *bodyParser) labels.Labels {
 		return labels.EmptyLabels()
 	}
 	key := p.raw[start:p.off]
-	if c := d.cache[string(key)]; c != nil && c.md == nil {
+	if c := d.cache[string(key)]; c != nil && c.md == nil && c.wire == nil {
 		c.used = d.gen
 		return c.ls
 	}
@@ -480,6 +523,94 @@ func (d *frameDecoder) labels(p *bodyParser) labels.Labels {
 	ls := d.sb.Labels() // written sorted by the encoder
 	d.cache[k] = &decoded{ls: ls, used: d.gen}
 	return ls
+}
+
+// wireLabels reads a record's labels and returns them as a
+// prometheus.TimeSeries holds them: one field-1 Label message each (name
+// field 1, value field 2), copied to the arena. Labels were written
+// sorted, empty values dropped.
+func (d *frameDecoder) wireLabels(p *bodyParser) []byte {
+	start := p.off
+	nl := p.uvarint()
+	if nl > uint64(len(p.raw)) {
+		p.fail()
+	}
+	d.spans = d.spans[:0]
+	need := 0
+	for i := uint64(0); i < nl && !p.err; i++ {
+		n0, n1 := p.span()
+		v0, v1 := p.span()
+		d.spans = append(d.spans, [2]int{n0, n1}, [2]int{v0, v1})
+		need += wireLabelSize(n1-n0, v1-v0)
+	}
+	if p.err {
+		return nil
+	}
+	key := p.raw[start:p.off]
+	if c := d.cache[string(key)]; c != nil && c.wire != nil {
+		c.used = d.gen
+		return c.wire
+	}
+	if d.arena == nil || cap(d.arena)-len(d.arena) < need {
+		d.arena = make([]byte, 0, max(wireArenaSize, need))
+	}
+	from := len(d.arena)
+	b := d.arena
+	for i := 0; i < len(d.spans); i += 2 {
+		n, v := d.spans[i], d.spans[i+1]
+		b = appendWireLabel(b, p.raw[n[0]:n[1]], p.raw[v[0]:v[1]])
+	}
+	d.arena = b
+	wire := b[from:len(b):len(b)]
+	d.cache[string(key)] = &decoded{wire: wire, used: d.gen}
+	return wire
+}
+
+// wireLabelSize is the size of a field-1 Label message of a name and a
+// value of these lengths.
+func wireLabelSize(name, value int) int {
+	inner := labelInnerSize(name, value)
+	return 1 + uvarintLen(uint64(inner)) + inner
+}
+
+// labelInnerSize is the size of a Label message; empty fields are left
+// out, as the generated code does.
+func labelInnerSize(name, value int) int {
+	n := 0
+	if name > 0 {
+		n += 1 + uvarintLen(uint64(name)) + name
+	}
+	if value > 0 {
+		n += 1 + uvarintLen(uint64(value)) + value
+	}
+	return n
+}
+
+// appendWireLabel appends a field-1 Label message.
+func appendWireLabel[S string | []byte](b []byte, name, value S) []byte {
+	b = append(b, 0x0a)
+	b = binary.AppendUvarint(b, uint64(labelInnerSize(len(name), len(value))))
+	if len(name) > 0 {
+		b = append(b, 0x0a)
+		b = binary.AppendUvarint(b, uint64(len(name)))
+		b = append(b, name...)
+	}
+	if len(value) > 0 {
+		b = append(b, 0x12)
+		b = binary.AppendUvarint(b, uint64(len(value)))
+		b = append(b, value...)
+	}
+	return b
+}
+
+// uvarintLen is the length of x as a uvarint.
+func uvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
 }
 
 // bodyParser reads a frame body. After the first error every read returns

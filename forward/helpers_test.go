@@ -433,16 +433,17 @@ func readBacklog(tb testing.TB, q *queue) []sample {
 	dec := newFrameDecoder()
 	var out []sample
 	for {
-		p, end, _, ok := q.next()
+		f, ok := q.nextFrame()
 		if !ok {
 			return out
 		}
 		n := len(out)
 		var err error
-		if out, err = dec.decode(p, out); err != nil {
-			tb.Fatalf("decode frame ending at %v: %v", end, err)
+		if out, err = f.decode(dec, out); err != nil {
+			tb.Fatalf("decode frame ending at %v: %v", f.end, err)
 		}
-		q.commit(end, len(out)-n)
+		q.releaseFrame(f)
+		q.commit(f.end, len(out)-n)
 	}
 }
 

@@ -104,6 +104,15 @@ type queue struct {
 	hdr   [frameHeaderSize]byte
 	rbuf  []byte
 
+	// mem holds the bodies of the last frames appended, uncompressed, in
+	// append order, while the reader has not passed them: nextFrame takes
+	// a frame from here instead of reading and decompressing it. memBytes
+	// is their total size, at most memFrameBytes; spare holds bodies the
+	// reader is done with, for reuse. Guarded by mtx.
+	mem      []memFrame
+	memBytes int
+	spare    [][]byte
+
 	// Cursor persistence, also the dispatcher's.
 	persisted   wal.Position
 	lastPersist time.Time
@@ -338,11 +347,33 @@ func (q *queue) setLimit(limit int64) {
 	q.mtx.Unlock()
 }
 
+// memFrameBytes bounds the frames a queue keeps in memory for its reader
+// (queue.mem): enough for the windows appended while the shards send the
+// previous ones, little enough that a target that is down costs only this
+// much more memory.
+const memFrameBytes = 4 << 20
+
+// memFrame is a frame appended and kept in memory for the reader.
+type memFrame struct {
+	start   wal.Position // where the frame starts
+	size    int64        // the frame's bytes on disk
+	samples int
+	payload []byte // a copy
+}
+
 // append writes one frame of n samples. It never fsyncs: see doc.go,
 // "Durability". A failed write is rolled back so that the segment ends
 // with a whole frame; if even that fails the segment is sealed at its last
 // whole frame and the next append starts a new one.
 func (q *queue) append(frame []byte, n int, flush bool) error {
+	return q.appendKeep(frame, n, flush, false)
+}
+
+// appendKeep is append that, if keep and there is room (memFrameBytes),
+// also keeps a copy of the frame's payload for the reader: a target that
+// keeps up then never reads back what was just written. The frame is on
+// disk all the same, so what it means for durability is unchanged.
+func (q *queue) appendKeep(frame []byte, n int, flush, keep bool) error {
 	q.mtx.Lock()
 	defer q.mtx.Unlock()
 	if q.closed {
@@ -360,6 +391,16 @@ func (q *queue) append(frame []byte, n int, flush bool) error {
 			q.sealLocked()
 		}
 		return fmt.Errorf("write backlog segment %s: %w", wal.SegmentName(last.idx), err)
+	}
+	if p := frame[frameHeaderSize:]; keep && q.memBytes+len(p) <= memFrameBytes {
+		var c []byte
+		if k := len(q.spare); k > 0 {
+			c, q.spare = q.spare[k-1], q.spare[:k-1]
+		}
+		c = append(c[:0], p...)
+		q.mem = append(q.mem, memFrame{start: wal.Position{Segment: last.idx, Offset: last.size},
+			size: size, samples: n, payload: c})
+		q.memBytes += len(c)
 	}
 	last.size += size
 	last.samples += int64(n)
@@ -496,6 +537,116 @@ func (q *queue) closeReader() {
 		_ = q.rf.Close()
 		q.rf = nil
 	}
+}
+
+// readFrameRef is a frame the reader got: its payload as read from disk,
+// or as kept in memory at append.
+type readFrameRef struct {
+	payload []byte // valid until the next read, or releaseFrame if mem
+	mem     bool   // payload was kept in memory
+	end     wal.Position
+	flush   bool
+	samples int
+	minT    int64
+}
+
+// decode appends the frame's samples to dst.
+func (f *readFrameRef) decode(d *frameDecoder, dst []sample) ([]sample, error) {
+	return d.decode(f.payload, dst)
+}
+
+// nextFrame returns the next frame, from memory if it was kept there
+// (appendBody), else read from disk as next does.
+func (q *queue) nextFrame() (readFrameRef, bool) {
+	q.mtx.Lock()
+	i := 0
+	for i < len(q.mem) && q.mem[i].start.Compare(q.rpos) < 0 {
+		i++ // passed: skipped, coalesced or dropped
+	}
+	q.dropMemLocked(i)
+	var m memFrame
+	hit, newSeg := false, false
+	if len(q.mem) > 0 {
+		start := q.mem[0].start
+		hit = start == q.rpos
+		if !hit && start.Offset == 0 {
+			// The frame starts the segment after the reader's, which
+			// the reader has read through (or which is gone: sent).
+			j, found := slices.BinarySearchFunc(q.segs, q.rpos.Segment, func(s qseg, idx int) int { return s.idx - idx })
+			if !found || q.rpos.Offset >= q.segs[j].size {
+				if found {
+					j++
+				}
+				hit = j < len(q.segs) && q.segs[j].idx == start.Segment
+				newSeg = hit
+			}
+		}
+	}
+	if hit {
+		m = q.mem[0]
+		q.mem[0] = memFrame{}
+		q.mem = q.mem[1:]
+		q.memBytes -= len(m.payload)
+	}
+	flushTo := q.flushTo
+	q.mtx.Unlock()
+	if !hit {
+		p, end, flush, ok := q.next()
+		if !ok {
+			return readFrameRef{}, false
+		}
+		count, minT, _, _ := payloadHeader(p) // checked by next
+		return readFrameRef{payload: p, end: end, flush: flush, samples: count, minT: minT}, true
+	}
+	if newSeg {
+		q.closeReader()
+		q.rpos, q.rseen = m.start, 0
+	}
+	q.rpos.Offset += m.size
+	q.rseen += int64(m.samples)
+	if q.rf != nil {
+		// Keep the file reader where the next frame starts.
+		if _, err := q.rf.Seek(q.rpos.Offset, io.SeekStart); err != nil {
+			q.closeReader()
+		}
+	}
+	_, minT, _, _ := payloadHeader(m.payload) // written by this process
+	return readFrameRef{payload: m.payload, mem: true, end: q.rpos, flush: q.rpos.Compare(flushTo) <= 0, samples: m.samples, minT: minT}, true
+}
+
+// releaseFrame gives back the memory of a frame from nextFrame once it is
+// decoded.
+func (q *queue) releaseFrame(f readFrameRef) {
+	if !f.mem {
+		return
+	}
+	q.mtx.Lock()
+	if len(q.spare) < 4 {
+		q.spare = append(q.spare, f.payload[:0])
+	}
+	q.mtx.Unlock()
+}
+
+// dropMemLocked forgets the first n frames kept in memory.
+func (q *queue) dropMemLocked(n int) {
+	for i := range q.mem[:n] {
+		q.memBytes -= len(q.mem[i].payload)
+	}
+	clear(q.mem[:n])
+	q.mem = q.mem[n:]
+	if len(q.mem) == 0 {
+		q.mem = q.mem[:0:0] // let the array go
+	}
+}
+
+// forgetMemLocked forgets the frames kept in memory of segments up to
+// idx, which coalescing is rewriting.
+func (q *queue) forgetMemLocked(idx int) {
+	i := 0
+	for i < len(q.mem) && q.mem[i].start.Segment <= idx {
+		i++
+	}
+	q.dropMemLocked(i)
 }
 
 // next returns the payload of the next frame, valid until the next call,

@@ -54,7 +54,8 @@ type target struct {
 	writeFailing bool // backlog_write was logged since the last successful append
 
 	// Owned by the dispatcher goroutine (then by finish).
-	dec     *frameDecoder
+	dec     *frameDecoder // a wire decoder for Remote-Write 1.0
+	coalDec *frameDecoder
 	coalEnc *frameEncoder
 	track   tracker
 
@@ -94,10 +95,16 @@ func newTarget(cfg configs.RemoteWriteConfig, ext map[string]string, userAgent s
 		q:          q,
 		enc:        newFrameEncoder(),
 		dec:        newFrameDecoder(),
+		coalDec:    newFrameDecoder(),
 		coalEnc:    newFrameEncoder(),
 		readerWake: make(chan struct{}, 1),
 		readDone:   make(chan struct{}),
 		drain:      make(chan struct{}),
+	}
+	if cfg.ProtobufMessage != configs.ProtoMsgV2 {
+		// The 1.0 encoder copies each series' labels as the frame
+		// decoder encoded them: no labels.Labels per series.
+		t.dec = newWireDecoder()
 	}
 	c, err := newClient(&t.cfg, userAgent, &t.metrics)
 	if err != nil {
@@ -276,7 +283,7 @@ func (t *target) append(in []inSeries, flush bool) {
 		}
 		return
 	}
-	if err := t.q.append(e.finish(), e.samples, flush); err != nil {
+	if err := t.q.appendKeep(e.finish(), e.samples, flush, true); err != nil {
 		t.drop(reasonBacklogWrite, e.samples)
 		if !t.writeFailing {
 			t.writeFailing = true
@@ -378,7 +385,7 @@ func (t *target) dispatch() {
 			timerOn = true
 		}
 		if q.overLimit() {
-			q.enforceLimit(t.ctx, t.dec, t.coalEnc)
+			q.enforceLimit(t.ctx, t.coalDec, t.coalEnc)
 		}
 
 		caughtUp := false
@@ -398,14 +405,15 @@ func (t *target) dispatch() {
 			if !handed {
 				break // a shard is full; it wakes us when it has room
 			}
-			payload, end, fl, ok := q.next()
+			f, ok := q.nextFrame()
 			if !ok {
 				caughtUp = true
 				break
 			}
-			count, minT, _, _ := payloadHeader(payload) // checked by next
+			end, fl, count, minT := f.end, f.flush, f.samples, f.minT
 			var err error
-			decoded, err = t.dec.decode(payload, decoded[:0])
+			decoded, err = f.decode(t.dec, decoded[:0])
+			q.releaseFrame(f)
 			if err != nil {
 				// It passed its CRC: never expected.
 				t.drop(reasonCorrupt, count)
@@ -419,7 +427,7 @@ func (t *target) dispatch() {
 				s.frame = seq
 				idx := 0
 				if n > 1 {
-					idx = int(s.lset.Hash() % uint64(n))
+					idx = int(s.hash() % uint64(n))
 				}
 				pend[idx] = append(pend[idx], *s)
 			}

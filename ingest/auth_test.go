@@ -3,9 +3,9 @@ package ingest
 import (
 	"bufio"
 	"bytes"
-	"io"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"

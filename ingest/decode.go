@@ -140,7 +140,7 @@ func readAtMost(r io.Reader, limit int64, compressedLen int) ([]byte, error) {
 	total := 0
 	for {
 		buf := make([]byte, next)
-		n, err := io.ReadFull(r, buf)
+		n, err := fill(r, buf)
 		total += n
 		if n > 0 {
 			chunks = append(chunks, buf[:n])
@@ -148,7 +148,7 @@ func readAtMost(r io.Reader, limit int64, compressedLen int) ([]byte, error) {
 		if total > int(limit) {
 			return nil, fmt.Errorf("%w: decompressed body exceeds %d bytes", ErrBodyTooLarge, limit)
 		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
+		if err == io.EOF {
 			break
 		}
 		if err != nil {
@@ -166,6 +166,20 @@ func readAtMost(r io.Reader, limit int64, compressedLen int) ([]byte, error) {
 		out = append(out, c...)
 	}
 	return out, nil
+}
+
+// fill reads into buf until it is full or r fails; unlike io.ReadFull it
+// passes r's own io.ErrUnexpectedEOF (a truncated gzip stream) through.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 type bodyFormat int

@@ -2,6 +2,8 @@ package ingest
 
 import (
 	"context"
+	"errors"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -179,5 +181,33 @@ func TestInflightLimit(t *testing.T) {
 	}
 	if r := env.serveOne(t, "POST", "/metrics/job/f", []byte("a 1\n")); r.code != 200 {
 		t.Fatalf("after the load: %d %q", r.code, r.body)
+	}
+}
+
+// TestDecompressionBombCostsTheLimit: a bomb refused at
+// limits.max_decompressed_body_bytes allocates about the limit, not the
+// 1.5-2x that growing one buffer by doubling would.
+func TestDecompressionBombCostsTheLimit(t *testing.T) {
+	const limit = 16 << 20
+	cases := []struct {
+		name, encoding string
+		body           []byte
+	}{
+		{name: "gzip", encoding: "gzip", body: gzipBomb(t, 256<<20)},
+		{name: "snappy stream", encoding: "snappy", body: snappyFramed(t, make([]byte, 64<<20))},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, err := DecodeBody("", tc.encoding, tc.body, BodyLimits{MaxDecompressedBytes: limit})
+			runtime.ReadMemStats(&after)
+			if !errors.Is(err, ErrBodyTooLarge) {
+				t.Fatalf("err = %v, want ErrBodyTooLarge", err)
+			}
+			if got := after.TotalAlloc - before.TotalAlloc; got > limit*5/4 {
+				t.Fatalf("refusing the bomb allocated %d MiB, want at most 1.25x the %d MiB limit", got>>20, limit>>20)
+			}
+		})
 	}
 }

@@ -181,27 +181,29 @@ func TestTLSClientCertificates(t *testing.T) {
 	addr := serveTLS(t, func() configs.TLSServerConfig { return spec })
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.cert)
-	pair := func(ca *testCA) []tls.Certificate {
+	// present sends the certificate whatever CAs the server asks for.
+	present := func(ca *testCA) func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		c, k := ca.issue(t, 7, true)
 		p, err := tls.X509KeyPair(c, k)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return []tls.Certificate{p}
+		return func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &p, nil }
 	}
 	cases := []struct {
 		name   string
 		client *tls.Config
 		ok     bool
 	}{
-		{name: "certificate from the client CA", client: &tls.Config{RootCAs: pool, Certificates: pair(ca)}, ok: true},
-		{name: "certificate from another CA", client: &tls.Config{RootCAs: pool, Certificates: pair(other)}},
+		{name: "certificate from the client CA", client: &tls.Config{RootCAs: pool, GetClientCertificate: present(ca)}, ok: true},
+		{name: "certificate from another CA", client: &tls.Config{RootCAs: pool, GetClientCertificate: present(other)}},
 		{name: "no certificate", client: &tls.Config{RootCAs: pool}},
-		{name: "TLS 1.1", client: &tls.Config{RootCAs: pool, Certificates: pair(ca), MaxVersion: tls.VersionTLS11}},
+		{name: "TLS 1.1", client: &tls.Config{RootCAs: pool, GetClientCertificate: present(ca), MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := dial(addr, tc.client)
+			t.Logf("handshake: %v", err)
 			if (err == nil) != tc.ok {
 				t.Fatalf("handshake error %v, want success %v", err, tc.ok)
 			}

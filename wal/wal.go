@@ -40,7 +40,22 @@ var (
 	// ErrInvalidRecord is returned by Append for an empty batch or a
 	// record of the reserved type 0.
 	ErrInvalidRecord = errors.New("wal: invalid record")
+	// ErrLocked is returned by Open when another process (or another open
+	// WAL in this process) holds the directory's lock.
+	ErrLocked = errors.New("wal: directory in use")
 )
+
+// LockFileName is the file in the WAL directory that Open locks
+// exclusively (flock(2)), so that two Sluice processes cannot write one
+// log. The lock goes with the process, so kill -9 leaves none behind.
+const LockFileName = "lock"
+
+// dirLocker is implemented by file systems that can lock a directory
+// against other processes (OSFS). Open locks through it when fsys
+// implements it; test file systems that wrap OSFS do not.
+type dirLocker interface {
+	LockDir(dir string) (io.Closer, error)
+}
 
 // Position is a place in the log: a segment and a byte offset in it.
 // Positions order by Segment, then Offset.
@@ -178,6 +193,7 @@ type WAL struct {
 	dir    string
 	fs     FS
 	opts   Options
+	lock   io.Closer // the directory lock; nil if fs cannot lock
 	logger *slog.Logger
 	reg    prometheus.Registerer
 	m      *metrics
@@ -236,7 +252,14 @@ func Open(dir string, fsys FS, opts Options, reg prometheus.Registerer, logger *
 	if err := fsys.MkdirAll(dir, 0o777); err != nil {
 		return nil, fmt.Errorf("wal: create directory: %w", err)
 	}
+	var lock io.Closer
+	if l, ok := fsys.(dirLocker); ok {
+		if lock, err = l.LockDir(dir); err != nil {
+			return nil, err
+		}
+	}
 	w := &WAL{
+		lock:   lock,
 		dir:    dir,
 		fs:     fsys,
 		opts:   o,
@@ -247,10 +270,12 @@ func Open(dir string, fsys FS, opts Options, reg prometheus.Registerer, logger *
 		stop:   make(chan struct{}),
 	}
 	if err := w.recover(); err != nil {
+		w.unlock()
 		return nil, err
 	}
 	if err := w.m.register(reg); err != nil {
 		w.file.Close()
+		w.unlock()
 		return nil, fmt.Errorf("wal: register metrics: %w", err)
 	}
 	if o.Sync == SyncInterval {
@@ -970,5 +995,14 @@ func (w *WAL) Close() error {
 		err = fmt.Errorf("wal: close segment %s: %w", SegmentName(w.fileSeg), cerr)
 	}
 	w.m.unregister(w.reg)
+	w.unlock()
 	return err
+}
+
+// unlock releases the directory lock, if Open took one.
+func (w *WAL) unlock() {
+	if w.lock != nil {
+		w.lock.Close()
+		w.lock = nil
+	}
 }

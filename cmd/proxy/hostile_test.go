@@ -380,7 +380,6 @@ web:
 	})
 }
 
-
 // testPKI writes a CA, a server certificate for 127.0.0.1 and a client
 // certificate into dir, and returns a client certificate of another CA.
 type testPKI struct {
@@ -461,10 +460,14 @@ web:
 	go func() { p.waitErr = cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() { p.stop(t) })
 
+	// clientFor presents cert whatever CAs the server asks for (Go's
+	// default would send none that the server's CA did not sign).
 	clientFor := func(certs ...tls.Certificate) *http.Client {
-		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-			TLSClientConfig: &tls.Config{RootCAs: pki.caPool, Certificates: certs},
-		}}
+		cfg := &tls.Config{RootCAs: pki.caPool}
+		if len(certs) > 0 {
+			cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &certs[0], nil }
+		}
+		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
 	}
 	good := clientFor(pki.client)
 	deadline := time.Now().Add(20 * time.Second)
