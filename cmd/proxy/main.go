@@ -245,6 +245,8 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", f.listenAddress, err)
 	}
+	conns := ingest.TrackConns(ln)
+	ln = conns
 	if cfg.Web.TLSServerConfig.Enabled() {
 		tlsCfg := func() configs.TLSServerConfig { return webCfg.Load().TLSServerConfig }
 		if ln, err = ingest.TLSListener(ln, tlsCfg, logger.With("component", "web")); err != nil {
@@ -331,9 +333,14 @@ func run(args []string) error {
 
 	<-ctx.Done()
 	logger.Info("shutting down: stop taking requests, flush the current window, drain the forward queues")
+	// Connections that never sent a byte (a browser's spare ones) would
+	// hold the shutdown for the read timeout; they carry no request.
+	silentCtx, stopSilent := context.WithCancel(context.Background())
+	go conns.CloseSilentUntil(silentCtx, 100*time.Millisecond)
 	if err := web.ShutdownWithTimeout(shutdownTimeout); err != nil {
 		logger.Error("shut down http server", "err", err)
 	}
+	stopSilent()
 	wg.Wait()
 	stopFlush()
 	<-flushDone
