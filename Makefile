@@ -2,6 +2,7 @@
 # what .ci/run runs after the lint steps.
 GO        ?= go
 BIN       ?= bin/sluice
+# FUZZTIME is a duration (20s) or a count of inputs (10000x).
 FUZZTIME  ?= 20s
 
 .PHONY: build run test lint fuzz bench fmt
