@@ -36,6 +36,13 @@ type testEnv struct {
 
 func newTestEnv(t *testing.T, admin, lifecycle bool, mutate func(*configs.Config)) *testEnv {
 	t.Helper()
+	return newTestEnvOpts(t, admin, lifecycle, mutate, nil)
+}
+
+// newTestEnvOpts is newTestEnv with adjust changing the Options before the
+// app is built.
+func newTestEnvOpts(t *testing.T, admin, lifecycle bool, mutate func(*configs.Config), adjust func(*Options)) *testEnv {
+	t.Helper()
 	cfg := configs.Default()
 	if mutate != nil {
 		mutate(&cfg)
@@ -47,7 +54,7 @@ func newTestEnv(t *testing.T, admin, lifecycle bool, mutate func(*configs.Config
 	env := &testEnv{relay: &fakeRelay{}, reg: reg, cfg: &cfg}
 	store := aggregate.New(aggregate.Settings{Aggregation: cfg.Aggregation, Limits: cfg.Limits, SeriesTTL: time.Hour},
 		time.Now, nil, env.relay, reg, slog.New(slog.DiscardHandler))
-	env.app = NewApp(Options{
+	opts := Options{
 		Logger:          slog.New(slog.DiscardHandler),
 		Registerer:      reg,
 		Gatherer:        reg,
@@ -60,7 +67,11 @@ func newTestEnv(t *testing.T, admin, lifecycle bool, mutate func(*configs.Config
 		Reload:          func() error { env.reloads++; return nil },
 		Quit:            func() { env.quit++ },
 		Status:          Status{Flags: map[string]string{"web.listen-address": ":9091"}, StartTime: time.Unix(0, 0)},
-	}, int(cfg.Limits.MaxBodyBytes))
+	}
+	if adjust != nil {
+		adjust(&opts)
+	}
+	env.app = NewApp(opts, int(cfg.Limits.MaxBodyBytes))
 	return env
 }
 

@@ -3,40 +3,21 @@ package ingest
 import (
 	"crypto/sha256"
 	"encoding/base64"
-	"log/slog"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
-
-	"github.com/sluice-metrics/sluice/aggregate"
-	"github.com/sluice-metrics/sluice/configs"
 )
 
 // newUIEnv is an app whose Options.Targets is targets (nil: not wired).
 func newUIEnv(t *testing.T, targets func() []TargetInfo) *testEnv {
 	t.Helper()
-	cfg := configs.Default()
-	reg := prometheus.NewRegistry()
-	env := &testEnv{relay: &fakeRelay{}, reg: reg, cfg: &cfg}
-	store := aggregate.New(aggregate.Settings{Aggregation: cfg.Aggregation, Limits: cfg.Limits, SeriesTTL: time.Hour},
-		time.Now, nil, env.relay, reg, slog.New(slog.DiscardHandler))
-	env.app = NewApp(Options{
-		Logger:     slog.New(slog.DiscardHandler),
-		Registerer: reg,
-		Gatherer:   reg,
-		Aggregator: store,
-		Limits:     func() configs.LimitsConfig { return cfg.Limits },
-		Ready:      func() string { return "" },
-		Reload:     func() error { return nil },
-		Quit:       func() {},
-		Status:     Status{BuildInformation: map[string]string{"version": "9.9.9"}, StartTime: time.Unix(1_700_000_000, 0)},
-		Targets:    targets,
-	}, int(cfg.Limits.MaxBodyBytes))
-	return env
+	return newTestEnvOpts(t, false, false, nil, func(o *Options) {
+		o.Status = Status{BuildInformation: map[string]string{"version": "9.9.9"}, StartTime: time.Unix(1_700_000_000, 0)}
+		o.Targets = targets
+	})
 }
 
 func (e *testEnv) mustPush(t *testing.T, method, path, body string) {
