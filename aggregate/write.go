@@ -31,6 +31,12 @@ type Write struct {
 	// fields aside, which the forward queues ignore). Nil: Write encodes
 	// Relay itself. It is read during Write only.
 	RelaySnappy []byte
+	// RelayRaw is what RelaySnappy decompresses to, with every series'
+	// labels encoded as one run of Label messages of a name and a value
+	// field each (what the generated code writes), so that a forward
+	// queue can send series as they are. Nil: none. It is read during
+	// Write only, and used only together with RelaySnappy.
+	RelayRaw []byte
 	// Pushes are applied in order; a series with several samples in the
 	// request is in several of them, one sample each, oldest first.
 	Pushes []*Push
@@ -117,7 +123,9 @@ func (s *Store) Write(ctx context.Context, w *Write) (WriteResult, error) {
 	}
 	if relay != nil {
 		res.Relayed = true
-		if b, ok := s.relay.(BorrowingAppender); ok && w.RelayBorrowed {
+		if wa, ok := s.relay.(WireAppender); ok && w.RelayRaw != nil && w.RelaySnappy != nil {
+			wa.AppendWire(relay, w.RelayRaw, w.RelaySnappy)
+		} else if b, ok := s.relay.(BorrowingAppender); ok && w.RelayBorrowed {
 			b.AppendBorrowed(relay)
 		} else if s.relay != nil && w.RelayBorrowed {
 			s.relay.Append(cloneWriteRequest(relay))
@@ -142,6 +150,18 @@ func (s *Store) Write(ctx context.Context, w *Write) (WriteResult, error) {
 type BorrowingAppender interface {
 	Appender
 	AppendBorrowed(req *prompb.WriteRequest)
+}
+
+// WireAppender is a BorrowingAppender that can also take a relayed
+// request in wire form: raw is req as an uncompressed
+// prometheus.WriteRequest (Write.RelayRaw) and block the same
+// snappy-compressed (Write.RelaySnappy). Like AppendBorrowed, AppendWire
+// reads all three during the call only. forward.Manager is one: a target
+// that changes nothing in the series writes block to its backlog as it
+// is and sends series from raw without decoding them.
+type WireAppender interface {
+	BorrowingAppender
+	AppendWire(req *prompb.WriteRequest, raw, block []byte)
 }
 
 // cloneWriteRequest deep-copies req, strings included, for an Appender

@@ -31,6 +31,9 @@ type sample struct {
 	// frame is the sequence number of the backlog frame the sample was
 	// read from (see tracker): a batch never mixes two frames.
 	frame uint64
+	// fresh: the frame was appended by this process and taken from
+	// memory, so it was never sent before (see ring.headRun).
+	fresh bool
 }
 
 // hash picks the sample's shard: the same series always gets the same
@@ -109,15 +112,22 @@ func (r *ring) len() int { return r.n }
 func (r *ring) room() int { return r.max - r.n }
 
 // headRun returns the number of samples, at most n, from the oldest on
-// that come from the oldest sample's frame: the next batch.
+// that make the next batch: those of the oldest sample's frame, and of the
+// frames after it while all are fresh. Frames that may have been sent
+// before (read back from disk, after a restart) are batched alone, so that
+// a receiver that rejects a whole request for one sample it already has
+// (out of order) never rejects new samples with it; fresh frames are
+// batched together, and split again if the receiver rejects them
+// (shard.send).
 func (r *ring) headRun(n int) int {
 	n = min(n, r.n)
 	if n == 0 {
 		return 0
 	}
-	f := r.buf[r.head].frame
+	first := &r.buf[r.head]
 	for i := 1; i < n; i++ {
-		if r.buf[(r.head+i)%len(r.buf)].frame != f {
+		s := &r.buf[(r.head+i)%len(r.buf)]
+		if s.frame != first.frame && !(first.fresh && s.fresh) {
 			return i
 		}
 	}

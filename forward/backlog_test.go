@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang/snappy"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/value"
 	"github.com/prometheus/prometheus/prompb"
@@ -99,6 +100,7 @@ func TestRestart(t *testing.T) {
 			h1 := newHarnessIn(t, dir)
 			cfg := testConfig(first.url(), "t")
 			cfg.QueueConfig.MaxShards = 2
+			cfg.QueueConfig.MaxSamplesPerSend = 2 // many requests, so that some fail
 			h1.apply(nil, cfg)
 			for _, ts := range windowTimes(windows) {
 				h1.m.Append(window(ts, series))
@@ -236,9 +238,22 @@ func TestTornTail(t *testing.T) {
 // TestCoalesceBacklog: with a tiny max_backlog_bytes and the receiver down,
 // 50 windows of a counter are coalesced; once the receiver is back the
 // latest total arrives exactly, with fewer samples than windows, in order,
-// and what was removed is counted exactly.
+// and what was removed is counted exactly. Relay frames (AppendWire)
+// coalesce alike.
 func TestCoalesceBacklog(t *testing.T) {
 	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		wire bool
+	}{{"windows", false}, {"relay frames", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			testCoalesceBacklog(t, tc.wire)
+		})
+	}
+}
+
+func testCoalesceBacklog(t *testing.T, wire bool) {
 	const windows = 50
 	var up atomic.Bool
 	rc := newReceiver(t, func(int, http.ResponseWriter, *http.Request) (int, string) {
@@ -259,10 +274,21 @@ func TestCoalesceBacklog(t *testing.T) {
 		t.Fatal(err)
 	}
 	limit := int64(10 * len(enc.finish()))
+	if wire {
+		raw, err := counterWindow(15_000, 1).Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		limit = int64(10 * len(enc.wireFrame(snappy.Encode(nil, raw), 1, 15_000)))
+	}
 	cfg.QueueConfig.MaxBacklogBytes = limit
 	h.apply(nil, cfg)
 	for w := 1; w <= windows; w++ {
-		h.m.Append(counterWindow(int64(w)*15_000, float64(w)))
+		if wire {
+			appendWire(t, h.m, counterWindow(int64(w)*15_000, float64(w)))
+		} else {
+			h.m.Append(counterWindow(int64(w)*15_000, float64(w)))
+		}
 	}
 	name := map[string]string{"remote_name": "c"}
 	// The oldest unsent sample is the first window's, in flight.

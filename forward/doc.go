@@ -6,9 +6,16 @@
 // # Data flow
 //
 // The aggregator hands each window to Manager.Append, and the Store each
-// remote_write request's relayed series to Manager.AppendBorrowed (which
+// remote_write request's relayed series to Manager.AppendWire (which
 // reads them during the call only: they point into the decoder's pooled
-// request). Append finds each series' metadata once, then for every
+// request), both decoded and as the request's protobuf bytes. A
+// Remote-Write 1.0 target without external labels and
+// write_relabel_configs changes nothing in relayed series: it writes the
+// request's snappy block to its backlog as it came (a relay frame, below)
+// and its shards copy each series' encoded labels from the request's
+// bytes, so relaying never decodes a label into a string, builds
+// labels.Labels, or compresses for the backlog. Other targets take the
+// decoded series as they take a window. Append finds each series' metadata once, then for every
 // target adds the external labels a series lacks (merged while the
 // record is written, without building labels.Labels, unless
 // write_relabel_configs need them), applies write_relabel_configs and
@@ -49,6 +56,8 @@
 //
 //	frame    type <1b> = 1 | payload length <4b> | CRC32-C <4b> | payload
 //	payload  samples <uvarint> | lowest timestamp <varint> | snappy block of the body
+//	         or, a relay frame: 0x00 | samples <uvarint> | lowest timestamp <varint> |
+//	         snappy block of a prometheus.WriteRequest (the remote_write body)
 //	body     series records, back to back, to the end
 //	record   metadata <uvarint> | labels <uvarint n> (name <str>, value <str>) x n |
 //	         floats <uvarint n> (timestamp <varint>, value <8b, little endian bits>) x n |
@@ -62,7 +71,14 @@
 // are written sorted. The sample count and lowest timestamp come before
 // the compressed body so that counting and the backlog's age need no
 // decompression. A 2,000-series window takes about 13 bytes per sample
-// (BenchmarkAppend, disk-B/sample).
+// (BenchmarkAppend, disk-B/sample). A relay frame's request has every
+// series' labels as one run of Label messages, each a name then a value
+// field (what the generated code writes; the receiver re-encodes a
+// request that is not so); its samples are sent as they are, metadata
+// with every batch of the frame. A window's sample count is never 0, so
+// the leading zero tells the two apart; a Sluice from before relay frames
+// counts a relay frame as undecodable (backlog_corrupt) after a
+// downgrade.
 //
 // The cursor file is segment <8b> | offset <8b> | CRC32-C of both <4b>: the
 // position just after the last frame every frame before which is
@@ -92,9 +108,10 @@
 // deleted: what was resolved since is sent again. Delivery is
 // at-least-once, which is harmless because a window's samples are
 // deterministic (same series, timestamp and value). A batch never holds
-// samples of two frames, so that a receiver that rejects a whole request
-// for one out-of-order sample (Prometheus does) only ever rejects a
-// re-sent window, never a new one sent with it.
+// samples of a frame read back from disk together with another frame's,
+// so that a receiver that rejects a whole request for one out-of-order
+// sample (Prometheus does) only ever rejects a re-sent window, never a
+// new one sent with it.
 //
 // On open, each segment is read through and cut at its first invalid frame
 // (a torn tail, zeros, a CRC mismatch), logged; later segments are kept,
@@ -150,12 +167,22 @@
 //
 // # Batching
 //
-// A batch holds samples of one frame. A shard sends when it holds
-// max_samples_per_send samples of one frame, when the next frame's samples
-// follow (waiting cannot add to the batch), when the window was appended
-// with Append (which delivers whole windows, so waiting could only add
-// latency) or read back after a restart, when batch_send_deadline has
-// passed since its first buffered sample, and while draining for a stop.
+// Frames appended by this process and read from memory ("fresh": never
+// sent before) share batches: a target that keeps up with many small
+// remote_write requests sends max_samples_per_send samples per request,
+// not a few per request. Frames read back from disk (after a restart, or
+// once the in-memory copies ran out) are batched alone. If a receiver
+// rejects a batch of several frames for good (a 4xx: Prometheus rejects a
+// whole request for one out-of-order sample), the shard sends the batch
+// again frame by frame, so one sender's bad samples never drop another's;
+// only the frames rejected on their own are dropped. A shard sends when
+// it holds max_samples_per_send samples that may share a batch, when the
+// next samples may not join them (waiting cannot add to the batch), when
+// a frame was appended to be sent promptly (every window and relayed
+// request: waiting could only add latency; while a batch is being sent
+// the next one fills) or read back after a restart, when
+// batch_send_deadline has passed since its first buffered sample, and
+// while draining for a stop.
 //
 // # Sending
 //

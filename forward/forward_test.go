@@ -714,7 +714,8 @@ func TestBatching(t *testing.T) {
 
 // TestCapacity: queue_config.capacity bounds what a shard reads ahead from
 // the backlog. A full shard makes the reader wait; nothing is dropped, and
-// everything arrives, in order.
+// everything arrives, in order, in batches of at most
+// max_samples_per_send (fresh windows may share one).
 func TestCapacity(t *testing.T) {
 	t.Parallel()
 	rc := newReceiver(t, nil)
@@ -740,8 +741,8 @@ func TestCapacity(t *testing.T) {
 	}
 	var got []string
 	for _, r := range rc.pending() {
-		if r.samples() > 4 {
-			t.Errorf("a batch of %d samples spans windows of 4", r.samples())
+		if r.samples() > 5 {
+			t.Errorf("a batch of %d samples, more than max_samples_per_send 5", r.samples())
 		}
 		for _, ts := range r.v1.Timeseries {
 			got = append(got, strconv.FormatInt(ts.Samples[0].Timestamp, 10)+"/"+labelMap(ts.Labels)["series"])

@@ -262,17 +262,21 @@ func appendString(b []byte, s string) []byte {
 }
 
 // payloadHeader returns the sample count and the lowest timestamp that
-// start a payload, and the snappy block after them.
-func payloadHeader(p []byte) (samples int, minT int64, block []byte, err error) {
+// start a payload, the snappy block after them, and whether the payload
+// is a relay frame's (wire.go).
+func payloadHeader(p []byte) (samples int, minT int64, block []byte, wire bool, err error) {
+	if len(p) > 0 && p[0] == wirePayloadMark {
+		p, wire = p[1:], true
+	}
 	n, k := binary.Uvarint(p)
 	if k <= 0 || n == 0 || n > math.MaxInt32 {
-		return 0, 0, nil, fmt.Errorf("%w: bad sample count", errFrame)
+		return 0, 0, nil, false, fmt.Errorf("%w: bad sample count", errFrame)
 	}
 	t, k2 := binary.Varint(p[k:])
 	if k2 <= 0 {
-		return 0, 0, nil, fmt.Errorf("%w: bad timestamp", errFrame)
+		return 0, 0, nil, false, fmt.Errorf("%w: bad timestamp", errFrame)
 	}
-	return int(n), t, p[k+k2:], nil
+	return int(n), t, p[k+k2:], wire, nil
 }
 
 // readFrame reads the frame that starts at the current offset of r, off,
@@ -306,7 +310,7 @@ func readFrame(r io.Reader, off, limit int64, hdr *[frameHeaderSize]byte, buf *[
 	if got := crc32.Update(crc32.Checksum(hdr[:5], castagnoli), castagnoli, p); got != want {
 		return nil, 0, fmt.Errorf("%w: checksum %08x, frame says %08x", errFrame, got, want)
 	}
-	n, _, _, err := payloadHeader(p)
+	n, _, _, _, err := payloadHeader(p)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -379,9 +383,16 @@ const wireArenaSize = 64 << 10
 // payload or the decoder's buffers. Labels and metadata are shared with
 // other samples and must not be modified.
 func (d *frameDecoder) decode(payload []byte, dst []sample) ([]sample, error) {
-	count, _, block, err := payloadHeader(payload)
+	count, _, block, wire, err := payloadHeader(payload)
 	if err != nil {
 		return dst, err
+	}
+	if wire {
+		raw, err := d.wireRaw(block)
+		if err != nil {
+			return dst, err
+		}
+		return d.decodeWire(raw, count, dst)
 	}
 	n, err := snappy.DecodedLen(block)
 	if err != nil || n > maxFrameBody {
@@ -400,14 +411,7 @@ func (d *frameDecoder) decode(payload []byte, dst []sample) ([]sample, error) {
 // decodeBody decodes an uncompressed body of count samples. Nothing of raw
 // is kept.
 func (d *frameDecoder) decodeBody(raw []byte, count int, dst []sample) ([]sample, error) {
-	d.gen++
-	if d.gen%cacheFrames == 0 {
-		for k, c := range d.cache {
-			if c.used+cacheFrames < d.gen {
-				delete(d.cache, k)
-			}
-		}
-	}
+	d.newFrame()
 	p := bodyParser{raw: raw}
 	clear(d.meta)
 	d.meta = d.meta[:0]
@@ -466,6 +470,18 @@ func (d *frameDecoder) decodeBody(raw []byte, count int, dst []sample) ([]sample
 		return dst[:start], fmt.Errorf("%w: %d samples, header says %d", errFrame, got, count)
 	}
 	return dst, nil
+}
+
+// newFrame starts a frame: cache entries unused for cacheFrames frames go.
+func (d *frameDecoder) newFrame() {
+	d.gen++
+	if d.gen%cacheFrames == 0 {
+		for k, c := range d.cache {
+			if c.used+cacheFrames < d.gen {
+				delete(d.cache, k)
+			}
+		}
+	}
 }
 
 // metadata reads a metadata definition: type, family, help, unit.

@@ -302,6 +302,42 @@ func (m *Manager) AppendBorrowed(req *prompb.WriteRequest) {
 	m.append(req, true)
 }
 
+// AppendWire is AppendBorrowed for relayed series also given in wire form
+// (aggregate.WireAppender): raw is req as an uncompressed
+// prometheus.WriteRequest whose series' labels are each one run of Label
+// messages of a name and a value field, block raw snappy-compressed. A
+// target that changes nothing in the series (Remote-Write 1.0, no
+// external labels, no write_relabel_configs) writes block to its backlog
+// as it is and sends the series' labels from raw's bytes; others take req
+// as AppendBorrowed does. All three are read during the call only.
+func (m *Manager) AppendWire(req *prompb.WriteRequest, raw, block []byte) {
+	if req == nil {
+		return
+	}
+	m.mtx.RLock()
+	defer m.mtx.RUnlock()
+	var (
+		in      []inSeries
+		counted bool
+		n       int
+		minT    int64
+	)
+	for _, t := range m.targets {
+		if t.wire {
+			if !counted {
+				n, minT = relayCount(req)
+				counted = true
+			}
+			t.appendWire(raw, block, n, minT)
+			continue
+		}
+		if in == nil {
+			in = convert(req)
+		}
+		t.append(in, true)
+	}
+}
+
 // append reads req during the call only: each target encodes what it
 // needs into its backlog frame before append returns.
 func (m *Manager) append(req *prompb.WriteRequest, flush bool) {

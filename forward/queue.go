@@ -2,6 +2,7 @@ package forward
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -104,11 +105,12 @@ type queue struct {
 	hdr   [frameHeaderSize]byte
 	rbuf  []byte
 
-	// mem holds the bodies of the last frames appended, uncompressed, in
-	// append order, while the reader has not passed them: nextFrame takes
-	// a frame from here instead of reading and decompressing it. memBytes
-	// is their total size, at most memFrameBytes; spare holds bodies the
-	// reader is done with, for reuse. Guarded by mtx.
+	// mem holds the payloads of the last frames appended (a relay
+	// frame's as its uncompressed request), in append order, while the
+	// reader has not passed them: nextFrame takes a frame from here
+	// instead of reading it back. memBytes is their total size, at most
+	// memFrameBytes; spare holds window payloads the reader is done with,
+	// for reuse (never a relay frame's: samples alias it). Guarded by mtx.
 	mem      []memFrame
 	memBytes int
 	spare    [][]byte
@@ -358,8 +360,13 @@ type memFrame struct {
 	start   wal.Position // where the frame starts
 	size    int64        // the frame's bytes on disk
 	samples int
-	payload []byte // a copy
+	payload []byte // a copy; nil for a relay frame
+	raw     []byte // a relay frame's request, uncompressed (a copy)
+	minT    int64
 }
+
+// bytes is what the frame counts against memFrameBytes.
+func (m *memFrame) bytes() int { return len(m.payload) + len(m.raw) }
 
 // append writes one frame of n samples. It never fsyncs: see doc.go,
 // "Durability". A failed write is rolled back so that the segment ends
@@ -376,21 +383,9 @@ func (q *queue) append(frame []byte, n int, flush bool) error {
 func (q *queue) appendKeep(frame []byte, n int, flush, keep bool) error {
 	q.mtx.Lock()
 	defer q.mtx.Unlock()
-	if q.closed {
-		return errQueueClosed
-	}
-	size := int64(len(frame))
-	if q.f == nil || (q.segs[len(q.segs)-1].size > 0 && q.segs[len(q.segs)-1].size+size > q.segSize) {
-		if err := q.rotateLocked(); err != nil {
-			return err
-		}
-	}
-	last := &q.segs[len(q.segs)-1]
-	if _, err := q.f.Write(frame); err != nil {
-		if terr := q.f.Truncate(last.size); terr != nil {
-			q.sealLocked()
-		}
-		return fmt.Errorf("write backlog segment %s: %w", wal.SegmentName(last.idx), err)
+	start, err := q.writeLocked(frame, n, flush)
+	if err != nil {
+		return err
 	}
 	if p := frame[frameHeaderSize:]; keep && q.memBytes+len(p) <= memFrameBytes {
 		var c []byte
@@ -398,10 +393,53 @@ func (q *queue) appendKeep(frame []byte, n int, flush, keep bool) error {
 			c, q.spare = q.spare[k-1], q.spare[:k-1]
 		}
 		c = append(c[:0], p...)
-		q.mem = append(q.mem, memFrame{start: wal.Position{Segment: last.idx, Offset: last.size},
-			size: size, samples: n, payload: c})
-		q.memBytes += len(c)
+		_, minT, _, _, _ := payloadHeader(c)
+		q.keepLocked(memFrame{start: start, size: int64(len(frame)), samples: n, payload: c, minT: minT})
 	}
+	return nil
+}
+
+// appendWire appends a relay frame (wire.go) of n samples from minT on,
+// and keeps a copy of raw, its request uncompressed, for the reader if
+// there is room. Otherwise it is append.
+func (q *queue) appendWire(frame, raw []byte, n int, minT int64, flush bool) error {
+	q.mtx.Lock()
+	defer q.mtx.Unlock()
+	start, err := q.writeLocked(frame, n, flush)
+	if err != nil {
+		return err
+	}
+	if q.memBytes+len(raw) <= memFrameBytes {
+		q.keepLocked(memFrame{start: start, size: int64(len(frame)), samples: n, raw: bytes.Clone(raw), minT: minT})
+	}
+	return nil
+}
+
+func (q *queue) keepLocked(m memFrame) {
+	q.mem = append(q.mem, m)
+	q.memBytes += m.bytes()
+}
+
+// writeLocked writes a frame of n samples at the end of the segment
+// appended to (a new one if it does not fit) and returns where it starts.
+func (q *queue) writeLocked(frame []byte, n int, flush bool) (wal.Position, error) {
+	if q.closed {
+		return wal.Position{}, errQueueClosed
+	}
+	size := int64(len(frame))
+	if q.f == nil || (q.segs[len(q.segs)-1].size > 0 && q.segs[len(q.segs)-1].size+size > q.segSize) {
+		if err := q.rotateLocked(); err != nil {
+			return wal.Position{}, err
+		}
+	}
+	last := &q.segs[len(q.segs)-1]
+	if _, err := q.f.Write(frame); err != nil {
+		if terr := q.f.Truncate(last.size); terr != nil {
+			q.sealLocked()
+		}
+		return wal.Position{}, fmt.Errorf("write backlog segment %s: %w", wal.SegmentName(last.idx), err)
+	}
+	start := wal.Position{Segment: last.idx, Offset: last.size}
 	last.size += size
 	last.samples += int64(n)
 	last.frames++
@@ -413,7 +451,7 @@ func (q *queue) appendKeep(frame []byte, n int, flush, keep bool) error {
 		q.flushTo = wal.Position{Segment: last.idx, Offset: last.size}
 	}
 	q.updateGaugesLocked()
-	return nil
+	return start, nil
 }
 
 // rotateLocked starts a new segment. The previous one is not fsynced.
@@ -543,6 +581,7 @@ func (q *queue) closeReader() {
 // or as kept in memory at append.
 type readFrameRef struct {
 	payload []byte // valid until the next read, or releaseFrame if mem
+	raw     []byte // instead of payload: a relay frame's request kept in memory
 	mem     bool   // payload was kept in memory
 	end     wal.Position
 	flush   bool
@@ -552,6 +591,9 @@ type readFrameRef struct {
 
 // decode appends the frame's samples to dst.
 func (f *readFrameRef) decode(d *frameDecoder, dst []sample) ([]sample, error) {
+	if f.raw != nil {
+		return d.decodeWire(f.raw, f.samples, dst)
+	}
 	return d.decode(f.payload, dst)
 }
 
@@ -586,7 +628,7 @@ func (q *queue) nextFrame() (readFrameRef, bool) {
 		m = q.mem[0]
 		q.mem[0] = memFrame{}
 		q.mem = q.mem[1:]
-		q.memBytes -= len(m.payload)
+		q.memBytes -= m.bytes()
 	}
 	flushTo := q.flushTo
 	q.mtx.Unlock()
@@ -595,7 +637,7 @@ func (q *queue) nextFrame() (readFrameRef, bool) {
 		if !ok {
 			return readFrameRef{}, false
 		}
-		count, minT, _, _ := payloadHeader(p) // checked by next
+		count, minT, _, _, _ := payloadHeader(p) // checked by next
 		return readFrameRef{payload: p, end: end, flush: flush, samples: count, minT: minT}, true
 	}
 	if newSeg {
@@ -610,14 +652,13 @@ func (q *queue) nextFrame() (readFrameRef, bool) {
 			q.closeReader()
 		}
 	}
-	_, minT, _, _ := payloadHeader(m.payload) // written by this process
-	return readFrameRef{payload: m.payload, mem: true, end: q.rpos, flush: q.rpos.Compare(flushTo) <= 0, samples: m.samples, minT: minT}, true
+	return readFrameRef{payload: m.payload, raw: m.raw, mem: true, end: q.rpos, flush: q.rpos.Compare(flushTo) <= 0, samples: m.samples, minT: m.minT}, true
 }
 
 // releaseFrame gives back the memory of a frame from nextFrame once it is
 // decoded.
 func (q *queue) releaseFrame(f readFrameRef) {
-	if !f.mem {
+	if !f.mem || f.payload == nil {
 		return
 	}
 	q.mtx.Lock()
@@ -630,7 +671,7 @@ func (q *queue) releaseFrame(f readFrameRef) {
 // dropMemLocked forgets the first n frames kept in memory.
 func (q *queue) dropMemLocked(n int) {
 	for i := range q.mem[:n] {
-		q.memBytes -= len(q.mem[i].payload)
+		q.memBytes -= q.mem[i].bytes()
 	}
 	clear(q.mem[:n])
 	q.mem = q.mem[n:]

@@ -37,8 +37,12 @@ const maxShards = 4
 // (sent, or dropped for good) and so are the frames before it, the
 // dispatcher moves the backlog's cursor past it.
 type target struct {
-	cfg     configs.RemoteWriteConfig
-	name    string
+	cfg  configs.RemoteWriteConfig
+	name string
+	// wire: Remote-Write 1.0 without external labels or
+	// write_relabel_configs, so relayed series are written and sent as
+	// they came (relay frames, wire.go).
+	wire    bool
 	ext     labels.Labels     // external labels, added where missing
 	extPB   []prompb.Label    // ext as request labels, for appends without relabelling
 	extMap  map[string]string // as given to ApplyConfig, to detect changes
@@ -105,6 +109,7 @@ func newTarget(cfg configs.RemoteWriteConfig, ext map[string]string, userAgent s
 		// The 1.0 encoder copies each series' labels as the frame
 		// decoder encoded them: no labels.Labels per series.
 		t.dec = newWireDecoder()
+		t.wire = len(ext) == 0 && len(cfg.WriteRelabelConfigs) == 0
 	}
 	c, err := newClient(&t.cfg, userAgent, &t.metrics)
 	if err != nil {
@@ -283,12 +288,32 @@ func (t *target) append(in []inSeries, flush bool) {
 		}
 		return
 	}
-	if err := t.q.appendKeep(e.finish(), e.samples, flush, true); err != nil {
-		t.drop(reasonBacklogWrite, e.samples)
+	t.appended(t.q.appendKeep(e.finish(), e.samples, flush, true), e.samples)
+}
+
+// appendWire writes relayed series as a relay frame (wire.go): block is
+// raw, a prometheus.WriteRequest of count samples from minT on,
+// snappy-compressed. Only for a target with wire set. The window is sent
+// promptly, as with append's flush.
+func (t *target) appendWire(raw, block []byte, count int, minT int64) {
+	if count == 0 {
+		return
+	}
+	t.encMtx.Lock()
+	defer t.encMtx.Unlock()
+	frame := t.enc.wireFrame(block, count, minT)
+	t.appended(t.q.appendWire(frame, raw, count, minT, true), count)
+}
+
+// appended accounts for the outcome of writing a frame of n samples to
+// the backlog. encMtx is held.
+func (t *target) appended(err error, n int) {
+	if err != nil {
+		t.drop(reasonBacklogWrite, n)
 		if !t.writeFailing {
 			t.writeFailing = true
 			t.logger.Error("cannot write to the backlog, dropping windows (logged once until a write succeeds)",
-				"samples", e.samples, "err", err)
+				"samples", n, "err", err)
 		}
 		return
 	}
@@ -332,10 +357,25 @@ func (t *target) releaseBytes(batch []sample) {
 	t.metrics.queueBytes.Sub(float64(bytes))
 }
 
-// resolve records that batch (of one frame) was sent or dropped for good.
+// resolve records that batch was sent or dropped for good.
 func (t *target) resolve(batch []sample) {
-	t.track.resolve(batch[0].frame, len(batch))
+	for len(batch) > 0 {
+		n := frameRun(batch)
+		t.track.resolve(batch[0].frame, n)
+		batch = batch[n:]
+	}
 	t.wakeReader()
+}
+
+// frameRun is the number of samples at the start of batch that come from
+// its first sample's frame.
+func frameRun(batch []sample) int {
+	for i := 1; i < len(batch); i++ {
+		if batch[i].frame != batch[0].frame {
+			return i
+		}
+	}
+	return len(batch)
 }
 
 // commitResolved moves the backlog's cursor past the resolved frames at
@@ -410,7 +450,7 @@ func (t *target) dispatch() {
 				caughtUp = true
 				break
 			}
-			end, fl, count, minT := f.end, f.flush, f.samples, f.minT
+			end, fl, count, minT, fresh := f.end, f.flush, f.samples, f.minT, f.mem
 			var err error
 			decoded, err = f.decode(t.dec, decoded[:0])
 			q.releaseFrame(f)
@@ -424,7 +464,7 @@ func (t *target) dispatch() {
 			seq := t.track.add(end, len(decoded), len(decoded), minT)
 			for i := range decoded {
 				s := &decoded[i]
-				s.frame = seq
+				s.frame, s.fresh = seq, fresh
 				idx := 0
 				if n > 1 {
 					idx = int(s.hash() % uint64(n))
@@ -581,10 +621,11 @@ func (tr *tracker) len() int {
 // shard is one sender of a target. A series always maps to the same shard
 // and a shard sends one batch at a time, retrying it until it is accepted
 // or dropped, so samples of a series arrive in order. A batch holds
-// samples of one backlog frame (one window) only: after a crash the
-// frames after the persisted cursor are sent again, and a receiver that
-// rejects a whole request for one out-of-order sample (Prometheus) then
-// rejects only already-stored windows, never a new one sent with them.
+// samples of one backlog frame, or of several fresh ones (ring.headRun):
+// after a crash the frames after the persisted cursor are sent again, and
+// a receiver that rejects a whole request for one out-of-order sample
+// (Prometheus) then rejects only already-stored windows, never a new one
+// sent with them.
 type shard struct {
 	t    *target
 	wake chan struct{} // capacity 1: something was pushed
@@ -631,9 +672,8 @@ func (s *shard) poke() {
 }
 
 // run sends batches until the target stops. A batch goes out when the
-// shard holds max_samples_per_send samples of one frame, when the next
-// frame's samples follow (a batch never spans frames, so waiting cannot
-// fill it), when a push asked for a flush (Append delivers whole windows:
+// shard holds max_samples_per_send samples that may share a batch, when
+// the next samples may not join them (so waiting cannot fill it), when a push asked for a flush (Append delivers whole windows:
 // waiting could only add latency), when batch_send_deadline has passed
 // since the first buffered sample, or while draining for a stop.
 func (s *shard) run() {
@@ -702,8 +742,13 @@ func (s *shard) run() {
 // exponential backoff (or the server's Retry-After). It returns false if
 // the target's context was cancelled: the batch stays in the backlog.
 func (s *shard) send(batch []sample) bool {
+	defer s.t.releaseBytes(batch)
+	return s.sendOne(batch)
+}
+
+// sendOne is send without the memory accounting.
+func (s *shard) sendOne(batch []sample) bool {
 	t := s.t
-	defer t.releaseBytes(batch)
 	body, err := s.enc.encode(batch)
 	if err != nil {
 		t.drop(reasonEncode, len(batch))
@@ -728,6 +773,19 @@ func (s *shard) send(batch []sample) bool {
 		}
 		t.setError(err)
 		var rerr recoverableError
+		if !errors.As(err, &rerr) && frameRun(batch) < len(batch) {
+			// Fresh frames batched together: one sender's bad sample
+			// must not drop the others' samples. Each frame again,
+			// alone.
+			for len(batch) > 0 {
+				n := frameRun(batch)
+				if !s.sendOne(batch[:n]) {
+					return false
+				}
+				batch = batch[n:]
+			}
+			return true
+		}
 		if !errors.As(err, &rerr) {
 			reason := "error"
 			var serr *statusError

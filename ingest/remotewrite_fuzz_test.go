@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"slices"
@@ -111,6 +112,13 @@ func fuzzRemoteWrite(t *testing.T, v rwVersion, raw []byte, compress, relabelOn 
 		if d := relayDiff(r, &back); d != "" {
 			t.Fatalf("relay record differs from the relay: %s", d)
 		}
+		// The forward queues send series' labels from RelayRaw's bytes:
+		// it is the block uncompressed, and each series' labels are one
+		// run of Label messages as the generated code writes them.
+		if !bytes.Equal(pb, dec.write.RelayRaw) {
+			t.Fatalf("RelayRaw (%d bytes) is not the record block uncompressed (%d bytes)", len(dec.write.RelayRaw), len(pb))
+		}
+		checkWireLabels(t, pb)
 	}
 	if floats != dec.relayFloats || hists != dec.relayHists {
 		t.Fatalf("relay counts %d/%d, series hold %d/%d", dec.relayFloats, dec.relayHists, floats, hists)
@@ -129,6 +137,92 @@ func fuzzRemoteWrite(t *testing.T, v rwVersion, raw []byte, compress, relabelOn 
 			t.Fatalf("push %d: %d series, counted %d+%d", i, n, dec.pushFloats[i], dec.pushHists[i])
 		}
 	}
+}
+
+// checkWireLabels fails t unless every TimeSeries in the WriteRequest raw
+// has its labels as one run of Label messages each byte for byte what
+// the generated code writes for its name and value.
+func checkWireLabels(t *testing.T, raw []byte) {
+	t.Helper()
+	for _, ts := range pbFields(t, raw, 1) {
+		run, ended := false, false
+		for _, f := range pbAllFields(t, ts) {
+			if f.num != 1 {
+				ended = ended || run
+				continue
+			}
+			if ended {
+				t.Fatalf("series labels not in one run: % x", ts)
+			}
+			run = true
+			var l prompb.Label
+			if err := l.Unmarshal(f.val); err != nil {
+				t.Fatalf("label: %v", err)
+			}
+			want, err := l.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(want, f.val) {
+				t.Fatalf("label % x is not what the generated code writes (% x)", f.val, want)
+			}
+		}
+	}
+}
+
+type pbTestField struct {
+	num int
+	val []byte
+}
+
+// pbAllFields splits a message into its fields (length-delimited ones
+// with their contents; others with nil).
+func pbAllFields(t *testing.T, b []byte) []pbTestField {
+	t.Helper()
+	var out []pbTestField
+	for i := 0; i < len(b); {
+		key, k := binary.Uvarint(b[i:])
+		if k <= 0 {
+			t.Fatalf("bad key at %d", i)
+		}
+		i += k
+		f := pbTestField{num: int(key >> 3)}
+		switch key & 7 {
+		case 0:
+			_, k := binary.Uvarint(b[i:])
+			if k <= 0 {
+				t.Fatalf("bad varint at %d", i)
+			}
+			i += k
+		case 1:
+			i += 8
+		case 2:
+			n, k := binary.Uvarint(b[i:])
+			if k <= 0 || n > uint64(len(b)-i-k) {
+				t.Fatalf("bad length at %d", i)
+			}
+			f.val = b[i+k : i+k+int(n)]
+			i += k + int(n)
+		case 5:
+			i += 4
+		default:
+			t.Fatalf("wire type %d at %d", key&7, i)
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// pbFields returns the contents of the length-delimited fields num of b.
+func pbFields(t *testing.T, b []byte, num int) [][]byte {
+	t.Helper()
+	var out [][]byte
+	for _, f := range pbAllFields(t, b) {
+		if f.num == num && f.val != nil {
+			out = append(out, f.val)
+		}
+	}
+	return out
 }
 
 // FuzzDecodeRemoteWriteV1 feeds arbitrary prometheus.WriteRequest bodies

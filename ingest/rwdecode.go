@@ -187,7 +187,7 @@ func (r *rwRequest) decode(v rwVersion, body []byte, lim configs.LimitsConfig, r
 		if err := r.parseV1(data); err != nil {
 			return nil, rwErrorf(400, rwReasonProtobuf, "decode Remote-Write 1.0 body (prometheus.WriteRequest): %v", err)
 		}
-		return d.decodeV1(r, body)
+		return d.decodeV1(r, data, body)
 	}
 	if err := r.parseV2(data); err != nil {
 		return nil, rwErrorf(400, rwReasonProtobuf, "decode Remote-Write 2.0 body (io.prometheus.write.v2.Request): %v", err)
@@ -195,16 +195,18 @@ func (r *rwRequest) decode(v rwVersion, body []byte, lim configs.LimitsConfig, r
 	return d.decodeV2(r)
 }
 
-// relaySnappy sets w.RelaySnappy: the relay as the Remote-Write 1.0 body
-// the write-ahead log records, built in r's buffers. body is the request
-// as received, used as is when the relay is the request unchanged.
-func (r *rwRequest) relaySnappy(w *aggregate.Write, body []byte, unchanged bool) *rwError {
+// relaySnappy sets w.RelayRaw and w.RelaySnappy: the relay as the
+// Remote-Write 1.0 body the write-ahead log records and the forward
+// queues send, uncompressed and snappy-compressed, built in r's buffers.
+// raw and body are the request as received, decompressed and not, used
+// as they are when the relay is the request unchanged.
+func (r *rwRequest) relaySnappy(w *aggregate.Write, raw, body []byte, unchanged bool) *rwError {
 	if w.Relay == nil {
 		return nil
 	}
 	w.RelayBorrowed = true
 	if unchanged {
-		w.RelaySnappy = body
+		w.RelayRaw, w.RelaySnappy = raw, body
 		return nil
 	}
 	n := w.Relay.Size()
@@ -219,6 +221,7 @@ func (r *rwRequest) relaySnappy(w *aggregate.Write, body []byte, unchanged bool)
 	if m := snappy.MaxEncodedLen(len(pb)); cap(r.relaySnap) < m {
 		r.relaySnap = make([]byte, m)
 	}
+	w.RelayRaw = pb
 	w.RelaySnappy = snappy.Encode(r.relaySnap[:cap(r.relaySnap)], pb)
 	return nil
 }
@@ -297,10 +300,11 @@ type aggSeries struct {
 
 // decodeV1 validates a Remote-Write 1.0 request and splits it. The
 // relayed series are r.v1's own TimeSeries, compacted in place, so that
-// relaying allocates nothing per sample. body is the request as received:
-// when the relay is the whole request unchanged, the write-ahead log
-// records it as is.
-func (d *rwDecoder) decodeV1(r *rwRequest, body []byte) (*rwDecoded, *rwError) {
+// relaying allocates nothing per sample. raw and body are the request as
+// received, decompressed and not: when the relay is the whole request
+// unchanged, the write-ahead log records it and the forward queues send
+// it as it is.
+func (d *rwDecoder) decodeV1(r *rwRequest, raw, body []byte) (*rwDecoded, *rwError) {
 	req := &r.v1
 	out := &rwDecoded{exemplars: r.exemplars}
 	if d.meta != nil {
@@ -328,16 +332,17 @@ func (d *rwDecoder) decodeV1(r *rwRequest, body []byte) (*rwDecoded, *rwError) {
 		return seriesMeta{}
 	}
 	// unchanged: the relay is the request as received (same series, same
-	// labels in the same order, same metadata), so its body can stand for
-	// it in the write-ahead log. Exemplars and unknown fields in the body
-	// do not matter: the forward queues ignore them.
-	unchanged := len(d.relabels) == 0
+	// labels in the same order, encoded as the generated code encodes
+	// them, same metadata), so its body can stand for it in the
+	// write-ahead log and the forward queues. Exemplars and unknown fields
+	// in the body do not matter: the forward queues ignore them.
+	unchanged := len(d.relabels) == 0 && r.v1Wire
 	keep := req.Timeseries[:0]
 	var relayNames map[string]struct{} // for cached metadata
 	for i := range req.Timeseries {
 		ts := req.Timeseries[i]
 		ts.Exemplars = nil
-		ls, same, err := d.sortedV1(ts.Labels)
+		ls, same, err := d.sortedV1(ts.Labels, r.v1ASCII[i])
 		if err != nil {
 			return nil, err
 		}
@@ -389,7 +394,7 @@ func (d *rwDecoder) decodeV1(r *rwRequest, body []byte) (*rwDecoded, *rwError) {
 		}
 		out.write.Relay = req
 	}
-	if err := r.relaySnappy(&out.write, body, unchanged); err != nil {
+	if err := r.relaySnappy(&out.write, raw, body, unchanged); err != nil {
 		return nil, err
 	}
 	if err := d.buildPushes(out); err != nil {
@@ -524,7 +529,7 @@ func (d *rwDecoder) decodeV2(r *rwRequest) (*rwDecoded, *rwError) {
 	if relay != nil {
 		r.relaySer = relay.Timeseries[:0]
 	}
-	if err := r.relaySnappy(&out.write, nil, false); err != nil {
+	if err := r.relaySnappy(&out.write, nil, nil, false); err != nil {
 		return nil, err
 	}
 	if err := d.buildPushes(out); err != nil {
@@ -537,7 +542,9 @@ func (d *rwDecoder) decodeV2(r *rwRequest) (*rwDecoded, *rwError) {
 // the sender did not (in place: the request is ours). Empty values are
 // dropped: in Prometheus an empty label is no label. same reports that ls
 // needed neither.
-func (d *rwDecoder) sortedV1(ls []prompb.Label) (_ []prompb.Label, same bool, _ *rwError) {
+//
+// ascii says that every name and value is non-empty ASCII, so valid.
+func (d *rwDecoder) sortedV1(ls []prompb.Label, ascii bool) (_ []prompb.Label, same bool, _ *rwError) {
 	empty, sorted := false, true
 	for i := range ls {
 		if ls[i].Value == "" {
@@ -558,8 +565,10 @@ func (d *rwDecoder) sortedV1(ls []prompb.Label) (_ []prompb.Label, same bool, _ 
 			return nil, false, rwErrorf(400, rwReasonDuplicate, "series %s: label %q more than once", rwSeries(ls), truncate(ls[i].Name))
 		}
 	}
-	if err := checkNames(ls); err != nil {
-		return nil, false, err
+	if !ascii {
+		if err := checkNames(ls); err != nil {
+			return nil, false, err
+		}
 	}
 	return ls, !empty && sorted, nil
 }

@@ -39,7 +39,14 @@ type rwRequest struct {
 	buf []byte // the decompressed body; strings point into it
 
 	v1 prompb.WriteRequest
-	v2 writev2.Request
+	// v1Wire: every series of v1 has its labels as one run of field-1
+	// entries, each a Label of exactly a name then a value field (what
+	// the generated code writes), so the body can be forwarded as is.
+	v1Wire bool
+	// v1ASCII[i]: the labels of v1.Timeseries[i] are all fastLabel's, in
+	// one run, every byte ASCII: valid UTF-8, non-empty names.
+	v1ASCII []bool
+	v2      writev2.Request
 	// exemplars counts the exemplars received; they are checked and
 	// dropped, never stored.
 	exemplars int
@@ -74,6 +81,8 @@ func (r *rwRequest) reset() {
 	clear(r.v2.Timeseries)
 	r.v2.Timeseries = r.v2.Timeseries[:0]
 	r.exemplars = 0
+	r.v1Wire = false
+	r.v1ASCII = r.v1ASCII[:0]
 	r.labels = r.labels[:0]
 	r.samples = r.samples[:0]
 	clear(r.hists)
@@ -243,6 +252,7 @@ func wrongWire(field string, wire int) error {
 
 // parseV1 decodes a prometheus.WriteRequest into r.v1.
 func (r *rwRequest) parseV1(data []byte) error {
+	r.v1Wire = true
 	p := pbReader{b: data}
 	for !p.done() {
 		start := p.i
@@ -288,11 +298,46 @@ func (r *rwRequest) parseV1(data []byte) error {
 func (r *rwRequest) parseSeriesV1(data []byte, ts *prompb.TimeSeries) error {
 	l0, s0, h0 := len(r.labels), len(r.samples), len(r.hists)
 	p := pbReader{b: data}
+	labelsEnded := false // a field other than labels came after a label
+	fast := true         // every label so far was fastLabel's
+	run0, run1 := 0, 0   // the labels' bytes, if in one run
 	for !p.done() {
 		start := p.i
+		if d := p.b[p.i:]; len(d) >= 2 && d[0] == 0x0a && d[1] < 0x80 {
+			// The common case, a Label of short name and value written
+			// as the generated code writes it, without the general
+			// reader.
+			if l, ok := fastLabel(d[2:], int(d[1])); ok {
+				if labelsEnded {
+					r.v1Wire, fast = false, false
+				}
+				if len(r.labels) == l0 {
+					run0 = p.i
+				}
+				r.labels = append(r.labels, l)
+				p.i += 2 + int(d[1])
+				run1 = p.i
+				continue
+			}
+		}
 		field, wire, err := p.tag()
 		if err != nil {
 			return err
+		}
+		if field != 1 && len(r.labels) > l0 {
+			labelsEnded = true
+		}
+		if field == 2 && wire == 2 {
+			// A sample as the generated code writes it: value, then
+			// timestamp.
+			if b, err := p.bytes(); err == nil && len(b) > 10 && b[0] == 0x09 && b[9] == 0x10 {
+				if t, k := binary.Uvarint(b[10:]); k == len(b)-10 {
+					r.samples = append(r.samples, prompb.Sample{Value: math.Float64frombits(binary.LittleEndian.Uint64(b[1:9])), Timestamp: int64(t)})
+					continue
+				}
+			}
+			p.i = start
+			_, _, _ = p.tag()
 		}
 		switch field {
 		case 1:
@@ -307,6 +352,8 @@ func (r *rwRequest) parseSeriesV1(data []byte, ts *prompb.TimeSeries) error {
 			if err := parseLabel(b, &l); err != nil {
 				return fmt.Errorf("labels: %w", err)
 			}
+			// Not in the form fastLabel takes: forwarded re-encoded.
+			r.v1Wire, fast = false, false
 			r.labels = append(r.labels, l)
 		case 2:
 			if wire != 2 {
@@ -355,6 +402,7 @@ func (r *rwRequest) parseSeriesV1(data []byte, ts *prompb.TimeSeries) error {
 	if n := len(r.labels); n > l0 {
 		ts.Labels = r.labels[l0:n:n]
 	}
+	r.v1ASCII = append(r.v1ASCII, fast && len(r.labels) > l0 && isASCII(data[run0:run1]))
 	if n := len(r.samples); n > s0 {
 		ts.Samples = r.samples[s0:n:n]
 	}
@@ -362,6 +410,38 @@ func (r *rwRequest) parseSeriesV1(data []byte, ts *prompb.TimeSeries) error {
 		ts.Histograms = r.hists[h0:n:n]
 	}
 	return nil
+}
+
+// isASCII reports whether every byte of b is below 0x80.
+func isASCII(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b)&0x8080808080808080 != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// fastLabel decodes a Label message of n bytes at the start of d if it is
+// exactly a name field then a value field, each shorter than 128 bytes;
+// ok is false for anything else (parseLabel then reads it).
+func fastLabel(d []byte, n int) (l prompb.Label, ok bool) {
+	if n < 4 || n > len(d) || d[0] != 0x0a || d[1] >= 0x80 {
+		return l, false
+	}
+	k := int(d[1])
+	if 2+k+2 > n || d[2+k] != 0x12 || d[3+k] >= 0x80 || 4+k+int(d[3+k]) != n || k == 0 || d[3+k] == 0 {
+		return l, false
+	}
+	l.Name = unsafe.String(&d[2], k)
+	l.Value = unsafe.String(&d[4+k], int(d[3+k]))
+	return l, true
 }
 
 func parseLabel(data []byte, l *prompb.Label) error {

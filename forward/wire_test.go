@@ -1,0 +1,252 @@
+package forward
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang/snappy"
+	"github.com/prometheus/prometheus/prompb"
+)
+
+// appendWire hands req to m in wire form, as the remote_write receiver
+// does for a relayed request.
+func appendWire(t *testing.T, m *Manager, req *prompb.WriteRequest) {
+	t.Helper()
+	raw, err := req.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.AppendWire(req, raw, snappy.Encode(nil, raw))
+}
+
+// relayWindow is window with a histogram series and several samples in
+// one series, as a Prometheus sender may relay.
+func relayWindow(ts int64, n int) *prompb.WriteRequest {
+	req := window(ts, n)
+	req.Timeseries = append(req.Timeseries,
+		prompb.TimeSeries{
+			Labels:  []prompb.Label{{Name: "__name__", Value: "multi_total"}, {Name: "job", Value: "test"}},
+			Samples: []prompb.Sample{{Timestamp: ts - 1, Value: 1}, {Timestamp: ts, Value: 2}},
+		},
+		prompb.TimeSeries{
+			Labels:     []prompb.Label{{Name: "__name__", Value: "latency_seconds"}, {Name: "job", Value: "test"}},
+			Histograms: []prompb.Histogram{testHistogram(ts)},
+		})
+	return req
+}
+
+// sentSeries renders what accepted requests carried as
+// "labels@timestamp=value" (histograms as "labels@timestamp=h<count>"), in
+// a stable order.
+func sentSeries(reqs []request) []string {
+	var out []string
+	for _, r := range reqs {
+		if !r.accepted() || r.v1 == nil {
+			continue
+		}
+		for _, ts := range r.v1.Timeseries {
+			var ls []string
+			for _, l := range ts.Labels {
+				ls = append(ls, l.Name+"="+l.Value)
+			}
+			for _, s := range ts.Samples {
+				out = append(out, strings.Join(ls, ",")+"@"+strconv.FormatInt(s.Timestamp, 10)+"="+strconv.FormatFloat(s.Value, 'g', -1, 64))
+			}
+			for _, h := range ts.Histograms {
+				out = append(out, strings.Join(ls, ",")+"@"+strconv.FormatInt(h.Timestamp, 10)+"=h"+strconv.FormatUint(h.GetCountInt(), 10))
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestAppendWireSendsWhatAppendSends: a relayed request given in wire form
+// reaches every kind of target exactly as the same request given to
+// AppendBorrowed: a plain Remote-Write 1.0 target (relay frames), one with
+// external labels and one with write_relabel_configs (which change the
+// series, so take the decoded request), samples, several samples per
+// series, histograms and metadata alike.
+func TestAppendWireSendsWhatAppendSends(t *testing.T) {
+	t.Parallel()
+	relabel := yamlConfig(t, `
+url: http://placeholder/
+write_relabel_configs:
+  - source_labels: [series]
+    regex: "1"
+    action: drop
+`).WriteRelabelConfigs
+	for _, tc := range []struct {
+		name     string
+		ext      map[string]string
+		relabels bool
+	}{
+		{"plain target", nil, false},
+		{"external labels", map[string]string{"cluster": "eu-1"}, false},
+		{"write relabelling", nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var got [2][]string
+			var meta [2]int
+			for i, wire := range []bool{false, true} {
+				rc := newReceiver(t, nil)
+				h := newHarness(t)
+				cfg := testConfig(rc.url(), "t")
+				if tc.relabels {
+					cfg.WriteRelabelConfigs = relabel
+				}
+				h.apply(tc.ext, cfg)
+				if want := tc.ext == nil && !tc.relabels; h.m.targets[0].wire != want {
+					t.Fatalf("target takes relay frames: %v, want %v", h.m.targets[0].wire, want)
+				}
+				for w := range 3 {
+					req := relayWindow(int64(w+1)*15_000, 4)
+					if wire {
+						appendWire(t, h.m, req)
+					} else {
+						h.m.AppendBorrowed(req)
+					}
+				}
+				if err := h.stop(5 * time.Second); err != nil {
+					t.Fatal(err)
+				}
+				reqs := rc.pending()
+				got[i] = sentSeries(reqs)
+				for _, r := range reqs {
+					meta[i] += len(r.v1.Metadata)
+				}
+			}
+			if len(got[0]) == 0 {
+				t.Fatal("nothing sent")
+			}
+			if !slices.Equal(got[0], got[1]) {
+				t.Errorf("AppendWire sent\n%s\nAppendBorrowed sent\n%s", strings.Join(got[1], "\n"), strings.Join(got[0], "\n"))
+			}
+			if meta[1] == 0 {
+				t.Errorf("no metadata sent with AppendWire (AppendBorrowed: %d)", meta[0])
+			}
+		})
+	}
+}
+
+// TestRelayFramesSurviveACrash: relay frames written while the receiver is
+// down are read back from disk after a kill -9 (not from memory) and sent,
+// in order for each series.
+func TestRelayFramesSurviveACrash(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	down := newReceiver(t, func(int, http.ResponseWriter, *http.Request) (int, string) {
+		return http.StatusServiceUnavailable, "down"
+	})
+	h1 := newHarnessIn(t, dir)
+	h1.apply(nil, testConfig(down.url(), "t"))
+	times := windowTimes(6)
+	for _, ts := range times {
+		appendWire(t, h1.m, window(ts, 3))
+	}
+	waitFor(t, 5*time.Second, "a failed send", func() bool { return down.count() > 0 })
+	crash(h1.m)
+
+	up := newReceiver(t, nil)
+	h2 := newHarnessIn(t, dir)
+	h2.apply(nil, testConfig(up.url(), "t"))
+	if err := h2.stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	got := seriesSamples(up.pending())
+	for i := range 3 {
+		var ts []int64
+		for _, s := range got[strconv.Itoa(i)] {
+			ts = append(ts, s.Timestamp)
+		}
+		if !slices.Equal(ts, times) {
+			t.Errorf("series %d: got %v, want %v", i, ts, times)
+		}
+	}
+}
+
+// TestFreshFramesShareBatchesButNotRejections: relay frames appended while
+// the target keeps up go out together in batches of up to
+// max_samples_per_send, and a receiver that rejects a batch for one
+// sender's bad sample (400, as Prometheus does for an out-of-order one)
+// does not drop the other frames' samples: the batch is sent again frame
+// by frame, and only the bad frame is dropped.
+func TestFreshFramesShareBatchesButNotRejections(t *testing.T) {
+	t.Parallel()
+	var (
+		mtx      sync.Mutex
+		sizes    []int
+		accepted []string
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		pb, err := snappy.Decode(nil, body)
+		var req prompb.WriteRequest
+		if err == nil {
+			err = req.Unmarshal(pb)
+		}
+		if err != nil {
+			t.Errorf("bad request: %v", err)
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		mtx.Lock()
+		defer mtx.Unlock()
+		sizes = append(sizes, len(req.Timeseries))
+		for _, ts := range req.Timeseries {
+			if labelMap(ts.Labels)["job"] == "bad" {
+				http.Error(w, "out of order sample", http.StatusBadRequest)
+				return
+			}
+		}
+		for _, ts := range req.Timeseries {
+			accepted = append(accepted, labelMap(ts.Labels)["job"]+"/"+labelMap(ts.Labels)["series"])
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(srv.Close)
+
+	h := newHarness(t)
+	cfg := testConfig(srv.URL+"/api/v1/write", "t")
+	cfg.QueueConfig.MaxShards = 1
+	h.apply(nil, cfg)
+	const frames = 20
+	for i := range frames {
+		req := window(int64(i+1)*1000, 5)
+		job := "good"
+		if i == 7 {
+			job = "bad"
+		}
+		for k := range req.Timeseries {
+			req.Timeseries[k].Labels[1].Value = job
+		}
+		appendWire(t, h.m, req)
+	}
+	if err := h.stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	mtx.Lock()
+	defer mtx.Unlock()
+	if want := (frames - 1) * 5; len(accepted) != want {
+		t.Errorf("%d samples accepted, want %d (every frame but the bad one)", len(accepted), want)
+	}
+	for _, a := range accepted {
+		if strings.HasPrefix(a, "bad/") {
+			t.Errorf("accepted %s", a)
+		}
+	}
+	if d := h.dropped("t", "400"); d != 5 {
+		t.Errorf("dropped{400} = %v, want the bad frame's 5 samples", d)
+	}
+	if slices.Max(sizes) <= 5 {
+		t.Errorf("largest request %d series: frames were never batched together (sizes %v)", slices.Max(sizes), sizes)
+	}
+}
