@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -98,11 +99,36 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Lingering close, as net/http does: a connection closed while the
+// client is still sending (an answer given before the whole request was
+// read: 431 for oversized headers, 401 decided on the headers, 413) would
+// otherwise be reset by the kernel, and a reset can reach the client
+// before it has read the answer. Close sends a FIN, then reads and drops
+// up to lingerBytes for up to lingerTimeout before it closes.
+const (
+	lingerBytes   = 256 << 10
+	lingerTimeout = 500 * time.Millisecond
+)
+
 func (c *trackedConn) Close() error {
+	first := false
 	c.once.Do(func() {
+		first = true
 		c.tracker.mu.Lock()
 		delete(c.tracker.conns, c)
 		c.tracker.mu.Unlock()
 	})
-	return c.Conn.Close()
+	tcp, ok := c.Conn.(*net.TCPConn)
+	if !first || !ok {
+		return c.Conn.Close()
+	}
+	if err := tcp.CloseWrite(); err != nil {
+		return tcp.Close()
+	}
+	go func() {
+		_ = tcp.SetReadDeadline(time.Now().Add(lingerTimeout))
+		_, _ = io.CopyN(io.Discard, tcp, lingerBytes)
+		_ = tcp.Close()
+	}()
+	return nil
 }
