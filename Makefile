@@ -32,6 +32,7 @@ fuzz:
 	$(GO) test ./aggregate -run '^$$' -fuzz '^FuzzDecodeOp$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./wal -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./forward -run '^$$' -fuzz '^FuzzFrameDecode$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./forward -run '^$$' -fuzz '^FuzzDecodeWire$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./loadtest -run '^$$' -fuzz '^FuzzCountRemoteWrite$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzTextFastMatchesExpfmt$$' -fuzztime $(FUZZTIME)
 

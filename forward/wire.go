@@ -144,7 +144,16 @@ func (d *frameDecoder) decodeWire(raw []byte, count int, dst []sample) ([]sample
 func (d *frameDecoder) wireSeries(ts []byte, meta map[string]*prompb.MetricMetadata, dst []sample) ([]sample, error) {
 	l0, l1 := -1, -1 // the run of labels
 	for off := 0; off < len(ts); {
-		field, _, next, ok := pbField(ts, off)
+		var (
+			field, next int
+			ok          bool
+		)
+		if off+1 < len(ts) && ts[off] == 0x0a && ts[off+1] < 0x80 {
+			// A label shorter than 128 bytes: most of them.
+			field, next, ok = 1, off+2+int(ts[off+1]), off+2+int(ts[off+1]) <= len(ts)
+		} else {
+			field, _, next, ok = pbField(ts, off)
+		}
 		if !ok {
 			return dst, errFrame
 		}
@@ -179,7 +188,18 @@ func (d *frameDecoder) wireSeries(ts []byte, meta map[string]*prompb.MetricMetad
 		md = familyMetadata(meta, wireName(ts[l0:l1]))
 	}
 	for off := l1; off < len(ts); {
-		field, val, next, ok := pbField(ts, off)
+		var (
+			field, next int
+			val         []byte
+			ok          bool
+		)
+		if off+1 < len(ts) && ts[off] == 0x12 && ts[off+1] < 0x80 {
+			// A sample: always shorter than 128 bytes.
+			next = off + 2 + int(ts[off+1])
+			field, val, ok = 2, ts[off+2:min(next, len(ts))], next <= len(ts)
+		} else {
+			field, val, next, ok = pbField(ts, off)
+		}
 		if !ok {
 			return dst, errFrame
 		}

@@ -1,7 +1,10 @@
 package forward
 
 import (
+	"bytes"
+	"encoding/binary"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -250,3 +253,110 @@ func TestFreshFramesShareBatchesButNotRejections(t *testing.T) {
 		t.Errorf("largest request %d series: frames were never batched together (sizes %v)", slices.Max(sizes), sizes)
 	}
 }
+
+// FuzzDecodeWire: any relay frame body decodes without panicking, with a
+// wire decoder and a labels decoder alike. A body in the form the receiver
+// writes (the generated code's encoding of any request it accepts)
+// decodes, with both, to the samples and histograms the generated code
+// finds in it, in order, the wire decoder's labels being the series' Label
+// messages as they are and the labels decoder's their names and values.
+func FuzzDecodeWire(f *testing.F) {
+	for _, req := range []*prompb.WriteRequest{window(15_000, 3), relayWindow(30_000, 2), counterWindow(45_000, 7)} {
+		raw, err := req.Marshal()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(raw, uint16(relayCountOf(req)))
+	}
+	f.Add([]byte{0x0a, 0x02, 0x0a, 0x00}, uint16(0))
+	f.Fuzz(func(t *testing.T, raw []byte, count uint16) {
+		_, _ = newWireDecoder().decodeWire(raw, int(count), nil)
+		_, _ = newFrameDecoder().decodeWire(raw, int(count), nil)
+
+		var req prompb.WriteRequest
+		if req.Unmarshal(raw) != nil {
+			return
+		}
+		// What the receiver relays: no unknown fields, labels sorted,
+		// unique and not empty, no exemplars.
+		req.XXX_unrecognized = nil
+		for i := range req.Metadata {
+			req.Metadata[i].XXX_unrecognized = nil
+		}
+		for i := range req.Timeseries {
+			ts := &req.Timeseries[i]
+			ts.XXX_unrecognized = nil
+			for k := range ts.Samples {
+				ts.Samples[k].XXX_unrecognized = nil
+			}
+			for k := range ts.Labels {
+				ts.Labels[k].XXX_unrecognized = nil
+			}
+			ts.Labels = slices.DeleteFunc(ts.Labels, func(l prompb.Label) bool { return l.Name == "" || l.Value == "" })
+			slices.SortStableFunc(ts.Labels, func(a, b prompb.Label) int { return strings.Compare(a.Name, b.Name) })
+			ts.Labels = slices.CompactFunc(ts.Labels, func(a, b prompb.Label) bool { return a.Name == b.Name })
+			if len(ts.Labels) == 0 {
+				ts.Labels = []prompb.Label{{Name: "__name__", Value: "x"}}
+			}
+			ts.Exemplars = nil
+		}
+		canon, err := req.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := relayCountOf(&req)
+		wireGot, err := newWireDecoder().decodeWire(canon, n, nil)
+		if err != nil {
+			t.Fatalf("wire decoder: %v", err)
+		}
+		lsGot, err := newFrameDecoder().decodeWire(canon, n, nil)
+		if err != nil {
+			t.Fatalf("labels decoder: %v", err)
+		}
+		k := 0
+		for _, ts := range req.Timeseries {
+			var wireWant []byte
+			for _, l := range ts.Labels {
+				b, err := l.Marshal()
+				if err != nil {
+					t.Fatal(err)
+				}
+				wireWant = append(append(append(wireWant, 0x0a), protoLen(len(b))...), b...)
+			}
+			want := make([]sample, 0, len(ts.Samples)+len(ts.Histograms))
+			for _, s := range ts.Samples {
+				want = append(want, sample{t: s.Timestamp, v: s.Value})
+			}
+			for i := range ts.Histograms {
+				want = append(want, sample{t: ts.Histograms[i].Timestamp, h: &ts.Histograms[i]})
+			}
+			for _, w := range want {
+				g, ls := wireGot[k], lsGot[k]
+				if g.t != w.t || ls.t != w.t || math.Float64bits(g.v) != math.Float64bits(w.v) || (g.h == nil) != (w.h == nil) {
+					t.Fatalf("sample %d: %+v, want %+v", k, g, w)
+				}
+				if g.h != nil && g.h.String() != w.h.String() {
+					t.Fatalf("histogram %d: %+v, want %+v", k, g.h, w.h)
+				}
+				if !bytes.Equal(g.wire, wireWant) {
+					t.Fatalf("sample %d: wire labels % x, want % x", k, g.wire, wireWant)
+				}
+				for _, l := range ts.Labels {
+					if ls.lset.Get(l.Name) != l.Value {
+						t.Fatalf("sample %d: labels %s, the generated code finds %v", k, ls.lset, ts.Labels)
+					}
+				}
+				k++
+			}
+		}
+	})
+}
+
+// relayCountOf is relayCount's sample count.
+func relayCountOf(req *prompb.WriteRequest) int {
+	n, _ := relayCount(req)
+	return n
+}
+
+// protoLen is n as a protobuf length prefix.
+func protoLen(n int) []byte { return binary.AppendUvarint(nil, uint64(n)) }

@@ -287,6 +287,7 @@ func (r *rwRequest) parseV1(data []byte) error {
 				return fmt.Errorf("metadata[%d]: %w", len(r.v1.Metadata)-1, err)
 			}
 		default:
+			r.v1Wire = false // the forward queues read only known fields
 			if err := p.skip(start); err != nil {
 				return err
 			}
@@ -338,6 +339,7 @@ func (r *rwRequest) parseSeriesV1(data []byte, ts *prompb.TimeSeries) error {
 			}
 			p.i = start
 			_, _, _ = p.tag()
+			r.v1Wire = false // not as the generated code writes it
 		}
 		switch field {
 		case 1:
@@ -394,6 +396,7 @@ func (r *rwRequest) parseSeriesV1(data []byte, ts *prompb.TimeSeries) error {
 				return fmt.Errorf("histograms: %w", err)
 			}
 		default:
+			r.v1Wire = false // the forward queues read only known fields
 			if err := p.skip(start); err != nil {
 				return err
 			}
