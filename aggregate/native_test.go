@@ -11,7 +11,7 @@ import (
 
 // nativeFamily observes vals in a native histogram with the given bucket
 // factor (which picks the schema) and returns it as a pushed family.
-func nativeFamily(t *testing.T, factor float64, vals ...float64) *dto.MetricFamily {
+func nativeFamily(t testing.TB, factor float64, vals ...float64) *dto.MetricFamily {
 	t.Helper()
 	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rpc_seconds", Help: "h", NativeHistogramBucketFactor: factor})
 	for _, v := range vals {
@@ -84,6 +84,6 @@ func gatherOne(t *testing.T, s *Store, name string) *dto.Metric {
 	return nil
 }
 
-func nativeFamilies(t *testing.T) []*dto.MetricFamily {
+func nativeFamilies(t testing.TB) []*dto.MetricFamily {
 	return []*dto.MetricFamily{nativeFamily(t, 2, 0.001, 0.02, 0.5, 0.5, 3, 70)}
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/cespare/xxhash/v2"
 	dto "github.com/prometheus/client_model/go"
@@ -68,6 +69,28 @@ type prepared struct {
 
 	timestamps    int // samples whose client timestamp was ignored
 	droppedQuants int // summary quantiles dropped in sum mode
+
+	// arena holds the keys of all updates, which point into it; see
+	// prepare and releasePrepared.
+	arena []byte
+}
+
+// maxPooledUpdates bounds the pushes whose prepared state is pooled: one
+// huge push should not pin its arrays.
+const maxPooledUpdates = 4096
+
+// releasePrepared returns pr to the Store's pool once nothing uses it or
+// the keys of its updates any more (they point into pr.arena, which the
+// next push overwrites). Whatever outlives a push (a new series' key and
+// labels, a family's name) is copied, so this is once the push is applied
+// or rejected.
+func (s *Store) releasePrepared(pr *prepared) {
+	if cap(pr.updates) > maxPooledUpdates {
+		return
+	}
+	clear(pr.updates)
+	*pr = prepared{updates: pr.updates[:0], modes: pr.modes[:0], arena: pr.arena[:0]}
+	s.prepPool.Put(pr)
 }
 
 // prepare validates a push against everything that does not depend on the
@@ -83,7 +106,11 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 	if r := set.Aggregation.RuleFor(get); r != nil {
 		defaults = r.DefaultModes
 	}
-	pr := &prepared{groupKey: groupKey(p.Group), group: p.Group, semantics: sem}
+	pr, _ := s.prepPool.Get().(*prepared)
+	if pr == nil {
+		pr = &prepared{}
+	}
+	pr.groupKey, pr.group, pr.semantics = groupKey(p.Group), p.Group, sem
 	if sem == SemanticsPushgateway && p.Method == MethodPut {
 		pr.replaceAll = true
 	}
@@ -92,22 +119,23 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 		total += len(fam.GetMetric())
 	}
 	total = max(min(total, lim.MaxSeriesPerRequest), 0) // sizes only; the limit is checked below
-	pr.updates = make([]update, 0, total)
-	pr.modes = make([]configs.Mode, 0, total)
+	pr.updates = slices.Grow(pr.updates[:0], total)
+	pr.modes = slices.Grow(pr.modes[:0], total)
 	// The keys of all series go into one arena, sized from the first
 	// series (the series of a push tend to be alike); they are cut out of
 	// it once the loop is done. Label sets are built only for new series
 	// (update.labelSet).
-	var keyArena []byte
+	keyArena := pr.arena[:0]
 	var seen map[uint64]int // key hash -> first update with it; for big pushes only
 	if total > smallPush {
 		seen = make(map[uint64]int, total)
 	}
 	var (
-		sb     labels.ScratchBuilder
+		parsed modeCache
+		sb     labels.ScratchBuilder // when !s.directKeys
 		tmp    labels.Labels
-		keyBuf []byte
-		cur    []labels.Label
+		keyBuf = make([]byte, 0, 256)
+		cur    = make([]labels.Label, 0, 16)
 	)
 	curSet := func() labels.Labels { return labels.New(cur...) }
 	nSeries := 0
@@ -153,12 +181,16 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 			}
 			// The key is the label set's own encoding (Labels.Bytes), as
 			// the checkpoint rebuilds it.
-			sb.Reset()
-			for _, l := range cur {
-				sb.Add(l.Name, l.Value)
+			if s.directKeys {
+				keyBuf = appendLabelsKey(keyBuf[:0], cur)
+			} else {
+				sb.Reset()
+				for _, l := range cur {
+					sb.Add(l.Name, l.Value)
+				}
+				sb.Overwrite(&tmp)
+				keyBuf = tmp.Bytes(keyBuf)
 			}
-			sb.Overwrite(&tmp)
-			keyBuf = tmp.Bytes(keyBuf)
 			hash := xxhash.Sum64(keyBuf)
 			if dupOf(pr.updates, seen, keyArena, keyBuf, hash) {
 				return nil, invalid(ReasonDuplicate, "series %s appears more than once in the push", seriesString(curSet()))
@@ -168,7 +200,7 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 					seen[hash] = len(pr.updates)
 				}
 			}
-			if keyArena == nil {
+			if cap(keyArena) == 0 {
 				keyArena = make([]byte, 0, len(keyBuf)*total+64)
 			}
 			k0 := len(keyArena)
@@ -183,7 +215,7 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 				}
 				mode = p.Modes[len(pr.modes)]
 			} else if hasMode {
-				pm, err := configs.ParseMode(modeText)
+				pm, err := parsed.parse(modeText)
 				if err != nil {
 					return nil, invalid(ReasonUnknownMode, "series %s: %v", seriesString(curSet()), err)
 				}
@@ -209,7 +241,11 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 			pr.updates = append(pr.updates, u)
 		}
 	}
-	keys := string(keyArena)
+	// The keys are strings over the arena, not a copy of it: the arena is
+	// not written again until releasePrepared, after which no key is used
+	// (see there).
+	pr.arena = keyArena
+	keys := unsafe.String(unsafe.SliceData(keyArena), len(keyArena))
 	for i := range pr.updates {
 		u := &pr.updates[i]
 		u.key = keys[u.k0:u.k1]
@@ -326,8 +362,75 @@ func seriesLabels(dst []labels.Label, name string, m *dto.Metric, group labels.L
 	if !hasInstance && !group.Has("instance") {
 		dst = append(dst, labels.Label{Name: "instance", Value: ""})
 	}
-	slices.SortFunc(dst, func(a, b labels.Label) int { return strings.Compare(a.Name, b.Name) })
+	sortLabels(dst)
 	return dst, modeText, hasMode, nil
+}
+
+// appendLabelsKey appends to b the encoding Labels.Bytes gives the sorted
+// labels ls in Prometheus' default build (stringlabels): each name and
+// value preceded by its length, in one byte below 255, else 255 and three
+// bytes little-endian. Store.directKeys says whether this build agrees.
+func appendLabelsKey(b []byte, ls []labels.Label) []byte {
+	for _, l := range ls {
+		b = appendKeyString(b, l.Name)
+		b = appendKeyString(b, l.Value)
+	}
+	return b
+}
+
+func appendKeyString(b []byte, s string) []byte {
+	if n := len(s); n < 255 {
+		b = append(b, byte(n))
+	} else {
+		b = append(b, 255, byte(n), byte(n>>8), byte(n>>16))
+	}
+	return append(b, s...)
+}
+
+// directKeysWork reports whether appendLabelsKey matches Labels.Bytes, on
+// labels with short and long strings.
+func directKeysWork() bool {
+	ls := []labels.Label{{Name: "__name__", Value: "m"}, {Name: "a", Value: strings.Repeat("v", 300)}, {Name: "b", Value: ""}}
+	return string(appendLabelsKey(nil, ls)) == string(labels.New(ls...).Bytes(nil))
+}
+
+// sortLabels sorts ls by name: by insertion for the few labels of a usual
+// series (which arrive nearly sorted), else with slices.SortFunc.
+func sortLabels(ls []labels.Label) {
+	if len(ls) > 16 {
+		slices.SortFunc(ls, func(a, b labels.Label) int { return strings.Compare(a.Name, b.Name) })
+		return
+	}
+	for i := 1; i < len(ls); i++ {
+		for j := i; j > 0 && ls[j].Name < ls[j-1].Name; j-- {
+			ls[j], ls[j-1] = ls[j-1], ls[j]
+		}
+	}
+}
+
+// modeCache remembers the modes a push spelled out: its series repeat a
+// few clear_mode values, each parsed once.
+type modeCache struct {
+	n     int
+	texts [8]string
+	modes [8]configs.Mode
+}
+
+func (c *modeCache) parse(text string) (configs.Mode, error) {
+	for i := range c.n {
+		if c.texts[i] == text {
+			return c.modes[i], nil
+		}
+	}
+	m, err := configs.ParseMode(text)
+	if err != nil {
+		return m, err
+	}
+	if c.n < len(c.texts) {
+		c.texts[c.n], c.modes[c.n] = text, m
+		c.n++
+	}
+	return m, nil
 }
 
 // observe extracts the pushed value of one metric and checks it against its
@@ -403,6 +506,12 @@ func histFromDTO(d *dto.Histogram) (*histState, error) {
 	h := &histState{count: float64(d.GetSampleCount()), sum: d.GetSampleSum()}
 	if c := d.GetSampleCountFloat(); c > 0 {
 		h.count = c
+	}
+	if n := len(d.GetBucket()); n > 0 {
+		// One array for both (the +Inf bucket, if given, leaves one
+		// element of each unused).
+		buf := make([]float64, 0, 2*n)
+		h.bounds, h.cum = buf[:0:n], buf[n:n:2*n]
 	}
 	prevBound, prevCount := math.Inf(-1), 0.0
 	for _, b := range d.GetBucket() {

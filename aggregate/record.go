@@ -13,8 +13,6 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/prompb"
 	"google.golang.org/protobuf/encoding/protodelim"
-	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/sluice-metrics/sluice/configs"
 )
@@ -77,6 +75,15 @@ const pushgatewayBit = 0x80
 //	labels:   n | n * (len | name | len | value)
 func EncodeOp(op *Op) ([]byte, error) {
 	var b []byte
+	if op.Type == RecordPush {
+		// Room for the whole record, mostly: families take some 100
+		// bytes per metric.
+		n := 0
+		for _, f := range op.Push.Families {
+			n += len(f.Metric)
+		}
+		b = make([]byte, 0, 128+16*len(op.Push.Modes)+112*n)
+	}
 	b = binary.BigEndian.AppendUint64(b, uint64(op.Time.UnixNano()))
 	switch op.Type {
 	case RecordPush:
@@ -87,23 +94,32 @@ func EncodeOp(op *Op) ([]byte, error) {
 		b = append(b, m)
 		b = appendLabels(b, op.Push.Group)
 		b = binary.AppendUvarint(b, uint64(len(op.Push.Modes)))
+		// A push has a few distinct modes; spell each once.
+		var spelled [8]struct {
+			m configs.Mode
+			s string
+		}
+		nSpelled := 0
 		for _, md := range op.Push.Modes {
-			b = appendString(b, md.String())
+			i := 0
+			for i < nSpelled && spelled[i].m != md {
+				i++
+			}
+			if i == nSpelled {
+				if i == len(spelled) {
+					i = 0 // full: start over (the cache only saves work)
+					nSpelled = 0
+				}
+				spelled[i].m, spelled[i].s = md, md.String()
+				nSpelled++
+			}
+			b = appendString(b, spelled[i].s)
 		}
-		// What protodelim.MarshalTo writes, appended in place: sizing
-		// every family first lets the record be allocated once.
-		sizes := make([]int, len(op.Push.Families))
-		total := len(b)
-		for i, f := range op.Push.Families {
-			sizes[i] = proto.Size(f)
-			total += protowire.SizeVarint(uint64(sizes[i])) + sizes[i]
-		}
-		out := make([]byte, len(b), total)
-		copy(out, b)
-		for i, f := range op.Push.Families {
-			out = protowire.AppendVarint(out, uint64(sizes[i]))
+		// What protodelim.MarshalTo writes, appended in place.
+		out := b
+		for _, f := range op.Push.Families {
 			var err error
-			if out, err = (proto.MarshalOptions{UseCachedSize: true}).MarshalAppend(out, f); err != nil {
+			if out, err = appendFamilyDelimited(out, f); err != nil {
 				return nil, fmt.Errorf("encode push record: %w", err)
 			}
 		}

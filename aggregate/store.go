@@ -104,6 +104,14 @@ type Store struct {
 	// snapshotSize is the size of the last snapshot, to presize the next.
 	snapshotSize atomic.Int64
 	modeCounts   [configs.ModeWindowQuantile + 1]atomic.Int64
+
+	// prepPool recycles the prepared state of pushes (*prepared).
+	prepPool sync.Pool
+
+	// directKeys says that appendLabelsKey writes what Labels.Bytes does
+	// in this build, so prepare encodes series keys without building
+	// their Labels.
+	directKeys bool
 }
 
 type shard struct {
@@ -157,6 +165,7 @@ func New(set Settings, now func() time.Time, journal Journal, relay Appender, re
 		s.shards[i].series = make(map[string]*series)
 	}
 	s.settings.Store(&set)
+	s.directKeys = directKeysWork()
 	s.metrics = newStoreMetrics(reg, s)
 	return s
 }
@@ -194,14 +203,14 @@ func (s *Store) applyPush(ctx context.Context, p *Push, at time.Time, set *Setti
 	s.stateMu.RLock()
 	wait, err := s.applyPrepared(pr, rec, at.UnixNano(), set, j)
 	s.stateMu.RUnlock()
-	if err != nil {
-		return err
+	if err == nil {
+		err = s.waitDurable(ctx, wait)
 	}
-	if err := s.waitDurable(ctx, wait); err != nil {
-		return err
+	if err == nil {
+		s.countApplied(pr)
 	}
-	s.countApplied(pr)
-	return nil
+	s.releasePrepared(pr)
+	return err
 }
 
 // preparePush validates a push against everything that does not depend on
@@ -310,16 +319,16 @@ type pending struct {
 
 func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, enqueue func()) error {
 	// Claim the families so their types cannot change underneath us.
-	claimed := make(map[string]*family, 4)
+	var claimed claimSet
 	defer func() {
-		for _, f := range claimed {
+		for _, f := range claimed.list {
 			s.release(f)
 		}
 	}()
 	for i := range pr.updates {
 		u := &pr.updates[i]
-		if _, ok := claimed[u.name]; ok {
-			if f := claimed[u.name]; f.typ != u.outType {
+		if f := claimed.get(u.name); f != nil {
+			if f.typ != u.outType {
 				return typeConflict(u, f)
 			}
 			continue
@@ -328,7 +337,7 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 		if err != nil {
 			return err
 		}
-		claimed[u.name] = f
+		claimed.add(f)
 	}
 
 	// Series the push removes: the whole group (PUT, Pushgateway
@@ -369,7 +378,12 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 	newCount := 0
 	for i := range pr.updates {
 		u := &pr.updates[i]
-		existing := s.shards[u.shard].series[u.key]
+		// The group's own map is small and usually holds the series; the
+		// shard's (every group's series) is asked only for a new one.
+		existing := g.series[u.key]
+		if existing == nil {
+			existing = s.shards[u.shard].series[u.key]
+		}
 		if existing != nil && existing.group != g {
 			return invalid(ReasonOtherGroup, "series %s was already pushed by group %s; a series belongs to one grouping key",
 				seriesString(u.labelSet(g.labels)), groupString(existing.group.labels))
@@ -408,7 +422,7 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 		p := &pend[i]
 		se := p.s
 		if p.isNew {
-			se.fam = claimed[se.name]
+			se.fam = claimed.get(se.name)
 			se.name = se.fam.name // the family's copy, not the push's
 			se.fam.refs.Add(1)
 			s.shards[p.u.shard].series[se.key] = se
@@ -428,6 +442,46 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 		}
 	}
 	return nil
+}
+
+// claimSet holds the families a push claimed. A push usually names a
+// handful, so they are found by scanning from the end (updates of one
+// family are adjacent); a map takes over for pushes with many.
+type claimSet struct {
+	buf    [8]*family
+	list   []*family
+	byName map[string]*family
+}
+
+// manyFamilies is the count above which claimSet indexes by name.
+const manyFamilies = 16
+
+func (c *claimSet) get(name string) *family {
+	if c.byName != nil {
+		return c.byName[name]
+	}
+	for i := len(c.list) - 1; i >= 0; i-- {
+		if c.list[i].name == name {
+			return c.list[i]
+		}
+	}
+	return nil
+}
+
+func (c *claimSet) add(f *family) {
+	if c.list == nil {
+		c.list = c.buf[:0]
+	}
+	c.list = append(c.list, f)
+	switch {
+	case c.byName != nil:
+		c.byName[f.name] = f
+	case len(c.list) > manyFamilies:
+		c.byName = make(map[string]*family, 2*len(c.list))
+		for _, g := range c.list {
+			c.byName[g.name] = g
+		}
+	}
 }
 
 // next computes a series' state after an update without changing it.
@@ -494,7 +548,7 @@ func (s *Store) claim(u *update) (*family, error) {
 		// Clone: the push's strings may share memory with its whole body
 		// (see ingest's text decoder), which the family must not keep.
 		f = &family{name: strings.Clone(u.name), typ: u.outType, pushedType: u.typ, mode: u.mode, help: strings.Clone(u.help)}
-		s.families[u.name] = f
+		s.families[f.name] = f
 	}
 	if f.typ != u.outType {
 		return nil, typeConflict(u, f)

@@ -49,6 +49,8 @@ const (
 	protoParamEncode = "delimited"
 	openMetricsType  = "application/openmetrics-text"
 	openMetricsEOF   = "# EOF"
+	// textContentType is what client_golang sends with text pushes.
+	textContentType = "text/plain; version=0.0.4; charset=utf-8"
 )
 
 // DecodeBody undoes contentEncoding and parses body (a Pushgateway push body) into metric families.
@@ -62,6 +64,36 @@ const (
 // families and no error. Text format families are sorted by name; protobuf
 // and OpenMetrics families keep their input order.
 func DecodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits) ([]*dto.MetricFamily, error) {
+	return decodeBody(contentType, contentEncoding, body, lim, nil)
+}
+
+// A Decoder decodes push bodies as DecodeBody does, reusing its memory
+// from one body to the next. The families Decode returns are valid until
+// the next Decode or Reset; whatever is kept longer must be copied (as the
+// aggregate package does). A Decoder is not safe for concurrent use.
+type Decoder struct {
+	text textParser
+}
+
+// Decode is DecodeBody with the decoder's memory.
+func (d *Decoder) Decode(contentType, contentEncoding string, body []byte, lim BodyLimits) ([]*dto.MetricFamily, error) {
+	return decodeBody(contentType, contentEncoding, body, lim, &d.text)
+}
+
+// Reset drops every reference to the last body, so that a pooled Decoder
+// keeps none alive.
+func (d *Decoder) Reset() { d.text.reset() }
+
+// maxPooledLines is the body size, in lines, above which a Decoder's
+// memory is not worth keeping in a pool: one unusually large push should
+// not pin its slabs.
+const maxPooledLines = 16 << 10
+
+// large reports whether d holds the memory of a body too large to pool.
+func (d *Decoder) large() bool { return cap(d.text.slab.metrics) > maxPooledLines }
+
+// decodeBody is DecodeBody, parsing text with tp if not nil.
+func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits, tp *textParser) ([]*dto.MetricFamily, error) {
 	limit := lim.MaxDecompressedBytes
 	if limit <= 0 {
 		limit = defaultMaxDecompressedBytes
@@ -79,7 +111,7 @@ func DecodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits
 	case formatOpenMetrics:
 		return decodeOpenMetrics(data)
 	default:
-		return decodeText(data)
+		return decodeText(data, tp)
 	}
 }
 
@@ -192,6 +224,14 @@ const (
 
 // detectFormat picks the parser for a non-empty, decompressed body.
 func detectFormat(contentType string, body []byte) bodyFormat {
+	if contentType == textContentType || contentType == "text/plain" || contentType == "" {
+		// What client_golang sends (and curl's default): no parameters
+		// to parse, so mime.ParseMediaType's allocations are skipped.
+		if endsWithEOFLine(body) {
+			return formatOpenMetrics
+		}
+		return formatText
+	}
 	if mediaType, params, err := mime.ParseMediaType(contentType); err == nil {
 		switch mediaType {
 		case protoMediaType:
@@ -216,9 +256,13 @@ func endsWithEOFLine(body []byte) bool {
 }
 
 // decodeText parses the Prometheus text format 0.0.4 and returns the
-// families sorted by name.
-func decodeText(body []byte) ([]*dto.MetricFamily, error) {
-	if fams, ok := fastText(body); ok {
+// families sorted by name. The fast parser uses tp's memory if tp is not
+// nil.
+func decodeText(body []byte, tp *textParser) ([]*dto.MetricFamily, error) {
+	if tp == nil {
+		tp = new(textParser)
+	}
+	if fams, ok := tp.parseBody(body); ok {
 		return fams, nil
 	}
 	// Whatever the fast parser does not handle, expfmt parses (or rejects

@@ -93,4 +93,16 @@ func BenchmarkDecodeBody(b *testing.B) {
 			}
 		})
 	}
+	// What the push handler does: a pooled Decoder, reset after each push.
+	b.Run("text_decoder", func(b *testing.B) {
+		var d Decoder
+		b.ReportAllocs()
+		b.SetBytes(int64(len(text)))
+		for b.Loop() {
+			if _, err := d.Decode(contentTypeText, "", text, lim); err != nil {
+				b.Fatal(err)
+			}
+			d.Reset()
+		}
+	})
 }

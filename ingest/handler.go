@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -92,12 +93,15 @@ type server struct {
 	limits  *limitMetrics  // limits.go
 	auth    *authState     // auth.go
 	authm   *authMetrics
+	// decoders recycles push body decoders (*Decoder) and their memory.
+	decoders sync.Pool
 }
 
 // NewApp builds the fiber application serving every endpoint. bodyLimit
 // caps request bodies as received (fiber answers 413 above it).
 func NewApp(opts Options, bodyLimit int) *fiber.App {
 	s := &server{opts: opts, metrics: newIngestMetrics(opts.Registerer), rw: newRWMetrics(opts.Registerer), meta: newMetadataCache()}
+	s.decoders.New = func() any { return new(Decoder) }
 	s.scrape = adaptor.HTTPHandler(promhttp.HandlerFor(
 		prometheus.Gatherers{opts.Gatherer, opts.Aggregator},
 		promhttp.HandlerOpts{
@@ -225,7 +229,12 @@ func groupFromPath(c *fiber.Ctx) (labels.Labels, error) {
 func (s *server) push(c *fiber.Ctx) error {
 	start := time.Now()
 	method := strings.Clone(c.Method()) // fiber reuses the request memory
-	code, msg, reason := s.doPush(c)
+	dec := s.decoders.Get().(*Decoder)
+	code, msg, reason := s.doPush(c, dec)
+	dec.Reset() // the push is applied: nothing refers to its families any more
+	if !dec.large() {
+		s.decoders.Put(dec)
+	}
 	s.metrics.requests.WithLabelValues(method, strconv.Itoa(code)).Inc()
 	s.metrics.duration.WithLabelValues(method).Observe(time.Since(start).Seconds())
 	if reason != "" {
@@ -242,7 +251,7 @@ func (s *server) push(c *fiber.Ctx) error {
 
 // doPush returns the status code, the error message (empty on success) and
 // the rejection reason for the metrics.
-func (s *server) doPush(c *fiber.Ctx) (int, string, string) {
+func (s *server) doPush(c *fiber.Ctx, dec *Decoder) (int, string, string) {
 	group, err := groupFromPath(c)
 	if err != nil {
 		return http.StatusBadRequest, err.Error(), "invalid_path"
@@ -251,7 +260,7 @@ func (s *server) doPush(c *fiber.Ctx) (int, string, string) {
 	// Request().Body() is the raw body: fiber's c.Body() would undo
 	// Content-Encoding itself, without our limits.
 	body := c.Request().Body()
-	fams, err := DecodeBody(c.Get(fiber.HeaderContentType), c.Get(fiber.HeaderContentEncoding), body,
+	fams, err := dec.Decode(c.Get(fiber.HeaderContentType), c.Get(fiber.HeaderContentEncoding), body,
 		BodyLimits{MaxDecompressedBytes: lim.MaxDecompressedBodyBytes})
 	switch {
 	case errors.Is(err, ErrBodyTooLarge):

@@ -25,20 +25,29 @@ import (
 // The families, their strings and their values share memory: whoever keeps
 // a string beyond the push (a new series' metric name, say) must clone it.
 func fastText(body []byte) (fams []*dto.MetricFamily, ok bool) {
+	var p textParser
+	return p.parseBody(body)
+}
+
+// parseBody is fastText with p's memory: what it returns is valid until
+// p's next parseBody or reset. A parser can be reused after reset.
+func (p *textParser) parseBody(body []byte) (fams []*dto.MetricFamily, ok bool) {
 	if len(body) == 0 || body[len(body)-1] != '\n' {
 		return nil, false
 	}
-	p := textParser{s: string(body)}
+	p.reset()
+	p.s = string(body)
 	p.slab.init(strings.Count(p.s, "\n"), strings.Count(p.s, `"`)/2)
 	if !p.parse() {
 		return nil, false
 	}
-	out := make([]*dto.MetricFamily, 0, len(p.fams))
-	for _, f := range p.fams {
+	out := p.out[:0]
+	for _, f := range p.order {
 		if len(f.Metric) > 0 {
 			out = append(out, f)
 		}
 	}
+	p.out = out
 	for _, m := range p.hists {
 		normalizeHistogram(m.Histogram)
 	}
@@ -49,12 +58,16 @@ func fastText(body []byte) (fams []*dto.MetricFamily, ok bool) {
 	return out, true
 }
 
-// textParser is the state of one fastText call.
+// textParser is the state of one fastText call, or of a series of them
+// (parseBody).
 type textParser struct {
 	s    string
 	pos  int
 	slab textSlab
 	fams map[string]*dto.MetricFamily
+	// order holds the families in fams; out is the result's backing array.
+	order []*dto.MetricFamily
+	out   []*dto.MetricFamily
 
 	// grouped maps family+labels (without le or quantile) to the metric
 	// that collects a histogram's or summary's lines.
@@ -64,30 +77,85 @@ type textParser struct {
 	sig     []byte
 }
 
+// reset forgets the last body, keeping the memory for the next: every
+// object handed out is zeroed, so nothing refers to the old body and no
+// field survives into a new family.
+func (p *textParser) reset() {
+	p.s, p.pos = "", 0
+	clear(p.fams)
+	clear(p.grouped)
+	p.order = clearSlice(p.order)
+	p.out = clearSlice(p.out)
+	p.hists = clearSlice(p.hists)
+	p.pairs = clearSlice(p.pairs)
+	p.sig = p.sig[:0]
+	p.slab.reset()
+}
+
+// clearSlice zeroes s and returns it empty, with its capacity.
+func clearSlice[T any](s []T) []T {
+	clear(s)
+	return s[:0]
+}
+
 // textSlab hands out the small objects of a parse from a few large
-// allocations. Chunks are never reallocated, so pointers stay valid.
+// allocations. Chunks are never reallocated, so pointers stay valid; a
+// full chunk is replaced by a new one, and reset keeps the newest chunks
+// for the next parse.
 type textSlab struct {
-	metrics []dto.Metric
-	pairs   []dto.LabelPair
-	strs    []string
-	floats  []float64
-	ints    []int64
-	ptrs    []*dto.LabelPair
+	families []dto.MetricFamily
+	metrics  []dto.Metric
+	pairs    []dto.LabelPair
+	strs     []string
+	floats   []float64
+	ints     []int64
+	uints    []uint64
+	ptrs     []*dto.LabelPair
+	buckets  []dto.Bucket
 	// Values by type; allocated on first use.
 	counters []dto.Counter
 	gauges   []dto.Gauge
 	untypeds []dto.Untyped
 }
 
-// init sizes the first chunks from the body: a metric and a value per
-// line, a label pair per pair of quotes, two strings per pair.
+// init makes sure the chunks have room for a body's objects: a metric and
+// a value per line, a label pair per pair of quotes, two strings per pair.
 func (sl *textSlab) init(lines, pairs int) {
 	lines, pairs = max(lines, 1), max(pairs, 1)
-	sl.metrics = make([]dto.Metric, 0, lines)
-	sl.pairs = make([]dto.LabelPair, 0, pairs)
-	sl.ptrs = make([]*dto.LabelPair, 0, pairs)
-	sl.strs = make([]string, 0, 2*pairs+8)
-	sl.floats = make([]float64, 0, lines+4)
+	sl.metrics = reserve(sl.metrics, lines)
+	sl.pairs = reserve(sl.pairs, pairs)
+	sl.ptrs = reserve(sl.ptrs, pairs)
+	sl.strs = reserve(sl.strs, 2*pairs+8)
+	sl.floats = reserve(sl.floats, lines+4)
+}
+
+// reserve returns s (empty) if it has room for n, else a new chunk.
+func reserve[T any](s []T, n int) []T {
+	if cap(s) >= n {
+		return s[:0]
+	}
+	return make([]T, 0, n)
+}
+
+// reset zeroes what the last parse used. A family keeps its Metric array
+// (emptied), since the next body likely has families of the same sizes.
+func (sl *textSlab) reset() {
+	for i := range sl.families {
+		ms := clearSlice(sl.families[i].Metric)
+		sl.families[i] = dto.MetricFamily{Metric: ms}
+	}
+	sl.families = sl.families[:0]
+	sl.metrics = clearSlice(sl.metrics)
+	sl.pairs = clearSlice(sl.pairs)
+	sl.strs = clearSlice(sl.strs)
+	sl.floats = clearSlice(sl.floats)
+	sl.ints = clearSlice(sl.ints)
+	sl.uints = clearSlice(sl.uints)
+	sl.ptrs = clearSlice(sl.ptrs)
+	sl.buckets = clearSlice(sl.buckets)
+	sl.counters = clearSlice(sl.counters)
+	sl.gauges = clearSlice(sl.gauges)
+	sl.untypeds = clearSlice(sl.untypeds)
 }
 
 // labels copies pairs into the slab and returns them as a slice whose
@@ -128,6 +196,12 @@ func (sl *textSlab) float(v float64) *float64 {
 	return &sl.floats[len(sl.floats)-1]
 }
 
+func (sl *textSlab) uint(v uint64) *uint64 {
+	sl.uints = grow(sl.uints)
+	sl.uints = append(sl.uints, v)
+	return &sl.uints[len(sl.uints)-1]
+}
+
 func (sl *textSlab) pair(name, value string) *dto.LabelPair {
 	sl.pairs = grow(sl.pairs)
 	sl.pairs = sl.pairs[:len(sl.pairs)+1]
@@ -151,7 +225,9 @@ func next[T any](s *[]T, hint int) *T {
 }
 
 func (p *textParser) parse() bool {
-	p.fams = make(map[string]*dto.MetricFamily, 8)
+	if p.fams == nil {
+		p.fams = make(map[string]*dto.MetricFamily, 8)
+	}
 	for p.pos < len(p.s) {
 		p.skipBlank()
 		switch c := p.s[p.pos]; {
@@ -337,8 +413,10 @@ func (p *textParser) familyOf(name string) (mf *dto.MetricFamily, isCount, isSum
 	if mf := p.fams[base]; mf != nil && isHistogram(mf.GetType()) {
 		return mf, count, sum
 	}
-	mf = &dto.MetricFamily{Name: p.slab.str(name)}
+	mf = next(&p.slab.families, 8)
+	mf.Name = p.slab.str(name)
 	p.fams[name] = mf
+	p.order = append(p.order, mf)
 	return mf, false, false
 }
 
@@ -503,7 +581,7 @@ func (p *textParser) sample() bool {
 		switch {
 		case isCount:
 			if u := uint64(v); v == float64(u) {
-				h.SampleCount = &u
+				h.SampleCount = p.slab.uint(u)
 			} else {
 				if v < 0 {
 					return false
@@ -513,9 +591,10 @@ func (p *textParser) sample() bool {
 		case isSum:
 			h.SampleSum = p.slab.float(v)
 		case !math.IsNaN(bucket):
-			b := &dto.Bucket{UpperBound: p.slab.float(bucket)}
+			b := next(&p.slab.buckets, p.slab.left())
+			b.UpperBound = p.slab.float(bucket)
 			if u := uint64(v); v == float64(u) {
-				b.CumulativeCount = &u
+				b.CumulativeCount = p.slab.uint(u)
 			} else {
 				if v < 0 {
 					return false

@@ -28,12 +28,31 @@ func expfmtText(body []byte) ([]*dto.MetricFamily, error) {
 	return out, nil
 }
 
-// checkFastText fails if fastText accepts body but disagrees with expfmt.
+// checkFastText fails if fastText accepts body but disagrees with expfmt,
+// or if a parser that parsed other bodies before (as a pooled Decoder's
+// does) gives a different result.
 func checkFastText(t *testing.T, body []byte) (accepted bool) {
 	t.Helper()
+	var reused textParser
+	for _, before := range [][]byte{benchText(), []byte(reusedBody), body} {
+		reused.parseBody(before)
+		reused.reset()
+	}
+	again, againOK := reused.parseBody(body)
 	got, ok := fastText(body)
+	if ok != againOK {
+		t.Fatalf("a reused parser accepts the body: %v, a new one: %v\n%s", againOK, ok, body)
+	}
 	if !ok {
 		return false
+	}
+	if len(again) != len(got) {
+		t.Fatalf("a reused parser gave %d families, a new one %d:\n%s", len(again), len(got), body)
+	}
+	for i := range got {
+		if !proto.Equal(again[i], got[i]) {
+			t.Fatalf("family %d differs between a reused parser and a new one for\n%s\nreused %v\nnew    %v", i, body, again[i], got[i])
+		}
 	}
 	want, err := expfmtText(body)
 	if err != nil {
@@ -89,7 +108,7 @@ func TestFastTextMatchesExpfmt(t *testing.T) {
 			}
 			// Whoever parses it, DecodeBody's answer is expfmt's.
 			want, wantErr := expfmtText([]byte(tc.body))
-			got, err := decodeText([]byte(tc.body))
+			got, err := decodeText([]byte(tc.body), nil)
 			if (err == nil) != (wantErr == nil) || (err != nil && err.Error() != wantErr.Error()) {
 				t.Fatalf("error %v, want %v", err, wantErr)
 			}
@@ -107,6 +126,13 @@ func TestFastTextMatchesExpfmt(t *testing.T) {
 
 // FuzzTextFastMatchesExpfmt checks that whatever the fast text parser
 // accepts, expfmt parses to the same families.
+// reusedBody has every kind of object the parser recycles (summaries,
+// float histogram counts, timestamps, escapes), so a reused parser meets
+// leftovers of each.
+const reusedBody = "# HELP s A summary.\n# TYPE s summary\ns{quantile=\"0.5\",a=\"x\"} 1 5\ns_sum{a=\"x\"} 3\ns_count{a=\"x\"} 2\n" +
+	"# TYPE h histogram\nh_bucket{le=\"1\"} 1.5\nh_bucket{le=\"+Inf\"} 2.5\nh_sum 7\nh_count 2.5\n" +
+	"# TYPE c counter\nc{b=\"q\\\"\"} 4 1700000000000\nu 1\n# TYPE g gauge\ng 2\n"
+
 func FuzzTextFastMatchesExpfmt(f *testing.F) {
 	f.Add(benchText())
 	f.Add([]byte("# TYPE s summary\ns{quantile=\"0.5\"} 1\ns_sum 3\ns_count 2\n"))

@@ -206,7 +206,11 @@ type WAL struct {
 	file    File
 	fileSeg int
 	written int64 // bytes of file that are in the log (acknowledged or being acknowledged)
-	synced  int64 // bytes of file known to be on stable storage
+	// zeroed is the size of file: written plus the zeros written ahead of
+	// it (see zeroAhead). The file offset is always written.
+	zeroed int64
+	zeros  []byte // a buffer of zeros for zeroAhead; allocated on first use
+	synced int64  // bytes of file known to be on stable storage
 
 	// mu guards the fields below. It is held for bookkeeping only, never
 	// across I/O. Lock order: token, then mu.
@@ -341,6 +345,14 @@ func (w *WAL) recover() error {
 		if err != nil {
 			return err
 		}
+		if cerr == nil && valid < size {
+			// Zeros written ahead of the log (zeroAhead) by a process
+			// that did not close it: cut them, so that the segment is
+			// exactly its batches again.
+			if err := w.truncateSegment(idx, valid); err != nil {
+				return err
+			}
+		}
 		segs = append(segs, segInfo{idx, valid})
 		checked = true
 		if cerr != nil {
@@ -380,9 +392,15 @@ func (w *WAL) recover() error {
 		segs = append(segs, segInfo{idx, 0})
 		w.file, w.fileSeg = f, idx
 	} else {
-		f, err := w.fs.OpenFile(w.path(end.Segment), os.O_WRONLY|os.O_APPEND, 0)
+		f, err := w.fs.OpenFile(w.path(end.Segment), os.O_WRONLY, 0)
 		if err != nil {
 			return fmt.Errorf("wal: open segment %s: %w", SegmentName(end.Segment), err)
+		}
+		// Not O_APPEND: batches overwrite the zeros written ahead of them
+		// (zeroAhead), so writes go to the offset, kept at the log's end.
+		if _, err := f.Seek(end.Offset, io.SeekStart); err != nil {
+			f.Close()
+			return fmt.Errorf("wal: seek segment %s: %w", SegmentName(end.Segment), err)
 		}
 		// A process that crashed may have left data in the page cache
 		// only; make it durable before anything derived from replaying it
@@ -392,7 +410,7 @@ func (w *WAL) recover() error {
 			return fmt.Errorf("wal: fsync segment %s: %w", SegmentName(end.Segment), err)
 		}
 		w.file, w.fileSeg = f, end.Segment
-		w.written, w.synced = end.Offset, end.Offset
+		w.written, w.synced, w.zeroed = end.Offset, end.Offset, end.Offset
 	}
 	w.segs = segs
 	w.tail = Position{w.fileSeg, w.written}
@@ -435,9 +453,40 @@ func (w *WAL) checkSegment(r *segmentReader, idx int) (valid, size int64, cerr *
 		case errors.Is(err, io.EOF):
 			return end, size, nil, nil
 		case errors.As(err, &cerr):
+			// Zeros to the end of the file are what zeroAhead wrote past
+			// the last batch: the end of the log, not damage.
+			zeros, zerr := zerosFrom(f, end)
+			if zerr != nil {
+				return 0, 0, nil, fmt.Errorf("wal: read segment %s: %w", SegmentName(idx), zerr)
+			}
+			if zeros {
+				return end, size, nil, nil
+			}
 			return end, size, cerr, nil
 		default:
 			return 0, 0, nil, fmt.Errorf("wal: %w", err)
+		}
+	}
+}
+
+// zerosFrom reports whether every byte of f from off to its end is zero.
+func zerosFrom(f File, off int64) (bool, error) {
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return false, err
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := f.Read(buf)
+		for _, c := range buf[:n] {
+			if c != 0 {
+				return false, nil
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
 		}
 	}
 }
@@ -488,7 +537,7 @@ func (w *WAL) createSegment(idx int) (File, error) {
 	name := w.path(idx)
 	// O_TRUNC: a file with this name is never part of the log (it can only
 	// be left over from a creation whose directory fsync failed).
-	f, err := w.fs.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o666)
+	f, err := w.fs.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
 	if err != nil {
 		return nil, fmt.Errorf("wal: create segment %s: %w", SegmentName(idx), err)
 	}
@@ -629,9 +678,13 @@ func (w *WAL) write(g *group) error {
 	}
 	buf := *g.bufp
 	g.start = w.written
-	n, err := w.file.Write(buf)
-	if err == nil && n < len(buf) {
-		err = io.ErrShortWrite
+	err := w.zeroAhead(w.written + int64(len(buf)))
+	if err == nil {
+		var n int
+		n, err = w.file.Write(buf)
+		if err == nil && n < len(buf) {
+			err = io.ErrShortWrite
+		}
 	}
 	if err != nil {
 		err = fmt.Errorf("wal: write segment %s: %w", SegmentName(w.fileSeg), err)
@@ -646,6 +699,7 @@ func (w *WAL) write(g *group) error {
 		return err
 	}
 	w.written += int64(len(buf))
+	w.zeroed = max(w.zeroed, w.written)
 	if w.opts.Sync == SyncAlways {
 		w.synced = w.written
 	}
@@ -673,6 +727,11 @@ func (w *WAL) rollbackTail(g *group) {
 func (w *WAL) rollback(cause error) {
 	if err := w.file.Truncate(w.written); err != nil {
 		w.setSticky(fmt.Errorf("wal: truncate segment %s after a failed append (%v): %w", SegmentName(w.fileSeg), cause, err))
+		return
+	}
+	w.zeroed = w.written
+	if _, err := w.file.Seek(w.written, io.SeekStart); err != nil {
+		w.setSticky(fmt.Errorf("wal: seek segment %s after a failed append (%v): %w", SegmentName(w.fileSeg), cause, err))
 		return
 	}
 	// The truncation must be durable: otherwise a crash could bring back
@@ -709,10 +768,11 @@ func (w *WAL) rotate(idx int) error {
 	if err != nil {
 		return err
 	}
+	w.cutZeros()
 	if err := w.file.Close(); err != nil {
 		w.logger.Warn("WAL: closing a full segment", "segment", SegmentName(w.fileSeg), "err", err)
 	}
-	w.file, w.fileSeg, w.written, w.synced = f, idx, 0, 0
+	w.file, w.fileSeg, w.written, w.synced, w.zeroed = f, idx, 0, 0, 0
 	w.mu.Lock()
 	w.segs = append(w.segs, segInfo{idx, 0})
 	w.updateGauges()
@@ -734,6 +794,61 @@ func (w *WAL) syncData() error {
 	}
 	w.synced = w.written
 	return nil
+}
+
+// zeroAheadBytes is how far ahead of the log's end the segment file is
+// filled with zeros. Overwriting bytes that are already in the file
+// changes no metadata, so an fsync after an append flushes the data alone
+// instead of also committing the file system's journal (the new size):
+// about half the CPU time and two thirds of the latency of an fsync on
+// ext4. The zeros cost one write, and one fsync that commits the new
+// size, per zeroAheadBytes of log.
+const zeroAheadBytes = 4 << 20
+
+// zeroAhead makes sure the segment file extends, with zeros, to at least
+// end (and up to zeroAheadBytes further, within the segment size). Replay
+// and Open take zeros after the last batch for the end of the segment.
+// The caller holds the token.
+func (w *WAL) zeroAhead(end int64) error {
+	if end <= w.zeroed {
+		return nil
+	}
+	target := max(end, min(w.zeroed+zeroAheadBytes, w.opts.SegmentSize))
+	if w.zeros == nil {
+		w.zeros = make([]byte, 256<<10)
+	}
+	if _, err := w.file.Seek(w.zeroed, io.SeekStart); err != nil {
+		return fmt.Errorf("zero-fill ahead: %w", err)
+	}
+	for off := w.zeroed; off < target; {
+		n, err := w.file.Write(w.zeros[:min(int64(len(w.zeros)), target-off)])
+		off += int64(n)
+		if err != nil {
+			w.zeroed = max(w.zeroed, off)
+			_, _ = w.file.Seek(w.written, io.SeekStart)
+			return fmt.Errorf("zero-fill ahead: %w", err)
+		}
+	}
+	w.zeroed = target
+	if _, err := w.file.Seek(w.written, io.SeekStart); err != nil {
+		return fmt.Errorf("zero-fill ahead: %w", err)
+	}
+	return nil
+}
+
+// cutZeros drops the zeros after the log's end from the segment being
+// written, before it is closed: a full or closed segment is exactly its
+// batches. Not fsynced: zeros left by a crash are cut by Open. The caller
+// holds the token.
+func (w *WAL) cutZeros() {
+	if w.zeroed <= w.written {
+		return
+	}
+	if err := w.file.Truncate(w.written); err != nil {
+		w.logger.Warn("WAL: cutting the zeros after a segment's last batch", "segment", SegmentName(w.fileSeg), "err", err)
+		return
+	}
+	w.zeroed = w.written
 }
 
 func (w *WAL) fsync(f File) error {
@@ -991,6 +1106,12 @@ func (w *WAL) Close() error {
 		w.commitNext()
 	}
 	err := w.syncData()
+	w.mu.Lock()
+	broken := w.err != nil
+	w.mu.Unlock()
+	if err == nil && !broken { // a broken log's files are left as they are for Open to repair
+		w.cutZeros()
+	}
 	if cerr := w.file.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("wal: close segment %s: %w", SegmentName(w.fileSeg), cerr)
 	}

@@ -188,11 +188,25 @@ func TestCorruptBytes(t *testing.T) {
 			keep: 30, segs: 8, repairs: 1,
 		},
 		{
+			// What a crash leaves of the zeros written ahead of the log
+			// (zeroAhead): the end of the log, cut without counting a
+			// repair.
 			name: "zeros after the last batch",
 			damage: func(t *testing.T, dir string) {
 				f, err := os.OpenFile(filepath.Join(dir, SegmentName(7)), os.O_WRONLY|os.O_APPEND, 0)
 				must(t, err)
 				_, err = f.Write(make([]byte, 4096))
+				must(t, err)
+				must(t, f.Close())
+			},
+			keep: 30, segs: 8, repairs: 0,
+		},
+		{
+			name: "zeros then a byte after the last batch",
+			damage: func(t *testing.T, dir string) {
+				f, err := os.OpenFile(filepath.Join(dir, SegmentName(7)), os.O_WRONLY|os.O_APPEND, 0)
+				must(t, err)
+				_, err = f.Write(append(make([]byte, 4096), 1))
 				must(t, err)
 				must(t, f.Close())
 			},
@@ -406,4 +420,54 @@ func TestReplayCallbackError(t *testing.T) {
 	if err := w.Replay(Position{0, 3}, func(Position, Record) error { return nil }); !errors.As(err, &cerr) {
 		t.Fatalf("Replay from inside a batch: %v, want a *CorruptionError", err)
 	}
+}
+
+// TestZeroAhead checks the zeros written ahead of the log: a segment
+// being written is longer than its batches, a crash leaves the zeros for
+// Open to cut without counting a repair, and rotation and Close leave
+// segments that are exactly their batches.
+func TestZeroAhead(t *testing.T) {
+	fileSize := func(t *testing.T, dir string, seg int) int64 {
+		t.Helper()
+		st, err := os.Stat(filepath.Join(dir, SegmentName(seg)))
+		must(t, err)
+		return st.Size()
+	}
+	rng := rand.New(rand.NewPCG(7, 7))
+	bs := genBatches(rng, 300, 3, 600)
+	opts := Options{SegmentSize: 64 << 10}
+	dir := t.TempDir()
+	w := openT(t, dir, nil, opts)
+	appendAll(t, w, bs)
+	last := bs[len(bs)-1].end
+	if last.Segment == 0 {
+		t.Fatalf("test setup: the batches fit in one segment (end %v)", last)
+	}
+	if got := fileSize(t, dir, last.Segment); got != opts.SegmentSize {
+		t.Fatalf("segment being written is %d bytes, want the segment size %d (zeros ahead of the log end %v)", got, opts.SegmentSize, last)
+	}
+	for seg := 0; seg < last.Segment; seg++ {
+		if got := fileSize(t, dir, seg); got >= opts.SegmentSize || got == 0 {
+			t.Fatalf("full segment %d is %d bytes, want its batches only", seg, got)
+		}
+	}
+
+	crashed := copyDir(t, dir) // what a kill -9 leaves
+	w.Close()
+	if got := fileSize(t, dir, last.Segment); got != last.Offset {
+		t.Fatalf("after Close the last segment is %d bytes, want %d", got, last.Offset)
+	}
+
+	w = openT(t, crashed, nil, opts)
+	defer w.Close()
+	if got := value(w.m.corruptions); got != 0 {
+		t.Fatalf("reopening after a crash counted %v repairs, want 0", got)
+	}
+	if got := fileSize(t, crashed, last.Segment); got != last.Offset {
+		t.Fatalf("after Open the last segment is %d bytes, want %d", got, last.Offset)
+	}
+	diffReplay(t, replayAll(t, w, Position{}), flatten(bs))
+	more := genBatches(rng, 3, 2, 100)
+	appendAll(t, w, more)
+	diffReplay(t, replayAll(t, w, Position{}), flatten(append(bs, more...)))
 }

@@ -1,0 +1,92 @@
+package aggregate
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluice-metrics/sluice/wal"
+)
+
+// gatedLog is a Log whose Append waits for the test to open its gate, and
+// records every batch.
+type gatedLog struct {
+	gate    chan struct{}
+	mu      sync.Mutex
+	batches [][]byte // first byte of each record's data, per batch
+}
+
+func (l *gatedLog) Append(ctx context.Context, recs ...wal.Record) (wal.Position, error) {
+	<-l.gate
+	var b []byte
+	for _, r := range recs {
+		b = append(b, r.Data[0])
+	}
+	l.mu.Lock()
+	l.batches = append(l.batches, b)
+	l.mu.Unlock()
+	return wal.Position{}, nil
+}
+
+// TestCommitterGroupsRecords checks group commit: records queued while a
+// batch is being written go out together in the next batch, in enqueue
+// order, and each waiter returns once its own batch is written.
+func TestCommitterGroupsRecords(t *testing.T) {
+	cases := []struct {
+		name  string
+		later int // records enqueued while the first batch is being written
+	}{
+		{"a lone record", 1},
+		{"a few records", 3},
+		{"more than a full batch", 2 * commitFull},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			log := &gatedLog{gate: make(chan struct{})}
+			c := NewCommitter(log)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { _ = c.Run(ctx); close(done) }()
+			defer func() { cancel(); <-done }()
+
+			first := c.Enqueue(RecordPush, []byte{0})
+			// Wait until Run is writing the first record, blocked on the gate.
+			for deadline := time.Now().Add(10 * time.Second); ; {
+				c.mu.Lock()
+				n := len(c.queue)
+				c.mu.Unlock()
+				if n == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the first record was never taken for writing")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			waits := make([]func(context.Context) error, tc.later)
+			for i := range waits {
+				waits[i] = c.Enqueue(RecordPush, []byte{byte(1 + i)})
+			}
+			close(log.gate)
+			if err := first(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			for i, w := range waits {
+				if err := w(context.Background()); err != nil {
+					t.Fatalf("record %d: %v", i+1, err)
+				}
+			}
+			log.mu.Lock()
+			defer log.mu.Unlock()
+			if len(log.batches) != 2 || len(log.batches[0]) != 1 || len(log.batches[1]) != tc.later {
+				t.Fatalf("batches %v, want [0] then all %d later records in one batch", log.batches, tc.later)
+			}
+			for i, b := range log.batches[1] {
+				if int(b) != i+1 {
+					t.Fatalf("second batch %v is not in enqueue order", log.batches[1])
+				}
+			}
+		})
+	}
+}
