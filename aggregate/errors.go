@@ -30,6 +30,9 @@ type Error struct {
 	Kind   Kind
 	Reason string
 	Msg    string
+	// Limit is the limits.* field that rejected the push (such as
+	// "max_series"), empty when no limit did.
+	Limit string
 }
 
 func (e *Error) Error() string { return e.Msg }
@@ -59,8 +62,8 @@ func seriesString(ls labels.Labels) string {
 	return s
 }
 
-func limited(reason, format string, args ...any) *Error {
-	return &Error{Kind: KindLimit, Reason: reason, Msg: fmt.Sprintf(format, args...)}
+func limited(reason, limit, format string, args ...any) *Error {
+	return &Error{Kind: KindLimit, Reason: reason, Limit: limit, Msg: fmt.Sprintf(format, args...)}
 }
 
 // AsError returns the *Error inside err, if any.

@@ -155,7 +155,7 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 		for _, m := range fam.GetMetric() {
 			nSeries++
 			if nSeries > lim.MaxSeriesPerRequest {
-				return nil, &Error{Kind: KindTooLarge, Reason: ReasonLimitRequest, Msg: "push has more than " +
+				return nil, &Error{Kind: KindTooLarge, Reason: ReasonLimitRequest, Limit: "max_series_per_request", Msg: "push has more than " +
 					itoa(lim.MaxSeriesPerRequest) + " series (limits.max_series_per_request)"}
 			}
 			if m.TimestampMs != nil {
@@ -171,7 +171,7 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 				return nil, err
 			}
 			if n := len(cur) - 1; n > lim.MaxLabelsPerSeries {
-				return nil, &Error{Kind: KindTooLarge, Reason: ReasonLimitLabels, Msg: "series " + seriesString(curSet()) +
+				return nil, &Error{Kind: KindTooLarge, Reason: ReasonLimitLabels, Limit: "max_labels_per_series", Msg: "series " + seriesString(curSet()) +
 					" has " + itoa(n) + " labels, more than " + itoa(lim.MaxLabelsPerSeries) + " (limits.max_labels_per_series)"}
 			}
 			for i := 1; i < len(cur); i++ {
@@ -311,11 +311,11 @@ func checkLabel(metric, name, value string, lim configs.LimitsConfig) error {
 		return invalid(ReasonBadLabel, "metric %q: label %q has a value that is not valid UTF-8", metric, name)
 	}
 	if len(name) > lim.MaxLabelNameLength {
-		return &Error{Kind: KindTooLarge, Reason: ReasonLimitLabelSize, Msg: "metric " + quote(metric) + ": label name " +
+		return &Error{Kind: KindTooLarge, Reason: ReasonLimitLabelSize, Limit: "max_label_name_length", Msg: "metric " + quote(metric) + ": label name " +
 			quote(name) + " is longer than " + itoa(lim.MaxLabelNameLength) + " bytes (limits.max_label_name_length)"}
 	}
 	if len(value) > lim.MaxLabelValueLength {
-		return &Error{Kind: KindTooLarge, Reason: ReasonLimitLabelSize, Msg: "metric " + quote(metric) + ": value of label " +
+		return &Error{Kind: KindTooLarge, Reason: ReasonLimitLabelSize, Limit: "max_label_value_length", Msg: "metric " + quote(metric) + ": value of label " +
 			quote(name) + " is longer than " + itoa(lim.MaxLabelValueLength) + " bytes (limits.max_label_value_length)"}
 	}
 	return nil

@@ -399,14 +399,14 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 	}
 	if newCount > 0 {
 		if live := len(g.series) - len(removed) + newCount; live > set.Limits.MaxSeriesPerGroup {
-			return limited(ReasonLimitGroup, "group %s would have %d series, more than %d (limits.max_series_per_group); existing series still accept pushes",
+			return limited(ReasonLimitGroup, "max_series_per_group", "group %s would have %d series, more than %d (limits.max_series_per_group); existing series still accept pushes",
 				groupString(g.labels), live, set.Limits.MaxSeriesPerGroup)
 		}
 		// Reserve the new series; removals below give their slots back.
 		total := s.seriesCount.Add(int64(newCount))
 		if total-int64(len(removed)) > int64(set.Limits.MaxSeries) {
 			s.seriesCount.Add(-int64(newCount))
-			return limited(ReasonLimitTotal, "sluice holds %d series, the limit is %d (limits.max_series); existing series still accept pushes",
+			return limited(ReasonLimitTotal, "max_series", "sluice holds %d series, the limit is %d (limits.max_series); existing series still accept pushes",
 				total-int64(newCount), set.Limits.MaxSeries)
 		}
 	}

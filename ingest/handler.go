@@ -190,7 +190,7 @@ func (s *server) errorHandler(c *fiber.Ctx, err error) error {
 			return err // no valid credentials: 401, body not read
 		}
 		msg = "request body too large (limits.max_body_bytes)"
-		s.limits.countLimit(msg)
+		s.limits.countLimit("max_body_bytes")
 	}
 	if m := httpServerLimitMessage(code); m != "" {
 		msg = m
@@ -230,7 +230,7 @@ func (s *server) push(c *fiber.Ctx) error {
 	start := time.Now()
 	method := strings.Clone(c.Method()) // fiber reuses the request memory
 	dec := s.decoders.Get().(*Decoder)
-	code, msg, reason := s.doPush(c, dec)
+	code, msg, reason, limit := s.doPush(c, dec)
 	dec.Reset() // the push is applied: nothing refers to its families any more
 	if !dec.large() {
 		s.decoders.Put(dec)
@@ -239,7 +239,7 @@ func (s *server) push(c *fiber.Ctx) error {
 	s.metrics.duration.WithLabelValues(method).Observe(time.Since(start).Seconds())
 	if reason != "" {
 		s.metrics.rejected.WithLabelValues(reason).Inc()
-		s.limits.countLimit(msg)
+		s.limits.countLimit(limit)
 		s.opts.Logger.Debug("push rejected", "path", c.Path(), "code", code, "reason", reason, "err", msg)
 	}
 	if msg != "" {
@@ -249,12 +249,13 @@ func (s *server) push(c *fiber.Ctx) error {
 	return c.SendStatus(code)
 }
 
-// doPush returns the status code, the error message (empty on success) and
-// the rejection reason for the metrics.
-func (s *server) doPush(c *fiber.Ctx, dec *Decoder) (int, string, string) {
+// doPush returns the status code, the error message (empty on success),
+// the rejection reason for the metrics, and the limits.* field that
+// rejected the push, if one did.
+func (s *server) doPush(c *fiber.Ctx, dec *Decoder) (code int, msg, reason, limit string) {
 	group, err := groupFromPath(c)
 	if err != nil {
-		return http.StatusBadRequest, err.Error(), "invalid_path"
+		return http.StatusBadRequest, err.Error(), "invalid_path", ""
 	}
 	lim := s.opts.Limits()
 	// Request().Body() is the raw body: fiber's c.Body() would undo
@@ -264,11 +265,11 @@ func (s *server) doPush(c *fiber.Ctx, dec *Decoder) (int, string, string) {
 		BodyLimits{MaxDecompressedBytes: lim.MaxDecompressedBodyBytes})
 	switch {
 	case errors.Is(err, ErrBodyTooLarge):
-		return http.StatusRequestEntityTooLarge, err.Error() + " (limits.max_decompressed_body_bytes)", "body_too_large"
+		return http.StatusRequestEntityTooLarge, err.Error() + " (limits.max_decompressed_body_bytes)", "body_too_large", "max_decompressed_body_bytes"
 	case errors.Is(err, ErrUnsupportedEncoding):
-		return http.StatusUnsupportedMediaType, err.Error(), "unsupported_encoding"
+		return http.StatusUnsupportedMediaType, err.Error(), "unsupported_encoding", ""
 	case err != nil:
-		return http.StatusBadRequest, err.Error(), "decode_error"
+		return http.StatusBadRequest, err.Error(), "decode_error", ""
 	}
 	m := aggregate.MethodPost
 	if c.Method() == fiber.MethodPut {
@@ -278,20 +279,20 @@ func (s *server) doPush(c *fiber.Ctx, dec *Decoder) (int, string, string) {
 		ae, ok := aggregate.AsError(err)
 		if !ok {
 			s.opts.Logger.Error("apply push", "err", err)
-			return http.StatusInternalServerError, "internal error: " + err.Error(), "internal"
+			return http.StatusInternalServerError, "internal error: " + err.Error(), "internal", ""
 		}
 		switch ae.Kind {
 		case aggregate.KindLimit:
-			return http.StatusTooManyRequests, ae.Msg, ae.Reason
+			return http.StatusTooManyRequests, ae.Msg, ae.Reason, ae.Limit
 		case aggregate.KindTooLarge:
-			return http.StatusRequestEntityTooLarge, ae.Msg, ae.Reason
+			return http.StatusRequestEntityTooLarge, ae.Msg, ae.Reason, ae.Limit
 		case aggregate.KindUnavailable:
 			c.Set(fiber.HeaderRetryAfter, "5")
-			return http.StatusServiceUnavailable, ae.Msg, ae.Reason
+			return http.StatusServiceUnavailable, ae.Msg, ae.Reason, ae.Limit
 		}
-		return http.StatusBadRequest, ae.Msg, ae.Reason
+		return http.StatusBadRequest, ae.Msg, ae.Reason, ae.Limit
 	}
-	return http.StatusOK, "", ""
+	return http.StatusOK, "", "", ""
 }
 
 func (s *server) deleteGroup(c *fiber.Ctx) error {

@@ -106,25 +106,11 @@ func newLimitMetrics(reg prometheus.Registerer, limits func() configs.LimitsConf
 	return m
 }
 
-// countLimit counts a rejection against the limit its message names.
-// Every limit rejection names its field as "(limits.<field>)" at the end
-// of the message; the last occurrence is taken, so a label value quoted
-// earlier in the message cannot pose as one.
-func (m *limitMetrics) countLimit(msg string) {
-	i := strings.LastIndex(msg, "(limits.")
-	if i < 0 {
-		return
-	}
-	rest := msg[i+len("(limits."):]
-	j := strings.IndexByte(rest, ')')
-	if j < 0 {
-		return
-	}
-	for _, f := range limitFields {
-		if rest[:j] == f {
-			m.exceeded.WithLabelValues(f).Inc()
-			return
-		}
+// countLimit counts a rejection by the limits.* field limit; "" (no limit
+// rejected it) counts nothing.
+func (m *limitMetrics) countLimit(limit string) {
+	if limit != "" {
+		m.exceeded.WithLabelValues(limit).Inc()
 	}
 }
 
@@ -143,7 +129,7 @@ func (s *server) admit(c *fiber.Ctx, cls endpointClass) error {
 	if limit <= 0 || n <= limit {
 		return c.Next()
 	}
-	s.limits.exceeded.WithLabelValues("max_inflight_requests").Inc()
+	s.limits.countLimit("max_inflight_requests")
 	c.Set(fiber.HeaderRetryAfter, retryAfterOverload)
 	c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
 	msg := "more than " + strconv.FormatInt(limit, 10) + " push and remote_write requests in flight (limits.max_inflight_requests); retry after " + retryAfterOverload + "s\n"

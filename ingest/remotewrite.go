@@ -25,6 +25,7 @@ type rwResult struct {
 	code    int
 	msg     string // empty on success
 	reason  string // for the rejected counter; empty on success
+	limit   string // the limits.* field that rejected it, if one did
 	// Written: what the RW 2.0 headers report. Series relabelled away
 	// count as written: Sluice took them and dropped them on purpose.
 	samples, histograms int
@@ -42,7 +43,7 @@ func (s *server) remoteWrite(c *fiber.Ctx) error {
 	s.rw.duration.WithLabelValues(v).Observe(time.Since(start).Seconds())
 	if r.reason != "" {
 		s.rw.rejected.WithLabelValues(r.reason).Inc()
-		s.limits.countLimit(r.msg)
+		s.limits.countLimit(r.limit)
 		s.opts.Logger.Debug("remote_write rejected", "version", v, "code", r.code, "reason", r.reason, "err", r.msg)
 	}
 	if n := r.relayFloats; n > 0 {
@@ -84,7 +85,7 @@ func decodeRemoteWrite(pool *bufPool, v rwVersion, body []byte, lim configs.Limi
 
 func (s *server) doRemoteWrite(c *fiber.Ctx) rwResult {
 	fail := func(v rwVersion, e *rwError) rwResult {
-		return rwResult{version: v, code: e.code, msg: e.msg, reason: e.reason}
+		return rwResult{version: v, code: e.code, msg: e.msg, reason: e.reason, limit: e.limit}
 	}
 	if e := checkRWEncoding(c.Get(fiber.HeaderContentEncoding)); e != nil {
 		v, _ := rwVersionOf(c.Get(fiber.HeaderContentType))
@@ -128,7 +129,7 @@ func (s *server) doRemoteWrite(c *fiber.Ctx) rwResult {
 		res.code, res.msg, res.reason = http.StatusInternalServerError, "internal error: "+err.Error(), "internal"
 		return res
 	}
-	res.msg, res.reason = ae.Msg, ae.Reason
+	res.msg, res.reason, res.limit = ae.Msg, ae.Reason, ae.Limit
 	switch ae.Kind {
 	case aggregate.KindUnavailable:
 		res.code = http.StatusServiceUnavailable

@@ -55,12 +55,20 @@ type rwError struct {
 	code   int
 	reason string
 	msg    string
+	limit  string // the limits.* field that rejected the request, if one did
 }
 
 func (e *rwError) Error() string { return e.msg }
 
 func rwErrorf(code int, reason, format string, args ...any) *rwError {
 	return &rwError{code: code, reason: reason, msg: fmt.Sprintf(format, args...)}
+}
+
+// rwLimitf is rwErrorf for a rejection by the limits.* field limit.
+func rwLimitf(code int, reason, limit, format string, args ...any) *rwError {
+	e := rwErrorf(code, reason, format, args...)
+	e.limit = limit
+	return e
 }
 
 // Rejection reasons of sluice_remote_write_rejected_total, besides the
@@ -149,7 +157,7 @@ func (r *rwRequest) unsnappy(body []byte, limit int64) ([]byte, *rwError) {
 		return nil, rwErrorf(400, rwReasonSnappy, "decompress snappy body (%d bytes): %v", len(body), err)
 	}
 	if int64(n) > limit {
-		return nil, rwErrorf(413, rwReasonTooLarge, "decompressed body of %d bytes exceeds %d bytes (limits.max_decompressed_body_bytes)", n, limit)
+		return nil, rwLimitf(413, rwReasonTooLarge, "max_decompressed_body_bytes", "decompressed body of %d bytes exceeds %d bytes (limits.max_decompressed_body_bytes)", n, limit)
 	}
 	if cap(r.buf) < n {
 		r.buf = make([]byte, n)
@@ -618,11 +626,11 @@ func (d *rwDecoder) finish(ls []prompb.Label) (_ []prompb.Label, name string, mo
 			mode = true
 		}
 		if len(l.Name) > d.lim.MaxLabelNameLength {
-			return nil, "", false, false, rwErrorf(413, rwReasonLabelLimit, "series %s: label name %q is longer than %d bytes (limits.max_label_name_length)",
+			return nil, "", false, false, rwLimitf(413, rwReasonLabelLimit, "max_label_name_length", "series %s: label name %q is longer than %d bytes (limits.max_label_name_length)",
 				rwSeries(ls), truncate(l.Name), d.lim.MaxLabelNameLength)
 		}
 		if len(l.Value) > d.lim.MaxLabelValueLength {
-			return nil, "", false, false, rwErrorf(413, rwReasonLabelLimit, "series %s: value of label %q is longer than %d bytes (limits.max_label_value_length)",
+			return nil, "", false, false, rwLimitf(413, rwReasonLabelLimit, "max_label_value_length", "series %s: value of label %q is longer than %d bytes (limits.max_label_value_length)",
 				rwSeries(ls), truncate(l.Name), d.lim.MaxLabelValueLength)
 		}
 	}
@@ -630,7 +638,7 @@ func (d *rwDecoder) finish(ls []prompb.Label) (_ []prompb.Label, name string, mo
 		return nil, "", false, false, rwErrorf(400, rwReasonNoName, "series %s has no metric name (__name__)", rwSeries(ls))
 	}
 	if n := len(ls) - 1; n > d.lim.MaxLabelsPerSeries {
-		return nil, "", false, false, rwErrorf(413, rwReasonLabelLimit, "series %s has %d labels, more than %d (limits.max_labels_per_series)",
+		return nil, "", false, false, rwLimitf(413, rwReasonLabelLimit, "max_labels_per_series", "series %s has %d labels, more than %d (limits.max_labels_per_series)",
 			rwSeries(ls), n, d.lim.MaxLabelsPerSeries)
 	}
 	return ls, name, mode, false, nil
