@@ -129,7 +129,6 @@ func (d *frameDecoder) decodeWire(raw []byte, count int, dst []sample) ([]sample
 		}
 		var err error
 		if dst, err = d.wireSeries(ts, meta, dst); err != nil {
-			dst = dst[:start]
 			return fail(off, err.Error())
 		}
 		off = next
