@@ -317,18 +317,15 @@ func (m *Manager) AppendWire(req *prompb.WriteRequest, raw, block []byte) {
 	m.mtx.RLock()
 	defer m.mtx.RUnlock()
 	var (
-		in      []inSeries
-		counted bool
-		n       int
-		minT    int64
+		in   []inSeries
+		info *wireInfo
 	)
 	for _, t := range m.targets {
 		if t.wire {
-			if !counted {
-				n, minT = relayCount(req)
-				counted = true
+			if info == nil {
+				info = relayInfo(req, raw)
 			}
-			t.appendWire(raw, block, n, minT)
+			t.appendWire(raw, block, info)
 			continue
 		}
 		if in == nil {

@@ -2,7 +2,6 @@ package forward
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -362,11 +361,19 @@ type memFrame struct {
 	samples int
 	payload []byte // a copy; nil for a relay frame
 	raw     []byte // a relay frame's request, uncompressed (a copy)
+	block   []byte // a relay frame's request as the frame holds it, compressed (a copy)
+	info    *wireInfo
 	minT    int64
 }
 
 // bytes is what the frame counts against memFrameBytes.
-func (m *memFrame) bytes() int { return len(m.payload) + len(m.raw) }
+func (m *memFrame) bytes() int {
+	n := len(m.payload) + len(m.raw) + len(m.block)
+	if m.info != nil {
+		n += 8 * len(m.info.keys)
+	}
+	return n
+}
 
 // append writes one frame of n samples. It never fsyncs: see doc.go,
 // "Durability". A failed write is rolled back so that the segment ends
@@ -399,18 +406,26 @@ func (q *queue) appendKeep(frame []byte, n int, flush, keep bool) error {
 	return nil
 }
 
-// appendWire appends a relay frame (wire.go) of n samples from minT on,
-// and keeps a copy of raw, its request uncompressed, for the reader if
-// there is room. Otherwise it is append.
-func (q *queue) appendWire(frame, raw []byte, n int, minT int64, flush bool) error {
+// appendWire appends a relay frame (wire.go) and, if there is room, keeps
+// for the reader a copy of raw, its request uncompressed, and of block,
+// the same compressed (what the frame carries), with info, which
+// describes them and is not copied. Otherwise it is append.
+func (q *queue) appendWire(frame, raw, block []byte, info *wireInfo, flush bool) error {
+	n := info.floats + info.hists
 	q.mtx.Lock()
 	defer q.mtx.Unlock()
 	start, err := q.writeLocked(frame, n, flush)
 	if err != nil {
 		return err
 	}
-	if q.memBytes+len(raw) <= memFrameBytes {
-		q.keepLocked(memFrame{start: start, size: int64(len(frame)), samples: n, raw: bytes.Clone(raw), minT: minT})
+	m := memFrame{start: start, size: int64(len(frame)), samples: n, minT: info.minT, info: info}
+	if q.memBytes+m.bytes()+len(raw)+len(block) <= memFrameBytes {
+		// One allocation for both copies.
+		buf := make([]byte, len(raw)+len(block))
+		m.raw = buf[:copy(buf, raw):len(raw)]
+		m.block = buf[len(raw):]
+		copy(m.block, block)
+		q.keepLocked(m)
 	}
 	return nil
 }
@@ -582,7 +597,9 @@ func (q *queue) closeReader() {
 type readFrameRef struct {
 	payload []byte // valid until the next read, or releaseFrame if mem
 	raw     []byte // instead of payload: a relay frame's request kept in memory
-	mem     bool   // payload was kept in memory
+	block   []byte // with raw: the same compressed, as the frame holds it
+	info    *wireInfo
+	mem     bool // payload was kept in memory
 	end     wal.Position
 	flush   bool
 	samples int
@@ -652,7 +669,8 @@ func (q *queue) nextFrame() (readFrameRef, bool) {
 			q.closeReader()
 		}
 	}
-	return readFrameRef{payload: m.payload, raw: m.raw, mem: true, end: q.rpos, flush: q.rpos.Compare(flushTo) <= 0, samples: m.samples, minT: m.minT}, true
+	return readFrameRef{payload: m.payload, raw: m.raw, block: m.block, info: m.info, mem: true, end: q.rpos,
+		flush: q.rpos.Compare(flushTo) <= 0, samples: m.samples, minT: m.minT}, true
 }
 
 // releaseFrame gives back the memory of a frame from nextFrame once it is

@@ -2,12 +2,11 @@ package forward
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"maps"
 	"reflect"
-	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	commoncfg "github.com/prometheus/common/config"
@@ -66,6 +65,18 @@ type target struct {
 	readerWake chan struct{} // capacity 1: a frame was appended, a shard has room or resolved a batch
 	readDone   chan struct{} // closed by the dispatcher when, draining, every frame is in the shards
 
+	// Whole relay frames (whole.go): the dispatcher hands them to the
+	// lanes through wholeJobs (room for one per lane, so it never
+	// blocks), the lanes hand them back through finished once resolved.
+	// lanesDone is closed when the dispatcher ends.
+	wholeJobs chan wholeJob
+	lanesDone chan struct{}
+	finMtx    sync.Mutex
+	finished  []wholeJob
+	// shardSamples counts the samples handed to the shards and not yet
+	// resolved: whole frames wait until it is 0.
+	shardSamples atomic.Int64
+
 	// ctx is cancelled when a stop runs out of time or a halt: it aborts
 	// requests in flight, backoff sleeps and a coalescing.
 	ctx    context.Context
@@ -103,6 +114,7 @@ func newTarget(cfg configs.RemoteWriteConfig, ext map[string]string, userAgent s
 		coalEnc:    newFrameEncoder(),
 		readerWake: make(chan struct{}, 1),
 		readDone:   make(chan struct{}),
+		lanesDone:  make(chan struct{}),
 		drain:      make(chan struct{}),
 	}
 	if cfg.ProtobufMessage != configs.ProtoMsgV2 {
@@ -119,6 +131,9 @@ func newTarget(cfg configs.RemoteWriteConfig, ext map[string]string, userAgent s
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	n := min(cfg.QueueConfig.MaxShards, maxShards)
 	t.shards = make([]*shard, n)
+	if t.wire {
+		t.wholeJobs = make(chan wholeJob, n)
+	}
 	for i := range t.shards {
 		t.shards[i] = &shard{
 			t:    t,
@@ -130,12 +145,19 @@ func newTarget(cfg configs.RemoteWriteConfig, ext map[string]string, userAgent s
 	return t, nil
 }
 
-// start launches the dispatcher and one goroutine per shard.
+// start launches the dispatcher, one goroutine per shard and, for whole
+// relay frames, as many lanes.
 func (t *target) start() {
 	t.wg.Add(len(t.shards) + 1)
 	go t.dispatch()
 	for _, s := range t.shards {
 		go s.run()
+	}
+	if t.wholeJobs != nil {
+		t.wg.Add(cap(t.wholeJobs))
+		for range cap(t.wholeJobs) {
+			go t.lane()
+		}
 	}
 }
 
@@ -181,6 +203,11 @@ func (t *target) finish() {
 		s.mtx.Unlock()
 		t.releaseBytes(left)
 		clear(left)
+	}
+	for len(t.wholeJobs) > 0 {
+		// Handed on, never sent: they stay in the backlog.
+		j := <-t.wholeJobs
+		t.metrics.queueBytes.Sub(float64(j.bytes))
 	}
 	t.commitResolved(nil)
 	if err := t.q.syncCursor(t.now()); err != nil {
@@ -292,17 +319,17 @@ func (t *target) append(in []inSeries, flush bool) {
 }
 
 // appendWire writes relayed series as a relay frame (wire.go): block is
-// raw, a prometheus.WriteRequest of count samples from minT on,
-// snappy-compressed. Only for a target with wire set. The window is sent
+// raw, a prometheus.WriteRequest, snappy-compressed; info describes it. Only for a target with wire set. The window is sent
 // promptly, as with append's flush.
-func (t *target) appendWire(raw, block []byte, count int, minT int64) {
+func (t *target) appendWire(raw, block []byte, info *wireInfo) {
+	count := info.floats + info.hists
 	if count == 0 {
 		return
 	}
 	t.encMtx.Lock()
 	defer t.encMtx.Unlock()
-	frame := t.enc.wireFrame(block, count, minT)
-	t.appended(t.q.appendWire(frame, raw, count, minT, true), count)
+	frame := t.enc.wireFrame(block, count, info.minT)
+	t.appended(t.q.appendWire(frame, raw, block, info, true), count)
 }
 
 // appended accounts for the outcome of writing a frame of n samples to
@@ -357,8 +384,10 @@ func (t *target) releaseBytes(batch []sample) {
 	t.metrics.queueBytes.Sub(float64(bytes))
 }
 
-// resolve records that batch was sent or dropped for good.
+// resolve records that batch, handed to a shard, was sent or dropped for
+// good.
 func (t *target) resolve(batch []sample) {
+	t.shardSamples.Add(-int64(len(batch)))
 	for len(batch) > 0 {
 		n := frameRun(batch)
 		t.track.resolve(batch[0].frame, n)
@@ -392,6 +421,7 @@ func (t *target) commitResolved(buf []trackedFrame) []trackedFrame {
 // keeps the backlog under its limit and hands frames to the shards.
 func (t *target) dispatch() {
 	defer t.wg.Done()
+	defer close(t.lanesDone)
 	q := t.q
 	q.rewind()
 	var (
@@ -406,10 +436,25 @@ func (t *target) dispatch() {
 		timer    = time.NewTimer(time.Hour)
 		timerOn  bool
 		failing  bool // a cursor write failed (logged once until one succeeds)
+		// Whole relay frames (whole.go): the frame read but not yet
+		// handed on, the series of those in flight, and how many.
+		held     readFrameRef
+		holding  bool
+		inflight keySet
+		busy     int
+		fin      []wholeJob
 	)
 	timer.Stop()
 	defer timer.Stop()
 	for {
+		fin = t.takeFinished(fin[:0])
+		for i := range fin {
+			for k := range fin[i].frames {
+				inflight.remove(fin[i].frames[k].info.keys)
+			}
+			busy--
+		}
+		clear(fin)
 		resolved = t.commitResolved(resolved)
 		if moved, wait := q.cursorDue(t.now()); moved && wait == 0 {
 			if err := q.syncCursor(t.now()); err != nil {
@@ -445,11 +490,51 @@ func (t *target) dispatch() {
 			if !handed {
 				break // a shard is full; it wakes us when it has room
 			}
-			f, ok := q.nextFrame()
-			if !ok {
-				caughtUp = true
-				break
+			if !holding {
+				var ok bool
+				if held, ok = q.nextFrame(); !ok {
+					caughtUp = true
+					break
+				}
+				holding = true
 			}
+			f := held
+			if t.canSendWhole(&f) && t.shardSamples.Load() == 0 {
+				if busy == cap(t.wholeJobs) || inflight.hasAny(f.info.keys) {
+					break // a lane wakes us when it is done
+				}
+				// This frame and those after it that may join it: a
+				// series' samples in one request arrive in order.
+				var j wholeJob
+				samples := 0
+				for {
+					held, holding = readFrameRef{}, false
+					j.frames = append(j.frames, wholeFrame{block: f.block, info: f.info,
+						seq: t.track.add(f.end, f.samples, f.samples, f.minT)})
+					j.bytes += len(f.raw) + len(f.block)
+					samples += f.samples
+					var ok bool
+					if f, ok = q.nextFrame(); !ok {
+						break
+					}
+					held, holding = f, true
+					if !t.canSendWhole(&f) || samples+f.samples > t.cfg.QueueConfig.MaxSamplesPerSend ||
+						inflight.hasAny(f.info.keys) {
+						break
+					}
+				}
+				for i := range j.frames {
+					inflight.add(j.frames[i].info.keys)
+				}
+				busy++
+				t.metrics.queueBytes.Add(float64(j.bytes))
+				t.wholeJobs <- j
+				continue
+			}
+			if busy > 0 {
+				break // the shards wait for the whole frames in flight
+			}
+			held, holding = readFrameRef{}, false
 			end, fl, count, minT, fresh := f.end, f.flush, f.samples, f.minT, f.mem
 			var err error
 			decoded, err = f.decode(t.dec, decoded[:0])
@@ -462,6 +547,7 @@ func (t *target) dispatch() {
 				continue
 			}
 			seq := t.track.add(end, len(decoded), len(decoded), minT)
+			t.shardSamples.Add(int64(len(decoded)))
 			for i := range decoded {
 				s := &decoded[i]
 				s.frame, s.fresh = seq, fresh
@@ -514,6 +600,12 @@ func (t *target) sent(batch []sample) {
 		}
 		highest = max(highest, batch[i].t)
 	}
+	t.sentCounts(floats, hists, highest)
+}
+
+// sentCounts records floats and histograms the target accepted, the
+// highest timestamp among them.
+func (t *target) sentCounts(floats, hists int, highest int64) {
 	t.metrics.samplesSent.Add(float64(floats))
 	t.metrics.histogramsSent.Add(float64(hists))
 	t.statusMtx.Lock()
@@ -756,66 +848,28 @@ func (s *shard) sendOne(batch []sample) bool {
 		t.resolve(batch)
 		return true
 	}
-	q := t.cfg.QueueConfig
-	backoff := time.Duration(q.MinBackoff)
-	for attempt := 0; ; attempt++ {
-		err := t.client.store(t.ctx, body, attempt)
-		if err == nil {
-			t.sent(batch)
-			t.resolve(batch)
-			if attempt > 0 {
-				t.logger.Info("batch sent after retries", "samples", len(batch), "retries", attempt)
+	aborted, err := t.deliver(body, len(batch))
+	switch {
+	case aborted:
+		return false
+	case err == nil:
+		t.sent(batch)
+	case frameRun(batch) < len(batch):
+		// Fresh frames batched together: one sender's bad sample must
+		// not drop the others' samples. Each frame again, alone.
+		for len(batch) > 0 {
+			n := frameRun(batch)
+			if !s.sendOne(batch[:n]) {
+				return false
 			}
-			return true
+			batch = batch[n:]
 		}
-		if t.ctx.Err() != nil {
-			return false
-		}
-		t.setError(err)
-		var rerr recoverableError
-		if !errors.As(err, &rerr) && frameRun(batch) < len(batch) {
-			// Fresh frames batched together: one sender's bad sample
-			// must not drop the others' samples. Each frame again,
-			// alone.
-			for len(batch) > 0 {
-				n := frameRun(batch)
-				if !s.sendOne(batch[:n]) {
-					return false
-				}
-				batch = batch[n:]
-			}
-			return true
-		}
-		if !errors.As(err, &rerr) {
-			reason := "error"
-			var serr *statusError
-			if errors.As(err, &serr) {
-				reason = strconv.Itoa(serr.code)
-			}
-			t.drop(reason, len(batch))
-			t.logger.Error("dropping batch: non-recoverable error", "samples", len(batch), "reason", reason, "err", err.Error())
-			t.resolve(batch)
-			return true
-		}
-		sleep := backoff
-		if rerr.retryAfter > 0 {
-			sleep = rerr.retryAfter
-		}
-		level := slog.LevelDebug
-		if attempt == 0 {
-			level = slog.LevelWarn // once per batch; retries of it are debug
-		}
-		t.logger.Log(t.ctx, level, "send failed, retrying batch", "samples", len(batch), "retry_in", sleep, "err", err.Error())
-		timer := time.NewTimer(sleep)
-		select {
-		case <-t.ctx.Done():
-			timer.Stop()
-			return false
-		case <-timer.C:
-		}
-		t.metrics.samplesRetried.Add(float64(len(batch)))
-		backoff = min(2*backoff, time.Duration(q.MaxBackoff))
+		return true
+	default:
+		t.dropRejected(err, len(batch))
 	}
+	t.resolve(batch)
+	return true
 }
 
 // inSeries is one series of a WriteRequest as every target reads it.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"unsafe"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/golang/snappy"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/prompb"
@@ -47,22 +48,92 @@ func (e *frameEncoder) wireFrame(block []byte, count int, minT int64) []byte {
 // relayCount returns the samples (floats and histograms) of req and their
 // lowest timestamp, 0 if none.
 func relayCount(req *prompb.WriteRequest) (n int, minT int64) {
+	info := relayInfo(req, nil)
+	return info.floats + info.hists, info.minT
+}
+
+// wireInfo describes a relay frame for sending it whole (whole.go): what
+// the dispatcher checks and the metrics count without decoding it.
+type wireInfo struct {
+	// keys holds one key per series, in order: the xxhash of its labels
+	// as encoded (one run of Label messages), 0 if it has none.
+	keys          []uint64
+	floats, hists int
+	minT, maxT    int64 // 0 if no samples
+}
+
+// relayInfo counts req's samples and their lowest and highest timestamps,
+// and keys raw's series; raw is req encoded (Write.RelayRaw), nil for no
+// keys.
+func relayInfo(req *prompb.WriteRequest, raw []byte) *wireInfo {
+	info := &wireInfo{}
 	first := true
-	for i := range req.Timeseries {
-		ts := &req.Timeseries[i]
-		for _, s := range ts.Samples {
-			if first || s.Timestamp < minT {
-				minT, first = s.Timestamp, false
-			}
+	ts := func(t int64) {
+		if first {
+			info.minT, info.maxT, first = t, t, false
 		}
-		for k := range ts.Histograms {
-			if t := ts.Histograms[k].Timestamp; first || t < minT {
-				minT, first = t, false
-			}
-		}
-		n += len(ts.Samples) + len(ts.Histograms)
+		info.minT, info.maxT = min(info.minT, t), max(info.maxT, t)
 	}
-	return n, minT
+	for i := range req.Timeseries {
+		s := &req.Timeseries[i]
+		for k := range s.Samples {
+			ts(s.Samples[k].Timestamp)
+		}
+		for k := range s.Histograms {
+			ts(s.Histograms[k].Timestamp)
+		}
+		info.floats += len(s.Samples)
+		info.hists += len(s.Histograms)
+	}
+	if raw != nil {
+		info.keys = wireKeys(raw, make([]uint64, 0, len(req.Timeseries)))
+	}
+	return info
+}
+
+// wireKeys appends the key of each series of raw, a prometheus.WriteRequest
+// whose series' labels are each one run of Label messages, to dst.
+func wireKeys(raw []byte, dst []uint64) []uint64 {
+	for off := 0; off < len(raw); {
+		field, ts, next, ok := pbField(raw, off)
+		if !ok {
+			return dst
+		}
+		off = next
+		if field != 1 || ts == nil {
+			continue
+		}
+		l0, l1 := -1, -1
+		for o := 0; o < len(ts); {
+			var (
+				f, n int
+				ok   bool
+			)
+			if o+1 < len(ts) && ts[o] == 0x0a && ts[o+1] < 0x80 {
+				f, n, ok = 1, o+2+int(ts[o+1]), o+2+int(ts[o+1]) <= len(ts)
+			} else {
+				f, _, n, ok = pbField(ts, o)
+			}
+			if !ok {
+				break
+			}
+			if f == 1 {
+				if l0 < 0 {
+					l0 = o
+				}
+				l1 = n
+			} else if l0 >= 0 {
+				break // the run ended
+			}
+			o = n
+		}
+		var k uint64
+		if l0 >= 0 {
+			k = xxhash.Sum64(ts[l0:l1])
+		}
+		dst = append(dst, k)
+	}
+	return dst
 }
 
 // wireRaw decompresses a relay frame's block. A wire decoder's samples

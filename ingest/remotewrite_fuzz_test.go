@@ -112,13 +112,16 @@ func fuzzRemoteWrite(t *testing.T, v rwVersion, raw []byte, compress, relabelOn 
 		if d := relayDiff(r, &back); d != "" {
 			t.Fatalf("relay record differs from the relay: %s", d)
 		}
-		// The forward queues send series' labels from RelayRaw's bytes:
-		// it is the block uncompressed, and each series' labels are one
-		// run of Label messages as the generated code writes them.
+		// The forward queues send series' labels from RelayRaw's bytes,
+		// or the block as it is: it is the block uncompressed, each
+		// series' labels are one run of Label messages as the generated
+		// code writes them, and it holds nothing Sluice does not forward
+		// (exemplars, unknown fields).
 		if !bytes.Equal(pb, dec.write.RelayRaw) {
 			t.Fatalf("RelayRaw (%d bytes) is not the record block uncompressed (%d bytes)", len(dec.write.RelayRaw), len(pb))
 		}
 		checkWireLabels(t, pb)
+		checkForwardable(t, pb)
 	}
 	if floats != dec.relayFloats || hists != dec.relayHists {
 		t.Fatalf("relay counts %d/%d, series hold %d/%d", dec.relayFloats, dec.relayHists, floats, hists)
@@ -165,6 +168,25 @@ func checkWireLabels(t *testing.T, raw []byte) {
 			}
 			if !bytes.Equal(want, f.val) {
 				t.Fatalf("label % x is not what the generated code writes (% x)", f.val, want)
+			}
+		}
+	}
+}
+
+// checkForwardable fails t unless the WriteRequest raw holds only series
+// (of labels, samples and histograms) and metadata.
+func checkForwardable(t *testing.T, raw []byte) {
+	t.Helper()
+	for _, f := range pbAllFields(t, raw) {
+		if f.num != 1 && f.num != 3 {
+			t.Fatalf("relay holds WriteRequest field %d", f.num)
+		}
+		if f.num != 1 {
+			continue
+		}
+		for _, g := range pbAllFields(t, f.val) {
+			if g.num != 1 && g.num != 2 && g.num != 4 {
+				t.Fatalf("relayed series holds TimeSeries field %d (3: exemplars)", g.num)
 			}
 		}
 	}
@@ -398,5 +420,43 @@ func diffDecode(t *testing.T, v rwVersion, data []byte) {
 	}
 	if ex != r.exemplars {
 		t.Fatalf("%d exemplars, want %d", r.exemplars, ex)
+	}
+}
+
+// TestRelayBodyKeptOnlyWithoutExemplars: a relayed request in canonical
+// form is relayed as the body received (the forward queues may send it
+// as it is), unless it carries exemplars, which Sluice does not forward:
+// then the relay is encoded again, without them.
+func TestRelayBodyKeptOnlyWithoutExemplars(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		exemplars bool
+	}{
+		{name: "without exemplars"},
+		{name: "with exemplars", exemplars: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := &prompb.WriteRequest{Timeseries: []prompb.TimeSeries{
+				{Labels: lbls("__name__", "up", "job", "a"), Samples: []prompb.Sample{{Value: 1, Timestamp: 1}}},
+			}}
+			if tc.exemplars {
+				req.Timeseries[0].Exemplars = []prompb.Exemplar{{Labels: lbls("trace_id", "abc"), Value: 1, Timestamp: 1}}
+			}
+			raw, err := req.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			body := snappy.Encode(nil, raw)
+			var pool bufPool
+			dec, rerr := decodeRemoteWrite(&pool, rwV1, body, fuzzLimits(), nil, newMetadataCache())
+			if rerr != nil {
+				t.Fatal(rerr.msg)
+			}
+			defer dec.release()
+			if same := bytes.Equal(dec.write.RelaySnappy, body); same == tc.exemplars {
+				t.Errorf("relay block is the body received: %v, want %v", same, !tc.exemplars)
+			}
+			checkForwardable(t, dec.write.RelayRaw)
+		})
 	}
 }

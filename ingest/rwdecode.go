@@ -341,10 +341,11 @@ func (d *rwDecoder) decodeV1(r *rwRequest, raw, body []byte) (*rwDecoded, *rwErr
 	}
 	// unchanged: the relay is the request as received (same series, same
 	// labels in the same order, encoded as the generated code encodes
-	// them, same metadata), so its body can stand for it in the
-	// write-ahead log and the forward queues. Exemplars and unknown fields
-	// in the body do not matter: the forward queues ignore them.
-	unchanged := len(d.relabels) == 0 && r.v1Wire
+	// them, same metadata, no exemplars), so its body can stand for it in
+	// the write-ahead log and the forward queues, which may send it as it
+	// is. A body with exemplars, which Sluice does not forward, is
+	// encoded again without them.
+	unchanged := len(d.relabels) == 0 && r.v1Wire && r.exemplars == 0
 	keep := req.Timeseries[:0]
 	var relayNames map[string]struct{} // for cached metadata
 	for i := range req.Timeseries {
