@@ -1,24 +1,41 @@
 package forward
 
-// keySet is a multiset of series keys (64-bit hashes of a series' labels
-// as encoded in a relay frame): the series of the whole frames in flight
-// (whole.go). An open-addressing table with linear probing and
-// backward-shift deletion: a relay frame of 500 series is checked, added
-// and removed in a few microseconds, a fraction of what a Go map costs
-// per key. Two series whose keys collide only make a frame wait, which
-// never breaks the order of a series' samples. Not safe for concurrent
-// use; the dispatcher owns it.
+// keySet holds the series keys (wireInfo.keys) of the whole frames in
+// flight (whole.go), each request under the job slot it was sent from, so
+// that the dispatcher can tell whether a frame shares a series with one of
+// them. Two series whose keys collide only make a frame wait, which never
+// breaks the order of a series' samples.
+//
+// An open-addressing table with linear probing whose entries carry their
+// job slot and its generation: dropping a slot's keys when its request is
+// resolved is one increment, and the dead entries are reused by later
+// inserts or cleared by a rebuild once half the table is taken. A frame of
+// 500 series is checked and added in a few microseconds, less than a Go
+// map would take for the removals alone. Not safe for concurrent use; the
+// dispatcher owns it.
 type keySet struct {
-	slots []keySlot // len is a power of two, or 0
-	n     int       // distinct keys held
+	table []keyEntry // len is a power of two, or 0
+	used  int        // entries not empty, live or dead
+	gen   []uint32   // per job slot: the generation of its live entries
+	keys  [][][]uint64
+	live  int // keys held by the job slots
 }
 
-type keySlot struct {
-	key   uint64 // 0: empty
-	count uint32
+type keyEntry struct {
+	key  uint64 // 0: empty
+	slot uint32
+	gen  uint32
 }
 
-// norm maps the key 0, which marks an empty slot, to 1.
+// minKeyTable is the smallest table; a rebuild sizes it at 8 entries per
+// live key, so rebuilds come after several frames.
+const minKeyTable = 1024
+
+func newKeySet(slots int) *keySet {
+	return &keySet{gen: make([]uint32, slots), keys: make([][][]uint64, slots)}
+}
+
+// norm maps the key 0, which marks an empty entry, to 1.
 func norm(k uint64) uint64 {
 	if k == 0 {
 		return 1
@@ -26,18 +43,16 @@ func norm(k uint64) uint64 {
 	return k
 }
 
-func (s *keySet) len() int { return s.n }
-
-// hasAny reports whether any of keys is in the set.
+// hasAny reports whether any of keys is held.
 func (s *keySet) hasAny(keys []uint64) bool {
-	if s.n == 0 {
+	if s.live == 0 {
 		return false
 	}
-	mask := uint64(len(s.slots) - 1)
+	mask := uint64(len(s.table) - 1)
 	for _, k := range keys {
 		k = norm(k)
-		for i := k & mask; s.slots[i].key != 0; i = (i + 1) & mask {
-			if s.slots[i].key == k {
+		for i := k & mask; s.table[i].key != 0; i = (i + 1) & mask {
+			if e := &s.table[i]; e.key == k && e.gen == s.gen[e.slot] {
 				return true
 			}
 		}
@@ -45,77 +60,67 @@ func (s *keySet) hasAny(keys []uint64) bool {
 	return false
 }
 
-// add adds each of keys once (a key given twice is held twice).
-func (s *keySet) add(keys []uint64) {
-	if need := 2 * (s.n + len(keys)); need > len(s.slots) {
-		s.grow(need)
-	}
-	mask := uint64(len(s.slots) - 1)
-	for _, k := range keys {
-		k = norm(k)
-		i := k & mask
-		for s.slots[i].key != 0 && s.slots[i].key != k {
-			i = (i + 1) & mask
-		}
-		if s.slots[i].key == 0 {
-			s.slots[i].key = k
-			s.n++
-		}
-		s.slots[i].count++
-	}
-}
-
-// remove takes each of keys out once; keys not held are ignored.
-func (s *keySet) remove(keys []uint64) {
-	if s.n == 0 {
+// add holds keys under job slot slot until drop(slot). keys is kept (for
+// a rebuild), not copied.
+func (s *keySet) add(slot int, keys []uint64) {
+	s.keys[slot] = append(s.keys[slot], keys)
+	s.live += len(keys)
+	if 2*(s.used+len(keys)) > len(s.table) {
+		s.rebuild() // with keys
 		return
 	}
-	mask := uint64(len(s.slots) - 1)
+	s.insert(slot, keys)
+}
+
+// drop forgets every key held under slot.
+func (s *keySet) drop(slot int) {
+	s.gen[slot]++
+	for _, k := range s.keys[slot] {
+		s.live -= len(k)
+	}
+	clear(s.keys[slot])
+	s.keys[slot] = s.keys[slot][:0]
+}
+
+// insert writes keys into the first empty or dead entry of each one's
+// probe sequence.
+func (s *keySet) insert(slot int, keys []uint64) {
+	mask := uint64(len(s.table) - 1)
+	gen := s.gen[slot]
 	for _, k := range keys {
 		k = norm(k)
 		i := k & mask
-		for s.slots[i].key != 0 && s.slots[i].key != k {
+		for {
+			e := &s.table[i]
+			if e.key == 0 {
+				s.used++
+				break
+			}
+			if e.gen != s.gen[e.slot] {
+				break // dead: reuse it
+			}
 			i = (i + 1) & mask
 		}
-		if s.slots[i].key == 0 {
-			continue
-		}
-		if s.slots[i].count--; s.slots[i].count > 0 {
-			continue
-		}
-		// Backward-shift deletion: move up every later key of the
-		// cluster whose home slot is not between the hole and it.
-		s.n--
-		hole := i
-		for j := (i + 1) & mask; s.slots[j].key != 0; j = (j + 1) & mask {
-			home := s.slots[j].key & mask
-			if (j-home)&mask >= (j-hole)&mask {
-				s.slots[hole] = s.slots[j]
-				hole = j
-			}
-		}
-		s.slots[hole] = keySlot{}
+		s.table[i] = keyEntry{key: k, slot: uint32(slot), gen: gen}
 	}
 }
 
-// grow rehashes into a table of at least n slots.
-func (s *keySet) grow(n int) {
-	size := max(len(s.slots), 64)
-	for size < n {
+// rebuild clears the table (growing it if the live keys need it) and
+// inserts the live keys again.
+func (s *keySet) rebuild() {
+	size := max(len(s.table), minKeyTable)
+	for size < 8*s.live {
 		size *= 2
 	}
-	old := s.slots
-	s.slots, s.n = make([]keySlot, size), 0
-	mask := uint64(size - 1)
-	for _, sl := range old {
-		if sl.key == 0 {
-			continue
+	if size != len(s.table) {
+		s.table = make([]keyEntry, size)
+	} else {
+		clear(s.table)
+	}
+	s.used = 0
+	for slot, lists := range s.keys {
+		for _, keys := range lists {
+			s.insert(slot, keys)
 		}
-		i := sl.key & mask
-		for s.slots[i].key != 0 {
-			i = (i + 1) & mask
-		}
-		s.slots[i] = sl
-		s.n++
 	}
 }

@@ -5,74 +5,64 @@ import (
 	"testing"
 )
 
-// TestKeySetMatchesAMap runs random adds and removes, with keys chosen to
-// collide in the table (few distinct low bits) and the key 0, against a
-// map of counts.
+// TestKeySetMatchesAMap adds keys under job slots and drops slots at
+// random, with keys chosen to collide in the table (few distinct low
+// bits) and the key 0, and checks every answer against a plain map.
 func TestKeySetMatchesAMap(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		keys  int    // distinct keys drawn from
 		batch int    // keys per add
-		shift uint64 // keys are i<<shift: collide in slots when large
+		shift uint64 // keys are i<<shift: collide in the table when large
 	}{
 		{name: "spread", keys: 5000, batch: 500},
 		{name: "clustered", keys: 300, batch: 40, shift: 40},
 		{name: "tiny", keys: 3, batch: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			const slots = 4
 			rng := rand.New(rand.NewPCG(1, uint64(tc.keys)))
-			var s keySet
-			want := map[uint64]int{}
-			var held [][]uint64
-			for step := range 3000 {
-				if len(held) > 0 && (rng.IntN(2) == 0 || len(held) > 6) {
-					i := rng.IntN(len(held))
-					s.remove(held[i])
-					for _, k := range held[i] {
-						if want[norm(k)]--; want[norm(k)] == 0 {
-							delete(want, norm(k))
-						}
+			s := newKeySet(slots)
+			held := make([]map[uint64]int, slots) // per slot: key -> count
+			for i := range held {
+				held[i] = map[uint64]int{}
+			}
+			want := func(k uint64) bool {
+				for _, m := range held {
+					if m[norm(k)] > 0 {
+						return true
 					}
-					held = append(held[:i], held[i+1:]...)
+				}
+				return false
+			}
+			for step := range 5000 {
+				slot := rng.IntN(slots)
+				if rng.IntN(3) == 0 {
+					s.drop(slot)
+					clear(held[slot])
 				} else {
 					b := make([]uint64, 1+rng.IntN(tc.batch))
 					for i := range b {
 						b[i] = uint64(rng.IntN(tc.keys)) << tc.shift
 					}
-					s.add(b)
+					s.add(slot, b)
 					for _, k := range b {
-						want[norm(k)]++
+						held[slot][norm(k)]++
 					}
-					held = append(held, b)
 				}
-				if s.len() != len(want) {
-					t.Fatalf("step %d: %d keys held, want %d", step, s.len(), len(want))
-				}
-				probe := uint64(rng.IntN(tc.keys+10)) << tc.shift
-				if got := s.hasAny([]uint64{probe}); got != (want[norm(probe)] > 0) {
-					t.Fatalf("step %d: hasAny(%#x) = %v, want %v", step, probe, got, !got)
+				for range 3 {
+					probe := uint64(rng.IntN(tc.keys+10)) << tc.shift
+					if got := s.hasAny([]uint64{probe}); got != want(probe) {
+						t.Fatalf("step %d: hasAny(%#x) = %v, want %v", step, probe, got, !got)
+					}
 				}
 			}
-			for _, b := range held {
-				s.remove(b)
+			for slot := range slots {
+				s.drop(slot)
 			}
-			if s.len() != 0 || s.hasAny([]uint64{0, 1, 2, 1 << tc.shift}) {
-				t.Fatalf("not empty after removing everything: %d keys", s.len())
+			if s.live != 0 || s.hasAny([]uint64{0, 1, 2, 1 << tc.shift}) {
+				t.Fatalf("keys held after every slot was dropped: %d", s.live)
 			}
 		})
-	}
-}
-
-func TestKeySetRemoveUnknownKey(t *testing.T) {
-	var s keySet
-	s.remove([]uint64{7})
-	s.add([]uint64{7, 7, 9})
-	s.remove([]uint64{8, 7})
-	if !s.hasAny([]uint64{7}) || !s.hasAny([]uint64{9}) || s.hasAny([]uint64{8}) {
-		t.Fatal("removing one of two 7s, and an 8 never added, changed what else is held")
-	}
-	s.remove([]uint64{7})
-	if s.hasAny([]uint64{7}) {
-		t.Fatal("7 still held after both were removed")
 	}
 }

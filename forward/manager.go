@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"hash/maphash"
 	"io/fs"
 	"log/slog"
 	"path/filepath"
@@ -66,6 +67,9 @@ type Manager struct {
 	// accessed (tests inject faults).
 	dir string
 	fs  wal.FS
+	// keySeed seeds the series keys of relay frames (wireInfo.keys),
+	// which are compared only within this process.
+	keySeed maphash.Seed
 
 	// reloadMtx serialises ApplyConfig and Stop, which stop targets without
 	// holding mtx (so that Append never waits for a drain). It also guards
@@ -97,6 +101,7 @@ func NewManager(logger *slog.Logger, reg prometheus.Registerer, userAgent, dir s
 		reloadDrain: defaultReloadDrain,
 		dir:         dir,
 		fs:          wal.OSFS(),
+		keySeed:     maphash.MakeSeed(),
 	}
 }
 
@@ -323,7 +328,7 @@ func (m *Manager) AppendWire(req *prompb.WriteRequest, raw, block []byte) {
 	for _, t := range m.targets {
 		if t.wire {
 			if info == nil {
-				info = relayInfo(req, raw)
+				info = relayInfo(req, raw, m.keySeed)
 			}
 			t.appendWire(raw, block, info)
 			continue

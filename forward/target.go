@@ -440,19 +440,20 @@ func (t *target) dispatch() {
 		// handed on, the series of those in flight, and how many.
 		held     readFrameRef
 		holding  bool
-		inflight keySet
-		busy     int
+		inflight = newKeySet(cap(t.wholeJobs))
+		free     []int // job slots free, of cap(t.wholeJobs)
 		fin      []wholeJob
 	)
+	for i := range cap(t.wholeJobs) {
+		free = append(free, i)
+	}
 	timer.Stop()
 	defer timer.Stop()
 	for {
 		fin = t.takeFinished(fin[:0])
 		for i := range fin {
-			for k := range fin[i].frames {
-				inflight.remove(fin[i].frames[k].info.keys)
-			}
-			busy--
+			inflight.drop(fin[i].slot)
+			free = append(free, fin[i].slot)
 		}
 		clear(fin)
 		resolved = t.commitResolved(resolved)
@@ -500,7 +501,7 @@ func (t *target) dispatch() {
 			}
 			f := held
 			if t.canSendWhole(&f) && t.shardSamples.Load() == 0 {
-				if busy == cap(t.wholeJobs) || inflight.hasAny(f.info.keys) {
+				if len(free) == 0 || inflight.hasAny(f.info.keys) {
 					break // a lane wakes us when it is done
 				}
 				// This frame and those after it that may join it: a
@@ -523,15 +524,15 @@ func (t *target) dispatch() {
 						break
 					}
 				}
+				j.slot, free = free[len(free)-1], free[:len(free)-1]
 				for i := range j.frames {
-					inflight.add(j.frames[i].info.keys)
+					inflight.add(j.slot, j.frames[i].info.keys)
 				}
-				busy++
 				t.metrics.queueBytes.Add(float64(j.bytes))
 				t.wholeJobs <- j
 				continue
 			}
-			if busy > 0 {
+			if len(free) < cap(t.wholeJobs) {
 				break // the shards wait for the whole frames in flight
 			}
 			held, holding = readFrameRef{}, false

@@ -27,6 +27,7 @@ import (
 // max_samples_per_send, as they would share a shard's batch; their
 // snappy blocks are joined, not compressed again: concatBlocks).
 type wholeJob struct {
+	slot   int // the dispatcher's job slot (keySet)
 	frames []wholeFrame
 	bytes  int // counted in sluice_forward_queue_bytes
 }

@@ -4,11 +4,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"hash/maphash"
 	"math"
 	"slices"
 	"unsafe"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/golang/snappy"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/prompb"
@@ -48,24 +48,25 @@ func (e *frameEncoder) wireFrame(block []byte, count int, minT int64) []byte {
 // relayCount returns the samples (floats and histograms) of req and their
 // lowest timestamp, 0 if none.
 func relayCount(req *prompb.WriteRequest) (n int, minT int64) {
-	info := relayInfo(req, nil)
+	info := relayInfo(req, nil, maphash.Seed{})
 	return info.floats + info.hists, info.minT
 }
 
 // wireInfo describes a relay frame for sending it whole (whole.go): what
 // the dispatcher checks and the metrics count without decoding it.
 type wireInfo struct {
-	// keys holds one key per series, in order: the xxhash of its labels
-	// as encoded (one run of Label messages), 0 if it has none.
+	// keys holds one key per series, in order: a hash (hash/maphash, with
+	// the Manager's seed) of its labels as encoded (one run of Label
+	// messages), 0 if it has none.
 	keys          []uint64
 	floats, hists int
 	minT, maxT    int64 // 0 if no samples
 }
 
 // relayInfo counts req's samples and their lowest and highest timestamps,
-// and keys raw's series; raw is req encoded (Write.RelayRaw), nil for no
-// keys.
-func relayInfo(req *prompb.WriteRequest, raw []byte) *wireInfo {
+// and keys raw's series with seed; raw is req encoded (Write.RelayRaw),
+// nil for no keys.
+func relayInfo(req *prompb.WriteRequest, raw []byte, seed maphash.Seed) *wireInfo {
 	info := &wireInfo{}
 	first := true
 	ts := func(t int64) {
@@ -86,14 +87,14 @@ func relayInfo(req *prompb.WriteRequest, raw []byte) *wireInfo {
 		info.hists += len(s.Histograms)
 	}
 	if raw != nil {
-		info.keys = wireKeys(raw, make([]uint64, 0, len(req.Timeseries)))
+		info.keys = wireKeys(raw, seed, make([]uint64, 0, len(req.Timeseries)))
 	}
 	return info
 }
 
 // wireKeys appends the key of each series of raw, a prometheus.WriteRequest
 // whose series' labels are each one run of Label messages, to dst.
-func wireKeys(raw []byte, dst []uint64) []uint64 {
+func wireKeys(raw []byte, seed maphash.Seed, dst []uint64) []uint64 {
 	for off := 0; off < len(raw); {
 		field, ts, next, ok := pbField(raw, off)
 		if !ok {
@@ -129,7 +130,7 @@ func wireKeys(raw []byte, dst []uint64) []uint64 {
 		}
 		var k uint64
 		if l0 >= 0 {
-			k = xxhash.Sum64(ts[l0:l1])
+			k = maphash.Bytes(seed, ts[l0:l1])
 		}
 		dst = append(dst, k)
 	}
