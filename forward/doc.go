@@ -184,6 +184,14 @@
 // batch_send_deadline has passed since its first buffered sample, and
 // while draining for a stop.
 //
+// Fresh relay frames of at most max_samples_per_send samples skip the
+// shards: the frame's snappy block is sent as the request body, or, for
+// frames that queued up while every lane was busy, their blocks joined
+// into one (whole.go). Their series keep their order because such a
+// request goes only while the shards hold nothing and no whole request in
+// flight shares a series with it, and frames for the shards wait until no
+// whole request is in flight.
+//
 // # Sending
 //
 // Remote-Write 1.0 sends a prometheus.WriteRequest (one TimeSeries per

@@ -330,7 +330,7 @@ func (m *Manager) AppendWire(req *prompb.WriteRequest, raw, block []byte) {
 			if info == nil {
 				info = relayInfo(req, raw, m.keySeed)
 			}
-			t.appendWire(raw, block, info)
+			t.appendWire(block, info)
 			continue
 		}
 		if in == nil {

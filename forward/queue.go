@@ -2,6 +2,7 @@ package forward
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -104,12 +105,12 @@ type queue struct {
 	hdr   [frameHeaderSize]byte
 	rbuf  []byte
 
-	// mem holds the payloads of the last frames appended (a relay
-	// frame's as its uncompressed request), in append order, while the
-	// reader has not passed them: nextFrame takes a frame from here
-	// instead of reading it back. memBytes is their total size, at most
-	// memFrameBytes; spare holds window payloads the reader is done with,
-	// for reuse (never a relay frame's: samples alias it). Guarded by mtx.
+	// mem holds the payloads of the last frames appended, in append
+	// order, while the reader has not passed them: nextFrame takes a
+	// frame from here instead of reading it back. memBytes is their total
+	// size, at most memFrameBytes; spare holds payloads the reader is done
+	// with (decoded; samples never alias a payload), for reuse by windows.
+	// Guarded by mtx.
 	mem      []memFrame
 	memBytes int
 	spare    [][]byte
@@ -359,16 +360,15 @@ type memFrame struct {
 	start   wal.Position // where the frame starts
 	size    int64        // the frame's bytes on disk
 	samples int
-	payload []byte // a copy; nil for a relay frame
-	raw     []byte // a relay frame's request, uncompressed (a copy)
-	block   []byte // a relay frame's request as the frame holds it, compressed (a copy)
+	payload []byte // a copy
+	block   []byte // a relay frame's: the end of payload, its request compressed
 	info    *wireInfo
 	minT    int64
 }
 
 // bytes is what the frame counts against memFrameBytes.
 func (m *memFrame) bytes() int {
-	n := len(m.payload) + len(m.raw) + len(m.block)
+	n := len(m.payload)
 	if m.info != nil {
 		n += 8 * len(m.info.keys)
 	}
@@ -406,11 +406,11 @@ func (q *queue) appendKeep(frame []byte, n int, flush, keep bool) error {
 	return nil
 }
 
-// appendWire appends a relay frame (wire.go) and, if there is room, keeps
-// for the reader a copy of raw, its request uncompressed, and of block,
-// the same compressed (what the frame carries), with info, which
-// describes them and is not copied. Otherwise it is append.
-func (q *queue) appendWire(frame, raw, block []byte, info *wireInfo, flush bool) error {
+// appendWire appends a relay frame (wire.go) whose payload ends with
+// the snappy block of its request, of blockLen bytes, and, if there is
+// room, keeps a copy of the payload for the reader with info, which
+// describes the request and is not copied. Otherwise it is append.
+func (q *queue) appendWire(frame []byte, blockLen int, info *wireInfo, flush bool) error {
 	n := info.floats + info.hists
 	q.mtx.Lock()
 	defer q.mtx.Unlock()
@@ -418,13 +418,13 @@ func (q *queue) appendWire(frame, raw, block []byte, info *wireInfo, flush bool)
 	if err != nil {
 		return err
 	}
+	p := frame[frameHeaderSize:]
 	m := memFrame{start: start, size: int64(len(frame)), samples: n, minT: info.minT, info: info}
-	if q.memBytes+m.bytes()+len(raw)+len(block) <= memFrameBytes {
-		// One allocation for both copies.
-		buf := make([]byte, len(raw)+len(block))
-		m.raw = buf[:copy(buf, raw):len(raw)]
-		m.block = buf[len(raw):]
-		copy(m.block, block)
+	if q.memBytes+m.bytes()+len(p) <= memFrameBytes {
+		// Not from spare: a whole frame's block is sent after the
+		// reader is done with it.
+		m.payload = bytes.Clone(p)
+		m.block = m.payload[len(p)-blockLen:]
 		q.keepLocked(m)
 	}
 	return nil
@@ -596,8 +596,7 @@ func (q *queue) closeReader() {
 // or as kept in memory at append.
 type readFrameRef struct {
 	payload []byte // valid until the next read, or releaseFrame if mem
-	raw     []byte // instead of payload: a relay frame's request kept in memory
-	block   []byte // with raw: the same compressed, as the frame holds it
+	block   []byte // a relay frame kept in memory: the end of payload, its request compressed
 	info    *wireInfo
 	mem     bool // payload was kept in memory
 	end     wal.Position
@@ -608,9 +607,6 @@ type readFrameRef struct {
 
 // decode appends the frame's samples to dst.
 func (f *readFrameRef) decode(d *frameDecoder, dst []sample) ([]sample, error) {
-	if f.raw != nil {
-		return d.decodeWire(f.raw, f.samples, dst)
-	}
 	return d.decode(f.payload, dst)
 }
 
@@ -669,7 +665,7 @@ func (q *queue) nextFrame() (readFrameRef, bool) {
 			q.closeReader()
 		}
 	}
-	return readFrameRef{payload: m.payload, raw: m.raw, block: m.block, info: m.info, mem: true, end: q.rpos,
+	return readFrameRef{payload: m.payload, block: m.block, info: m.info, mem: true, end: q.rpos,
 		flush: q.rpos.Compare(flushTo) <= 0, samples: m.samples, minT: m.minT}, true
 }
 

@@ -319,9 +319,9 @@ func (t *target) append(in []inSeries, flush bool) {
 }
 
 // appendWire writes relayed series as a relay frame (wire.go): block is
-// raw, a prometheus.WriteRequest, snappy-compressed; info describes it. Only for a target with wire set. The window is sent
+// a prometheus.WriteRequest, snappy-compressed; info describes it. Only for a target with wire set. The window is sent
 // promptly, as with append's flush.
-func (t *target) appendWire(raw, block []byte, info *wireInfo) {
+func (t *target) appendWire(block []byte, info *wireInfo) {
 	count := info.floats + info.hists
 	if count == 0 {
 		return
@@ -329,7 +329,7 @@ func (t *target) appendWire(raw, block []byte, info *wireInfo) {
 	t.encMtx.Lock()
 	defer t.encMtx.Unlock()
 	frame := t.enc.wireFrame(block, count, info.minT)
-	t.appended(t.q.appendWire(frame, raw, block, info, true), count)
+	t.appended(t.q.appendWire(frame, len(block), info, true), count)
 }
 
 // appended accounts for the outcome of writing a frame of n samples to
@@ -512,7 +512,7 @@ func (t *target) dispatch() {
 					held, holding = readFrameRef{}, false
 					j.frames = append(j.frames, wholeFrame{block: f.block, info: f.info,
 						seq: t.track.add(f.end, f.samples, f.samples, f.minT)})
-					j.bytes += len(f.raw) + len(f.block)
+					j.bytes += len(f.payload)
 					samples += f.samples
 					var ok bool
 					if f, ok = q.nextFrame(); !ok {

@@ -34,7 +34,7 @@ type wholeJob struct {
 
 type wholeFrame struct {
 	seq   uint64 // in the tracker
-	block []byte // shares its array with the frame's raw request
+	block []byte // the end of the frame's payload kept in memory
 	info  *wireInfo
 }
 
