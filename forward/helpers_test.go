@@ -125,6 +125,21 @@ func newReceiver(t *testing.T, respond respondFunc) *receiver {
 	return rc
 }
 
+// readV1 reads a Remote-Write 1.0 request: the body as received, and
+// the request it decodes to.
+func readV1(r *http.Request) ([]byte, *prompb.WriteRequest, error) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return nil, nil, err
+	}
+	pb, err := snappy.Decode(nil, body)
+	if err != nil {
+		return body, nil, err
+	}
+	req := &prompb.WriteRequest{}
+	return body, req, req.Unmarshal(pb)
+}
+
 func (rc *receiver) url() string { return rc.srv.URL + "/api/v1/write" }
 
 // count returns the number of requests received so far.

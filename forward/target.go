@@ -319,8 +319,9 @@ func (t *target) append(in []inSeries, flush bool) {
 }
 
 // appendWire writes relayed series as a relay frame (wire.go): block is
-// a prometheus.WriteRequest, snappy-compressed; info describes it. Only for a target with wire set. The window is sent
-// promptly, as with append's flush.
+// a prometheus.WriteRequest, snappy-compressed; info describes it. Only
+// for a target with wire set. The window is sent promptly, as with
+// append's flush.
 func (t *target) appendWire(block []byte, info *wireInfo) {
 	count := info.floats + info.hists
 	if count == 0 {
@@ -437,7 +438,8 @@ func (t *target) dispatch() {
 		timerOn  bool
 		failing  bool // a cursor write failed (logged once until one succeeds)
 		// Whole relay frames (whole.go): the frame read but not yet
-		// handed on, the series of those in flight, and how many.
+		// handed on, the series of those in flight, the lanes' job
+		// slots not in use.
 		held     readFrameRef
 		holding  bool
 		inflight = newKeySet(cap(t.wholeJobs))

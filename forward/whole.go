@@ -22,8 +22,8 @@ import (
 // flight, each on its own lane goroutine.
 
 // wholeJob is one request of whole relay frames: one frame's block as it
-// is, or several frames' requests one after the other, compressed again
-// (frames that arrived while every lane was busy share a request, up to
+// is, or several frames' requests one after the other (frames that
+// arrived while every lane was busy share a request, up to
 // max_samples_per_send, as they would share a shard's batch; their
 // snappy blocks are joined, not compressed again: concatBlocks).
 type wholeJob struct {

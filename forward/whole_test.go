@@ -93,12 +93,7 @@ func TestWholeFramesKeepEachSeriesInOrder(t *testing.T) {
 	)
 	rng := rand.New(rand.NewPCG(7, 7))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		pb, err := snappy.Decode(nil, body)
-		var req prompb.WriteRequest
-		if err == nil {
-			err = req.Unmarshal(pb)
-		}
+		body, req, err := readV1(r)
 		if err != nil {
 			t.Errorf("bad request: %v", err)
 			w.WriteHeader(http.StatusBadRequest)
@@ -220,10 +215,8 @@ func TestWholeFramesWaitForTheShards(t *testing.T) {
 		n    int
 	)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		pb, _ := snappy.Decode(nil, body)
-		var req prompb.WriteRequest
-		if err := req.Unmarshal(pb); err != nil {
+		_, req, err := readV1(r)
+		if err != nil {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}

@@ -45,13 +45,6 @@ func (e *frameEncoder) wireFrame(block []byte, count int, minT int64) []byte {
 	return f
 }
 
-// relayCount returns the samples (floats and histograms) of req and their
-// lowest timestamp, 0 if none.
-func relayCount(req *prompb.WriteRequest) (n int, minT int64) {
-	info := relayInfo(req, nil, maphash.Seed{})
-	return info.floats + info.hists, info.minT
-}
-
 // wireInfo describes a relay frame for sending it whole (whole.go): what
 // the dispatcher checks and the metrics count without decoding it.
 type wireInfo struct {
@@ -104,30 +97,7 @@ func wireKeys(raw []byte, seed maphash.Seed, dst []uint64) []uint64 {
 		if field != 1 || ts == nil {
 			continue
 		}
-		l0, l1 := -1, -1
-		for o := 0; o < len(ts); {
-			var (
-				f, n int
-				ok   bool
-			)
-			if o+1 < len(ts) && ts[o] == 0x0a && ts[o+1] < 0x80 {
-				f, n, ok = 1, o+2+int(ts[o+1]), o+2+int(ts[o+1]) <= len(ts)
-			} else {
-				f, _, n, ok = pbField(ts, o)
-			}
-			if !ok {
-				break
-			}
-			if f == 1 {
-				if l0 < 0 {
-					l0 = o
-				}
-				l1 = n
-			} else if l0 >= 0 {
-				break // the run ended
-			}
-			o = n
-		}
+		l0, l1, _ := labelRun(ts) // one run: raw is canonical
 		var k uint64
 		if l0 >= 0 {
 			k = maphash.Bytes(seed, ts[l0:l1])
@@ -211,9 +181,11 @@ func (d *frameDecoder) decodeWire(raw []byte, count int, dst []sample) ([]sample
 	return dst, nil
 }
 
-// wireSeries appends the samples of one TimeSeries message.
-func (d *frameDecoder) wireSeries(ts []byte, meta map[string]*prompb.MetricMetadata, dst []sample) ([]sample, error) {
-	l0, l1 := -1, -1 // the run of labels
+// labelRun returns where the labels (field-1 Label messages) of a
+// TimeSeries message start and end; l0 < 0 if it has none, an error if
+// they are not one run.
+func labelRun(ts []byte) (l0, l1 int, err error) {
+	l0, l1 = -1, -1
 	for off := 0; off < len(ts); {
 		var (
 			field, next int
@@ -226,17 +198,26 @@ func (d *frameDecoder) wireSeries(ts []byte, meta map[string]*prompb.MetricMetad
 			field, _, next, ok = pbField(ts, off)
 		}
 		if !ok {
-			return dst, errFrame
+			return l0, l1, errFrame
 		}
 		if field == 1 {
 			if l0 < 0 {
 				l0 = off
 			} else if l1 != off {
-				return dst, fmt.Errorf("labels not in one run")
+				return l0, l1, fmt.Errorf("labels not in one run")
 			}
 			l1 = next
 		}
 		off = next
+	}
+	return l0, l1, nil
+}
+
+// wireSeries appends the samples of one TimeSeries message.
+func (d *frameDecoder) wireSeries(ts []byte, meta map[string]*prompb.MetricMetadata, dst []sample) ([]sample, error) {
+	l0, l1, err := labelRun(ts)
+	if err != nil {
+		return dst, err
 	}
 	if l0 < 0 {
 		return dst, fmt.Errorf("series without labels")
@@ -247,7 +228,6 @@ func (d *frameDecoder) wireSeries(ts []byte, meta map[string]*prompb.MetricMetad
 		size = len(wire)
 	)
 	if !d.wire {
-		var err error
 		if ls, err = d.wireLabelSet(wire); err != nil {
 			return dst, err
 		}

@@ -3,7 +3,7 @@ package forward
 import (
 	"bytes"
 	"encoding/binary"
-	"io"
+	"hash/maphash"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -190,12 +190,7 @@ func TestFreshFramesShareBatchesButNotRejections(t *testing.T) {
 		accepted []string
 	)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		pb, err := snappy.Decode(nil, body)
-		var req prompb.WriteRequest
-		if err == nil {
-			err = req.Unmarshal(pb)
-		}
+		_, req, err := readV1(r)
 		if err != nil {
 			t.Errorf("bad request: %v", err)
 			w.WriteHeader(http.StatusBadRequest)
@@ -352,10 +347,10 @@ func FuzzDecodeWire(f *testing.F) {
 	})
 }
 
-// relayCountOf is relayCount's sample count.
+// relayCountOf is the number of samples (floats and histograms) of req.
 func relayCountOf(req *prompb.WriteRequest) int {
-	n, _ := relayCount(req)
-	return n
+	info := relayInfo(req, nil, maphash.Seed{})
+	return info.floats + info.hists
 }
 
 // protoLen is n as a protobuf length prefix.
