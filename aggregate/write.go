@@ -37,6 +37,11 @@ type Write struct {
 	// queue can send series as they are. Nil: none. It is read during
 	// Write only, and used only together with RelaySnappy.
 	RelayRaw []byte
+	// RelayRuns, if not nil, has two entries per Relay series, in order:
+	// the start and end offsets in RelayRaw of its labels' run of Label
+	// messages, which the forward queues key series by. Nil: they find
+	// the runs themselves. Read during Write only.
+	RelayRuns []int32
 	// Pushes are applied in order; a series with several samples in the
 	// request is in several of them, one sample each, oldest first.
 	Pushes []*Push
@@ -124,7 +129,7 @@ func (s *Store) Write(ctx context.Context, w *Write) (WriteResult, error) {
 	if relay != nil {
 		res.Relayed = true
 		if wa, ok := s.relay.(WireAppender); ok && w.RelayRaw != nil && w.RelaySnappy != nil {
-			wa.AppendWire(relay, w.RelayRaw, w.RelaySnappy)
+			wa.AppendWire(relay, w.RelayRaw, w.RelaySnappy, w.RelayRuns)
 		} else if b, ok := s.relay.(BorrowingAppender); ok && w.RelayBorrowed {
 			b.AppendBorrowed(relay)
 		} else if s.relay != nil && w.RelayBorrowed {
@@ -155,13 +160,14 @@ type BorrowingAppender interface {
 // WireAppender is a BorrowingAppender that can also take a relayed
 // request in wire form: raw is req as an uncompressed
 // prometheus.WriteRequest (Write.RelayRaw) and block the same
-// snappy-compressed (Write.RelaySnappy). Like AppendBorrowed, AppendWire
-// reads all three during the call only. forward.Manager is one: a target
+// snappy-compressed (Write.RelaySnappy), runs nil or the offsets of
+// each series' label run in raw (Write.RelayRuns). Like AppendBorrowed,
+// AppendWire reads them during the call only. forward.Manager is one: a target
 // that changes nothing in the series writes block to its backlog as it
 // is and sends series from raw without decoding them.
 type WireAppender interface {
 	BorrowingAppender
-	AppendWire(req *prompb.WriteRequest, raw, block []byte)
+	AppendWire(req *prompb.WriteRequest, raw, block []byte, runs []int32)
 }
 
 // cloneWriteRequest deep-copies req, strings included, for an Appender

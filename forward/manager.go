@@ -314,8 +314,10 @@ func (m *Manager) AppendBorrowed(req *prompb.WriteRequest) {
 // target that changes nothing in the series (Remote-Write 1.0, no
 // external labels, no write_relabel_configs) writes block to its backlog
 // as it is and sends the series' labels from raw's bytes; others take req
-// as AppendBorrowed does. All three are read during the call only.
-func (m *Manager) AppendWire(req *prompb.WriteRequest, raw, block []byte) {
+// as AppendBorrowed does. runs, if not nil, holds the start and end
+// offsets in raw of each series' labels (aggregate.Write.RelayRuns), which
+// spares finding them again. All are read during the call only.
+func (m *Manager) AppendWire(req *prompb.WriteRequest, raw, block []byte, runs []int32) {
 	if req == nil {
 		return
 	}
@@ -328,7 +330,7 @@ func (m *Manager) AppendWire(req *prompb.WriteRequest, raw, block []byte) {
 	for _, t := range m.targets {
 		if t.wire {
 			if info == nil {
-				info = relayInfo(req, raw, m.keySeed)
+				info = relayInfo(req, raw, runs, m.keySeed)
 			}
 			t.appendWire(block, info)
 			continue

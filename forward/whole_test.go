@@ -43,7 +43,7 @@ func TestWholeFrameIsSentAsReceived(t *testing.T) {
 		t.Fatal(err)
 	}
 	block := snappy.Encode(nil, raw)
-	h.m.AppendWire(req, raw, block)
+	h.m.AppendWire(req, raw, block, nil)
 	if err := h.stop(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +173,7 @@ func TestWholeFramesKeepEachSeriesInOrder(t *testing.T) {
 		mtx.Lock()
 		blocks[string(block)] = true
 		mtx.Unlock()
-		h.m.AppendWire(req, raw, block)
+		h.m.AppendWire(req, raw, block, nil)
 		switch {
 		case large:
 			time.Sleep(20 * maxDelay) // let the shards send it

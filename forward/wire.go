@@ -58,8 +58,9 @@ type wireInfo struct {
 
 // relayInfo counts req's samples and their lowest and highest timestamps,
 // and keys raw's series with seed; raw is req encoded (Write.RelayRaw),
-// nil for no keys.
-func relayInfo(req *prompb.WriteRequest, raw []byte, seed maphash.Seed) *wireInfo {
+// nil for no keys. runs, if it has two offsets per series, gives each
+// series' label run in raw, which raw is then not read for.
+func relayInfo(req *prompb.WriteRequest, raw []byte, runs []int32, seed maphash.Seed) *wireInfo {
 	info := &wireInfo{}
 	first := true
 	ts := func(t int64) {
@@ -79,7 +80,13 @@ func relayInfo(req *prompb.WriteRequest, raw []byte, seed maphash.Seed) *wireInf
 		info.floats += len(s.Samples)
 		info.hists += len(s.Histograms)
 	}
-	if raw != nil {
+	switch {
+	case raw != nil && len(runs) == 2*len(req.Timeseries) && validRuns(runs, len(raw)):
+		info.keys = make([]uint64, len(req.Timeseries))
+		for i := range info.keys {
+			info.keys[i] = runKey(raw[runs[2*i]:runs[2*i+1]], seed)
+		}
+	case raw != nil:
 		info.keys = wireKeys(raw, seed, make([]uint64, 0, len(req.Timeseries)))
 	}
 	return info
@@ -98,13 +105,32 @@ func wireKeys(raw []byte, seed maphash.Seed, dst []uint64) []uint64 {
 			continue
 		}
 		l0, l1, _ := labelRun(ts) // one run: raw is canonical
-		var k uint64
+		var run []byte
 		if l0 >= 0 {
-			k = maphash.Bytes(seed, ts[l0:l1])
+			run = ts[l0:l1]
 		}
-		dst = append(dst, k)
+		dst = append(dst, runKey(run, seed))
 	}
 	return dst
+}
+
+// runKey is the key of a series whose labels are the run of Label
+// messages run; 0 for none.
+func runKey(run []byte, seed maphash.Seed) uint64 {
+	if len(run) == 0 {
+		return 0
+	}
+	return maphash.Bytes(seed, run)
+}
+
+// validRuns reports whether runs are offset pairs within n bytes.
+func validRuns(runs []int32, n int) bool {
+	for i := 0; i+1 < len(runs); i += 2 {
+		if runs[i] < 0 || runs[i] > runs[i+1] || int(runs[i+1]) > n {
+			return false
+		}
+	}
+	return true
 }
 
 // wireRaw decompresses a relay frame's block. A wire decoder's samples

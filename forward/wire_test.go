@@ -26,7 +26,7 @@ func appendWire(t *testing.T, m *Manager, req *prompb.WriteRequest) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.AppendWire(req, raw, snappy.Encode(nil, raw))
+	m.AppendWire(req, raw, snappy.Encode(nil, raw), nil)
 }
 
 // relayWindow is window with a histogram series and several samples in
@@ -349,9 +349,72 @@ func FuzzDecodeWire(f *testing.F) {
 
 // relayCountOf is the number of samples (floats and histograms) of req.
 func relayCountOf(req *prompb.WriteRequest) int {
-	info := relayInfo(req, nil, maphash.Seed{})
+	info := relayInfo(req, nil, nil, maphash.Seed{})
 	return info.floats + info.hists
 }
 
 // protoLen is n as a protobuf length prefix.
 func protoLen(n int) []byte { return binary.AppendUvarint(nil, uint64(n)) }
+
+// TestRelayInfoKeys: a series' key is the same whether the receiver gave
+// its label run (aggregate.Write.RelayRuns) or the queue found it in the
+// raw request, and runs that do not fit raw are not used.
+func TestRelayInfoKeys(t *testing.T) {
+	req := &prompb.WriteRequest{Timeseries: []prompb.TimeSeries{
+		{Labels: []prompb.Label{{Name: "__name__", Value: "up"}, {Name: "job", Value: "a"}}, Samples: []prompb.Sample{{Value: 1, Timestamp: 5}}},
+		{Labels: []prompb.Label{{Name: "__name__", Value: "up"}, {Name: "job", Value: "b"}}, Samples: []prompb.Sample{{Value: 2, Timestamp: 7}}},
+		{Samples: []prompb.Sample{{Value: 3, Timestamp: 6}}}, // no labels
+	}}
+	raw, err := req.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The runs as the receiver finds them: the bytes of each series'
+	// Label fields.
+	var runs []int32
+	off := 0
+	for _, ts := range req.Timeseries {
+		var want []byte
+		for _, l := range ts.Labels {
+			b, err := l.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = append(binary.AppendUvarint(append(want, 0x0a), uint64(len(b))), b...)
+		}
+		if len(want) == 0 {
+			runs = append(runs, int32(off), int32(off))
+			continue
+		}
+		i := bytes.Index(raw[off:], want)
+		if i < 0 {
+			t.Fatalf("labels of %v not in the request", ts.Labels)
+		}
+		runs = append(runs, int32(off+i), int32(off+i+len(want)))
+		off += i + len(want)
+	}
+	seed := maphash.MakeSeed()
+	found := relayInfo(req, raw, nil, seed).keys
+	if len(found) != 3 || found[0] == found[1] || found[2] != 0 {
+		t.Fatalf("keys found in raw: %v; want 3, the first two distinct, the last 0", found)
+	}
+	for _, tc := range []struct {
+		name string
+		runs []int32
+	}{
+		{"receiver's runs", runs},
+		{"runs past the end", append(slices.Clone(runs[:4]), 0, int32(len(raw)+1))},
+		{"reversed run", append(slices.Clone(runs[:4]), 3, 2)},
+		{"runs of another request", runs[:4]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			info := relayInfo(req, raw, tc.runs, seed)
+			if !slices.Equal(info.keys, found) {
+				t.Fatalf("keys %v, found in raw %v", info.keys, found)
+			}
+			if info.floats != 3 || info.minT != 5 || info.maxT != 7 {
+				t.Fatalf("info %+v", info)
+			}
+		})
+	}
+}

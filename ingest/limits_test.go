@@ -50,6 +50,7 @@ func TestEachLimitAnswersAndCounts(t *testing.T) {
 		{name: "push label value", path: "/metrics/job/f", body: []byte(`a{b="123456789"} 1` + "\n"), want: 413, limit: "max_label_value_length"},
 		{name: "push series per group", path: "/metrics/job/f", setup: []string{"/metrics/job/f:a 1\nb 1\nc 1\n"}, body: []byte("d 1\ne 1\n"), want: 429, limit: "max_series_per_group"},
 		{name: "push series total", path: "/metrics/job/h", setup: []string{"/metrics/job/f:a 1\nb 1\nc 1\n", "/metrics/job/g:a 1\nb 1\nc 1\n"}, body: []byte("a 1\n"), want: 429, limit: "max_series"},
+		{name: "remote_write label name", path: "/api/v1/write", body: rw("__name__", "up", "abcdefghijk", "1"), headers: rwHeaders, want: 413, limit: "max_label_name_length"},
 		{name: "remote_write label value", path: "/api/v1/write", body: rw("__name__", "up", "job", "123456789"), headers: rwHeaders, want: 413, limit: "max_label_value_length"},
 		{name: "remote_write labels", path: "/api/v1/write", body: rw("__name__", "up", "a", "1", "b", "2", "c", "3", "d", "4"), headers: rwHeaders, want: 413, limit: "max_labels_per_series"},
 		{name: "remote_write series total", path: "/api/v1/write", setup: []string{"/metrics/job/f:a 1\nb 1\nc 1\n", "/metrics/job/g:a 1\nb 1\nc 1\n"},

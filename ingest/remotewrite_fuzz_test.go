@@ -122,6 +122,7 @@ func fuzzRemoteWrite(t *testing.T, v rwVersion, raw []byte, compress, relabelOn 
 		}
 		checkWireLabels(t, pb)
 		checkForwardable(t, pb)
+		checkRuns(t, r, pb, dec.write.RelayRuns)
 	}
 	if floats != dec.relayFloats || hists != dec.relayHists {
 		t.Fatalf("relay counts %d/%d, series hold %d/%d", dec.relayFloats, dec.relayHists, floats, hists)
@@ -169,6 +170,33 @@ func checkWireLabels(t *testing.T, raw []byte) {
 			if !bytes.Equal(want, f.val) {
 				t.Fatalf("label % x is not what the generated code writes (% x)", f.val, want)
 			}
+		}
+	}
+}
+
+// checkRuns fails t unless runs, if set, are where raw holds each series'
+// labels, encoded as the generated code encodes them (the bytes the
+// forward queues key series by).
+func checkRuns(t *testing.T, r *prompb.WriteRequest, raw []byte, runs []int32) {
+	t.Helper()
+	if runs == nil {
+		return
+	}
+	if len(runs) != 2*len(r.Timeseries) {
+		t.Fatalf("%d run offsets for %d series", len(runs), len(r.Timeseries))
+	}
+	for i, ts := range r.Timeseries {
+		var want []byte
+		for _, l := range ts.Labels {
+			b, err := l.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = append(binary.AppendUvarint(append(want, 0x0a), uint64(len(b))), b...)
+		}
+		s, e := runs[2*i], runs[2*i+1]
+		if s < 0 || s > e || int(e) > len(raw) || !bytes.Equal(raw[s:e], want) {
+			t.Fatalf("series %d: run [%d, %d) of %d bytes is not its labels % x", i, s, e, len(raw), want)
 		}
 	}
 }
@@ -266,6 +294,12 @@ func FuzzDecodeRemoteWriteV1(f *testing.F) {
 	f.Add(b, true, true)
 	f.Add(b, true, false)
 	f.Add(snappy.Encode(nil, b), false, false)
+	// Relayed as received: the body stands for the relay.
+	relayOnly, err := (&prompb.WriteRequest{Timeseries: req.Timeseries[:1]}).Marshal()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(relayOnly, true, false)
 	f.Fuzz(func(t *testing.T, raw []byte, compress, relabelOn bool) {
 		fuzzRemoteWrite(t, rwV1, raw, compress, relabelOn)
 	})

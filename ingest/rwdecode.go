@@ -3,6 +3,7 @@ package ingest
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"mime"
 	"slices"
 	"sort"
@@ -215,6 +216,9 @@ func (r *rwRequest) relaySnappy(w *aggregate.Write, raw, body []byte, unchanged 
 	w.RelayBorrowed = true
 	if unchanged {
 		w.RelayRaw, w.RelaySnappy = raw, body
+		if len(raw) <= math.MaxInt32 { // the offsets fit
+			w.RelayRuns = r.v1Runs
+		}
 		return nil
 	}
 	n := w.Relay.Size()
@@ -348,20 +352,42 @@ func (d *rwDecoder) decodeV1(r *rwRequest, raw, body []byte) (*rwDecoded, *rwErr
 	unchanged := len(d.relabels) == 0 && r.v1Wire && r.exemplars == 0
 	keep := req.Timeseries[:0]
 	var relayNames map[string]struct{} // for cached metadata
+	// Series relayed without metadata of their own take the cache's;
+	// its size is read once, not per series (its lock is shared).
+	cachedMeta := len(req.Metadata) == 0 && d.meta != nil && d.meta.size() > 0
+	// A plain series (r.v1Plain) needs only the checks the parser could
+	// not make: the limits, and no relabelling.
+	plainOK := len(d.relabels) == 0 && r.v1MaxName <= d.lim.MaxLabelNameLength && r.v1MaxValue <= d.lim.MaxLabelValueLength
 	for i := range req.Timeseries {
 		ts := req.Timeseries[i]
 		ts.Exemplars = nil
-		ls, same, err := d.sortedV1(ts.Labels, r.v1ASCII[i])
-		if err != nil {
-			return nil, err
-		}
-		if len(ts.Samples) == 0 && len(ts.Histograms) == 0 {
-			unchanged = false
-			continue // nothing to write (exemplars only)
-		}
-		ls, name, mode, drop, err := d.finish(ls)
-		if err != nil {
-			return nil, err
+		var (
+			ls         []prompb.Label
+			name       string
+			same       = true
+			mode, drop bool
+			err        *rwError
+		)
+		if plainOK && r.v1Plain[i] && len(ts.Labels)-1 <= d.lim.MaxLabelsPerSeries {
+			if len(ts.Samples) == 0 && len(ts.Histograms) == 0 {
+				unchanged = false
+				continue // nothing to write (exemplars only)
+			}
+			ls = ts.Labels
+			if cachedMeta {
+				name = metricNameV1(ls)
+			}
+		} else {
+			if ls, same, err = d.sortedV1(ts.Labels, r.v1ASCII[i]); err != nil {
+				return nil, err
+			}
+			if len(ts.Samples) == 0 && len(ts.Histograms) == 0 {
+				unchanged = false
+				continue // nothing to write (exemplars only)
+			}
+			if ls, name, mode, drop, err = d.finish(ls); err != nil {
+				return nil, err
+			}
 		}
 		if drop {
 			out.droppedSeries++
@@ -385,7 +411,7 @@ func (d *rwDecoder) decodeV1(r *rwRequest, raw, body []byte) (*rwDecoded, *rwErr
 		keep = append(keep, ts)
 		out.relayFloats += len(ts.Samples)
 		out.relayHists += len(ts.Histograms)
-		if len(req.Metadata) == 0 && d.meta != nil && d.meta.size() > 0 {
+		if cachedMeta {
 			if relayNames == nil {
 				relayNames = make(map[string]struct{})
 			}
@@ -580,6 +606,16 @@ func (d *rwDecoder) sortedV1(ls []prompb.Label, ascii bool) (_ []prompb.Label, s
 		}
 	}
 	return ls, !empty && sorted, nil
+}
+
+// metricNameV1 is the value of ls' __name__ label.
+func metricNameV1(ls []prompb.Label) string {
+	for _, l := range ls {
+		if l.Name == model.MetricNameLabel {
+			return l.Value
+		}
+	}
+	return ""
 }
 
 // checkNames checks that label names are non-empty valid UTF-8 and values

@@ -7,8 +7,11 @@ import (
 	"math"
 	"unsafe"
 
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/prompb"
 	writev2 "github.com/prometheus/prometheus/prompb/io/prometheus/write/v2"
+
+	"github.com/sluice-metrics/sluice/aggregate"
 )
 
 // This file is a pooled remote_write decoder modelled on VictoriaMetrics'
@@ -46,7 +49,17 @@ type rwRequest struct {
 	// v1ASCII[i]: the labels of v1.Timeseries[i] are all fastLabel's, in
 	// one run, every byte ASCII: valid UTF-8, non-empty names.
 	v1ASCII []bool
-	v2      writev2.Request
+	// v1Runs has two offsets in the decompressed body per series of v1:
+	// the start and end of its labels' run of Label messages. They are
+	// meaningful only while v1Wire holds (aggregate.Write.RelayRuns).
+	v1Runs []int32
+	// v1Plain[i]: v1ASCII[i], and the labels of v1.Timeseries[i] are
+	// strictly sorted by name, with __name__ and without clear_mode: all
+	// that the decoder checks but the limits. v1MaxName and v1MaxValue
+	// are the longest label name and value of such series.
+	v1Plain               []bool
+	v1MaxName, v1MaxValue int
+	v2                    writev2.Request
 	// exemplars counts the exemplars received; they are checked and
 	// dropped, never stored.
 	exemplars int
@@ -83,6 +96,9 @@ func (r *rwRequest) reset() {
 	r.exemplars = 0
 	r.v1Wire = false
 	r.v1ASCII = r.v1ASCII[:0]
+	r.v1Runs = r.v1Runs[:0]
+	r.v1Plain = r.v1Plain[:0]
+	r.v1MaxName, r.v1MaxValue = 0, 0
 	r.labels = r.labels[:0]
 	r.samples = r.samples[:0]
 	clear(r.hists)
@@ -271,7 +287,7 @@ func (r *rwRequest) parseV1(data []byte) error {
 			}
 			r.v1.Timeseries = append(r.v1.Timeseries, prompb.TimeSeries{})
 			ts := &r.v1.Timeseries[len(r.v1.Timeseries)-1]
-			if err := r.parseSeriesV1(b, ts); err != nil {
+			if err := r.parseSeriesV1(b, p.i-len(b), ts); err != nil {
 				return fmt.Errorf("timeseries[%d]: %w", len(r.v1.Timeseries)-1, err)
 			}
 		case 3:
@@ -296,12 +312,18 @@ func (r *rwRequest) parseV1(data []byte) error {
 	return nil
 }
 
-func (r *rwRequest) parseSeriesV1(data []byte, ts *prompb.TimeSeries) error {
+// parseSeriesV1 reads one TimeSeries message, data, which starts at
+// offset base of the body.
+func (r *rwRequest) parseSeriesV1(data []byte, base int, ts *prompb.TimeSeries) error {
 	l0, s0, h0 := len(r.labels), len(r.samples), len(r.hists)
 	p := pbReader{b: data}
 	labelsEnded := false // a field other than labels came after a label
 	fast := true         // every label so far was fastLabel's
 	run0, run1 := 0, 0   // the labels' bytes, if in one run
+	// For v1Plain: fastLabel's labels sorted, with __name__, no
+	// clear_mode; the longest name and value.
+	sorted, hasName, hasMode := true, false, false
+	maxName, maxValue := 0, 0
 	for !p.done() {
 		start := p.i
 		if d := p.b[p.i:]; len(d) >= 2 && d[0] == 0x0a && d[1] < 0x80 {
@@ -314,7 +336,16 @@ func (r *rwRequest) parseSeriesV1(data []byte, ts *prompb.TimeSeries) error {
 				}
 				if len(r.labels) == l0 {
 					run0 = p.i
+				} else if l.Name <= r.labels[len(r.labels)-1].Name {
+					sorted = false
 				}
+				switch l.Name[0] { // fastLabel's names are not empty
+				case '_':
+					hasName = hasName || l.Name == model.MetricNameLabel
+				case 'c':
+					hasMode = hasMode || l.Name == aggregate.ModeLabel || l.Name == aggregate.ModeLabelAlias
+				}
+				maxName, maxValue = max(maxName, len(l.Name)), max(maxValue, len(l.Value))
 				r.labels = append(r.labels, l)
 				p.i += 2 + int(d[1])
 				run1 = p.i
@@ -405,7 +436,14 @@ func (r *rwRequest) parseSeriesV1(data []byte, ts *prompb.TimeSeries) error {
 	if n := len(r.labels); n > l0 {
 		ts.Labels = r.labels[l0:n:n]
 	}
-	r.v1ASCII = append(r.v1ASCII, fast && len(r.labels) > l0 && isASCII(data[run0:run1]))
+	ascii := fast && len(r.labels) > l0 && isASCII(data[run0:run1])
+	r.v1ASCII = append(r.v1ASCII, ascii)
+	plain := ascii && sorted && hasName && !hasMode
+	r.v1Plain = append(r.v1Plain, plain)
+	if plain {
+		r.v1MaxName, r.v1MaxValue = max(r.v1MaxName, maxName), max(r.v1MaxValue, maxValue)
+	}
+	r.v1Runs = append(r.v1Runs, int32(base+run0), int32(base+run1))
 	if n := len(r.samples); n > s0 {
 		ts.Samples = r.samples[s0:n:n]
 	}
