@@ -330,23 +330,23 @@ func (r *rwRequest) parseSeriesV1(data []byte, base int, ts *prompb.TimeSeries) 
 			// The common case, a Label of short name and value written
 			// as the generated code writes it, without the general
 			// reader.
-			if l, ok := fastLabel(d[2:], int(d[1])); ok {
+			if name, value, ok := fastLabel(d[2:], int(d[1])); ok {
 				if labelsEnded {
 					r.v1Wire, fast = false, false
 				}
 				if len(r.labels) == l0 {
 					run0 = p.i
-				} else if l.Name <= r.labels[len(r.labels)-1].Name {
+				} else if name <= r.labels[len(r.labels)-1].Name {
 					sorted = false
 				}
-				switch l.Name[0] { // fastLabel's names are not empty
+				switch name[0] { // fastLabel's names are not empty
 				case '_':
-					hasName = hasName || l.Name == model.MetricNameLabel
+					hasName = hasName || name == model.MetricNameLabel
 				case 'c':
-					hasMode = hasMode || l.Name == aggregate.ModeLabel || l.Name == aggregate.ModeLabelAlias
+					hasMode = hasMode || name == aggregate.ModeLabel || name == aggregate.ModeLabelAlias
 				}
-				maxName, maxValue = max(maxName, len(l.Name)), max(maxValue, len(l.Value))
-				r.labels = append(r.labels, l)
+				maxName, maxValue = max(maxName, len(name)), max(maxValue, len(value))
+				r.labels = append(r.labels, prompb.Label{Name: name, Value: value})
 				p.i += 2 + int(d[1])
 				run1 = p.i
 				continue
@@ -360,11 +360,9 @@ func (r *rwRequest) parseSeriesV1(data []byte, base int, ts *prompb.TimeSeries) 
 			labelsEnded = true
 		}
 		if field == 2 && wire == 2 {
-			// A sample as the generated code writes it: value, then
-			// timestamp.
-			if b, err := p.bytes(); err == nil && len(b) > 10 && b[0] == 0x09 && b[9] == 0x10 {
-				if t, k := binary.Uvarint(b[10:]); k == len(b)-10 {
-					r.samples = append(r.samples, prompb.Sample{Value: math.Float64frombits(binary.LittleEndian.Uint64(b[1:9])), Timestamp: int64(t)})
+			if b, err := p.bytes(); err == nil {
+				if s, ok := plainSample(b); ok {
+					r.samples = append(r.samples, s)
 					continue
 				}
 			}
@@ -453,6 +451,26 @@ func (r *rwRequest) parseSeriesV1(data []byte, base int, ts *prompb.TimeSeries) 
 	return nil
 }
 
+// plainSample decodes a Sample message as the generated code writes it:
+// the value (fixed64, field 1) then the timestamp (varint, field 2),
+// either left out when zero. ok is false for anything else, which
+// parseSampleV1 then reads.
+func plainSample(b []byte) (s prompb.Sample, ok bool) {
+	if len(b) >= 9 && b[0] == 0x09 {
+		s.Value = math.Float64frombits(binary.LittleEndian.Uint64(b[1:9]))
+		b = b[9:]
+	}
+	if len(b) == 0 {
+		return s, true
+	}
+	if b[0] != 0x10 {
+		return s, false
+	}
+	t, k := binary.Uvarint(b[1:])
+	s.Timestamp = int64(t)
+	return s, k > 0 && k == len(b)-1
+}
+
 // isASCII reports whether every byte of b is below 0x80.
 func isASCII(b []byte) bool {
 	for len(b) >= 8 {
@@ -472,17 +490,15 @@ func isASCII(b []byte) bool {
 // fastLabel decodes a Label message of n bytes at the start of d if it is
 // exactly a name field then a value field, each shorter than 128 bytes;
 // ok is false for anything else (parseLabel then reads it).
-func fastLabel(d []byte, n int) (l prompb.Label, ok bool) {
+func fastLabel(d []byte, n int) (name, value string, ok bool) {
 	if n < 4 || n > len(d) || d[0] != 0x0a || d[1] >= 0x80 {
-		return l, false
+		return "", "", false
 	}
 	k := int(d[1])
 	if 2+k+2 > n || d[2+k] != 0x12 || d[3+k] >= 0x80 || 4+k+int(d[3+k]) != n || k == 0 || d[3+k] == 0 {
-		return l, false
+		return "", "", false
 	}
-	l.Name = unsafe.String(&d[2], k)
-	l.Value = unsafe.String(&d[4+k], int(d[3+k]))
-	return l, true
+	return unsafe.String(&d[2], k), unsafe.String(&d[4+k], int(d[3+k])), true
 }
 
 func parseLabel(data []byte, l *prompb.Label) error {
