@@ -228,17 +228,25 @@ if [ "$SKIP_RW" != 1 ]; then
 	start_sink
 	# Sluice relays every series without clear_mode unchanged; its own
 	# metrics are not forwarded, so the sink sees only the generator's.
-	cat >"$WORK/sluice-rw.yml" <<-EOF
-		self_metrics:
-		  forward: false
-	EOF
-	p=$(port)
-	start_bg sluice-rw "$SLUICE" --web.listen-address="127.0.0.1:$p" --wal.dir="$WORK/rw-wal" \
-		--config.file="$WORK/sluice-rw.yml" --remote-write.url="$SINK_URL/api/v1/write" --log.level=warn
-	SLUICE_PID=$LAST_PID
-	wait_ready "http://127.0.0.1:$p/-/ready"
-	rw_measure sluice "$SLUICE_PID" "http://127.0.0.1:$p/api/v1/write"
-	stop_pid "$SLUICE_PID"
+	# The default (fsync: always, the target), then fsync: interval for
+	# what the fsync before each acknowledgement costs (information).
+	for fs in always interval; do
+		name=sluice
+		[ "$fs" = always ] || name="sluice(fsync=$fs)"
+		cat >"$WORK/sluice-rw-$fs.yml" <<-EOF
+			self_metrics:
+			  forward: false
+			wal:
+			  fsync: $fs
+		EOF
+		p=$(port)
+		start_bg "sluice-rw-$fs" "$SLUICE" --web.listen-address="127.0.0.1:$p" --wal.dir="$WORK/rw-wal-$fs" \
+			--config.file="$WORK/sluice-rw-$fs.yml" --remote-write.url="$SINK_URL/api/v1/write" --log.level=warn
+		SLUICE_PID=$LAST_PID
+		wait_ready "http://127.0.0.1:$p/-/ready"
+		rw_measure "$name" "$SLUICE_PID" "http://127.0.0.1:$p/api/v1/write"
+		stop_pid "$SLUICE_PID"
+	done
 
 	if [ -x "$VMAGENT" ]; then
 		p=$(port)
@@ -251,7 +259,7 @@ if [ "$SKIP_RW" != 1 ]; then
 	fi
 	stop_pid "$SINK_PID"
 
-	for n in sluice vmagent; do
+	for n in sluice "sluice(fsync=interval)" vmagent; do
 		[ -n "${RW_SENT[$n]:-}" ] || continue
 		RESULTS+=("$(printf '%-28s %14s %12s %10s %10s   %s' "relay: $n" "$(calc "${RW_SPS[$n]}" 0)" "${RW_CPUM[$n]}" \
 			"$(calc "${RW_HWM[$n]} / 1024" 0)" "${RW_P99[$n]}" "sink got ${RW_RECV[$n]} of ${RW_SENT[$n]} sent; ${RW_STAT[$n]}")")
@@ -261,6 +269,7 @@ if [ "$SKIP_RW" != 1 ]; then
 	if [ -n "${RW_SENT[vmagent]:-}" ]; then
 		verdict "$(ge "${RW_CPUM[vmagent]}" "${RW_CPUM[sluice]}" && echo 1 || echo 0)" \
 			"relay CPU per M samples: Sluice ${RW_CPUM[sluice]} s <= vmagent ${RW_CPUM[vmagent]} s (ratio $(calc "${RW_CPUM[sluice]} / ${RW_CPUM[vmagent]}"))"
+		VERDICTS+=("INFO  relay CPU per M samples with wal.fsync: interval (no fsync before the 2xx, as vmagent): Sluice ${RW_CPUM[sluice(fsync=interval)]} s, ratio $(calc "${RW_CPUM[sluice(fsync=interval)]} / ${RW_CPUM[vmagent]}")")
 	else
 		VERDICTS+=("SKIP  relay CPU per M samples: no vmagent")
 	fi
