@@ -345,8 +345,11 @@ func seriesDiff(a, b *prompb.TimeSeries) string {
 	if !slices.EqualFunc(a.Labels, b.Labels, func(x, y prompb.Label) bool { return x.Name == y.Name && x.Value == y.Value }) {
 		return fmt.Sprintf("labels %v, want %v", b.Labels, a.Labels)
 	}
+	// Bit for bit (NaN payloads included), except that -0 and +0 are
+	// equal: the generated code leaves a zero value out, so a relay
+	// encoded again carries -0 as +0.
 	if !slices.EqualFunc(a.Samples, b.Samples, func(x, y prompb.Sample) bool {
-		return x.Timestamp == y.Timestamp && math.Float64bits(x.Value) == math.Float64bits(y.Value)
+		return x.Timestamp == y.Timestamp && (math.Float64bits(x.Value) == math.Float64bits(y.Value) || x.Value == 0 && y.Value == 0)
 	}) {
 		return fmt.Sprintf("samples %v, want %v", b.Samples, a.Samples)
 	}
@@ -504,6 +507,61 @@ func TestRelayBodyKeptOnlyWithoutExemplars(t *testing.T) {
 			checkForwardable(t, dec.write.RelayRaw)
 			if got := dec.write.Relay.Timeseries[0].Samples; len(got) != 1 || got[0].Timestamp != tc.sample.Timestamp || got[0].Value != tc.sample.Value {
 				t.Errorf("relayed samples %+v, want %+v", got, tc.sample)
+			}
+		})
+	}
+}
+
+// TestRelayBodyReencodedWhenNotCanonical: a body that gogo decodes but the
+// generated code would not write (a long field key, a length prefix
+// longer than needed, a key with bits past the 64th) is not kept as
+// received; the relay is encoded again, in a form the forward queues
+// read.
+func TestRelayBodyReencodedWhenNotCanonical(t *testing.T) {
+	req := &prompb.WriteRequest{Timeseries: []prompb.TimeSeries{
+		{Labels: lbls("__name__", "up", "job", "a"), Samples: []prompb.Sample{{Value: 1, Timestamp: 1}}},
+		{Labels: lbls("__name__", "up", "job", "b"), Samples: []prompb.Sample{{Value: 2, Timestamp: 2}}},
+	}}
+	raw, err := req.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if raw[0] != 0x0a || raw[1] >= 0x80 {
+		t.Fatalf("unexpected encoding % x", raw[:2])
+	}
+	n := raw[1]
+	for _, tc := range []struct {
+		name string
+		head []byte // replaces the first series' key and length
+		kept bool
+	}{
+		{"as generated", []byte{0x0a, n}, true},
+		{"two-byte key", []byte{0x8a, 0x00, n}, false},
+		{"key of field 1<<32|1", []byte{0x8a, 0x80, 0x80, 0x80, 0x80, 0x01, n}, false},
+		{"key with bits past the 64th", []byte{0x8a, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02, n}, false},
+		{"two-byte length", []byte{0x0a, n | 0x80, 0x00}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := append(slices.Clone(tc.head), raw[2:]...)
+			var back prompb.WriteRequest
+			if err := back.Unmarshal(b); err != nil || len(back.Timeseries) != 2 {
+				t.Fatalf("the generated code does not read the body: %v, %d series", err, len(back.Timeseries))
+			}
+			body := snappy.Encode(nil, b)
+			var pool bufPool
+			dec, rerr := decodeRemoteWrite(&pool, rwV1, body, fuzzLimits(), nil, newMetadataCache())
+			if rerr != nil {
+				t.Fatal(rerr.msg)
+			}
+			defer dec.release()
+			same := unsafe.SliceData(dec.write.RelaySnappy) == unsafe.SliceData(body) && len(dec.write.RelaySnappy) == len(body)
+			if same != tc.kept {
+				t.Errorf("relay block is the body received: %v, want %v", same, tc.kept)
+			}
+			checkForwardable(t, dec.write.RelayRaw)
+			checkRuns(t, dec.write.Relay, dec.write.RelayRaw, dec.write.RelayRuns)
+			if len(dec.write.Relay.Timeseries) != 2 {
+				t.Errorf("relayed %d series, want 2", len(dec.write.Relay.Timeseries))
 			}
 		})
 	}

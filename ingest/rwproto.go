@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/bits"
 	"unsafe"
 
 	"github.com/prometheus/common/model"
@@ -285,6 +286,7 @@ func (r *rwRequest) parseV1(data []byte) error {
 			if err != nil {
 				return err
 			}
+			r.checkCanonical(start, p.i, b)
 			r.v1.Timeseries = append(r.v1.Timeseries, prompb.TimeSeries{})
 			ts := &r.v1.Timeseries[len(r.v1.Timeseries)-1]
 			if err := r.parseSeriesV1(b, p.i-len(b), ts); err != nil {
@@ -298,6 +300,7 @@ func (r *rwRequest) parseV1(data []byte) error {
 			if err != nil {
 				return err
 			}
+			r.checkCanonical(start, p.i, b)
 			r.v1.Metadata = append(r.v1.Metadata, prompb.MetricMetadata{})
 			if err := parseMetadataV1(b, &r.v1.Metadata[len(r.v1.Metadata)-1]); err != nil {
 				return fmt.Errorf("metadata[%d]: %w", len(r.v1.Metadata)-1, err)
@@ -420,6 +423,7 @@ func (r *rwRequest) parseSeriesV1(data []byte, base int, ts *prompb.TimeSeries) 
 			if err != nil {
 				return err
 			}
+			r.checkCanonical(start, p.i, b)
 			r.hists = append(r.hists, prompb.Histogram{})
 			if err := r.hists[len(r.hists)-1].Unmarshal(b); err != nil {
 				return fmt.Errorf("histograms: %w", err)
@@ -450,6 +454,21 @@ func (r *rwRequest) parseSeriesV1(data []byte, base int, ts *prompb.TimeSeries) 
 	}
 	return nil
 }
+
+// checkCanonical clears v1Wire unless the length-delimited field that
+// starts at start and ends at end, with contents b, has a one-byte key and
+// the shortest length prefix, as the generated code writes them. The
+// forward queues read relayed bodies with a plain varint reader, which
+// does not take what gogo also accepts (keys of more than five bytes,
+// varints with bits past the 64th).
+func (r *rwRequest) checkCanonical(start, end int, b []byte) {
+	if end-start != 1+varintLen(uint64(len(b)))+len(b) {
+		r.v1Wire = false
+	}
+}
+
+// varintLen is the length of v's shortest varint encoding.
+func varintLen(v uint64) int { return (bits.Len64(v|1) + 6) / 7 }
 
 // plainSample decodes a Sample message as the generated code writes it:
 // the value (fixed64, field 1) then the timestamp (varint, field 2),
