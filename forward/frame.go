@@ -248,12 +248,18 @@ func (e *frameEncoder) finish() []byte {
 	f = binary.AppendVarint(f, minT)
 	comp := snappy.Encode(f[len(f):cap(f)], e.body)
 	f = f[:len(f)+len(comp)]
+	sealFrame(f)
+	e.frame = f
+	return f
+}
+
+// sealFrame fills in the header of f, a window frame whose payload
+// follows the header: type, payload length and CRC.
+func sealFrame(f []byte) {
 	f[0] = frameTypeWindow
 	binary.BigEndian.PutUint32(f[1:5], uint32(len(f)-frameHeaderSize))
 	crc := crc32.Update(crc32.Checksum(f[:5], castagnoli), castagnoli, f[frameHeaderSize:])
 	binary.BigEndian.PutUint32(f[5:9], crc)
-	e.frame = f
-	return f
 }
 
 func appendString(b []byte, s string) []byte {

@@ -3,7 +3,6 @@ package forward
 import (
 	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 	"hash/maphash"
 	"math"
 	"slices"
@@ -37,10 +36,7 @@ func (e *frameEncoder) wireFrame(block []byte, count int, minT int64) []byte {
 	f = binary.AppendUvarint(f, uint64(count))
 	f = binary.AppendVarint(f, minT)
 	f = append(f, block...)
-	f[0] = frameTypeWindow
-	binary.BigEndian.PutUint32(f[1:5], uint32(len(f)-frameHeaderSize))
-	crc := crc32.Update(crc32.Checksum(f[:5], castagnoli), castagnoli, f[frameHeaderSize:])
-	binary.BigEndian.PutUint32(f[5:9], crc)
+	sealFrame(f)
 	e.frame = f
 	return f
 }

@@ -310,14 +310,7 @@ func FuzzDecodeWire(f *testing.F) {
 		}
 		k := 0
 		for _, ts := range req.Timeseries {
-			var wireWant []byte
-			for _, l := range ts.Labels {
-				b, err := l.Marshal()
-				if err != nil {
-					t.Fatal(err)
-				}
-				wireWant = append(append(append(wireWant, 0x0a), protoLen(len(b))...), b...)
-			}
+			wireWant := labelRunOf(t, ts.Labels)
 			want := make([]sample, 0, len(ts.Samples)+len(ts.Histograms))
 			for _, s := range ts.Samples {
 				want = append(want, sample{t: s.Timestamp, v: s.Value})
@@ -353,6 +346,21 @@ func relayCountOf(req *prompb.WriteRequest) int {
 	return info.floats + info.hists
 }
 
+// labelRunOf is ls as a run of Label fields of a TimeSeries, encoded as
+// the generated code encodes them.
+func labelRunOf(t *testing.T, ls []prompb.Label) []byte {
+	t.Helper()
+	var run []byte
+	for _, l := range ls {
+		b, err := l.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		run = append(append(append(run, 0x0a), protoLen(len(b))...), b...)
+	}
+	return run
+}
+
 // protoLen is n as a protobuf length prefix.
 func protoLen(n int) []byte { return binary.AppendUvarint(nil, uint64(n)) }
 
@@ -374,14 +382,7 @@ func TestRelayInfoKeys(t *testing.T) {
 	var runs []int32
 	off := 0
 	for _, ts := range req.Timeseries {
-		var want []byte
-		for _, l := range ts.Labels {
-			b, err := l.Marshal()
-			if err != nil {
-				t.Fatal(err)
-			}
-			want = append(binary.AppendUvarint(append(want, 0x0a), uint64(len(b))), b...)
-		}
+		want := labelRunOf(t, ts.Labels)
 		if len(want) == 0 {
 			runs = append(runs, int32(off), int32(off))
 			continue

@@ -362,32 +362,29 @@ func (d *rwDecoder) decodeV1(r *rwRequest, raw, body []byte) (*rwDecoded, *rwErr
 		ts := req.Timeseries[i]
 		ts.Exemplars = nil
 		var (
-			ls         []prompb.Label
+			ls         = ts.Labels
 			name       string
 			same       = true
 			mode, drop bool
 			err        *rwError
 		)
-		if plainOK && r.v1Plain[i] && len(ts.Labels)-1 <= d.lim.MaxLabelsPerSeries {
-			if len(ts.Samples) == 0 && len(ts.Histograms) == 0 {
-				unchanged = false
-				continue // nothing to write (exemplars only)
-			}
-			ls = ts.Labels
-			if cachedMeta {
-				name = metricNameV1(ls)
-			}
-		} else {
-			if ls, same, err = d.sortedV1(ts.Labels, r.v1ASCII[i]); err != nil {
+		plain := plainOK && r.v1Plain[i] && len(ls)-1 <= d.lim.MaxLabelsPerSeries
+		if !plain {
+			if ls, same, err = d.sortedV1(ls, r.v1ASCII[i]); err != nil {
 				return nil, err
 			}
-			if len(ts.Samples) == 0 && len(ts.Histograms) == 0 {
-				unchanged = false
-				continue // nothing to write (exemplars only)
-			}
+		}
+		if len(ts.Samples) == 0 && len(ts.Histograms) == 0 {
+			unchanged = false
+			continue // nothing to write (exemplars only)
+		}
+		switch {
+		case !plain:
 			if ls, name, mode, drop, err = d.finish(ls); err != nil {
 				return nil, err
 			}
+		case cachedMeta:
+			name = metricNameV1(ls)
 		}
 		if drop {
 			out.droppedSeries++
