@@ -138,22 +138,28 @@ func (s *Store) removeSeriesKeys(keys []string) {
 	}
 }
 
-// GatherDurable is Gather for a flush: it blocks new operations, waits
-// until every operation applied so far is durable, and renders, so a
-// window never shows a push that was not acknowledged.
+// GatherDurable is Gather for a flush: it renders, then waits until every
+// operation enqueued so far is durable, so a window never shows a push
+// that was not acknowledged. Operations go on while it renders: each one
+// enqueues its record before it changes a group, under the group's lock,
+// and Gather reads each group under that lock, so whatever a window shows
+// was enqueued before the barrier that follows. If that barrier fails the
+// window is not emitted.
 func (s *Store) GatherDurable(ctx context.Context) ([]*dto.MetricFamily, error) {
 	if err := s.unavailable(); err != nil {
 		return nil, err
 	}
-	s.stateMu.Lock()
-	defer s.stateMu.Unlock()
+	fams, err := s.Gather()
+	if err != nil {
+		return nil, err
+	}
 	if s.journal != nil {
 		if err := s.journal.Barrier(ctx); err != nil {
 			s.fail(err)
 			return nil, err
 		}
 	}
-	return s.Gather()
+	return fams, nil
 }
 
 // Durable adapts GatherDurable to prometheus.Gatherer for the Flusher.

@@ -3,6 +3,7 @@ package aggregate
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/sluice-metrics/sluice/configs"
 )
@@ -138,5 +140,111 @@ func TestJournalFailureRefusesAndSkipsWindows(t *testing.T) {
 	}
 	if _, err := s.GatherDurable(context.Background()); err == nil {
 		t.Fatal("no durable window may be rendered after a journal failure")
+	}
+}
+
+// orderJournal logs enqueues and barriers in order and holds every wait
+// and barrier until open is closed.
+type orderJournal struct {
+	open chan struct{}
+	mu   sync.Mutex
+	log  []string
+	seen chan struct{} // receives after every logged event
+}
+
+func (j *orderJournal) note(ev string) {
+	j.mu.Lock()
+	j.log = append(j.log, ev)
+	j.mu.Unlock()
+	select {
+	case j.seen <- struct{}{}:
+	default:
+	}
+}
+
+func (j *orderJournal) events() string {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return strings.Join(j.log, ",")
+}
+
+func (j *orderJournal) gate(ctx context.Context) error {
+	select {
+	case <-j.open:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (j *orderJournal) Enqueue(typ uint8, _ []byte) func(context.Context) error {
+	j.note(fmt.Sprintf("record%d", typ)) // RecordPush is 1
+	return j.gate
+}
+
+func (j *orderJournal) Barrier(ctx context.Context) error {
+	j.note("barrier")
+	return j.gate(ctx)
+}
+
+// waitEvents waits until the journal's events are want.
+func (j *orderJournal) waitEvents(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for j.events() != want {
+		select {
+		case <-j.seen:
+		case <-time.After(10 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("journal events %q, want %q", j.events(), want)
+		}
+	}
+}
+
+// TestFlushDoesNotStopPushes: a window is rendered while pushes go on;
+// it waits until everything it shows is durable, and a push applied
+// while it waits for that is in the next window, not this one.
+func TestFlushDoesNotStopPushes(t *testing.T) {
+	j := &orderJournal{open: make(chan struct{}), seen: make(chan struct{}, 1)}
+	s, _ := newTestStore(t, testSettings())
+	s.journal = j
+	s.SetReady()
+	pushed := make(chan error, 2)
+	go func() { pushed <- push(t, s, "job=a", MethodPost, "a_total 1\n") }()
+	j.waitEvents(t, "record1")
+
+	window := make(chan []*dto.MetricFamily, 1)
+	go func() {
+		fams, err := s.GatherDurable(context.Background())
+		if err != nil {
+			t.Error(err)
+		}
+		window <- fams
+	}()
+	j.waitEvents(t, "record1,barrier")
+	// The window is rendered and waits for the log; a push to another
+	// group is applied meanwhile.
+	go func() { pushed <- push(t, s, "job=b", MethodPost, "b_total 1\n") }()
+	j.waitEvents(t, "record1,barrier,record1")
+	select {
+	case <-window:
+		t.Fatal("the window was emitted before what it shows was durable")
+	case <-time.After(20 * time.Millisecond):
+	}
+	close(j.open)
+	for range 2 {
+		if err := <-pushed; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var names []string
+	for _, f := range <-window {
+		names = append(names, f.GetName())
+	}
+	if got := strings.Join(names, ","); got != "a_total,push_failure_time_seconds,push_time_seconds" {
+		t.Fatalf("window families %s, want a_total and the push times only", got)
+	}
+	if got := expose(t, s); !strings.Contains(got, `b_total{instance="",job="b"} 1`) {
+		t.Fatalf("the push made during the flush is missing afterwards:\n%s", got)
 	}
 }

@@ -80,9 +80,9 @@ type Store struct {
 	ready   atomic.Bool // with a journal: recovery is done
 	// stateMu orders operations against durable snapshots: every
 	// operation holds it for reading while it validates, enqueues its
-	// record and mutates; a flush holds it for writing while it waits for
-	// the journal and renders, so a window shows only durable operations.
-	// It is taken before any other lock.
+	// record and mutates; a checkpoint holds it for writing while it waits
+	// for the journal and copies the state, so that the copy is the state
+	// at one position of the log. It is taken before any other lock.
 	stateMu sync.RWMutex
 
 	now      func() time.Time
@@ -742,65 +742,68 @@ func (s *Store) Run(ctx context.Context, interval time.Duration) error {
 // Gather returns the current aggregated series and the per-group push
 // timestamps as metric families, sorted by name. It implements
 // prometheus.Gatherer so /metrics can merge it with Sluice's own registry.
+// Each group is rendered under its lock, so it shows every operation on
+// it entirely or not at all; operations go on meanwhile.
 func (s *Store) Gather() ([]*dto.MetricFamily, error) {
 	now := s.now().UnixNano()
+	type rendered struct {
+		lset labels.Labels
+		m    *dto.Metric
+	}
 	type famSeries struct {
 		fam    *family
-		series []*series
+		series []rendered
 	}
 	byName := make(map[string]*famSeries)
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		for _, se := range sh.series {
+	pt := &dto.MetricFamily{Name: ptr(pushTimeName), Type: dto.MetricType_GAUGE.Enum(),
+		Help: ptr("Last Unix time when changing this group in Sluice succeeded.")}
+	pf := &dto.MetricFamily{Name: ptr(pushFailureTimeName), Type: dto.MetricType_GAUGE.Enum(),
+		Help: ptr("Last Unix time when changing this group in Sluice failed.")}
+	// Group by group, under the group's lock: every operation changes a
+	// group under it, so each group shows all of an operation or none of
+	// it, and operations on other groups go on meanwhile.
+	for _, g := range s.groupList() {
+		g.mu.Lock()
+		if g.deleted {
+			g.mu.Unlock()
+			continue
+		}
+		for _, se := range g.series {
+			sh := &s.shards[s.shardOf(se.key)]
+			sh.mu.Lock()
+			m := se.metric(now)
+			sh.mu.Unlock()
+			if m == nil {
+				continue
+			}
 			fs := byName[se.name]
 			if fs == nil {
 				fs = &famSeries{fam: se.fam}
 				byName[se.name] = fs
 			}
-			fs.series = append(fs.series, se)
+			fs.series = append(fs.series, rendered{se.lset, m})
 		}
-		sh.mu.Unlock()
-	}
-	fams := make(map[string]*dto.MetricFamily, len(byName))
-	for name, fs := range byName {
-		// Sorting the label sets is much cheaper than sorting rendered
-		// metrics by their label pairs.
-		slices.SortFunc(fs.series, func(a, b *series) int { return labels.Compare(a.lset, b.lset) })
-		f := &dto.MetricFamily{Name: ptr(name), Type: ptr(fs.fam.typ)}
-		if fs.fam.help != "" {
-			f.Help = ptr(fs.fam.help)
-		}
-		for _, se := range fs.series {
-			sh := &s.shards[s.shardOf(se.key)]
-			sh.mu.Lock()
-			m := se.metric(now)
-			sh.mu.Unlock()
-			if m != nil {
-				f.Metric = append(f.Metric, m)
-			}
-		}
-		if len(f.Metric) > 0 {
-			fams[name] = f
-		}
-	}
-	pt := &dto.MetricFamily{Name: ptr(pushTimeName), Type: dto.MetricType_GAUGE.Enum(),
-		Help: ptr("Last Unix time when changing this group in Sluice succeeded.")}
-	pf := &dto.MetricFamily{Name: ptr(pushFailureTimeName), Type: dto.MetricType_GAUGE.Enum(),
-		Help: ptr("Last Unix time when changing this group in Sluice failed.")}
-	for _, g := range s.groupList() {
-		g.mu.Lock()
-		ok, last, fail := !g.deleted && g.lastPush != 0, g.lastPush, g.lastFailure
+		last, fail := g.lastPush, g.lastFailure
 		g.mu.Unlock()
-		if !ok {
+		if last == 0 {
 			continue
 		}
 		lp := groupLabelPairs(g.labels)
 		pt.Metric = append(pt.Metric, &dto.Metric{Label: lp, Gauge: &dto.Gauge{Value: ptr(unixSeconds(last))}})
 		pf.Metric = append(pf.Metric, &dto.Metric{Label: lp, Gauge: &dto.Gauge{Value: ptr(unixSeconds(fail))}})
 	}
-	out := make([]*dto.MetricFamily, 0, len(fams)+2)
-	for _, f := range fams {
+	out := make([]*dto.MetricFamily, 0, len(byName)+2)
+	for name, fs := range byName {
+		// Sorting the label sets is much cheaper than sorting rendered
+		// metrics by their label pairs.
+		slices.SortFunc(fs.series, func(a, b rendered) int { return labels.Compare(a.lset, b.lset) })
+		f := &dto.MetricFamily{Name: ptr(name), Type: ptr(fs.fam.typ), Metric: make([]*dto.Metric, len(fs.series))}
+		if fs.fam.help != "" {
+			f.Help = ptr(fs.fam.help)
+		}
+		for i := range fs.series {
+			f.Metric[i] = fs.series[i].m
+		}
 		out = append(out, f)
 	}
 	if len(pt.Metric) > 0 {
