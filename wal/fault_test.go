@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync"
 	"syscall"
 	"testing"
 	"testing/synctest"
@@ -234,4 +235,54 @@ func TestIntervalSyncFailureIsSticky(t *testing.T) {
 			t.Fatalf("Append after a failed background fsync: %v, want the sticky EIO", err)
 		}
 	})
+}
+
+// TestIntervalAppendsDuringSync: in SyncInterval mode an append is a
+// write(2); it does not wait for a background fsync that is slow.
+func TestIntervalAppendsDuringSync(t *testing.T) {
+	ffs := &faultFS{FS: OSFS()}
+	dir := t.TempDir()
+	w := openT(t, dir, ffs, Options{Sync: SyncInterval, SyncInterval: 10 * time.Millisecond})
+	if _, err := w.Append(context.Background(), Record{Type: 1, Data: []byte("first")}); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) }) // before Close, even on failure
+	entered := make(chan struct{}, 1)
+	ffs.mu.Lock()
+	ffs.onSync = func() {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-release
+	}
+	ffs.mu.Unlock()
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no background fsync within 5 s")
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := w.Append(context.Background(), Record{Type: 1, Data: []byte("second")})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("an append waited for the background fsync")
+	}
+	ffs.mu.Lock()
+	ffs.onSync = nil
+	ffs.mu.Unlock()
+	once.Do(func() { close(release) })
+	must(t, w.Close())
+	if got := replayAll(t, openT(t, dir, OSFS(), Options{}), Position{}); len(got) != 2 {
+		t.Fatalf("%d records after reopening, want 2", len(got))
+	}
 }

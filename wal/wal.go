@@ -859,7 +859,8 @@ func (w *WAL) fsync(f File) error {
 	return err
 }
 
-// syncLoop fsyncs every SyncInterval in SyncInterval mode.
+// syncLoop fsyncs every SyncInterval in SyncInterval mode, without
+// holding the token while the fsync runs.
 func (w *WAL) syncLoop() {
 	defer w.wg.Done()
 	t := time.NewTicker(w.opts.SyncInterval)
@@ -870,12 +871,36 @@ func (w *WAL) syncLoop() {
 			return
 		case <-t.C:
 		}
+		// The token is held only to read what to fsync and to record
+		// the result: the fsync itself (milliseconds, sometimes tens)
+		// runs without it, so appends, a write(2) each in this mode, go
+		// on meanwhile instead of waiting for it.
 		select {
 		case <-w.stop:
 			return
 		case w.token <- struct{}{}:
 		}
-		_ = w.syncData() // a failure is sticky and logged
+		f, seg, upto := w.file, w.fileSeg, w.written
+		due := w.synced < upto
+		<-w.token
+		if !due {
+			continue
+		}
+		err := w.fsync(f)
+		select {
+		case <-w.stop:
+			return
+		case w.token <- struct{}{}:
+		}
+		// Once the segment changed, the fsync's result is moot: rotate
+		// fsyncs a segment before it stops writing to it.
+		if w.fileSeg == seg {
+			if err != nil {
+				w.setSticky(fmt.Errorf("wal: fsync segment %s: %w", SegmentName(seg), err))
+			} else {
+				w.synced = max(w.synced, upto)
+			}
+		}
 		<-w.token
 	}
 }
