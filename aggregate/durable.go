@@ -132,6 +132,7 @@ func (s *Store) removeSeriesKeys(keys []string) {
 	for g, ks := range byGroup {
 		g.mu.Lock()
 		if !g.deleted {
+			s.beforeChange(g)
 			s.removeKeysLocked(g, ks)
 		}
 		g.mu.Unlock()
@@ -188,13 +189,21 @@ type CheckpointLog interface {
 	WriteCheckpoint(pos wal.Position, data []byte) error
 }
 
-// Checkpoint writes the durable state so the log before it can go. It
-// blocks operations while it waits for the journal and copies the state
-// into bytes; writing the file happens after they resume.
+// Checkpoint writes the durable state so the log before it can go.
+//
+// Operations stop only while it waits for the journal and cuts the log:
+// the state is then the state at the cut. It is copied afterwards, group
+// by group, while operations go on; an operation that gets to a group
+// before the checkpoint copies the group first (beforeChange), so each
+// group is copied as it was at the cut. Groups created after the cut are
+// left out: all of them is in the log after it. Writing the file happens
+// last.
 func (s *Store) Checkpoint(ctx context.Context, log CheckpointLog) error {
 	if err := s.unavailable(); err != nil {
 		return err
 	}
+	s.checkpointMu.Lock()
+	defer s.checkpointMu.Unlock()
 	start := time.Now()
 	s.stateMu.Lock()
 	if s.journal != nil {
@@ -209,9 +218,19 @@ func (s *Store) Checkpoint(ctx context.Context, log CheckpointLog) error {
 		s.stateMu.Unlock()
 		return fmt.Errorf("cut write-ahead log segment: %w", err)
 	}
-	data := s.snapshot()
+	c := s.newCapture(s.checkpoints.Add(1))
+	groups := s.groupList()
+	s.capturing.Store(c)
 	s.stateMu.Unlock()
+	for _, g := range groups {
+		g.mu.Lock()
+		s.captureLocked(g, c)
+		g.mu.Unlock()
+	}
+	s.capturing.Store(nil)
+	data, head := c.bytes()
 	s.snapshotSize.Store(int64(len(data)))
+	s.snapshotHead.Store(int64(head))
 	if err := log.WriteCheckpoint(pos, data); err != nil {
 		return fmt.Errorf("write checkpoint: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/sluice-metrics/sluice/configs"
+	"github.com/sluice-metrics/sluice/wal"
 )
 
 // memJournal is a fake Journal keeping records in memory; failing makes
@@ -246,5 +247,96 @@ func TestFlushDoesNotStopPushes(t *testing.T) {
 	}
 	if got := expose(t, s); !strings.Contains(got, `b_total{instance="",job="b"} 1`) {
 		t.Fatalf("the push made during the flush is missing afterwards:\n%s", got)
+	}
+}
+
+// cutLog is a CheckpointLog that notes how many journal records precede
+// its cut and keeps the checkpoint's data.
+type cutLog struct {
+	j    *memJournal
+	cut  chan int // receives the record count at the cut
+	data []byte
+}
+
+func (l *cutLog) Cut() (wal.Position, error) {
+	l.j.mu.Lock()
+	n := len(l.j.recs)
+	l.j.mu.Unlock()
+	l.cut <- n
+	return wal.Position{}, nil
+}
+
+func (l *cutLog) WriteCheckpoint(_ wal.Position, data []byte) error {
+	l.data = append([]byte(nil), data...)
+	return nil
+}
+
+// TestCheckpointWhilePushing: pushes go on while a checkpoint copies the
+// state, and the checkpoint is the state at its cut, whichever of the
+// checkpoint and a push gets to a group first: restoring it and
+// replaying the records after the cut gives the live state, nothing
+// counted twice or lost.
+func TestCheckpointWhilePushing(t *testing.T) {
+	for i := range 20 {
+		j := &memJournal{}
+		s, clk := newTestStore(t, testSettings())
+		s.journal = j
+		s.SetReady()
+		for _, grp := range []string{"job=a", "job=b", "job=c"} {
+			mustPush(t, s, grp, "# TYPE n_total counter\nn_total 1\nlat{clear_mode=\"p99_5m\"} 3\ng 1\n")
+		}
+		// Hold group a, so the checkpoint cannot copy it before a push
+		// to it is under way.
+		a := s.lookupGroup(groupLabels("job=a"))
+		a.mu.Lock()
+		l := &cutLog{j: j, cut: make(chan int, 1)}
+		cpDone := make(chan error, 1)
+		go func() { cpDone <- s.Checkpoint(context.Background(), l) }()
+		cut := <-l.cut
+		// Pushes to other groups go on during the copy.
+		mustPush(t, s, "job=b", "# TYPE n_total counter\nn_total 10\nlat{clear_mode=\"p99_5m\"} 5\ng 2\n")
+		mustPush(t, s, "job=new", "# TYPE n_total counter\nn_total 7\n")
+		if err := s.Delete(context.Background(), groupLabels("job=c")); err != nil {
+			t.Fatal(err)
+		}
+		mustPush(t, s, "job=c", "# TYPE n_total counter\nn_total 5\n")
+		pushed := make(chan error, 1)
+		go func() {
+			pushed <- push(t, s, "job=a", MethodPost, "# TYPE n_total counter\nn_total 100\nlat{clear_mode=\"p99_5m\"} 9\ng 3\n")
+		}()
+		if i%2 == 0 {
+			time.Sleep(time.Millisecond) // let the push reach a's lock first, sometimes
+		}
+		a.mu.Unlock()
+		if err := <-pushed; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-cpDone; err != nil {
+			t.Fatal(err)
+		}
+		clk.advance(time.Second)
+		want := expose(t, s)
+
+		r, _ := newTestStore(t, testSettings())
+		r.now = clk.now
+		if err := r.Restore(l.data); err != nil {
+			t.Fatal(err)
+		}
+		for k, rec := range j.recs[cut:] {
+			op, err := DecodeOp(rec.typ, rec.data)
+			if err == nil {
+				err = r.Replay(op)
+			}
+			if err != nil {
+				t.Fatalf("replay record %d after the cut: %v", k, err)
+			}
+		}
+		if got := expose(t, r); got != want {
+			t.Fatalf("run %d: checkpoint + replay differs from the live state\n got:\n%s\nwant:\n%s", i, got, want)
+		}
+		if !strings.Contains(want, `n_total{instance="",job="a"} 101`) || !strings.Contains(want, `n_total{instance="",job="new"} 7`) ||
+			!strings.Contains(want, `n_total{instance="",job="c"} 5`) {
+			t.Fatalf("test history did not produce the expected state:\n%s", want)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 
 	"github.com/DataDog/sketches-go/ddsketch"
 	dto "github.com/prometheus/client_model/go"
@@ -29,61 +30,108 @@ const (
 	stateSummary = 3
 )
 
-// Snapshot serialises the whole state. The caller holds stateMu for
-// writing (see Checkpoint), so no operation runs meanwhile.
-func (s *Store) snapshot() []byte {
-	// The previous snapshot's size is a good guess of this one's.
-	b := make([]byte, 0, s.snapshotSize.Load()*9/8+64)
-	b = append(b, snapshotMagic...)
-	b = binary.AppendUvarint(b, snapshotVersion)
-	groups := s.groupList()
-	idx := make(map[*group]int, len(groups))
-	live := groups[:0]
-	for _, g := range groups {
-		if !g.deleted && g.lastPush != 0 {
-			idx[g] = len(live)
-			live = append(live, g)
-		}
+// capture is a checkpoint's copy of the state at one position of the
+// log, taken group by group while operations go on (see Checkpoint): a
+// group is copied by the checkpoint, or, if an operation gets to it
+// first, by that operation before it changes the group. Either holds the
+// group's lock. The layout is the snapshot's: the live groups, then every
+// series with the index of its group.
+type capture struct {
+	epoch int64
+
+	mu      sync.Mutex // guards the fields below
+	groups  []byte     // the live groups' entries
+	series  []byte     // gap bytes kept free for the head, then the series entries
+	gap     int
+	live    int
+	nSeries int
+}
+
+// newCapture starts the capture of checkpoint epoch, its buffers sized
+// after the last snapshot's.
+func (s *Store) newCapture(epoch int64) *capture {
+	gap := int(s.snapshotHead.Load())*5/4 + 64
+	return &capture{epoch: epoch, gap: gap,
+		series: make([]byte, gap, int64(gap)+s.snapshotSize.Load()*9/8+64)}
+}
+
+// captureLocked copies g into the checkpoint being taken, c, unless it
+// is there already. The caller holds g.mu.
+func (s *Store) captureLocked(g *group, c *capture) {
+	if g.captured >= c.epoch {
+		return
 	}
-	b = binary.AppendUvarint(b, uint64(len(live)))
-	nSeries := 0
-	for _, g := range live {
-		b = appendLabels(b, g.labels)
-		b = binary.AppendVarint(b, g.lastPush)
-		b = binary.AppendVarint(b, g.lastFailure)
-		nSeries += len(g.series)
+	g.captured = c.epoch
+	if g.deleted || g.lastPush == 0 {
+		return
 	}
-	b = binary.AppendUvarint(b, uint64(nSeries))
-	for _, g := range live {
-		for _, se := range g.series {
-			b = binary.AppendUvarint(b, uint64(idx[g]))
-			b = appendLabels(b, se.lset)
-			b = appendString(b, se.name)
-			b = append(b, byte(se.typ))
-			b = appendString(b, se.mode.String())
-			b = appendString(b, se.fam.help)
-			b = binary.AppendVarint(b, se.lastPush)
-			switch {
-			case se.win != nil:
-				b = append(b, stateWindow)
-				b = appendWindow(b, se.win)
-			case se.hist != nil:
-				b = append(b, stateHist)
-				b = appendHist(b, se.hist)
-			case se.summ != nil:
-				b = append(b, stateSummary)
-				b = appendFloat(b, se.summ.count)
-				b = appendFloat(b, se.summ.sum)
-				b = binary.AppendUvarint(b, uint64(len(se.summ.quantiles)))
-				for _, q := range se.summ.quantiles {
-					b = appendFloat(b, q.GetQuantile())
-					b = appendFloat(b, q.GetValue())
-				}
-			default:
-				b = append(b, stateValue)
-				b = appendFloat(b, se.value)
-			}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	idx := uint64(c.live)
+	c.live++
+	c.groups = appendLabels(c.groups, g.labels)
+	c.groups = binary.AppendVarint(c.groups, g.lastPush)
+	c.groups = binary.AppendVarint(c.groups, g.lastFailure)
+	c.nSeries += len(g.series)
+	for _, se := range g.series {
+		c.series = binary.AppendUvarint(c.series, idx)
+		c.series = appendSeries(c.series, se)
+	}
+}
+
+// beforeChange copies g into the checkpoint being taken, if any, before an
+// operation changes it. The caller holds g.mu.
+func (s *Store) beforeChange(g *group) {
+	if c := s.capturing.Load(); c != nil {
+		s.captureLocked(g, c)
+	}
+}
+
+// bytes returns the snapshot: the head (magic, version, the groups, the
+// series count) written into the gap before the series when it fits.
+func (c *capture) bytes() ([]byte, int) {
+	head := make([]byte, 0, len(c.groups)+32)
+	head = append(head, snapshotMagic...)
+	head = binary.AppendUvarint(head, snapshotVersion)
+	head = binary.AppendUvarint(head, uint64(c.live))
+	head = append(head, c.groups...)
+	head = binary.AppendUvarint(head, uint64(c.nSeries))
+	if len(head) <= c.gap {
+		start := c.gap - len(head)
+		copy(c.series[start:], head)
+		return c.series[start:], len(head)
+	}
+	return append(head, c.series[c.gap:]...), len(head)
+}
+
+// appendSeries appends one series entry of a snapshot, after its group
+// index.
+func appendSeries(b []byte, se *series) []byte {
+	b = appendLabels(b, se.lset)
+	b = appendString(b, se.name)
+	b = append(b, byte(se.typ))
+	b = appendString(b, se.mode.String())
+	b = appendString(b, se.fam.help)
+	b = binary.AppendVarint(b, se.lastPush)
+	switch {
+	case se.win != nil:
+		b = append(b, stateWindow)
+		b = appendWindow(b, se.win)
+	case se.hist != nil:
+		b = append(b, stateHist)
+		b = appendHist(b, se.hist)
+	case se.summ != nil:
+		b = append(b, stateSummary)
+		b = appendFloat(b, se.summ.count)
+		b = appendFloat(b, se.summ.sum)
+		b = binary.AppendUvarint(b, uint64(len(se.summ.quantiles)))
+		for _, q := range se.summ.quantiles {
+			b = appendFloat(b, q.GetQuantile())
+			b = appendFloat(b, q.GetValue())
 		}
+	default:
+		b = append(b, stateValue)
+		b = appendFloat(b, se.value)
 	}
 	return b
 }

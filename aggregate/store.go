@@ -81,8 +81,9 @@ type Store struct {
 	// stateMu orders operations against durable snapshots: every
 	// operation holds it for reading while it validates, enqueues its
 	// record and mutates; a checkpoint holds it for writing while it waits
-	// for the journal and copies the state, so that the copy is the state
-	// at one position of the log. It is taken before any other lock.
+	// for the journal and cuts the log, so that the state then is the
+	// state at one position of the log (copied group by group afterwards:
+	// see Checkpoint). It is taken before any other lock.
 	stateMu sync.RWMutex
 
 	now      func() time.Time
@@ -101,8 +102,16 @@ type Store struct {
 
 	shards      []shard
 	seriesCount atomic.Int64
-	// snapshotSize is the size of the last snapshot, to presize the next.
+	// snapshotSize is the size of the last snapshot, to presize the next;
+	// snapshotHead the size of its head (groups and counts).
 	snapshotSize atomic.Int64
+	snapshotHead atomic.Int64
+	// checkpointMu serialises checkpoints. capturing is the checkpoint
+	// being taken, nil between checkpoints; checkpoints counts them (a
+	// group whose captured field equals it is in the current one).
+	checkpointMu sync.Mutex
+	capturing    atomic.Pointer[capture]
+	checkpoints  atomic.Int64
 	modeCounts   [configs.ModeWindowQuantile + 1]atomic.Int64
 
 	// prepPool recycles the prepared state of pushes (*prepared).
@@ -133,6 +142,9 @@ type group struct {
 	lastPush    int64 // Unix nanoseconds of the last successful push; 0 = never
 	lastFailure int64 // Unix nanoseconds of the last rejected push; 0 = never
 	deleted     bool  // removed from Store.groups; a push must look up again
+	// captured is the last checkpoint that has this group's state (or
+	// that started after the group was created: nothing to copy).
+	captured int64
 }
 
 // family is the type registry entry of one metric name.
@@ -240,6 +252,7 @@ func (s *Store) preparePush(p *Push, at time.Time, set *Settings, j Journal) (*p
 func (s *Store) applyPrepared(pr *prepared, rec []byte, now int64, set *Settings, j Journal) (func(context.Context) error, error) {
 	var wait func(context.Context) error
 	g := s.lockGroup(pr)
+	s.beforeChange(g)
 	err := s.applyLocked(g, pr, set, now, func() {
 		if rec != nil {
 			wait = j.Enqueue(RecordPush, rec)
@@ -295,7 +308,10 @@ func (s *Store) lockGroup(pr *prepared) *group {
 		s.groupsMu.Lock()
 		g := s.groups[pr.groupKey]
 		if g == nil {
-			g = &group{key: pr.groupKey, labels: pr.group, series: make(map[string]*series)}
+			// Created after every checkpoint so far began: none of
+			// them has anything of it to copy.
+			g = &group{key: pr.groupKey, labels: pr.group, series: make(map[string]*series),
+				captured: s.checkpoints.Load()}
 			s.groups[pr.groupKey] = g
 		}
 		s.groupsMu.Unlock()
@@ -624,6 +640,7 @@ func (s *Store) deleteGroup(ctx context.Context, groupLabels labels.Labels, at t
 	if g := s.lookupGroup(groupLabels); g != nil {
 		g.mu.Lock()
 		if !g.deleted {
+			s.beforeChange(g)
 			if j != nil {
 				rec, _ := EncodeOp(&Op{Type: RecordDelete, Time: at, Group: groupLabels})
 				wait = j.Enqueue(RecordDelete, rec)
@@ -677,6 +694,7 @@ func (s *Store) Expire(ctx context.Context) error {
 			s.stateMu.RUnlock()
 			continue
 		}
+		s.beforeChange(g)
 		ttl := set.Aggregation.TTLFor(func(n string) string { return g.labels.Get(n) }, set.SeriesTTL).Nanoseconds()
 		if now-g.lastPush >= ttl {
 			if s.journal != nil {
