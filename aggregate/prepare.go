@@ -73,11 +73,21 @@ type prepared struct {
 	// arena holds the keys of all updates, which point into it; see
 	// prepare and releasePrepared.
 	arena []byte
+	// rec is the push's write-ahead log record. Its array is reused by
+	// a later push only once the log is done with it: the record was
+	// not enqueued, or it is durable (applyPush).
+	rec []byte
+	// shardIdx and pend are applyLocked's scratch space.
+	shardIdx []int
+	pend     []pending
 }
 
 // maxPooledUpdates bounds the pushes whose prepared state is pooled: one
 // huge push should not pin its arrays.
 const maxPooledUpdates = 4096
+
+// maxPooledRecord bounds the record array kept with a pooled push.
+const maxPooledRecord = 64 << 10
 
 // releasePrepared returns pr to the Store's pool once nothing uses it or
 // the keys of its updates any more (they point into pr.arena, which the
@@ -89,7 +99,13 @@ func (s *Store) releasePrepared(pr *prepared) {
 		return
 	}
 	clear(pr.updates)
-	*pr = prepared{updates: pr.updates[:0], modes: pr.modes[:0], arena: pr.arena[:0]}
+	rec := pr.rec[:0]
+	if cap(rec) > maxPooledRecord {
+		rec = nil
+	}
+	clear(pr.pend)
+	*pr = prepared{updates: pr.updates[:0], modes: pr.modes[:0], arena: pr.arena[:0], rec: rec,
+		shardIdx: pr.shardIdx[:0], pend: pr.pend[:0]}
 	s.prepPool.Put(pr)
 }
 

@@ -73,8 +73,12 @@ const pushgatewayBit = 0x80
 //	          protobuf; records written before the format byte (a protobuf
 //	          right after the time) are still read
 //	labels:   n | n * (len | name | len | value)
-func EncodeOp(op *Op) ([]byte, error) {
-	var b []byte
+func EncodeOp(op *Op) ([]byte, error) { return AppendOp(nil, op) }
+
+// AppendOp is EncodeOp appending to dst[:0], whose array it reuses when
+// it is large enough.
+func AppendOp(dst []byte, op *Op) ([]byte, error) {
+	b := dst[:0]
 	if op.Type == RecordPush {
 		// Room for the whole record, mostly: families take some 100
 		// bytes per metric.
@@ -82,7 +86,9 @@ func EncodeOp(op *Op) ([]byte, error) {
 		for _, f := range op.Push.Families {
 			n += len(f.Metric)
 		}
-		b = make([]byte, 0, 128+16*len(op.Push.Modes)+112*n)
+		if want := 128 + 16*len(op.Push.Modes) + 112*n; cap(b) < want {
+			b = make([]byte, 0, want)
+		}
 	}
 	b = binary.BigEndian.AppendUint64(b, uint64(op.Time.UnixNano()))
 	switch op.Type {

@@ -216,7 +216,9 @@ func (s *Store) applyPush(ctx context.Context, p *Push, at time.Time, set *Setti
 	wait, err := s.applyPrepared(pr, rec, at.UnixNano(), set, j)
 	s.stateMu.RUnlock()
 	if err == nil {
-		err = s.waitDurable(ctx, wait)
+		if err = s.waitDurable(ctx, wait); err != nil {
+			pr.rec = nil // the log may still be writing it
+		}
 	}
 	if err == nil {
 		s.countApplied(pr)
@@ -236,11 +238,12 @@ func (s *Store) preparePush(p *Push, at time.Time, set *Settings, j Journal) (*p
 	}
 	var rec []byte
 	if j != nil {
-		rec, err = EncodeOp(&Op{Type: RecordPush, Time: at, Push: &Push{
+		rec, err = AppendOp(pr.rec, &Op{Type: RecordPush, Time: at, Push: &Push{
 			Group: p.Group, Method: p.Method, Families: p.Families, Modes: pr.modes, Semantics: &pr.semantics}})
 		if err != nil {
 			return nil, nil, fmt.Errorf("encode push for the write-ahead log: %w", err)
 		}
+		pr.rec = rec
 	}
 	return pr, rec, nil
 }
@@ -371,7 +374,7 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 	}
 
 	// Lock every shard we touch, in ascending order.
-	idx := make([]int, 0, len(pr.updates)+len(removed))
+	idx := pr.shardIdx[:0]
 	for i := range pr.updates {
 		idx = append(idx, pr.updates[i].shard)
 	}
@@ -380,6 +383,7 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 	}
 	slices.Sort(idx)
 	idx = slices.Compact(idx)
+	pr.shardIdx = idx
 	for _, i := range idx {
 		s.shards[i].mu.Lock()
 	}
@@ -390,7 +394,8 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 	}()
 
 	// Check every update against the stored state; mutate nothing yet.
-	pend := make([]pending, len(pr.updates))
+	pend := slices.Grow(pr.pend[:0], len(pr.updates))[:len(pr.updates)]
+	pr.pend = pend
 	newCount := 0
 	for i := range pr.updates {
 		u := &pr.updates[i]
