@@ -340,3 +340,78 @@ func TestCheckpointWhilePushing(t *testing.T) {
 		}
 	}
 }
+
+// TestGatherWhileSeriesMoveGroups: a series that moves from one group to
+// another (deleted with the first, pushed by the second) while a window
+// is being rendered appears in it once.
+func TestGatherWhileSeriesMoveGroups(t *testing.T) {
+	set := testSettings()
+	set.Semantics = SemanticsPushgateway // a PUT replaces the whole group
+	s, _ := newTestStore(t, set)
+	ctx := context.Background()
+	// Groups of one-line pushes around the groups that trade the series,
+	// so that a render takes a while.
+	for i := range 200 {
+		mustPush(t, s, fmt.Sprintf("job=pad%d", i), "pad 1\n")
+	}
+	mustPush(t, s, "job=x,instance=i", "pad 1\n")
+	stop := make(chan struct{})
+	moved := make(chan error, 1)
+	go func() {
+		defer close(moved)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			// The same series {job="x",instance="i"} from one group, then
+			// the other.
+			body := "# TYPE m counter\nm{instance=\"i\"} 1\n"
+			if err := push(t, s, "job=x", MethodPost, body); err != nil {
+				moved <- err
+				return
+			}
+			if err := s.Delete(ctx, groupLabels("job=x")); err != nil {
+				moved <- err
+				return
+			}
+			if err := push(t, s, "job=x,instance=i", MethodPost, "# TYPE m counter\nm 1\n"); err != nil {
+				moved <- err
+				return
+			}
+			// PUT without m: the group stays (a render that listed it
+			// reaches it), the series goes.
+			if err := push(t, s, "job=x,instance=i", MethodPut, "pad 1\n"); err != nil {
+				moved <- err
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		if err := <-moved; err != nil {
+			t.Fatal(err)
+		}
+	}()
+	deadline := time.Now().Add(2 * time.Second)
+	for n := 0; time.Now().Before(deadline); n++ {
+		fams, err := s.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range fams {
+			seen := map[string]bool{}
+			for _, m := range f.Metric {
+				var b strings.Builder
+				for _, l := range m.GetLabel() {
+					b.WriteString(l.GetName() + "=" + l.GetValue() + ",")
+				}
+				if seen[b.String()] {
+					t.Fatalf("gather %d: series %s{%s} twice", n, f.GetName(), b.String())
+				}
+				seen[b.String()] = true
+			}
+		}
+	}
+}

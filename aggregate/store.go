@@ -803,6 +803,11 @@ func (s *Store) Gather() ([]*dto.MetricFamily, error) {
 			if fs == nil {
 				fs = &famSeries{fam: se.fam}
 				byName[se.name] = fs
+			} else if fs.fam != se.fam {
+				// The family ended and started again (maybe with another
+				// type) while groups were being rendered: its series from
+				// before stand for this window, the new one comes next.
+				continue
 			}
 			fs.series = append(fs.series, rendered{se.lset, m})
 		}
@@ -820,12 +825,18 @@ func (s *Store) Gather() ([]*dto.MetricFamily, error) {
 		// Sorting the label sets is much cheaper than sorting rendered
 		// metrics by their label pairs.
 		slices.SortFunc(fs.series, func(a, b rendered) int { return labels.Compare(a.lset, b.lset) })
-		f := &dto.MetricFamily{Name: ptr(name), Type: ptr(fs.fam.typ), Metric: make([]*dto.Metric, len(fs.series))}
+		f := &dto.MetricFamily{Name: ptr(name), Type: ptr(fs.fam.typ), Metric: make([]*dto.Metric, 0, len(fs.series))}
 		if fs.fam.help != "" {
 			f.Help = ptr(fs.fam.help)
 		}
 		for i := range fs.series {
-			f.Metric[i] = fs.series[i].m
+			// A series rendered twice: its group was deleted after it
+			// was rendered and another group pushed it before that one
+			// was. One sample per series.
+			if i > 0 && labels.Equal(fs.series[i].lset, fs.series[i-1].lset) {
+				continue
+			}
+			f.Metric = append(f.Metric, fs.series[i].m)
 		}
 		out = append(out, f)
 	}

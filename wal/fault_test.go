@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"testing/synctest"
@@ -248,7 +249,7 @@ func TestIntervalAppendsDuringSync(t *testing.T) {
 	}
 	release := make(chan struct{})
 	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { close(release) }) }) // before Close, even on failure
+	t.Cleanup(func() { once.Do(func() { close(release) }) }) // runs before openT's Close, even on failure
 	entered := make(chan struct{}, 1)
 	ffs.mu.Lock()
 	ffs.onSync = func() {
@@ -259,6 +260,11 @@ func TestIntervalAppendsDuringSync(t *testing.T) {
 		<-release
 	}
 	ffs.mu.Unlock()
+	// Something written after the hook is in place, so a later tick has
+	// to fsync through it (the first record may already be synced).
+	if _, err := w.Append(context.Background(), Record{Type: 1, Data: []byte("hooked")}); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-entered:
 	case <-time.After(5 * time.Second):
@@ -282,7 +288,52 @@ func TestIntervalAppendsDuringSync(t *testing.T) {
 	ffs.mu.Unlock()
 	once.Do(func() { close(release) })
 	must(t, w.Close())
-	if got := replayAll(t, openT(t, dir, OSFS(), Options{}), Position{}); len(got) != 2 {
-		t.Fatalf("%d records after reopening, want 2", len(got))
+	if got := replayAll(t, openT(t, dir, OSFS(), Options{}), Position{}); len(got) != 3 {
+		t.Fatalf("%d records after reopening, want 3", len(got))
+	}
+}
+
+// TestIntervalSyncFailureAcrossRotation: a background fsync that fails
+// while the segment is being left (Cut) still makes the failure sticky:
+// the kernel reports a writeback error to one fsync only, and rotate's own
+// fsync may not be the one.
+func TestIntervalSyncFailureAcrossRotation(t *testing.T) {
+	ffs := &faultFS{FS: OSFS()}
+	w := openT(t, t.TempDir(), ffs, Options{Sync: SyncInterval, SyncInterval: 10 * time.Millisecond})
+	if _, err := w.Append(context.Background(), Record{Type: 1, Data: []byte("first")}); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	entered := make(chan struct{})
+	var held atomic.Bool
+	ffs.arm(fault{op: "sync", err: syscall.EIO})
+	ffs.mu.Lock()
+	ffs.onSync = func() {
+		if held.CompareAndSwap(false, true) { // the background fsync; later ones pass
+			close(entered)
+			<-release
+		}
+	}
+	ffs.mu.Unlock()
+	if _, err := w.Append(context.Background(), Record{Type: 1, Data: []byte("second")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no background fsync within 5 s")
+	}
+	if _, err := w.Cut(); err != nil {
+		t.Fatalf("Cut: %v", err)
+	}
+	once.Do(func() { close(release) })
+	deadline := time.Now().Add(5 * time.Second)
+	for !errors.Is(w.Err(), syscall.EIO) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Err() = %v after a background fsync failed across a rotation, want EIO", w.Err())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -7,8 +7,11 @@ import (
 
 // FS is the file system the WAL uses. OSFS is the real one; tests wrap it
 // to inject short writes, fsync errors and a full disk. Implementations
-// must be safe for concurrent use; the WAL never uses one File from two
-// goroutines at once.
+// must be safe for concurrent use. The WAL uses one File from one
+// goroutine at a time, except that in SyncInterval mode Sync may run
+// while another goroutine writes, seeks, truncates or closes the file (as
+// *os.File allows: a Sync racing Close fails with os.ErrClosed or
+// completes).
 type FS interface {
 	OpenFile(name string, flag int, perm os.FileMode) (File, error)
 	Remove(name string) error

@@ -201,7 +201,9 @@ type WAL struct {
 	// token is the I/O lock: a channel of capacity one, so that a waiting
 	// appender can select on it and on its batch's completion at once. Its
 	// holder owns the segment file and the four fields below: it writes,
-	// fsyncs, rotates, rolls back and closes.
+	// fsyncs, rotates, rolls back and closes. The one exception is the
+	// SyncInterval loop, which reads file under the token but fsyncs it
+	// without (see syncLoop).
 	token   chan struct{}
 	file    File
 	fileSeg int
@@ -892,15 +894,16 @@ func (w *WAL) syncLoop() {
 			return
 		case w.token <- struct{}{}:
 		}
-		// Once the segment changed, the fsync's result is moot: rotate
-		// fsyncs a segment before it stops writing to it.
-		if w.fileSeg == seg {
-			if err != nil {
-				w.setSticky(fmt.Errorf("wal: fsync segment %s: %w", SegmentName(seg), err))
-			} else {
-				w.synced = max(w.synced, upto)
-			}
+		switch {
+		case err != nil && !errors.Is(err, os.ErrClosed):
+			// Sticky even if the segment changed meanwhile: the kernel
+			// reports a writeback error to one fsync only, which may
+			// have been this one rather than rotate's.
+			w.setSticky(fmt.Errorf("wal: fsync segment %s: %w", SegmentName(seg), err))
+		case err == nil && w.fileSeg == seg:
+			w.synced = max(w.synced, upto)
 		}
+		// Closed: rotate fsynced the segment itself before closing it.
 		<-w.token
 	}
 }
