@@ -125,6 +125,8 @@ type Store struct {
 
 type shard struct {
 	// mu guards series and the mutable fields of every series in it.
+	// Those fields change only with both this lock and the series' group
+	// lock held (applyLocked), so either is enough to read them.
 	mu     sync.Mutex
 	series map[string]*series
 	_      [40]byte // keep neighbouring shard mutexes off one cache line
@@ -136,7 +138,8 @@ type group struct {
 	labels labels.Labels
 
 	// mu serialises pushes to the group and guards every field below and
-	// lastPush of the group's series.
+	// lastPush of the group's series; holding it, the series' other fields
+	// can be read without their shard's lock (see shard.mu).
 	mu          sync.Mutex
 	series      map[string]*series
 	lastPush    int64 // Unix nanoseconds of the last successful push; 0 = never
@@ -792,10 +795,7 @@ func (s *Store) Gather() ([]*dto.MetricFamily, error) {
 			continue
 		}
 		for _, se := range g.series {
-			sh := &s.shards[s.shardOf(se.key)]
-			sh.mu.Lock()
-			m := se.metric(now)
-			sh.mu.Unlock()
+			m := se.metric(now) // g.mu is enough to read its series
 			if m == nil {
 				continue
 			}
@@ -951,10 +951,7 @@ func (s *Store) Groups() []GroupSnapshot {
 		}
 		byName := map[string]*FamilySnapshot{}
 		for _, se := range g.series {
-			sh := &s.shards[s.shardOf(se.key)]
-			sh.mu.Lock()
-			m := se.metric(now)
-			sh.mu.Unlock()
+			m := se.metric(now) // g.mu is enough to read its series
 			if m == nil {
 				continue
 			}

@@ -491,14 +491,7 @@ func TestRelayBodyKeptOnlyWithoutExemplars(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			body := snappy.Encode(nil, raw)
-			var pool bufPool
-			dec, rerr := decodeRemoteWrite(&pool, rwV1, body, fuzzLimits(), nil, newMetadataCache())
-			if rerr != nil {
-				t.Fatal(rerr.msg)
-			}
-			defer dec.release()
-			same := keptAsReceived(dec, body)
+			dec, same := decodeRelayV1(t, raw)
 			if same == tc.exemplars {
 				t.Errorf("relay block is the body received: %v, want %v", same, !tc.exemplars)
 			}
@@ -545,14 +538,7 @@ func TestRelayBodyReencodedWhenNotCanonical(t *testing.T) {
 			if err := back.Unmarshal(b); err != nil || len(back.Timeseries) != 2 {
 				t.Fatalf("the generated code does not read the body: %v, %d series", err, len(back.Timeseries))
 			}
-			body := snappy.Encode(nil, b)
-			var pool bufPool
-			dec, rerr := decodeRemoteWrite(&pool, rwV1, body, fuzzLimits(), nil, newMetadataCache())
-			if rerr != nil {
-				t.Fatal(rerr.msg)
-			}
-			defer dec.release()
-			same := keptAsReceived(dec, body)
+			dec, same := decodeRelayV1(t, b)
 			if same != tc.kept {
 				t.Errorf("relay block is the body received: %v, want %v", same, tc.kept)
 			}
@@ -565,9 +551,20 @@ func TestRelayBodyReencodedWhenNotCanonical(t *testing.T) {
 	}
 }
 
-// keptAsReceived reports whether dec's relay block is body itself, the
-// request as received, rather than an encoding of the relay (which, for a
-// body the generated code wrote, may be byte for byte the same).
-func keptAsReceived(dec *rwDecoded, body []byte) bool {
-	return len(body) > 0 && unsafe.SliceData(dec.write.RelaySnappy) == unsafe.SliceData(body) && len(dec.write.RelaySnappy) == len(body)
+// decodeRelayV1 decodes raw, a Remote-Write 1.0 request, snappy-compressed
+// as a sender sends it, and reports whether the relay block is that body
+// itself, the request as received, rather than an encoding of the relay
+// (which, for a body the generated code wrote, may be byte for byte the
+// same).
+func decodeRelayV1(t *testing.T, raw []byte) (*rwDecoded, bool) {
+	t.Helper()
+	body := snappy.Encode(nil, raw)
+	var pool bufPool
+	dec, rerr := decodeRemoteWrite(&pool, rwV1, body, fuzzLimits(), nil, newMetadataCache())
+	if rerr != nil {
+		t.Fatal(rerr.msg)
+	}
+	t.Cleanup(dec.release)
+	kept := unsafe.SliceData(dec.write.RelaySnappy) == unsafe.SliceData(body) && len(dec.write.RelaySnappy) == len(body)
+	return dec, kept
 }

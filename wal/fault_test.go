@@ -247,29 +247,7 @@ func TestIntervalAppendsDuringSync(t *testing.T) {
 	if _, err := w.Append(context.Background(), Record{Type: 1, Data: []byte("first")}); err != nil {
 		t.Fatal(err)
 	}
-	release := make(chan struct{})
-	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { close(release) }) }) // runs before openT's Close, even on failure
-	entered := make(chan struct{}, 1)
-	ffs.mu.Lock()
-	ffs.onSync = func() {
-		select {
-		case entered <- struct{}{}:
-		default:
-		}
-		<-release
-	}
-	ffs.mu.Unlock()
-	// Something written after the hook is in place, so a later tick has
-	// to fsync through it (the first record may already be synced).
-	if _, err := w.Append(context.Background(), Record{Type: 1, Data: []byte("hooked")}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-entered:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no background fsync within 5 s")
-	}
+	release := holdBackgroundSync(t, ffs, w)
 	done := make(chan error, 1)
 	go func() {
 		_, err := w.Append(context.Background(), Record{Type: 1, Data: []byte("second")})
@@ -283,10 +261,7 @@ func TestIntervalAppendsDuringSync(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("an append waited for the background fsync")
 	}
-	ffs.mu.Lock()
-	ffs.onSync = nil
-	ffs.mu.Unlock()
-	once.Do(func() { close(release) })
+	release()
 	must(t, w.Close())
 	if got := replayAll(t, openT(t, dir, OSFS(), Options{}), Position{}); len(got) != 3 {
 		t.Fatalf("%d records after reopening, want 3", len(got))
@@ -303,32 +278,12 @@ func TestIntervalSyncFailureAcrossRotation(t *testing.T) {
 	if _, err := w.Append(context.Background(), Record{Type: 1, Data: []byte("first")}); err != nil {
 		t.Fatal(err)
 	}
-	release := make(chan struct{})
-	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { close(release) }) })
-	entered := make(chan struct{})
-	var held atomic.Bool
 	ffs.arm(fault{op: "sync", err: syscall.EIO})
-	ffs.mu.Lock()
-	ffs.onSync = func() {
-		if held.CompareAndSwap(false, true) { // the background fsync; later ones pass
-			close(entered)
-			<-release
-		}
-	}
-	ffs.mu.Unlock()
-	if _, err := w.Append(context.Background(), Record{Type: 1, Data: []byte("second")}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-entered:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no background fsync within 5 s")
-	}
+	release := holdBackgroundSync(t, ffs, w)
 	if _, err := w.Cut(); err != nil {
 		t.Fatalf("Cut: %v", err)
 	}
-	once.Do(func() { close(release) })
+	release()
 	deadline := time.Now().Add(5 * time.Second)
 	for !errors.Is(w.Err(), syscall.EIO) {
 		if time.Now().After(deadline) {
@@ -336,4 +291,36 @@ func TestIntervalSyncFailureAcrossRotation(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// holdBackgroundSync makes the next segment fsync of w, an interval-mode
+// WAL opened on ffs after the test's cleanup was set up, wait until the
+// returned release is called (at the latest by the test's cleanup, before
+// the WAL is closed); later fsyncs pass. It appends a record so that a
+// tick has something to fsync, and returns once that fsync is waiting.
+func holdBackgroundSync(t *testing.T, ffs *faultFS, w *WAL) (release func()) {
+	t.Helper()
+	ch := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(ch) }) }
+	t.Cleanup(release)
+	entered := make(chan struct{})
+	var held atomic.Bool
+	ffs.mu.Lock()
+	ffs.onSync = func() {
+		if held.CompareAndSwap(false, true) {
+			close(entered)
+			<-ch
+		}
+	}
+	ffs.mu.Unlock()
+	if _, err := w.Append(context.Background(), Record{Type: 1, Data: []byte("hooked")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no background fsync within 5 s")
+	}
+	return release
 }
