@@ -36,6 +36,7 @@ fuzz:
 	$(GO) test ./forward -run '^$$' -fuzz '^FuzzDecodeWire$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./loadtest -run '^$$' -fuzz '^FuzzCountRemoteWrite$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzTextFastMatchesExpfmt$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzParseTextFloat$$' -fuzztime $(FUZZTIME)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=6 ./... | tee bench.txt

@@ -75,6 +75,7 @@ type textParser struct {
 	hists   []*dto.Metric
 	pairs   []*dto.LabelPair // label pairs of the current line
 	sig     []byte
+	lastFam familyHit // familyOf's cache; cleared by comments and reset
 }
 
 // reset forgets the last body, keeping the memory for the next: every
@@ -82,6 +83,7 @@ type textParser struct {
 // field survives into a new family.
 func (p *textParser) reset() {
 	p.s, p.pos = "", 0
+	p.lastFam = familyHit{}
 	clear(p.fams)
 	clear(p.grouped)
 	p.order = clearSlice(p.order)
@@ -285,6 +287,7 @@ func (p *textParser) lineEnd() int {
 // comment handles a line starting with '#': HELP and TYPE set family
 // metadata, anything else is skipped.
 func (p *textParser) comment() bool {
+	p.lastFam = familyHit{}
 	p.pos++ // '#'
 	p.skipBlank()
 	end := p.lineEnd()
@@ -392,6 +395,25 @@ func unescapeHelp(s string) (string, bool) {
 // _count (or _bucket) it is, else a new family. The flags say which part
 // of a summary or histogram the name is.
 func (p *textParser) familyOf(name string) (mf *dto.MetricFamily, isCount, isSum bool) {
+	if l := &p.lastFam; l.mf != nil && l.name == name {
+		return l.mf, l.isCount, l.isSum
+	}
+	mf, isCount, isSum = p.lookupFamily(name)
+	p.lastFam = familyHit{name: name, mf: mf, isCount: isCount, isSum: isSum}
+	return mf, isCount, isSum
+}
+
+// familyHit is familyOf's last answer. A name's family never changes
+// while only sample lines are read (a family is only ever added under
+// its own name, and familyOf asks for that name first), so the answer
+// holds until a comment line, which can add families or set a type.
+type familyHit struct {
+	name           string
+	mf             *dto.MetricFamily
+	isCount, isSum bool
+}
+
+func (p *textParser) lookupFamily(name string) (mf *dto.MetricFamily, isCount, isSum bool) {
 	if mf := p.fams[name]; mf != nil {
 		return mf, false, false
 	}
@@ -701,13 +723,63 @@ func (p *textParser) escapedLabelValue(start int) (string, bool) {
 	return "", false
 }
 
-// parseTextFloat parses a value as expfmt does.
+// parseTextFloat parses a value as expfmt does: strconv.ParseFloat
+// without hex floats or underscores.
 func parseTextFloat(s string) (float64, bool) {
+	if v, ok := parseDecimal(s); ok {
+		return v, true
+	}
 	if strings.ContainsAny(s, "pP_") {
 		return 0, false
 	}
 	v, err := strconv.ParseFloat(s, 64)
 	return v, err == nil
+}
+
+// parseDecimal parses the common case of a value, a sign and at most 15
+// decimal digits with at most one point, and reports false for anything
+// else. The digits as an integer are below 2^53, so exact as a float64,
+// and so is 10^k for k <= 15: one division then rounds exactly as
+// strconv.ParseFloat does (Clinger's fast path, which strconv also takes,
+// after more checks).
+func parseDecimal(s string) (float64, bool) {
+	i := 0
+	neg := false
+	if len(s) > 0 && (s[0] == '-' || s[0] == '+') {
+		neg = s[0] == '-'
+		i++
+	}
+	var mant uint64
+	digits, frac, dot := 0, 0, false
+	for ; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= '0' && c <= '9':
+			mant = mant*10 + uint64(c-'0')
+			digits++
+			if dot {
+				frac++
+			}
+		case c == '.' && !dot:
+			dot = true
+		default:
+			return 0, false
+		}
+		if digits > 15 {
+			return 0, false
+		}
+	}
+	if digits == 0 {
+		return 0, false
+	}
+	v := float64(mant)
+	if frac > 0 {
+		v /= math.Pow10(frac)
+	}
+	if neg {
+		v = -v
+	}
+	return v, true
 }
 
 // normalizeHistogram makes a histogram with any float count all float, as

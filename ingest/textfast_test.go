@@ -2,7 +2,9 @@ package ingest
 
 import (
 	"bytes"
+	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -140,5 +142,25 @@ func FuzzTextFastMatchesExpfmt(f *testing.F) {
 	f.Add([]byte("# HELP a x\\ny\na{b=\"c\\\"\"} 1 2\n"))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		checkFastText(t, body)
+	})
+}
+
+// FuzzParseTextFloat checks parseTextFloat, fast path included, against
+// strconv.ParseFloat with expfmt's restrictions, to the bit.
+func FuzzParseTextFloat(f *testing.F) {
+	for _, s := range []string{"1", "-0", "+7", "0.1", "437.5", ".5", "1.", ".", "", "-", "123456789012345",
+		"1234567890123456", "0.000000000000001", "1e3", "+Inf", "NaN", "0x1p-2", "1_000", "1..2", "9007199254740993"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, ok := parseTextFloat(s)
+		want, err := strconv.ParseFloat(s, 64)
+		wantOK := err == nil && !strings.ContainsAny(s, "pP_")
+		if ok != wantOK {
+			t.Fatalf("parseTextFloat(%q) ok=%v, want %v (strconv: %v)", s, ok, wantOK, err)
+		}
+		if ok && math.Float64bits(got) != math.Float64bits(want) && !(math.IsNaN(got) && math.IsNaN(want)) {
+			t.Fatalf("parseTextFloat(%q) = %v (%#x), want %v (%#x)", s, got, math.Float64bits(got), want, math.Float64bits(want))
+		}
 	})
 }
