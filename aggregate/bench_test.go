@@ -71,6 +71,24 @@ func BenchmarkApply(b *testing.B) {
 	}
 }
 
+// BenchmarkApplyPushgatewayPut is BenchmarkApply/replace with Pushgateway
+// semantics and PUT: each push replaces its group.
+func BenchmarkApplyPushgatewayPut(b *testing.B) {
+	s := New(testSettings(), time.Now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	groups := benchGroups(b, "replace")
+	sem := SemanticsPushgateway
+	for i := range groups {
+		groups[i].Method, groups[i].Semantics = MethodPut, &sem
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := s.Apply(context.Background(), &groups[i%len(groups)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkApplyParallel is BenchmarkApply/sum from all cores at once.
 func BenchmarkApplyParallel(b *testing.B) {
 	s := New(testSettings(), time.Now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))

@@ -52,9 +52,6 @@ type prepared struct {
 	groupKey string
 	group    labels.Labels
 	updates  []update
-	// keys holds the key of every update (duplicates are rejected); it is
-	// built only when the push removes series (replaceAll, replaceNames).
-	keys map[string]struct{}
 	// replaceAll: every series of the group not in updates is removed
 	// (PUT with Pushgateway semantics).
 	replaceAll bool
@@ -77,8 +74,9 @@ type prepared struct {
 	// a later push only once the log is done with it: the record was
 	// not enqueued, or it is durable (applyPush).
 	rec []byte
-	// shardIdx and pend are applyLocked's scratch space.
+	// shardIdx, found and pend are applyLocked's scratch space.
 	shardIdx []int
+	found    []*series
 	pend     []pending
 }
 
@@ -104,8 +102,9 @@ func (s *Store) releasePrepared(pr *prepared) {
 		rec = nil
 	}
 	clear(pr.pend)
+	clear(pr.found)
 	*pr = prepared{updates: pr.updates[:0], modes: pr.modes[:0], arena: pr.arena[:0], rec: rec,
-		shardIdx: pr.shardIdx[:0], pend: pr.pend[:0]}
+		shardIdx: pr.shardIdx[:0], found: pr.found[:0], pend: pr.pend[:0]}
 	s.prepPool.Put(pr)
 }
 
@@ -265,12 +264,6 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 	for i := range pr.updates {
 		u := &pr.updates[i]
 		u.key = keys[u.k0:u.k1]
-	}
-	if pr.replaceAll || len(pr.replaceNames) > 0 {
-		pr.keys = make(map[string]struct{}, len(pr.updates))
-		for i := range pr.updates {
-			pr.keys[pr.updates[i].key] = struct{}{}
-		}
 	}
 	return pr, nil
 }

@@ -362,12 +362,30 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 		claimed.add(f)
 	}
 
+	// The updates' series in the group (whose lock is held); a new one
+	// is looked for in its shard below.
+	found := slices.Grow(pr.found[:0], len(pr.updates))[:len(pr.updates)]
+	pr.found = found
+	inGroup := 0
+	for i := range pr.updates {
+		found[i] = g.series[pr.updates[i].key]
+		if found[i] != nil {
+			inGroup++
+		}
+	}
+
 	// Series the push removes: the whole group (PUT, Pushgateway
 	// semantics) or the replaced families, minus what the push updates.
+	// Updates are distinct, so when every series of the group is among
+	// them, as in a job's repeated push, nothing is removed.
 	var removed []*series
-	if pr.replaceAll || len(pr.replaceNames) > 0 {
+	if (pr.replaceAll || len(pr.replaceNames) > 0) && inGroup < len(g.series) {
+		keys := make(map[string]struct{}, len(pr.updates))
+		for i := range pr.updates {
+			keys[pr.updates[i].key] = struct{}{}
+		}
 		for k, se := range g.series {
-			if _, ok := pr.keys[k]; ok {
+			if _, ok := keys[k]; ok {
 				continue
 			}
 			if pr.replaceAll || pr.replaceNames[se.name] {
@@ -404,7 +422,7 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 		u := &pr.updates[i]
 		// The group's own map is small and usually holds the series; the
 		// shard's (every group's series) is asked only for a new one.
-		existing := g.series[u.key]
+		existing := found[i]
 		if existing == nil {
 			existing = s.shards[u.shard].series[u.key]
 		}
