@@ -154,7 +154,8 @@ func (f *Flusher) Flush(ts time.Time) {
 
 // appendFamily renders one family the way a scrape of it would be ingested:
 // classic histograms and summaries as their _bucket/_sum/_count/quantile
-// series, native histograms as histogram samples.
+// series, native histograms as histogram samples. It consumes fam: its
+// metrics are nil afterwards.
 func appendFamily(req *prompb.WriteRequest, cur map[uint64]labels.Labels, sb *labels.ScratchBuilder, fam *dto.MetricFamily, extra map[string]string, ms int64) {
 	name := fam.GetName()
 	req.Metadata = append(req.Metadata, prompb.MetricMetadata{
@@ -163,17 +164,20 @@ func appendFamily(req *prompb.WriteRequest, cur map[uint64]labels.Labels, sb *la
 		Help:             fam.GetHelp(),
 		Unit:             fam.GetUnit(),
 	})
-	for _, m := range fam.GetMetric() {
+	// Each metric is dropped from fam once rendered, so that with a
+	// million series the gathered families are garbage as the request
+	// grows rather than both being live at the end.
+	metrics := fam.GetMetric()
+	for i, m := range metrics {
+		metrics[i] = nil
 		mk := func(metricName, extraName, extraValue string) labels.Labels {
 			sb.Reset()
 			sb.Add(model.MetricNameLabel, metricName)
-			seen := map[string]bool{}
 			for _, lp := range m.GetLabel() {
 				sb.Add(lp.GetName(), lp.GetValue())
-				seen[lp.GetName()] = true
 			}
 			for k, v := range extra {
-				if !seen[k] {
+				if !hasLabel(m.GetLabel(), k) {
 					sb.Add(k, v)
 				}
 			}
@@ -235,6 +239,16 @@ func appendFamily(req *prompb.WriteRequest, cur map[uint64]labels.Labels, sb *la
 			}
 		}
 	}
+}
+
+// hasLabel reports whether ls has a label named name.
+func hasLabel(ls []*dto.LabelPair, name string) bool {
+	for _, lp := range ls {
+		if lp.GetName() == name {
+			return true
+		}
+	}
+	return false
 }
 
 // formatLabelFloat renders le and quantile values the way client_golang's
