@@ -67,7 +67,13 @@ func startSluice(t *testing.T, bin string, args ...string) *sluiceProc {
 // the crash test kills it itself.
 func startSluiceOn(t *testing.T, bin, addr string, args ...string) *sluiceProc {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"--web.listen-address=" + addr}, args...)...)
+	return startCmd(t, exec.Command(bin, append([]string{"--web.listen-address=" + addr}, args...)...), addr)
+}
+
+// startCmd starts cmd, a Sluice listening on addr, and waits until it is
+// ready. It does not register a cleanup.
+func startCmd(t *testing.T, cmd *exec.Cmd, addr string) *sluiceProc {
+	t.Helper()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -53,6 +54,8 @@ type flags struct {
 	enableLifecycle bool
 	semantics       string
 	drainTimeout    time.Duration
+	autoMemLimit    bool
+	memLimitRatio   float64
 	log             promslog.Config
 }
 
@@ -73,6 +76,10 @@ func parseFlags(args []string) (*flags, *kingpin.Application, error) {
 		Default("aggregate").EnumVar(&f.semantics, "aggregate", "pushgateway")
 	app.Flag("forward.drain-timeout", "On shutdown, how long to keep sending queued windows to the targets before dropping them.").
 		Default("10s").DurationVar(&f.drainTimeout)
+	app.Flag("auto-gomemlimit", "Set the Go runtime's soft memory limit (GOMEMLIMIT) from the container's memory limit, or the machine's memory if there is none. Skipped when GOMEMLIMIT is set.").
+		Default("true").BoolVar(&f.autoMemLimit)
+	app.Flag("auto-gomemlimit.ratio", "The fraction of that memory that --auto-gomemlimit sets as the limit, in (0, 1].").
+		Default("0.9").Float64Var(&f.memLimitRatio)
 	promslogflag.AddFlags(app, &f.log)
 	if _, err := app.Parse(args); err != nil {
 		return nil, nil, err
@@ -82,6 +89,9 @@ func parseFlags(args []string) (*flags, *kingpin.Application, error) {
 	}
 	if f.seriesTTL <= 0 {
 		return nil, nil, fmt.Errorf("--series.ttl must be positive, got %s", f.seriesTTL)
+	}
+	if !(f.memLimitRatio > 0 && f.memLimitRatio <= 1) {
+		return nil, nil, fmt.Errorf("--auto-gomemlimit.ratio must be in (0, 1], got %v", f.memLimitRatio)
 	}
 	return f, app, nil
 }
@@ -93,6 +103,17 @@ func run(args []string) error {
 	}
 	logger := promslog.New(&f.log)
 	start := time.Now()
+	if f.autoMemLimit {
+		// As Prometheus does: a window's flush at a million series needs
+		// several times the memory of the series (README, Performance),
+		// and under a container's limit the collector should work harder
+		// rather than the process be killed. Set logs the outcome.
+		_, _ = memlimit.Set(
+			memlimit.WithRatio(f.memLimitRatio),
+			memlimit.WithProvider(memlimit.ApplyFallback(memlimit.FromCgroup, memlimit.FromSystem)),
+			memlimit.WithLogger(logger.With("component", "automemlimit")),
+		)
+	}
 
 	cfg, err := loadConfig(f.configFile)
 	if err != nil {
