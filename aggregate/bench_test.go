@@ -12,6 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/prompb"
 )
 
 // benchPush builds a push of n series in the given mode.
@@ -113,6 +114,28 @@ func BenchmarkGather(b *testing.B) {
 		if _, err := s.Gather(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkFlush renders windows of 25,000 series whose set does not
+// change, as the flusher does every interval (the requests are dropped).
+func BenchmarkFlush(b *testing.B) {
+	s := New(testSettings(), time.Now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	fams := benchPush(b, 25, "sum")
+	for i := 0; i < 1000; i++ {
+		if err := s.Apply(context.Background(), &Push{Group: groupLabels(fmt.Sprintf("job=j%d", i)), Families: fams}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	f := NewFlusher(time.Second, time.Now, appenderFunc(func(*prompb.WriteRequest) {}), []Source{{Gatherer: s}},
+		prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	ts := time.Unix(1_700_000_000, 0)
+	f.Flush(ts) // the first window has no previous one
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		ts = ts.Add(time.Second)
+		f.Flush(ts)
 	}
 }
 

@@ -129,11 +129,11 @@ func (f *Flusher) Flush(ts time.Time) {
 		all[i] = fams
 	}
 	req := &prompb.WriteRequest{}
-	cur := make(map[uint64]labels.Labels, len(f.prev))
-	var sb labels.ScratchBuilder
+	w := &windowRender{req: req, cur: make(map[uint64]labels.Labels, len(f.prev)), prev: f.prev}
+	cur := w.cur
 	for i, src := range f.sources {
 		for _, fam := range all[i] {
-			appendFamily(req, cur, &sb, fam, src.Labels, ms)
+			w.appendFamily(fam, src.Labels, ms)
 		}
 	}
 	for h, ls := range f.prev {
@@ -156,7 +156,29 @@ func (f *Flusher) Flush(ts time.Time) {
 // classic histograms and summaries as their _bucket/_sum/_count/quantile
 // series, native histograms as histogram samples. It consumes fam: its
 // metrics are nil afterwards.
-func appendFamily(req *prompb.WriteRequest, cur map[uint64]labels.Labels, sb *labels.ScratchBuilder, fam *dto.MetricFamily, extra map[string]string, ms int64) {
+// windowRender is the state of rendering one window: the request, the
+// series emitted so far (cur) and those of the previous window (prev).
+type windowRender struct {
+	req       *prompb.WriteRequest
+	cur, prev map[uint64]labels.Labels
+	sb        labels.ScratchBuilder
+	scratch   labels.Labels // sb's labels before they are known to be new
+}
+
+// built returns the labels in w.sb and their hash. A series that was in the
+// previous window gets that window's copy, so that a steady set of series
+// allocates no labels per window and cur shares prev's memory.
+func (w *windowRender) built() (labels.Labels, uint64) {
+	w.sb.Overwrite(&w.scratch)
+	h := w.scratch.Hash()
+	if old, ok := w.prev[h]; ok && labels.Equal(old, w.scratch) {
+		return old, h
+	}
+	return w.scratch.Copy(), h
+}
+
+func (w *windowRender) appendFamily(fam *dto.MetricFamily, extra map[string]string, ms int64) {
+	req, cur, sb := w.req, w.cur, &w.sb
 	name := fam.GetName()
 	req.Metadata = append(req.Metadata, prompb.MetricMetadata{
 		Type:             metadataType(fam.GetType()),
@@ -170,7 +192,7 @@ func appendFamily(req *prompb.WriteRequest, cur map[uint64]labels.Labels, sb *la
 	metrics := fam.GetMetric()
 	for i, m := range metrics {
 		metrics[i] = nil
-		mk := func(metricName, extraName, extraValue string) labels.Labels {
+		mk := func(metricName, extraName, extraValue string) (labels.Labels, uint64) {
 			sb.Reset()
 			sb.Add(model.MetricNameLabel, metricName)
 			for _, lp := range m.GetLabel() {
@@ -185,28 +207,29 @@ func appendFamily(req *prompb.WriteRequest, cur map[uint64]labels.Labels, sb *la
 				sb.Add(extraName, extraValue)
 			}
 			sb.Sort()
-			return sb.Labels()
+			return w.built()
 		}
-		float := func(ls labels.Labels, v float64) {
-			cur[ls.Hash()] = ls
+		float := func(metricName, extraName, extraValue string, v float64) {
+			ls, h := mk(metricName, extraName, extraValue)
+			cur[h] = ls
 			req.Timeseries = append(req.Timeseries, prompb.TimeSeries{
 				Labels: prompb.FromLabels(ls, nil), Samples: []prompb.Sample{{Value: v, Timestamp: ms}},
 			})
 		}
 		switch {
 		case m.Counter != nil:
-			float(mk(name, "", ""), m.Counter.GetValue())
+			float(name, "", "", m.Counter.GetValue())
 		case m.Gauge != nil:
-			float(mk(name, "", ""), m.Gauge.GetValue())
+			float(name, "", "", m.Gauge.GetValue())
 		case m.Untyped != nil:
-			float(mk(name, "", ""), m.Untyped.GetValue())
+			float(name, "", "", m.Untyped.GetValue())
 		case m.Summary != nil:
 			s := m.Summary
 			for _, q := range s.GetQuantile() {
-				float(mk(name, model.QuantileLabel, formatLabelFloat(q.GetQuantile())), q.GetValue())
+				float(name, model.QuantileLabel, formatLabelFloat(q.GetQuantile()), q.GetValue())
 			}
-			float(mk(name+"_sum", "", ""), s.GetSampleSum())
-			float(mk(name+"_count", "", ""), float64(s.GetSampleCount()))
+			float(name+"_sum", "", "", s.GetSampleSum())
+			float(name+"_count", "", "", float64(s.GetSampleCount()))
 		case m.Histogram != nil:
 			h := m.Histogram
 			count := float64(h.GetSampleCount())
@@ -215,8 +238,8 @@ func appendFamily(req *prompb.WriteRequest, cur map[uint64]labels.Labels, sb *la
 			}
 			if isNative(h) {
 				if fh, err := nativeFromDTO(h, count, h.GetSampleSum()); err == nil {
-					ls := mk(name, "", "")
-					cur[ls.Hash()] = ls
+					ls, h := mk(name, "", "")
+					cur[h] = ls
 					req.Timeseries = append(req.Timeseries, prompb.TimeSeries{
 						Labels: prompb.FromLabels(ls, nil), Histograms: []prompb.Histogram{prompb.FromFloatHistogram(ms, fh)},
 					})
@@ -231,11 +254,11 @@ func appendFamily(req *prompb.WriteRequest, cur map[uint64]labels.Labels, sb *la
 					if b.CumulativeCountFloat != nil {
 						c = b.GetCumulativeCountFloat()
 					}
-					float(mk(name+"_bucket", model.BucketLabel, formatLabelFloat(b.GetUpperBound())), c)
+					float(name+"_bucket", model.BucketLabel, formatLabelFloat(b.GetUpperBound()), c)
 				}
-				float(mk(name+"_bucket", model.BucketLabel, "+Inf"), count)
-				float(mk(name+"_sum", "", ""), h.GetSampleSum())
-				float(mk(name+"_count", "", ""), count)
+				float(name+"_bucket", model.BucketLabel, "+Inf", count)
+				float(name+"_sum", "", "", h.GetSampleSum())
+				float(name+"_count", "", "", count)
 			}
 		}
 	}
