@@ -152,10 +152,6 @@ func (f *Flusher) Flush(ts time.Time) {
 	f.out.Append(req)
 }
 
-// appendFamily renders one family the way a scrape of it would be ingested:
-// classic histograms and summaries as their _bucket/_sum/_count/quantile
-// series, native histograms as histogram samples. It consumes fam: its
-// metrics are nil afterwards.
 // windowRender is the state of rendering one window: the request, the
 // series emitted so far (cur) and those of the previous window (prev).
 type windowRender struct {
@@ -177,6 +173,10 @@ func (w *windowRender) built() (labels.Labels, uint64) {
 	return w.scratch.Copy(), h
 }
 
+// appendFamily renders one family the way a scrape of it would be ingested:
+// classic histograms and summaries as their _bucket/_sum/_count/quantile
+// series, native histograms as histogram samples. It consumes fam: its
+// metrics are nil afterwards.
 func (w *windowRender) appendFamily(fam *dto.MetricFamily, extra map[string]string, ms int64) {
 	req, cur, sb := w.req, w.cur, &w.sb
 	name := fam.GetName()
@@ -238,8 +238,8 @@ func (w *windowRender) appendFamily(fam *dto.MetricFamily, extra map[string]stri
 			}
 			if isNative(h) {
 				if fh, err := nativeFromDTO(h, count, h.GetSampleSum()); err == nil {
-					ls, h := mk(name, "", "")
-					cur[h] = ls
+					ls, hash := mk(name, "", "")
+					cur[hash] = ls
 					req.Timeseries = append(req.Timeseries, prompb.TimeSeries{
 						Labels: prompb.FromLabels(ls, nil), Histograms: []prompb.Histogram{prompb.FromFloatHistogram(ms, fh)},
 					})

@@ -2,6 +2,7 @@ package aggregate
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sort"
 	"strconv"
@@ -136,5 +137,32 @@ func TestFlushSelfMetricsAndNativeHistograms(t *testing.T) {
 	}
 	if strings.Contains(got, "rpc_seconds_count") {
 		t.Fatalf("a native-only histogram must not also be sent as classic series:\n%s", got)
+	}
+}
+
+// TestFlushPrevHashCollision checks that a series is emitted with its own
+// labels when the previous window holds other labels under its hash: the
+// previous window's labels are reused only when they are equal.
+func TestFlushPrevHashCollision(t *testing.T) {
+	s, clk := newTestStore(t, testSettings())
+	rec := &recorder{}
+	f := NewFlusher(15*time.Second, clk.now, rec, []Source{{Gatherer: s}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	clk.advance(time.Second)
+	mustPush(t, s, "job=f", "gauge_x 3\n")
+	f.Flush(f.WindowEnd(clk.t))
+	want := labels.FromStrings("__name__", "gauge_x", "instance", "", "job", "f")
+	h := want.Hash()
+	if _, ok := f.prev[h]; !ok {
+		t.Fatalf("series %v not in the previous window's set", want)
+	}
+	f.prev[h] = labels.FromStrings("__name__", "other", "job", "forged") // a colliding label set
+	clk.advance(15 * time.Second)
+	end := f.WindowEnd(clk.t)
+	f.Flush(end)
+	if got, exp := render(rec.reqs[1]), fmt.Sprintf(`{__name__="gauge_x", instance="", job="f"} 3@%d`, end.UnixMilli()); got != exp {
+		t.Fatalf("window 2:\n%s\nwant\n%s", got, exp)
+	}
+	if !labels.Equal(f.prev[h], want) {
+		t.Fatalf("previous-window set holds %v under the series' hash, want %v", f.prev[h], want)
 	}
 }
