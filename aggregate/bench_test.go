@@ -99,8 +99,8 @@ func BenchmarkApplyParallel(b *testing.B) {
 	applyParallel(b, s, groups, 7)
 }
 
-// BenchmarkGather renders 25,000 series.
-func BenchmarkGather(b *testing.B) {
+// benchStore returns a store holding 1,000 groups of 25 sum series.
+func benchStore(b *testing.B) *Store {
 	s := New(testSettings(), time.Now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	fams := benchPush(b, 25, "sum")
 	for i := 0; i < 1000; i++ {
@@ -108,6 +108,12 @@ func BenchmarkGather(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	return s
+}
+
+// BenchmarkGather renders 25,000 series.
+func BenchmarkGather(b *testing.B) {
+	s := benchStore(b)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -120,13 +126,7 @@ func BenchmarkGather(b *testing.B) {
 // BenchmarkFlush renders windows of 25,000 series whose set does not
 // change, as the flusher does every interval (the requests are dropped).
 func BenchmarkFlush(b *testing.B) {
-	s := New(testSettings(), time.Now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
-	fams := benchPush(b, 25, "sum")
-	for i := 0; i < 1000; i++ {
-		if err := s.Apply(context.Background(), &Push{Group: groupLabels(fmt.Sprintf("job=j%d", i)), Families: fams}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	s := benchStore(b)
 	f := NewFlusher(time.Second, time.Now, appenderFunc(func(*prompb.WriteRequest) {}), []Source{{Gatherer: s}},
 		prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	ts := time.Unix(1_700_000_000, 0)

@@ -209,12 +209,14 @@ func (w *windowRender) appendFamily(fam *dto.MetricFamily, extra map[string]stri
 			sb.Sort()
 			return w.built()
 		}
-		float := func(metricName, extraName, extraValue string, v float64) {
+		emit := func(metricName, extraName, extraValue string, ts prompb.TimeSeries) {
 			ls, h := mk(metricName, extraName, extraValue)
 			cur[h] = ls
-			req.Timeseries = append(req.Timeseries, prompb.TimeSeries{
-				Labels: prompb.FromLabels(ls, nil), Samples: []prompb.Sample{{Value: v, Timestamp: ms}},
-			})
+			ts.Labels = prompb.FromLabels(ls, nil)
+			req.Timeseries = append(req.Timeseries, ts)
+		}
+		float := func(metricName, extraName, extraValue string, v float64) {
+			emit(metricName, extraName, extraValue, prompb.TimeSeries{Samples: []prompb.Sample{{Value: v, Timestamp: ms}}})
 		}
 		switch {
 		case m.Counter != nil:
@@ -238,11 +240,7 @@ func (w *windowRender) appendFamily(fam *dto.MetricFamily, extra map[string]stri
 			}
 			if isNative(h) {
 				if fh, err := nativeFromDTO(h, count, h.GetSampleSum()); err == nil {
-					ls, hash := mk(name, "", "")
-					cur[hash] = ls
-					req.Timeseries = append(req.Timeseries, prompb.TimeSeries{
-						Labels: prompb.FromLabels(ls, nil), Histograms: []prompb.Histogram{prompb.FromFloatHistogram(ms, fh)},
-					})
+					emit(name, "", "", prompb.TimeSeries{Histograms: []prompb.Histogram{prompb.FromFloatHistogram(ms, fh)}})
 				}
 			}
 			if len(h.GetBucket()) > 0 || !isNative(h) {

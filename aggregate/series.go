@@ -111,23 +111,6 @@ func outputType(typ dto.MetricType, mode configs.Mode) dto.MetricType {
 // show (a windowed series whose window is empty).
 func (s *series) metric(nowNanos int64) *dto.Metric {
 	m := &dto.Metric{}
-	// The label pairs, the pointers to them and their strings come from
-	// three allocations rather than three per label: a flush renders
-	// every series. A series' labels include __name__, which is not a
-	// pair. (Should an append outgrow its array, the pointers taken
-	// before still point at the values written there.)
-	n := max(s.lset.Len()-1, 0)
-	pairs := make([]dto.LabelPair, 0, n)
-	strs := make([]string, 0, 2*n)
-	m.Label = make([]*dto.LabelPair, 0, n)
-	s.lset.Range(func(l labels.Label) {
-		if l.Name == model.MetricNameLabel {
-			return
-		}
-		strs = append(strs, l.Name, l.Value)
-		pairs = append(pairs, dto.LabelPair{Name: &strs[len(strs)-2], Value: &strs[len(strs)-1]})
-		m.Label = append(m.Label, &pairs[len(pairs)-1])
-	})
 	switch {
 	case s.win != nil:
 		v, ok := s.win.result(nowNanos)
@@ -149,6 +132,24 @@ func (s *series) metric(nowNanos int64) *dto.Metric {
 			m.Untyped = &dto.Untyped{Value: ptr(s.value)}
 		}
 	}
+	// The labels after the value, so that an empty window allocates none.
+	// The label pairs, the pointers to them and their strings come from
+	// three allocations rather than three per label: a flush renders
+	// every series. A series' labels include __name__, which is not a
+	// pair. (Should an append outgrow its array, the pointers taken
+	// before still point at the values written there.)
+	n := max(s.lset.Len()-1, 0)
+	pairs := make([]dto.LabelPair, 0, n)
+	strs := make([]string, 0, 2*n)
+	m.Label = make([]*dto.LabelPair, 0, n)
+	s.lset.Range(func(l labels.Label) {
+		if l.Name == model.MetricNameLabel {
+			return
+		}
+		strs = append(strs, l.Name, l.Value)
+		pairs = append(pairs, dto.LabelPair{Name: &strs[len(strs)-2], Value: &strs[len(strs)-1]})
+		m.Label = append(m.Label, &pairs[len(pairs)-1])
+	})
 	return m
 }
 
