@@ -124,20 +124,38 @@ func BenchmarkGather(b *testing.B) {
 }
 
 // BenchmarkFlush renders windows of 25,000 series whose set does not
-// change, as the flusher does every interval (the requests are dropped).
+// change, as the flusher does every interval (the requests are dropped),
+// to an Appender that owns the requests (a new request per batch) and to
+// one that borrows them (forward.Manager: the flush reuses its buffers).
 func BenchmarkFlush(b *testing.B) {
-	s := benchStore(b)
-	f := NewFlusher(time.Second, time.Now, appenderFunc(func(*prompb.WriteRequest) {}), []Source{{Gatherer: s}},
-		prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
-	ts := time.Unix(1_700_000_000, 0)
-	f.Flush(ts) // the first window has no previous one
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		ts = ts.Add(time.Second)
-		f.Flush(ts)
+	for _, tc := range []struct {
+		name string
+		out  Appender
+	}{
+		{"owned", appenderFunc(func(*prompb.WriteRequest) {})},
+		{"borrowed", borrowingFunc(func(*prompb.WriteRequest) {})},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			s := benchStore(b)
+			f := NewFlusher(time.Second, time.Now, tc.out, []Source{{Gatherer: s}},
+				prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+			ts := time.Unix(1_700_000_000, 0)
+			f.Flush(ts) // the first window has no previous one
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				ts = ts.Add(time.Second)
+				f.Flush(ts)
+			}
+		})
 	}
 }
+
+// borrowingFunc is a BorrowingAppender that reads requests during the call.
+type borrowingFunc func(*prompb.WriteRequest)
+
+func (f borrowingFunc) Append(req *prompb.WriteRequest)         { f(req) }
+func (f borrowingFunc) AppendBorrowed(req *prompb.WriteRequest) { f(req) }
 
 // BenchmarkEncodePush measures the write-ahead log record of a 25-series push.
 func BenchmarkEncodePush(b *testing.B) {

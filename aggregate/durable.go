@@ -180,6 +180,29 @@ func (d Durable) Gather() ([]*dto.MetricFamily, error) {
 	return fams, nil
 }
 
+// gatherChunks is GatherDurable a part at a time, for the Flusher: each
+// chunk is handed on only once every operation enqueued before it was
+// rendered is durable (a barrier per chunk; a barrier with nothing to
+// write costs no fsync). A failed barrier fails the Store and ends the
+// window there.
+func (d Durable) gatherChunks(size int, fn func(*flushChunk) error) error {
+	s := d.Store
+	if err := s.unavailable(); err != nil {
+		return errors.Join(errors.New("window skipped"), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d.Timeout)
+	defer cancel()
+	return s.gatherChunks(size, func(c *flushChunk) error {
+		if s.journal != nil {
+			if err := s.journal.Barrier(ctx); err != nil {
+				s.fail(err)
+				return errors.Join(errors.New("window cut short"), err)
+			}
+		}
+		return fn(c)
+	})
+}
+
 // CheckpointLog is what a checkpoint needs of the write-ahead log.
 type CheckpointLog interface {
 	// Cut starts a new segment and returns the position of its start.

@@ -30,6 +30,22 @@ type Source struct {
 	Labels map[string]string
 }
 
+// Flush sizes. A window is rendered and handed on in parts, so that a
+// flush holds a part of it at a time, never the whole window: a source the
+// Flusher can read a part at a time (the Store) is read flushChunkSeries
+// series (whole groups) at a time, and the Appender gets a request
+// whenever one holds flushBatchSeries series.
+const (
+	flushChunkSeries = 8192
+	flushBatchSeries = 16384
+)
+
+// chunkGatherer is a source the Flusher reads a part at a time (Durable and
+// *Store; any other Gatherer is gathered whole).
+type chunkGatherer interface {
+	gatherChunks(size int, fn func(*flushChunk) error) error
+}
+
 // Flusher emits its sources every interval, on window ends aligned to
 // multiples of the interval since the Unix epoch, and ends series that
 // disappeared since the previous window with a staleness marker.
@@ -41,8 +57,16 @@ type Flusher struct {
 
 	// Owned by the goroutine calling Run or Flush; not safe for concurrent use.
 	sources []Source
-	prev    map[uint64]labels.Labels // series emitted in the previous window
-	lastTS  int64                    // milliseconds of the last window emitted
+	// seen holds every series emitted and not yet ended, by the hash of
+	// its labels, with the last window (gen) it was emitted in. A Store
+	// series' labels are the Store's own memory, not a copy.
+	seen   map[uint64]seenSeries
+	gen    uint64
+	lastTS int64 // milliseconds of the last window emitted
+	render *windowRender
+	// chunk and batch: flushChunkSeries and flushBatchSeries (tests make
+	// them small).
+	chunk, batch int
 
 	flushes  prometheus.Counter
 	skipped  prometheus.Counter
@@ -51,16 +75,23 @@ type Flusher struct {
 	duration prometheus.Histogram
 }
 
+// seenSeries is an entry of Flusher.seen.
+type seenSeries struct {
+	ls  labels.Labels
+	gen uint64
+}
+
 // NewFlusher builds a Flusher. It starts nothing; Run does.
 func NewFlusher(interval time.Duration, now func() time.Time, out Appender, sources []Source, reg prometheus.Registerer, logger *slog.Logger) *Flusher {
 	f := &Flusher{
 		interval: interval, now: now, out: out, sources: sources, logger: logger,
-		prev: make(map[uint64]labels.Labels),
+		seen:  make(map[uint64]seenSeries),
+		chunk: flushChunkSeries, batch: flushBatchSeries,
 		flushes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_flushes_total", Help: "Windows emitted to the forward queues.",
 		}),
 		skipped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sluice_flushes_skipped_total", Help: "Windows not emitted because a source could not be gathered.",
+			Name: "sluice_flushes_skipped_total", Help: "Windows not emitted, or not emitted whole, because a source could not be gathered.",
 		}),
 		series: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sluice_flush_series", Help: "Series emitted in the last window (self metrics included).",
@@ -103,8 +134,15 @@ func (f *Flusher) Run(ctx context.Context) error {
 }
 
 // Flush renders every source at window end ts and hands the result to the
-// Appender. A window at or before the last one emitted is skipped, so
-// output timestamps never go backwards.
+// Appender, a request of at most about flushBatchSeries series at a time.
+// A window at or before the last one emitted is skipped, so output
+// timestamps never go backwards.
+//
+// A source that fails before anything of the window was handed on skips
+// the window: nothing is emitted, and no series ends. One that fails later
+// (the write-ahead log failing mid-window) cuts the window short: what was
+// handed on stands, and no staleness marker is emitted, since the series
+// not rendered did not end.
 func (f *Flusher) Flush(ts time.Time) {
 	ms := ts.UnixMilli()
 	if ms <= f.lastTS {
@@ -112,152 +150,334 @@ func (f *Flusher) Flush(ts time.Time) {
 	}
 	start := time.Now()
 	f.lastTS = ms
-	all := make([][]*dto.MetricFamily, len(f.sources))
-	for i, src := range f.sources {
-		fams, err := src.Gatherer.Gather()
-		if err != nil && len(fams) == 0 {
-			// Nothing to show (the write-ahead log failed, say): skip the
-			// window rather than end every series with a staleness marker.
+	f.gen++
+	w := f.newRender(ms)
+	whole := true
+	for _, src := range f.sources {
+		var err error
+		if cg, ok := src.Gatherer.(chunkGatherer); ok {
+			err = cg.gatherChunks(f.chunk, func(c *flushChunk) error {
+				w.appendChunk(c, src.Labels)
+				return nil
+			})
+		} else {
+			var fams []*dto.MetricFamily
+			fams, err = src.Gatherer.Gather()
+			if err != nil && len(fams) > 0 {
+				// Gather returns what it could; emit that and say why.
+				f.logger.Warn("gather for flush", "err", err)
+				err = nil
+			}
+			for _, fam := range fams {
+				w.appendFamily(fam, src.Labels)
+			}
+		}
+		if err == nil {
+			continue
+		}
+		f.skipped.Inc()
+		if !w.sent {
+			// Nothing to show (the write-ahead log failed, say): skip
+			// the window rather than end every series with a staleness
+			// marker.
 			f.logger.Error("window not emitted", "window_end", ts, "err", err)
-			f.skipped.Inc()
 			return
 		}
-		if err != nil {
-			// Gather returns what it could; emit that and say why.
-			f.logger.Warn("gather for flush", "err", err)
-		}
-		all[i] = fams
+		f.logger.Error("window cut short: the series rendered so far were emitted, no staleness markers", "window_end", ts, "err", err)
+		whole = false
+		break
 	}
-	req := &prompb.WriteRequest{}
-	w := &windowRender{req: req, cur: make(map[uint64]labels.Labels, len(f.prev)), prev: f.prev}
-	cur := w.cur
-	for i, src := range f.sources {
-		for _, fam := range all[i] {
-			w.appendFamily(fam, src.Labels, ms)
-		}
+	if whole {
+		w.endSeries()
 	}
-	for h, ls := range f.prev {
-		if _, ok := cur[h]; !ok {
-			req.Timeseries = append(req.Timeseries, prompb.TimeSeries{
-				Labels:  prompb.FromLabels(ls, nil),
-				Samples: []prompb.Sample{{Value: math.Float64frombits(value.StaleNaN), Timestamp: ms}},
-			})
-			f.stale.Inc()
-		}
-	}
-	f.prev = cur
-	f.series.Set(float64(len(cur)))
+	w.send(true)
+	f.series.Set(float64(w.series))
 	f.flushes.Inc()
 	f.duration.Observe(time.Since(start).Seconds())
-	f.out.Append(req)
 }
 
-// windowRender is the state of rendering one window: the request, the
-// series emitted so far (cur) and those of the previous window (prev).
+// windowRender is the state of rendering one window: the request being
+// filled and the slabs its series' labels and samples come from.
 type windowRender struct {
-	req       *prompb.WriteRequest
-	cur, prev map[uint64]labels.Labels
-	sb        labels.ScratchBuilder
-	scratch   labels.Labels // sb's labels before they are known to be new
+	f      *Flusher
+	ms     int64
+	borrow BorrowingAppender // out, if it can take a request it does not own
+	req    *prompb.WriteRequest
+	meta   map[string]struct{} // families whose metadata req has
+	// cur is the family being rendered, if inFamily.
+	cur      prompb.MetricMetadata
+	inFamily bool
+	lbuf     []prompb.Label
+	sbuf     []prompb.Sample
+	sb       labels.ScratchBuilder
+	// scratch holds sb's labels before they are known to be new.
+	scratch labels.Labels
+	series  int  // series emitted in the window
+	sent    bool // a request of the window was handed on
 }
 
-// built returns the labels in w.sb and their hash. A series that was in the
-// previous window gets that window's copy, so that a steady set of series
-// allocates no labels per window and cur shares prev's memory.
-func (w *windowRender) built() (labels.Labels, uint64) {
-	w.sb.Overwrite(&w.scratch)
-	h := w.scratch.Hash()
-	if old, ok := w.prev[h]; ok && labels.Equal(old, w.scratch) {
-		return old, h
+// newRender starts rendering a window. The request and its slabs of the
+// last window are reused when the Appender borrows requests.
+func (f *Flusher) newRender(ms int64) *windowRender {
+	if w := f.render; w != nil && w.borrow != nil {
+		w.ms, w.series, w.sent, w.inFamily = ms, 0, false, false
+		return w
 	}
-	return w.scratch.Copy(), h
+	w := &windowRender{f: f, ms: ms, req: &prompb.WriteRequest{}, meta: make(map[string]struct{})}
+	w.borrow, _ = f.out.(BorrowingAppender)
+	f.render = w
+	return w
 }
 
-// appendFamily renders one family the way a scrape of it would be ingested:
-// classic histograms and summaries as their _bucket/_sum/_count/quantile
-// series, native histograms as histogram samples. It consumes fam: its
-// metrics are nil afterwards.
-func (w *windowRender) appendFamily(fam *dto.MetricFamily, extra map[string]string, ms int64) {
-	req, cur, sb := w.req, w.cur, &w.sb
+// send hands the request on if it holds a series, or, with last, if
+// nothing of the window was handed on yet (every window is one Append at
+// least).
+func (w *windowRender) send(last bool) {
+	if len(w.req.Timeseries) == 0 && (!last || w.sent) {
+		return
+	}
+	w.sent = true
+	if w.borrow != nil {
+		w.borrow.AppendBorrowed(w.req)
+		// Cleared, so that the reused buffers keep no ended series'
+		// labels alive.
+		clear(w.req.Timeseries)
+		clear(w.lbuf)
+		w.req.Timeseries, w.req.Metadata = w.req.Timeseries[:0], w.req.Metadata[:0]
+		w.lbuf, w.sbuf = w.lbuf[:0], w.sbuf[:0]
+	} else {
+		w.f.out.Append(w.req)
+		// The next request is about as big: no growing by doubling.
+		w.req = &prompb.WriteRequest{Timeseries: make([]prompb.TimeSeries, 0, cap(w.req.Timeseries))}
+		w.lbuf, w.sbuf = make([]prompb.Label, 0, cap(w.lbuf)), make([]prompb.Sample, 0, cap(w.sbuf))
+	}
+	clear(w.meta)
+	if w.inFamily && !last {
+		// The family being rendered goes on in the next request.
+		w.family(w.cur)
+	}
+}
+
+// family adds a family's metadata to the request, once per request, and
+// makes it the family the next series belong to.
+func (w *windowRender) family(md prompb.MetricMetadata) {
+	w.cur, w.inFamily = md, true
+	if _, ok := w.meta[md.MetricFamilyName]; !ok {
+		w.meta[md.MetricFamilyName] = struct{}{}
+		w.req.Metadata = append(w.req.Metadata, md)
+	}
+}
+
+// track records that ls is emitted in this window and returns the labels
+// to emit it with, or false if a series with these labels already was.
+// A series that was in an earlier window keeps that window's labels; a new
+// one is stored as ls, copied first if copyLabels (scratch labels).
+func (w *windowRender) track(ls labels.Labels, copyLabels bool) (labels.Labels, bool) {
+	f := w.f
+	h := ls.Hash()
+	if e, ok := f.seen[h]; ok && labels.Equal(e.ls, ls) {
+		if e.gen == f.gen {
+			return e.ls, false
+		}
+		f.seen[h] = seenSeries{ls: e.ls, gen: f.gen}
+		return e.ls, true
+	}
+	if copyLabels {
+		ls = ls.Copy()
+	}
+	f.seen[h] = seenSeries{ls: ls, gen: f.gen}
+	return ls, true
+}
+
+// emit appends a series with one sample: a float, or hist if not nil.
+func (w *windowRender) emit(ls labels.Labels, copyLabels bool, v float64, hist *prompb.Histogram) {
+	ls, ok := w.track(ls, copyLabels)
+	if !ok {
+		return
+	}
+	w.series++
+	w.add(ls, v, hist)
+}
+
+// add appends a series to the request, sending it once it is full.
+func (w *windowRender) add(ls labels.Labels, v float64, hist *prompb.Histogram) {
+	n := len(w.lbuf)
+	ls.Range(func(l labels.Label) {
+		w.lbuf = append(w.lbuf, prompb.Label{Name: l.Name, Value: l.Value})
+	})
+	ts := prompb.TimeSeries{Labels: w.lbuf[n:len(w.lbuf):len(w.lbuf)]}
+	if hist != nil {
+		ts.Histograms = []prompb.Histogram{*hist}
+	} else {
+		w.sbuf = append(w.sbuf, prompb.Sample{Value: v, Timestamp: w.ms})
+		k := len(w.sbuf)
+		ts.Samples = w.sbuf[k-1 : k : k]
+	}
+	w.req.Timeseries = append(w.req.Timeseries, ts)
+	if len(w.req.Timeseries) >= w.f.batch {
+		w.send(false)
+	}
+}
+
+// endSeries emits a staleness marker for every series not emitted in this
+// window and forgets it.
+func (w *windowRender) endSeries() {
+	f := w.f
+	w.inFamily = false
+	for h, e := range f.seen {
+		if e.gen == f.gen {
+			continue
+		}
+		delete(f.seen, h)
+		w.add(e.ls, math.Float64frombits(value.StaleNaN), nil)
+		f.stale.Inc()
+	}
+}
+
+// baseLabels are where a rendered series' labels come from besides its
+// name (and le or quantile): a dto metric's label pairs, or a Store
+// series' labels (its __name__ aside) or grouping key, plus the source's
+// labels the series lacks.
+type baseLabels struct {
+	pairs    []*dto.LabelPair
+	lset     labels.Labels
+	fromLset bool
+	groupKey bool // lset is a grouping key: instance="" if it has none
+	extra    map[string]string
+}
+
+func (b *baseLabels) has(name string) bool {
+	if b.fromLset {
+		return b.lset.Has(name)
+	}
+	return hasLabel(b.pairs, name)
+}
+
+// build returns the series' labels in w.scratch (valid until the next
+// build).
+func (w *windowRender) build(b *baseLabels, metricName, extraName, extraValue string) labels.Labels {
+	sb := &w.sb
+	sb.Reset()
+	sb.Add(model.MetricNameLabel, metricName)
+	if b.fromLset {
+		b.lset.Range(func(l labels.Label) {
+			if l.Name != model.MetricNameLabel {
+				sb.Add(l.Name, l.Value)
+			}
+		})
+	} else {
+		for _, lp := range b.pairs {
+			sb.Add(lp.GetName(), lp.GetValue())
+		}
+	}
+	if b.groupKey && !b.has("instance") {
+		sb.Add("instance", "")
+	}
+	for k, v := range b.extra {
+		if !b.has(k) {
+			sb.Add(k, v)
+		}
+	}
+	if extraName != "" {
+		sb.Add(extraName, extraValue)
+	}
+	sb.Sort()
+	sb.Overwrite(&w.scratch)
+	return w.scratch
+}
+
+// appendChunk renders a chunk of the Store's series. A float series
+// without labels to add is emitted with the Store's own labels: no label
+// is built or copied.
+func (w *windowRender) appendChunk(c *flushChunk, extra map[string]string) {
+	for i := range c.fams {
+		fam := &c.fams[i]
+		w.family(prompb.MetricMetadata{Type: metadataType(fam.typ), MetricFamilyName: fam.name, Help: fam.help})
+		b := baseLabels{fromLset: true, groupKey: fam.groups, extra: extra}
+		for _, s := range fam.series {
+			switch {
+			case s.m == nil && !fam.groups && len(extra) == 0 && s.lset.Get(model.MetricNameLabel) == fam.name:
+				w.emit(s.lset, false, s.value, nil)
+			case s.m == nil:
+				b.lset = s.lset
+				w.emit(w.build(&b, fam.name, "", ""), true, s.value, nil)
+			default:
+				b.lset = s.lset
+				w.appendMetric(fam.name, s.m, &b)
+			}
+		}
+	}
+	w.inFamily = false
+}
+
+// appendFamily renders one gathered family. It consumes fam: its metrics
+// are nil afterwards.
+func (w *windowRender) appendFamily(fam *dto.MetricFamily, extra map[string]string) {
 	name := fam.GetName()
-	req.Metadata = append(req.Metadata, prompb.MetricMetadata{
+	w.family(prompb.MetricMetadata{
 		Type:             metadataType(fam.GetType()),
 		MetricFamilyName: name,
 		Help:             fam.GetHelp(),
 		Unit:             fam.GetUnit(),
 	})
-	// Each metric is dropped from fam once rendered, so that with a
-	// million series the gathered families are garbage as the request
-	// grows rather than both being live at the end.
+	// Each metric is dropped from fam once rendered, so that the
+	// gathered families are garbage as the request grows.
 	metrics := fam.GetMetric()
 	for i, m := range metrics {
 		metrics[i] = nil
-		mk := func(metricName, extraName, extraValue string) (labels.Labels, uint64) {
-			sb.Reset()
-			sb.Add(model.MetricNameLabel, metricName)
-			for _, lp := range m.GetLabel() {
-				sb.Add(lp.GetName(), lp.GetValue())
-			}
-			for k, v := range extra {
-				if !hasLabel(m.GetLabel(), k) {
-					sb.Add(k, v)
-				}
-			}
-			if extraName != "" {
-				sb.Add(extraName, extraValue)
-			}
-			sb.Sort()
-			return w.built()
+		w.appendMetric(name, m, &baseLabels{pairs: m.GetLabel(), extra: extra})
+	}
+	w.inFamily = false
+}
+
+// appendMetric renders one metric the way a scrape of it would be
+// ingested: classic histograms and summaries as their
+// _bucket/_sum/_count/quantile series, native histograms as histogram
+// samples.
+func (w *windowRender) appendMetric(name string, m *dto.Metric, b *baseLabels) {
+	float := func(metricName, extraName, extraValue string, v float64) {
+		w.emit(w.build(b, metricName, extraName, extraValue), true, v, nil)
+	}
+	switch {
+	case m.Counter != nil:
+		float(name, "", "", m.Counter.GetValue())
+	case m.Gauge != nil:
+		float(name, "", "", m.Gauge.GetValue())
+	case m.Untyped != nil:
+		float(name, "", "", m.Untyped.GetValue())
+	case m.Summary != nil:
+		s := m.Summary
+		for _, q := range s.GetQuantile() {
+			float(name, model.QuantileLabel, formatLabelFloat(q.GetQuantile()), q.GetValue())
 		}
-		emit := func(metricName, extraName, extraValue string, ts prompb.TimeSeries) {
-			ls, h := mk(metricName, extraName, extraValue)
-			cur[h] = ls
-			ts.Labels = prompb.FromLabels(ls, nil)
-			req.Timeseries = append(req.Timeseries, ts)
+		float(name+"_sum", "", "", s.GetSampleSum())
+		float(name+"_count", "", "", float64(s.GetSampleCount()))
+	case m.Histogram != nil:
+		h := m.Histogram
+		count := float64(h.GetSampleCount())
+		if h.SampleCountFloat != nil {
+			count = h.GetSampleCountFloat()
 		}
-		float := func(metricName, extraName, extraValue string, v float64) {
-			emit(metricName, extraName, extraValue, prompb.TimeSeries{Samples: []prompb.Sample{{Value: v, Timestamp: ms}}})
+		if isNative(h) {
+			if fh, err := nativeFromDTO(h, count, h.GetSampleSum()); err == nil {
+				ph := prompb.FromFloatHistogram(w.ms, fh)
+				w.emit(w.build(b, name, "", ""), true, 0, &ph)
+			}
 		}
-		switch {
-		case m.Counter != nil:
-			float(name, "", "", m.Counter.GetValue())
-		case m.Gauge != nil:
-			float(name, "", "", m.Gauge.GetValue())
-		case m.Untyped != nil:
-			float(name, "", "", m.Untyped.GetValue())
-		case m.Summary != nil:
-			s := m.Summary
-			for _, q := range s.GetQuantile() {
-				float(name, model.QuantileLabel, formatLabelFloat(q.GetQuantile()), q.GetValue())
-			}
-			float(name+"_sum", "", "", s.GetSampleSum())
-			float(name+"_count", "", "", float64(s.GetSampleCount()))
-		case m.Histogram != nil:
-			h := m.Histogram
-			count := float64(h.GetSampleCount())
-			if h.SampleCountFloat != nil {
-				count = h.GetSampleCountFloat()
-			}
-			if isNative(h) {
-				if fh, err := nativeFromDTO(h, count, h.GetSampleSum()); err == nil {
-					emit(name, "", "", prompb.TimeSeries{Histograms: []prompb.Histogram{prompb.FromFloatHistogram(ms, fh)}})
+		if len(h.GetBucket()) > 0 || !isNative(h) {
+			for _, bk := range h.GetBucket() {
+				if math.IsInf(bk.GetUpperBound(), 1) {
+					continue
 				}
-			}
-			if len(h.GetBucket()) > 0 || !isNative(h) {
-				for _, b := range h.GetBucket() {
-					if math.IsInf(b.GetUpperBound(), 1) {
-						continue
-					}
-					c := float64(b.GetCumulativeCount())
-					if b.CumulativeCountFloat != nil {
-						c = b.GetCumulativeCountFloat()
-					}
-					float(name+"_bucket", model.BucketLabel, formatLabelFloat(b.GetUpperBound()), c)
+				c := float64(bk.GetCumulativeCount())
+				if bk.CumulativeCountFloat != nil {
+					c = bk.GetCumulativeCountFloat()
 				}
-				float(name+"_bucket", model.BucketLabel, "+Inf", count)
-				float(name+"_sum", "", "", h.GetSampleSum())
-				float(name+"_count", "", "", count)
+				float(name+"_bucket", model.BucketLabel, formatLabelFloat(bk.GetUpperBound()), c)
 			}
+			float(name+"_bucket", model.BucketLabel, "+Inf", count)
+			float(name+"_sum", "", "", h.GetSampleSum())
+			float(name+"_count", "", "", count)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package aggregate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -152,17 +153,200 @@ func TestFlushPrevHashCollision(t *testing.T) {
 	f.Flush(f.WindowEnd(clk.t))
 	want := labels.FromStrings("__name__", "gauge_x", "instance", "", "job", "f")
 	h := want.Hash()
-	if _, ok := f.prev[h]; !ok {
+	if _, ok := f.seen[h]; !ok {
 		t.Fatalf("series %v not in the previous window's set", want)
 	}
-	f.prev[h] = labels.FromStrings("__name__", "other", "job", "forged") // a colliding label set
+	f.seen[h] = seenSeries{ls: labels.FromStrings("__name__", "other", "job", "forged"), gen: f.gen} // a colliding label set
 	clk.advance(15 * time.Second)
 	end := f.WindowEnd(clk.t)
 	f.Flush(end)
 	if got, exp := render(rec.reqs[1]), fmt.Sprintf(`{__name__="gauge_x", instance="", job="f"} 3@%d`, end.UnixMilli()); got != exp {
 		t.Fatalf("window 2:\n%s\nwant\n%s", got, exp)
 	}
-	if !labels.Equal(f.prev[h], want) {
-		t.Fatalf("previous-window set holds %v under the series' hash, want %v", f.prev[h], want)
+	if !labels.Equal(f.seen[h].ls, want) {
+		t.Fatalf("previous-window set holds %v under the series' hash, want %v", f.seen[h].ls, want)
 	}
+}
+
+// borrower is a BorrowingAppender keeping a rendering of every request
+// taken at the call (the flush reuses the request's memory afterwards) and
+// whether each series' family had its metadata in the same request.
+type borrower struct {
+	windows []string
+	missing []string
+}
+
+func (b *borrower) Append(req *prompb.WriteRequest) { b.AppendBorrowed(req) }
+
+func (b *borrower) AppendBorrowed(req *prompb.WriteRequest) {
+	b.windows = append(b.windows, render(req))
+	meta := map[string]bool{}
+	for _, m := range req.Metadata {
+		meta[m.MetricFamilyName] = true
+	}
+	for _, ts := range req.Timeseries {
+		var name string
+		for _, l := range ts.Labels {
+			if l.Name == "__name__" {
+				name = l.Value
+			}
+		}
+		if ts.Samples[0].Value != ts.Samples[0].Value { // a staleness marker carries no metadata
+			continue
+		}
+		if fam := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count"); !meta[fam] && !meta[name] {
+			b.missing = append(b.missing, name)
+		}
+	}
+}
+
+// joined merges the renderings of requests [from, to) as render does one.
+func joined(parts []string) string {
+	var lines []string
+	for _, p := range parts {
+		if p != "" {
+			lines = append(lines, strings.Split(p, "\n")...)
+		}
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+// TestFlushInBatches renders windows a few series at a time, into
+// requests of a few series, and expects the same series, samples and
+// staleness markers as one request per window, every series with its
+// family's metadata in its own request, and reused request memory not
+// to show through.
+func TestFlushInBatches(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		chunk, batch int
+	}{
+		{name: "chunks of one series, requests of one", chunk: 1, batch: 1},
+		{name: "chunks of two series, requests of three", chunk: 2, batch: 3},
+		{name: "chunks larger than the requests", chunk: 50, batch: 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, clk := newTestStore(t, testSettings())
+			clk.advance(time.Second)
+			for g := range 4 {
+				mustPush(t, s, fmt.Sprintf("job=j%d", g), "# TYPE req_total counter\nreq_total{code=\"200\"} 1\nreq_total{code=\"500\"} 2\n"+
+					"# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\ngauge_x 3\n")
+			}
+			whole, parts := &recorder{}, &borrower{}
+			fw := NewFlusher(15*time.Second, clk.now, whole, []Source{{Gatherer: s}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+			fp := NewFlusher(15*time.Second, clk.now, parts, []Source{{Gatherer: s}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+			fp.chunk, fp.batch = tc.chunk, tc.batch
+			check := func(window int) {
+				t.Helper()
+				end := fw.WindowEnd(clk.t)
+				n := len(parts.windows)
+				fw.Flush(end)
+				fp.Flush(end)
+				if len(parts.windows)-n < 2 {
+					t.Fatalf("window %d: %d requests, want several", window, len(parts.windows)-n)
+				}
+				if got, want := joined(parts.windows[n:]), render(whole.reqs[window]); got != want {
+					t.Fatalf("window %d in batches:\n%s\nwant:\n%s", window, got, want)
+				}
+				if len(parts.missing) > 0 {
+					t.Fatalf("window %d: series without their family's metadata in their request: %v", window, parts.missing)
+				}
+			}
+			check(0)
+			// Window 2: a group ends (staleness markers), one changes.
+			clk.advance(15 * time.Second)
+			s.Delete(context.Background(), groupLabels("job=j1"))
+			mustPush(t, s, "job=j2", "# TYPE req_total counter\nreq_total{code=\"200\"} 5\n")
+			check(1)
+			if !strings.Contains(render(whole.reqs[1]), "STALE") {
+				t.Fatal("window 2 has no staleness markers")
+			}
+		})
+	}
+}
+
+// failingJournal is a Journal whose barriers fail from the n-th on.
+type failingJournal struct {
+	memJournal
+	barriers, failFrom int
+}
+
+func (j *failingJournal) Barrier(ctx context.Context) error {
+	j.barriers++
+	if j.barriers >= j.failFrom {
+		return errors.New("fsync: input/output error")
+	}
+	return nil
+}
+
+// TestFlushJournalFailure: a window whose first chunk cannot be made
+// durable is not emitted at all; one that fails after a chunk was handed
+// on stops there and ends no series.
+func TestFlushJournalFailure(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		failFrom   int // the window's barrier that fails
+		wantLines  int // lines of the window emitted
+		wantAppend bool
+	}{
+		{name: "first chunk", failFrom: 1, wantAppend: false},
+		{name: "second chunk", failFrom: 2, wantLines: 1, wantAppend: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := &failingJournal{failFrom: 1 << 30}
+			s, clk := newWriteStore(t, j, nil)
+			clk.advance(time.Second)
+			for g := range 4 {
+				mustPush(t, s, fmt.Sprintf("job=j%d", g), "x 1\n")
+			}
+			rec := &recorder{}
+			reg := prometheus.NewRegistry()
+			f := NewFlusher(15*time.Second, clk.now, rec, []Source{{Gatherer: Durable{Store: s, Timeout: time.Second}}}, reg, slog.New(slog.DiscardHandler))
+			f.chunk, f.batch = 1, 1 // a chunk per group, a request per series
+			f.Flush(f.WindowEnd(clk.t))
+			first := len(rec.reqs)
+			if got := joined(renderAll(rec.reqs)); strings.Count(got, "\n")+1 != 4 {
+				t.Fatalf("window 1:\n%s", got)
+			}
+			clk.advance(15 * time.Second)
+			s.Delete(context.Background(), groupLabels("job=j3")) // would end with a staleness marker
+			j.barriers, j.failFrom = 0, tc.failFrom
+			f.Flush(f.WindowEnd(clk.t))
+			got := joined(renderAll(rec.reqs[first:]))
+			if !tc.wantAppend {
+				if len(rec.reqs) != first {
+					t.Fatalf("a window whose first chunk failed was emitted:\n%s", got)
+				}
+			} else if lines := strings.Count(got, "\n") + 1; got == "" || lines != tc.wantLines || strings.Contains(got, "STALE") {
+				t.Fatalf("window cut short: got %d lines, want %d and no staleness marker:\n%s", lines, tc.wantLines, got)
+			}
+			if v := testutilCounter(t, reg, "sluice_flushes_skipped_total"); v != 1 {
+				t.Fatalf("sluice_flushes_skipped_total = %v, want 1", v)
+			}
+		})
+	}
+}
+
+func renderAll(reqs []*prompb.WriteRequest) []string {
+	out := make([]string, len(reqs))
+	for i, r := range reqs {
+		out[i] = render(r)
+	}
+	return out
+}
+
+func testutilCounter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == name {
+			return f.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no %s", name)
+	return 0
 }

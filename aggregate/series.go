@@ -110,26 +110,21 @@ func outputType(typ dto.MetricType, mode configs.Mode) dto.MetricType {
 // metric renders the series' current value, or nil when it has nothing to
 // show (a windowed series whose window is empty).
 func (s *series) metric(nowNanos int64) *dto.Metric {
-	m := &dto.Metric{}
-	switch {
-	case s.win != nil:
-		v, ok := s.win.result(nowNanos)
-		if !ok {
-			return nil
-		}
-		m.Gauge = &dto.Gauge{Value: ptr(v)}
-	case s.hist != nil:
-		m.Histogram = s.hist.dto()
-	case s.summ != nil:
-		m.Summary = &dto.Summary{SampleCount: ptr(uint64(s.summ.count)), SampleSum: ptr(s.summ.sum), Quantile: s.summ.quantiles}
-	default:
-		switch s.typ {
-		case dto.MetricType_COUNTER:
-			m.Counter = &dto.Counter{Value: ptr(s.value)}
-		case dto.MetricType_GAUGE:
-			m.Gauge = &dto.Gauge{Value: ptr(s.value)}
+	v, m, ok := s.current(nowNanos)
+	if !ok {
+		return nil
+	}
+	if m == nil {
+		m = &dto.Metric{}
+		switch {
+		case s.win != nil:
+			m.Gauge = &dto.Gauge{Value: ptr(v)}
+		case s.typ == dto.MetricType_COUNTER:
+			m.Counter = &dto.Counter{Value: ptr(v)}
+		case s.typ == dto.MetricType_GAUGE:
+			m.Gauge = &dto.Gauge{Value: ptr(v)}
 		default:
-			m.Untyped = &dto.Untyped{Value: ptr(s.value)}
+			m.Untyped = &dto.Untyped{Value: ptr(v)}
 		}
 	}
 	// The labels after the value, so that an empty window allocates none.
@@ -151,6 +146,23 @@ func (s *series) metric(nowNanos int64) *dto.Metric {
 		m.Label = append(m.Label, &pairs[len(pairs)-1])
 	})
 	return m
+}
+
+// current returns the series' value: a float (m nil) for counters, gauges,
+// untyped metrics and windowed statistics, or a label-less metric holding
+// a histogram or summary. ok is false when the series has nothing to show
+// (a windowed series whose window is empty).
+func (s *series) current(nowNanos int64) (v float64, m *dto.Metric, ok bool) {
+	switch {
+	case s.win != nil:
+		v, ok = s.win.result(nowNanos)
+		return v, nil, ok
+	case s.hist != nil:
+		return 0, &dto.Metric{Histogram: s.hist.dto()}, true
+	case s.summ != nil:
+		return 0, &dto.Metric{Summary: &dto.Summary{SampleCount: ptr(uint64(s.summ.count)), SampleSum: ptr(s.summ.sum), Quantile: s.summ.quantiles}}, true
+	}
+	return s.value, nil, true
 }
 
 func (h *histState) dto() *dto.Histogram {

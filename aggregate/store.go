@@ -867,6 +867,105 @@ func (s *Store) Gather() ([]*dto.MetricFamily, error) {
 	return out, nil
 }
 
+// flushChunk is a part of the Store's series for a flush: whole groups,
+// each rendered under its lock. A chunk is read during the call it is
+// passed to only.
+type flushChunk struct {
+	fams []flushFamily
+	n    int // series in fams
+}
+
+// flushFamily is the series of one metric family in a chunk.
+type flushFamily struct {
+	name, help string
+	typ        dto.MetricType
+	// groups: each series' labels are a grouping key; the series is named
+	// name and gets instance="" when the key has no instance (the
+	// push-time families, as groupLabelPairs renders them).
+	groups bool
+	series []flushSeries
+}
+
+// flushSeries is one series of a chunk. lset is the Store's own (with
+// __name__), or a grouping key.
+type flushSeries struct {
+	lset  labels.Labels
+	value float64
+	m     *dto.Metric // a histogram or summary, without labels; nil for a float
+}
+
+// gatherChunks is Gather for a flush, a part at a time: it renders about
+// size series (whole groups) into a chunk, hands it to fn and goes on,
+// until every group is done or fn returns an error, which it returns. A
+// series carries the Store's labels rather than a copy, and nothing is
+// sorted: a flush never holds more than a chunk of rendered series. As in
+// Gather, a family that ended and started again while groups were being
+// rendered shows its series from before the restart only.
+func (s *Store) gatherChunks(size int, fn func(*flushChunk) error) error {
+	now := s.now().UnixNano()
+	shown := make(map[string]*family) // the family each name stands for in this window
+	var (
+		c   flushChunk
+		idx = make(map[*family]int) // index of a family in c.fams
+		pt  = flushFamily{name: pushTimeName, typ: dto.MetricType_GAUGE, groups: true,
+			help: "Last Unix time when changing this group in Sluice succeeded."}
+		pf = flushFamily{name: pushFailureTimeName, typ: dto.MetricType_GAUGE, groups: true,
+			help: "Last Unix time when changing this group in Sluice failed."}
+	)
+	send := func() error {
+		if len(pt.series) > 0 {
+			c.fams = append(c.fams, pt, pf)
+			c.n += 2 * len(pt.series)
+		}
+		err := fn(&c)
+		c = flushChunk{}
+		clear(idx)
+		pt.series, pf.series = nil, nil
+		return err
+	}
+	for _, g := range s.groupList() {
+		g.mu.Lock()
+		if g.deleted {
+			g.mu.Unlock()
+			continue
+		}
+		for _, se := range g.series {
+			if f := shown[se.name]; f == nil {
+				shown[se.name] = se.fam
+			} else if f != se.fam {
+				continue
+			}
+			v, m, ok := se.current(now) // g.mu is enough to read its series
+			if !ok {
+				continue
+			}
+			i, ok := idx[se.fam]
+			if !ok {
+				i = len(c.fams)
+				idx[se.fam] = i
+				c.fams = append(c.fams, flushFamily{name: se.name, help: se.fam.help, typ: se.fam.typ})
+			}
+			c.fams[i].series = append(c.fams[i].series, flushSeries{lset: se.lset, value: v, m: m})
+			c.n++
+		}
+		last, fail := g.lastPush, g.lastFailure
+		g.mu.Unlock()
+		if last != 0 {
+			pt.series = append(pt.series, flushSeries{lset: g.labels, value: unixSeconds(last)})
+			pf.series = append(pf.series, flushSeries{lset: g.labels, value: unixSeconds(fail)})
+		}
+		if c.n+2*len(pt.series) >= size {
+			if err := send(); err != nil {
+				return err
+			}
+		}
+	}
+	if c.n+len(pt.series) > 0 {
+		return send()
+	}
+	return nil
+}
+
 func unixSeconds(nanos int64) float64 {
 	if nanos == 0 {
 		return 0
