@@ -31,6 +31,7 @@ fuzz:
 	$(GO) test ./configs -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./aggregate -run '^$$' -fuzz '^FuzzDecodeOp$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./aggregate -run '^$$' -fuzz '^FuzzFamilyEncoding$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./aggregate -run '^$$' -fuzz '^FuzzRestore$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./wal -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./forward -run '^$$' -fuzz '^FuzzFrameDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./forward -run '^$$' -fuzz '^FuzzDecodeWire$$' -fuzztime $(FUZZTIME)

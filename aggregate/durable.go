@@ -207,9 +207,10 @@ func (d Durable) gatherChunks(size int, fn func(*flushChunk) error) error {
 type CheckpointLog interface {
 	// Cut starts a new segment and returns the position of its start.
 	Cut() (wal.Position, error)
-	// WriteCheckpoint stores data as the state at pos and drops the log
+	// CreateCheckpoint starts the checkpoint of the state at pos: what is
+	// written to it is the state; its Commit stores it and drops the log
 	// before pos.
-	WriteCheckpoint(pos wal.Position, data []byte) error
+	CreateCheckpoint(pos wal.Position) (wal.CheckpointFile, error)
 }
 
 // Checkpoint writes the durable state so the log before it can go.
@@ -241,7 +242,12 @@ func (s *Store) Checkpoint(ctx context.Context, log CheckpointLog) error {
 		s.stateMu.Unlock()
 		return fmt.Errorf("cut write-ahead log segment: %w", err)
 	}
-	c := s.newCapture(s.checkpoints.Add(1))
+	cf, err := log.CreateCheckpoint(pos)
+	if err != nil {
+		s.stateMu.Unlock()
+		return fmt.Errorf("create checkpoint: %w", err)
+	}
+	c := s.newCapture(s.checkpoints.Add(1), cf)
 	groups := s.groupList()
 	s.capturing.Store(c)
 	s.stateMu.Unlock()
@@ -251,13 +257,15 @@ func (s *Store) Checkpoint(ctx context.Context, log CheckpointLog) error {
 		g.mu.Unlock()
 	}
 	s.capturing.Store(nil)
-	data, head := c.bytes()
-	s.snapshotSize.Store(int64(len(data)))
-	s.snapshotHead.Store(int64(head))
-	if err := log.WriteCheckpoint(pos, data); err != nil {
+	size, err := c.finish()
+	if err != nil {
+		cf.Abort()
 		return fmt.Errorf("write checkpoint: %w", err)
 	}
-	s.metrics.checkpointBytes.Set(float64(len(data)))
+	if err := cf.Commit(); err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	s.metrics.checkpointBytes.Set(float64(size))
 	s.metrics.checkpointDuration.Observe(time.Since(start).Seconds())
 	return nil
 }

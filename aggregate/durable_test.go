@@ -1,6 +1,7 @@
 package aggregate
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -266,10 +267,23 @@ func (l *cutLog) Cut() (wal.Position, error) {
 	return wal.Position{}, nil
 }
 
-func (l *cutLog) WriteCheckpoint(_ wal.Position, data []byte) error {
-	l.data = append([]byte(nil), data...)
-	return nil
+func (l *cutLog) CreateCheckpoint(wal.Position) (wal.CheckpointFile, error) {
+	return &memCheckpoint{commit: func(data []byte) error {
+		l.data = append([]byte(nil), data...)
+		return nil
+	}}, nil
 }
+
+// memCheckpoint is a wal.CheckpointFile in memory: Commit hands commit the
+// data written.
+type memCheckpoint struct {
+	bytes.Buffer
+	commit  func([]byte) error
+	aborted bool
+}
+
+func (m *memCheckpoint) Commit() error { return m.commit(m.Bytes()) }
+func (m *memCheckpoint) Abort()        { m.aborted = true }
 
 // TestCheckpointWhilePushing: pushes go on while a checkpoint copies the
 // state, and the checkpoint is the state at its cut, whichever of the

@@ -403,6 +403,37 @@ func directKeysWork() bool {
 	return string(appendLabelsKey(nil, ls)) == string(labels.New(ls...).Bytes(nil))
 }
 
+// labelsData returns the string in which ls holds its encoding (what
+// Labels.Bytes copies), without a copy, under the default stringlabels
+// implementation of labels.Labels (one string); false under another.
+// Store.keysInLabels says whether it can be trusted in this build.
+func labelsData(ls labels.Labels) (string, bool) {
+	if unsafe.Sizeof(ls) != unsafe.Sizeof("") {
+		return "", false
+	}
+	return *(*string)(unsafe.Pointer(&ls)), true
+}
+
+// labelsDataWorks reports whether labelsData returns Labels.Bytes, on
+// labels with short and long strings.
+func labelsDataWorks() bool {
+	ls := labels.FromStrings("__name__", "m", "a", strings.Repeat("v", 300), "b", "")
+	d, ok := labelsData(ls)
+	return ok && d == string(ls.Bytes(nil))
+}
+
+// seriesKey returns a new series' key: key, the encoding of lset, as a
+// string sharing lset's memory when keysInLabels, else as a copy. At a
+// million series the copy would be about 80 bytes per series.
+func seriesKey(lset labels.Labels, key string, keysInLabels bool) string {
+	if keysInLabels {
+		if d, ok := labelsData(lset); ok && d == key {
+			return d
+		}
+	}
+	return strings.Clone(key)
+}
+
 // sortLabels sorts ls by name: by insertion for the few labels of a usual
 // series (which arrive nearly sorted), else with slices.SortFunc.
 func sortLabels(ls []labels.Label) {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"sync"
 
@@ -16,10 +17,27 @@ import (
 )
 
 // snapshotMagic and snapshotVersion head a state snapshot (the data of a
-// WAL checkpoint). Bump the version on any layout change.
+// WAL checkpoint). Bump the version on any layout change; restore reads
+// every version.
+//
+// Version 2, written a part at a time as the state is copied:
+//
+//	magic "SLST" | version <uvarint> = 2 | series entries, to the groups |
+//	groups | series count <8b> | group count <8b> |
+//	offset of the groups from the first series entry <8b>
+//
+// Version 1 (read only) had the group count, the groups and the series
+// count before the series entries, and nothing after them. A group is its
+// labels, last push and last failure; a series entry is its group's index
+// then the series (appendSeries). The trailer's integers are big endian.
 const (
 	snapshotMagic   = "SLST"
-	snapshotVersion = 1
+	snapshotVersion = 2
+	// snapshotTrailer is the size of a version 2 snapshot's trailer.
+	snapshotTrailer = 24
+	// captureBuffer is how many bytes of series entries a capture
+	// gathers before writing them to the checkpoint.
+	captureBuffer = 256 << 10
 )
 
 // Series state kinds in a snapshot.
@@ -34,25 +52,30 @@ const (
 // log, taken group by group while operations go on (see Checkpoint): a
 // group is copied by the checkpoint, or, if an operation gets to it
 // first, by that operation before it changes the group. Either holds the
-// group's lock. The layout is the snapshot's: the live groups, then every
-// series with the index of its group.
+// group's lock. Series entries go to the checkpoint file a buffer at a
+// time; the groups, small, are kept and written after them (snapshot
+// version 2).
 type capture struct {
 	epoch int64
 
 	mu      sync.Mutex // guards the fields below
+	out     io.Writer  // the checkpoint file
+	buf     []byte     // bytes not yet written to out
+	written int64      // bytes written to out
+	body    int64      // where the series entries start (after magic and version)
+	err     error      // the first write error
 	groups  []byte     // the live groups' entries
-	series  []byte     // gap bytes kept free for the head, then the series entries
-	gap     int
 	live    int
 	nSeries int
 }
 
-// newCapture starts the capture of checkpoint epoch, its buffers sized
-// after the last snapshot's.
-func (s *Store) newCapture(epoch int64) *capture {
-	gap := int(s.snapshotHead.Load())*5/4 + 64
-	return &capture{epoch: epoch, gap: gap,
-		series: make([]byte, gap, int64(gap)+s.snapshotSize.Load()*9/8+64)}
+// newCapture starts the capture of checkpoint epoch into out.
+func (s *Store) newCapture(epoch int64, out io.Writer) *capture {
+	c := &capture{epoch: epoch, out: out, buf: make([]byte, 0, captureBuffer+captureBuffer/4)}
+	c.buf = append(c.buf, snapshotMagic...)
+	c.buf = binary.AppendUvarint(c.buf, snapshotVersion)
+	c.body = int64(len(c.buf))
+	return c
 }
 
 // captureLocked copies g into the checkpoint being taken, c, unless it
@@ -74,9 +97,36 @@ func (s *Store) captureLocked(g *group, c *capture) {
 	c.groups = binary.AppendVarint(c.groups, g.lastFailure)
 	c.nSeries += len(g.series)
 	for _, se := range g.series {
-		c.series = binary.AppendUvarint(c.series, idx)
-		c.series = appendSeries(c.series, se)
+		c.buf = binary.AppendUvarint(c.buf, idx)
+		c.buf = appendSeries(c.buf, se)
 	}
+	if len(c.buf) >= captureBuffer {
+		c.writeOut()
+	}
+}
+
+// writeOut writes the buffer to the checkpoint file. c.mu is held.
+func (c *capture) writeOut() {
+	if c.err == nil {
+		_, c.err = c.out.Write(c.buf)
+	}
+	c.written += int64(len(c.buf))
+	c.buf = c.buf[:0]
+}
+
+// finish writes the rest of the snapshot (the groups and the trailer) and
+// returns its size, or the first write error. Every group is captured by
+// then.
+func (c *capture) finish() (int64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	groupsAt := c.written + int64(len(c.buf)) - c.body
+	c.buf = append(c.buf, c.groups...)
+	c.buf = binary.BigEndian.AppendUint64(c.buf, uint64(c.nSeries))
+	c.buf = binary.BigEndian.AppendUint64(c.buf, uint64(c.live))
+	c.buf = binary.BigEndian.AppendUint64(c.buf, uint64(groupsAt))
+	c.writeOut()
+	return c.written, c.err
 }
 
 // beforeChange copies g into the checkpoint being taken, if any, before an
@@ -85,23 +135,6 @@ func (s *Store) beforeChange(g *group) {
 	if c := s.capturing.Load(); c != nil {
 		s.captureLocked(g, c)
 	}
-}
-
-// bytes returns the snapshot: the head (magic, version, the groups, the
-// series count) written into the gap before the series when it fits.
-func (c *capture) bytes() ([]byte, int) {
-	head := make([]byte, 0, len(c.groups)+32)
-	head = append(head, snapshotMagic...)
-	head = binary.AppendUvarint(head, snapshotVersion)
-	head = binary.AppendUvarint(head, uint64(c.live))
-	head = append(head, c.groups...)
-	head = binary.AppendUvarint(head, uint64(c.nSeries))
-	if len(head) <= c.gap {
-		start := c.gap - len(head)
-		copy(c.series[start:], head)
-		return c.series[start:], len(head)
-	}
-	return append(head, c.series[c.gap:]...), len(head)
 }
 
 // appendSeries appends one series entry of a snapshot, after its group
@@ -304,31 +337,53 @@ func (s *Store) restore(data []byte) error {
 	}
 	r := &reader{b: data[len(snapshotMagic):]}
 	v, err := r.count()
-	if err != nil || v != snapshotVersion {
+	if err != nil || (v != 1 && v != snapshotVersion) {
 		return fmt.Errorf("restore snapshot: unsupported version %d", v)
 	}
-	ng, err := r.count()
-	if err != nil {
-		return err
+	var (
+		gr     = r // the groups
+		ng, ns int
+	)
+	if v == 1 {
+		if ng, err = r.count(); err != nil {
+			return err
+		}
+	} else {
+		b := r.b
+		if len(b) < snapshotTrailer {
+			return errors.New("restore snapshot: truncated trailer")
+		}
+		t := b[len(b)-snapshotTrailer:]
+		b = b[:len(b)-snapshotTrailer]
+		nSeries, nGroups, at := binary.BigEndian.Uint64(t), binary.BigEndian.Uint64(t[8:]), binary.BigEndian.Uint64(t[16:])
+		// Every entry takes a byte at least.
+		if at > uint64(len(b)) || nSeries > at || nGroups > uint64(len(b))-at {
+			return fmt.Errorf("restore snapshot: trailer (%d series, %d groups at %d) does not fit %d bytes", nSeries, nGroups, at, len(b))
+		}
+		r, gr = &reader{b: b[:at]}, &reader{b: b[at:]}
+		ng, ns = int(nGroups), int(nSeries)
 	}
 	groups := make([]*group, ng)
 	for i := range groups {
-		ls, err := r.labels()
+		ls, err := gr.labels()
 		if err != nil {
 			return err
 		}
 		g := &group{key: groupKey(ls), labels: ls}
-		if g.lastPush, err = r.varint(); err != nil {
+		if g.lastPush, err = gr.varint(); err != nil {
 			return err
 		}
-		if g.lastFailure, err = r.varint(); err != nil {
+		if g.lastFailure, err = gr.varint(); err != nil {
 			return err
 		}
 		groups[i] = g
 	}
-	ns, err := r.count()
-	if err != nil {
-		return err
+	if v == 1 {
+		if ns, err = r.count(); err != nil {
+			return err
+		}
+	} else if len(gr.b) != 0 {
+		return fmt.Errorf("restore snapshot: %d bytes after the groups", len(gr.b))
 	}
 	// Decode every series first, then build the maps at their final
 	// sizes: growing maps of a million entries one by one costs more than
@@ -350,8 +405,12 @@ func (s *Store) restore(data []byte) error {
 		if se.lset, err = rs.labels(r); err != nil {
 			return err
 		}
-		rs.key = se.lset.Bytes(rs.key)
-		se.key = string(rs.key)
+		if d, ok := labelsData(se.lset); ok && s.keysInLabels {
+			se.key = d // the labels' encoding, shared
+		} else {
+			rs.key = se.lset.Bytes(rs.key)
+			se.key = string(rs.key)
+		}
 		if se.name, err = rs.string(r); err != nil {
 			return err
 		}

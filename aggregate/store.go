@@ -102,10 +102,6 @@ type Store struct {
 
 	shards      []shard
 	seriesCount atomic.Int64
-	// snapshotSize is the size of the last snapshot, to presize the next;
-	// snapshotHead the size of its head (groups and counts).
-	snapshotSize atomic.Int64
-	snapshotHead atomic.Int64
 	// checkpointMu serialises checkpoints. capturing is the checkpoint
 	// being taken, nil between checkpoints; checkpoints counts them (a
 	// group whose captured field equals it is in the current one).
@@ -117,6 +113,9 @@ type Store struct {
 	// prepPool recycles the prepared state of pushes (*prepared).
 	prepPool sync.Pool
 
+	// keysInLabels says that a series' key can share its labels' memory
+	// (labelsData works in this build).
+	keysInLabels bool
 	// directKeys says that appendLabelsKey writes what Labels.Bytes does
 	// in this build, so prepare encodes series keys without building
 	// their Labels.
@@ -181,6 +180,7 @@ func New(set Settings, now func() time.Time, journal Journal, relay Appender, re
 	}
 	s.settings.Store(&set)
 	s.directKeys = directKeysWork()
+	s.keysInLabels = labelsDataWorks()
 	s.metrics = newStoreMetrics(reg, s)
 	return s
 }
@@ -430,7 +430,7 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 			return invalid(ReasonOtherGroup, "series %s was already pushed by group %s; a series belongs to one grouping key",
 				seriesString(u.labelSet(g.labels)), groupString(existing.group.labels))
 		}
-		p, err := next(g, u, existing)
+		p, err := next(g, u, existing, s.keysInLabels)
 		if err != nil {
 			return err
 		}
@@ -527,13 +527,15 @@ func (c *claimSet) add(f *family) {
 }
 
 // next computes a series' state after an update without changing it.
-func next(g *group, u *update, se *series) (pending, error) {
+func next(g *group, u *update, se *series, keysInLabels bool) (pending, error) {
 	p := pending{u: u, s: se}
 	if se == nil {
 		p.isNew = true
 		// The key and labels are copied out of the push's slabs, which
-		// the series must not keep alive.
-		p.s = &series{key: strings.Clone(u.key), lset: u.labelSet(g.labels), name: u.name, group: g, typ: u.typ, mode: u.mode}
+		// the series must not keep alive. The key is the labels'
+		// encoding: it shares their memory where it can.
+		lset := u.labelSet(g.labels)
+		p.s = &series{key: seriesKey(lset, u.key, keysInLabels), lset: lset, name: u.name, group: g, typ: u.typ, mode: u.mode}
 		if u.mode.Windowed() {
 			p.s.win = newWindow(u.mode)
 		}

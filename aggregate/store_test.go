@@ -35,7 +35,7 @@ func testSettings() Settings {
 	return Settings{Aggregation: c.Aggregation, Limits: c.Limits, SeriesTTL: 24 * time.Hour}
 }
 
-func newTestStore(t *testing.T, set Settings) (*Store, *fakeClock) {
+func newTestStore(t testing.TB, set Settings) (*Store, *fakeClock) {
 	t.Helper()
 	clk := newClock()
 	return New(set, clk.now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler)), clk
@@ -56,7 +56,7 @@ func groupLabels(s string) labels.Labels {
 }
 
 // push applies a text-format push to a group.
-func push(t *testing.T, s *Store, grp string, m Method, text string) error {
+func push(t testing.TB, s *Store, grp string, m Method, text string) error {
 	t.Helper()
 	p := expfmt.NewTextParser(model.LegacyValidation)
 	fams, err := p.TextToMetricFamilies(strings.NewReader(text))
@@ -71,7 +71,7 @@ func push(t *testing.T, s *Store, grp string, m Method, text string) error {
 	return s.Apply(context.Background(), &Push{Group: groupLabels(grp), Method: m, Families: list})
 }
 
-func mustPush(t *testing.T, s *Store, grp, text string) {
+func mustPush(t testing.TB, s *Store, grp, text string) {
 	t.Helper()
 	if err := push(t, s, grp, MethodPost, text); err != nil {
 		t.Fatalf("push %q: %v", text, err)

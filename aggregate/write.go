@@ -216,9 +216,24 @@ type syncedLog struct {
 	sync func() error
 }
 
-func (l syncedLog) WriteCheckpoint(pos wal.Position, data []byte) error {
-	if err := l.sync(); err != nil {
+func (l syncedLog) CreateCheckpoint(pos wal.Position) (wal.CheckpointFile, error) {
+	f, err := l.CheckpointLog.CreateCheckpoint(pos)
+	if err != nil {
+		return nil, err
+	}
+	return syncedFile{CheckpointFile: f, sync: l.sync}, nil
+}
+
+// syncedFile is a checkpoint whose Commit syncs first.
+type syncedFile struct {
+	wal.CheckpointFile
+	sync func() error
+}
+
+func (f syncedFile) Commit() error {
+	if err := f.sync(); err != nil {
+		f.Abort()
 		return fmt.Errorf("sync the forward queues before dropping the log: %w", err)
 	}
-	return l.CheckpointLog.WriteCheckpoint(pos, data)
+	return f.CheckpointFile.Commit()
 }

@@ -199,9 +199,8 @@ func (e eventLog) add(s string) {
 type fakeCheckpointLog struct{ ev eventLog }
 
 func (l fakeCheckpointLog) Cut() (wal.Position, error) { l.ev.add("cut"); return wal.Position{}, nil }
-func (l fakeCheckpointLog) WriteCheckpoint(wal.Position, []byte) error {
-	l.ev.add("truncate")
-	return nil
+func (l fakeCheckpointLog) CreateCheckpoint(wal.Position) (wal.CheckpointFile, error) {
+	return &memCheckpoint{commit: func([]byte) error { l.ev.add("truncate"); return nil }}, nil
 }
 
 // TestCheckpointWaitsForRelay: a checkpoint started while a relay waits
@@ -249,7 +248,11 @@ func TestSyncBeforeTruncateKeepsLogOnError(t *testing.T) {
 	var log []string
 	ev := eventLog{mu: &mu, log: &log}
 	l := SyncBeforeTruncate(fakeCheckpointLog{ev}, func() error { return errors.New("fsync: EIO") })
-	if err := l.WriteCheckpoint(wal.Position{}, nil); err == nil || !strings.Contains(err.Error(), "EIO") {
+	f, err := l.CreateCheckpoint(wal.Position{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Commit(); err == nil || !strings.Contains(err.Error(), "EIO") {
 		t.Fatalf("err = %v", err)
 	}
 	if len(log) != 0 {

@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -63,29 +64,172 @@ func checkpointName(seg int) string { return checkpointPrefix + SegmentName(seg)
 // An error from the final removal of old checkpoints leaves the new one
 // in place and readable.
 func WriteCheckpoint(dir string, fsys FS, pos Position, data []byte) error {
+	w, err := CreateCheckpoint(dir, fsys, pos)
+	if err != nil {
+		return err
+	}
+	_, _ = w.Write(data) // an error is Commit's
+	return w.Commit()
+}
+
+// CheckpointFile is a checkpoint being written a part at a time, so that
+// the state never has to be in memory whole: what is written to it is the
+// data; Commit makes it the checkpoint, Abort drops it.
+type CheckpointFile interface {
+	io.Writer
+	Commit() error
+	Abort()
+}
+
+// CheckpointWriter writes a checkpoint file in parts (CreateCheckpoint).
+// It is not safe for concurrent use.
+type CheckpointWriter struct {
+	dir   string
+	fsys  FS
+	pos   Position
+	f     File
+	bw    *bufio.Writer
+	n     int64 // data bytes written
+	err   error // the first write error; Commit returns it
+	done  bool
+	after func() error // run after a commit (the WAL drops the log before pos)
+}
+
+// checkpointBuffer is the write buffer of a CheckpointWriter.
+const checkpointBuffer = 1 << 20
+
+// CreateCheckpoint starts the checkpoint for pos in dir: it creates
+// checkpoint.tmp and writes data to it as it comes. Commit then fills in
+// the header's data length, appends the CRC (reading the file back, from
+// the page cache), and stores it as WriteCheckpoint does. The file format
+// is WriteCheckpoint's.
+func CreateCheckpoint(dir string, fsys FS, pos Position) (*CheckpointWriter, error) {
 	if pos.Segment < 0 || pos.Offset < 0 {
-		return fmt.Errorf("wal: write checkpoint: invalid position %v", pos)
+		return nil, fmt.Errorf("wal: write checkpoint: invalid position %v", pos)
 	}
 	tmp := filepath.Join(dir, checkpointTmp)
-	if err := writeCheckpointFile(fsys, tmp, pos, data); err != nil {
-		// Best effort: a stale checkpoint.tmp is ignored and overwritten.
-		_ = fsys.Remove(tmp)
+	f, err := fsys.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
+	if err != nil {
+		return nil, fmt.Errorf("wal: write checkpoint: %w", err)
+	}
+	w := &CheckpointWriter{dir: dir, fsys: fsys, pos: pos, f: f, bw: bufio.NewWriterSize(writerFunc(func(b []byte) (int, error) {
+		return len(b), writeFull(f, b)
+	}), checkpointBuffer)}
+	// The header's data length is filled in by Commit.
+	_, w.err = w.bw.Write(make([]byte, checkpointHeaderSize))
+	return w, nil
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+// Write appends p to the checkpoint's data. A failed write fails the
+// checkpoint: Commit returns the error.
+func (w *CheckpointWriter) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	n, err := w.bw.Write(p)
+	w.n += int64(n)
+	if err != nil {
+		w.err = fmt.Errorf("wal: write checkpoint: %w", err)
+	}
+	return n, w.err
+}
+
+// Commit completes the checkpoint: header, CRC, fsync, rename to
+// checkpoint.<segment>, directory fsync, removal of every other
+// checkpoint. On an error before the rename the file is removed and the
+// previous checkpoint stands.
+func (w *CheckpointWriter) Commit() error {
+	if w.done {
+		return errors.New("wal: checkpoint already committed or aborted")
+	}
+	if err := w.finish(); err != nil {
+		w.Abort()
 		return fmt.Errorf("wal: write checkpoint: %w", err)
 	}
-	name := checkpointName(pos.Segment)
-	if err := fsys.Rename(tmp, filepath.Join(dir, name)); err != nil {
+	w.done = true
+	if err := w.fsys.Rename(filepath.Join(w.dir, checkpointTmp), filepath.Join(w.dir, checkpointName(w.pos.Segment))); err != nil {
 		return fmt.Errorf("wal: rename checkpoint: %w", err)
 	}
-	if err := fsys.SyncDir(dir); err != nil {
+	if err := w.fsys.SyncDir(w.dir); err != nil {
 		return fmt.Errorf("wal: sync directory after checkpoint: %w", err)
 	}
+	if err := removeOtherCheckpoints(w.dir, w.fsys, w.pos.Segment); err != nil {
+		return err
+	}
+	if w.after != nil {
+		return w.after()
+	}
+	return nil
+}
+
+// finish writes the header and the CRC and fsyncs and closes the file.
+func (w *CheckpointWriter) finish() error {
+	if w.err != nil {
+		return w.err
+	}
+	if err := w.bw.Flush(); err != nil {
+		return err
+	}
+	hdr := make([]byte, 0, checkpointHeaderSize)
+	hdr = append(hdr, checkpointMagic...)
+	hdr = append(hdr, checkpointVersion)
+	hdr = binary.BigEndian.AppendUint64(hdr, uint64(w.pos.Segment))
+	hdr = binary.BigEndian.AppendUint64(hdr, uint64(w.pos.Offset))
+	hdr = binary.BigEndian.AppendUint64(hdr, uint64(w.n))
+	if _, err := w.f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	if err := writeFull(w.f, hdr); err != nil {
+		return err
+	}
+	// The CRC covers the header, written last: read the data back.
+	h := crc32.New(castagnoli)
+	_, _ = h.Write(hdr) // never fails
+	if n, err := io.CopyBuffer(h, io.LimitReader(w.f, w.n), make([]byte, checkpointBuffer)); err != nil || n != w.n {
+		return fmt.Errorf("read the checkpoint back: %d of %d bytes: %w", n, w.n, errors.Join(err, io.ErrUnexpectedEOF))
+	}
+	crc := h.Sum32()
+	if _, err := w.f.Seek(checkpointHeaderSize+w.n, io.SeekStart); err != nil {
+		return err
+	}
+	if err := writeFull(w.f, binary.BigEndian.AppendUint32(nil, crc)); err != nil {
+		return err
+	}
+	if err := w.f.Sync(); err != nil {
+		return err
+	}
+	err := w.f.Close()
+	w.f = nil
+	return err
+}
+
+// Abort drops the checkpoint being written (a no-op after Commit).
+func (w *CheckpointWriter) Abort() {
+	if w.done {
+		return
+	}
+	w.done = true
+	if w.f != nil {
+		_ = w.f.Close()
+	}
+	// Best effort: a stale checkpoint.tmp is ignored and overwritten.
+	_ = w.fsys.Remove(filepath.Join(w.dir, checkpointTmp))
+}
+
+// removeOtherCheckpoints removes every checkpoint file of dir but
+// checkpoint.<seg>.
+func removeOtherCheckpoints(dir string, fsys FS, seg int) error {
 	old, err := listCheckpoints(dir, fsys)
 	if err != nil {
 		return fmt.Errorf("wal: list old checkpoints: %w", err)
 	}
 	removed := false
 	for _, c := range old {
-		if c.seg == pos.Segment {
+		if c.seg == seg {
 			continue
 		}
 		if err := fsys.Remove(filepath.Join(dir, c.name)); err != nil {
@@ -99,31 +243,6 @@ func WriteCheckpoint(dir string, fsys FS, pos Position, data []byte) error {
 		}
 	}
 	return nil
-}
-
-func writeCheckpointFile(fsys FS, name string, pos Position, data []byte) error {
-	f, err := fsys.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
-	if err != nil {
-		return err
-	}
-	hdr := make([]byte, 0, checkpointHeaderSize)
-	hdr = append(hdr, checkpointMagic...)
-	hdr = append(hdr, checkpointVersion)
-	hdr = binary.BigEndian.AppendUint64(hdr, uint64(pos.Segment))
-	hdr = binary.BigEndian.AppendUint64(hdr, uint64(pos.Offset))
-	hdr = binary.BigEndian.AppendUint64(hdr, uint64(len(data)))
-	crc := crc32.Update(crc32.Checksum(hdr, castagnoli), castagnoli, data)
-	for _, b := range [][]byte{hdr, data, binary.BigEndian.AppendUint32(nil, crc)} {
-		if err := writeFull(f, b); err != nil {
-			f.Close()
-			return err
-		}
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // writeFull writes b to f, turning a short write into io.ErrShortWrite.
@@ -240,6 +359,18 @@ func (w *WAL) WriteCheckpoint(pos Position, data []byte) error {
 		return err
 	}
 	return w.TruncateBefore(pos)
+}
+
+// CreateCheckpoint is WriteCheckpoint a part at a time: Commit stores the
+// data written as the state at pos and then deletes the segments before
+// pos.
+func (w *WAL) CreateCheckpoint(pos Position) (CheckpointFile, error) {
+	c, err := CreateCheckpoint(w.dir, w.fs, pos)
+	if err != nil {
+		return nil, err
+	}
+	c.after = func() error { return w.TruncateBefore(pos) }
+	return c, nil
 }
 
 // LoadCheckpoint returns the newest valid checkpoint of the log's directory.

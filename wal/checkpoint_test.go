@@ -3,11 +3,14 @@ package wal
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -151,7 +154,11 @@ func TestCheckpointFiles(t *testing.T) {
 				must(t, WriteCheckpoint(dir, OSFS(), Position{1, 0}, []byte("one")))
 				// A crash before the rename: a complete but unrenamed
 				// checkpoint for a later position, and garbage.
-				must(t, writeCheckpointFile(OSFS(), filepath.Join(dir, checkpointTmp), Position{4, 0}, []byte("four")))
+				c, err := CreateCheckpoint(dir, OSFS(), Position{4, 0})
+				must(t, err)
+				_, err = c.Write([]byte("four"))
+				must(t, err)
+				must(t, c.finish())
 			},
 			wantPos: Position{1, 0}, want: "one",
 		},
@@ -337,4 +344,124 @@ func (f *removeFailFS) Remove(name string) error {
 		return errInjected
 	}
 	return f.FS.Remove(name)
+}
+
+// TestCheckpointWriterInParts writes a checkpoint of several buffers' worth
+// in parts of random sizes and expects the file WriteCheckpoint's format
+// describes (FORMAT.md), byte for byte, and the data back.
+func TestCheckpointWriterInParts(t *testing.T) {
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(3, 4))
+	data := make([]byte, 3*checkpointBuffer+12345)
+	for i := range data {
+		data[i] = byte(rng.UintN(256))
+	}
+	pos := Position{Segment: 7, Offset: 4096}
+	c, err := CreateCheckpoint(dir, OSFS(), pos)
+	must(t, err)
+	for rest := data; len(rest) > 0; {
+		n := min(len(rest), 1+rng.IntN(300_000))
+		_, err := c.Write(rest[:n])
+		must(t, err)
+		rest = rest[n:]
+	}
+	must(t, c.Commit())
+
+	want := []byte("SLCP\x01")
+	want = binary.BigEndian.AppendUint64(want, 7)
+	want = binary.BigEndian.AppendUint64(want, 4096)
+	want = binary.BigEndian.AppendUint64(want, uint64(len(data)))
+	want = append(want, data...)
+	want = binary.BigEndian.AppendUint32(want, crc32.Checksum(want, crc32.MakeTable(crc32.Castagnoli)))
+	got, err := os.ReadFile(filepath.Join(dir, "checkpoint.00000007"))
+	must(t, err)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("checkpoint file: %d bytes, want %d as FORMAT.md lays it out", len(got), len(want))
+	}
+	cp, ok, err := LoadCheckpoint(dir, OSFS())
+	must(t, err)
+	if !ok || cp.Pos != pos || !bytes.Equal(cp.Data, data) {
+		t.Fatalf("LoadCheckpoint: ok=%v pos=%v, %d bytes; want %v, %d bytes", ok, cp.Pos, len(cp.Data), pos, len(data))
+	}
+}
+
+// tmpFailFS fails writes to checkpoint.tmp once it holds limit bytes (a
+// full disk), and its fsync if syncErr is set.
+type tmpFailFS struct {
+	FS
+	limit   int64
+	syncErr error
+}
+
+func (f tmpFailFS) OpenFile(name string, flag int, perm os.FileMode) (File, error) {
+	file, err := f.FS.OpenFile(name, flag, perm)
+	if err != nil || filepath.Base(name) != checkpointTmp {
+		return file, err
+	}
+	return &tmpFailFile{File: file, fs: f}, nil
+}
+
+type tmpFailFile struct {
+	File
+	fs      tmpFailFS
+	written int64
+}
+
+func (f *tmpFailFile) Write(b []byte) (int, error) {
+	if f.written+int64(len(b)) > f.fs.limit {
+		return 0, errors.New("no space left on device")
+	}
+	f.written += int64(len(b))
+	return f.File.Write(b)
+}
+
+func (f *tmpFailFile) Sync() error {
+	if f.fs.syncErr != nil {
+		return f.fs.syncErr
+	}
+	return f.File.Sync()
+}
+
+// TestCheckpointWriterFailures: a checkpoint that cannot be written whole
+// is never committed; the previous one stands and no checkpoint.tmp is
+// left.
+func TestCheckpointWriterFailures(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		fs      FS
+		abort   bool
+		wantErr string
+	}{
+		{name: "disk full while writing", fs: tmpFailFS{FS: OSFS(), limit: checkpointBuffer + 100}, wantErr: "no space left"},
+		{name: "disk full once the data is written", fs: tmpFailFS{FS: OSFS(), limit: checkpointHeaderSize + 2*checkpointBuffer}, wantErr: "no space left"},
+		{name: "fsync fails", fs: tmpFailFS{FS: OSFS(), limit: 1 << 40, syncErr: errors.New("input/output error")}, wantErr: "input/output error"},
+		{name: "aborted", fs: OSFS(), abort: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			must(t, WriteCheckpoint(dir, OSFS(), Position{1, 0}, []byte("one")))
+			c, err := CreateCheckpoint(dir, tc.fs, Position{2, 0})
+			must(t, err)
+			part := bytes.Repeat([]byte("x"), checkpointBuffer/2)
+			for range 4 {
+				_, _ = c.Write(part)
+			}
+			if tc.abort {
+				c.Abort()
+			} else if err := c.Commit(); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("Commit = %v, want an error with %q", err, tc.wantErr)
+			}
+			cp, ok, err := LoadCheckpoint(dir, OSFS())
+			must(t, err)
+			if !ok || cp.Pos != (Position{1, 0}) || string(cp.Data) != "one" {
+				t.Fatalf("after a failed checkpoint: ok=%v %v %q, want the previous one", ok, cp.Pos, cp.Data)
+			}
+			if _, err := os.Stat(filepath.Join(dir, checkpointTmp)); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("checkpoint.tmp left behind: %v", err)
+			}
+			if err := c.Commit(); err == nil {
+				t.Fatal("a second Commit succeeded")
+			}
+		})
+	}
 }

@@ -1,0 +1,225 @@
+package aggregate
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"unsafe"
+
+	"github.com/sluice-metrics/sluice/wal"
+)
+
+// partsLog is a CheckpointLog whose checkpoint counts the writes it gets
+// and can fail one; committed holds the data of the last commit.
+type partsLog struct {
+	writes    int
+	failWrite int // the write that fails, 0: none
+	committed []byte
+	file      *partsFile
+}
+
+type partsFile struct {
+	memCheckpoint
+	l *partsLog
+}
+
+func (f *partsFile) Write(b []byte) (int, error) {
+	f.l.writes++
+	if f.l.writes == f.l.failWrite {
+		return 0, errors.New("no space left on device")
+	}
+	return f.memCheckpoint.Write(b)
+}
+
+func (l *partsLog) Cut() (wal.Position, error) { return wal.Position{}, nil }
+func (l *partsLog) CreateCheckpoint(wal.Position) (wal.CheckpointFile, error) {
+	l.file = &partsFile{l: l}
+	l.file.commit = func(b []byte) error { l.committed = bytes.Clone(b); return nil }
+	return l.file, nil
+}
+
+// bigStore holds enough series for a checkpoint of several buffers.
+func bigStore(t *testing.T) (*Store, *fakeClock) {
+	t.Helper()
+	s, clk := newTestStore(t, testSettings())
+	var b strings.Builder
+	for g := range 40 {
+		b.Reset()
+		b.WriteString("# TYPE req_total counter\n")
+		for i := range 200 {
+			fmt.Fprintf(&b, "req_total{route=\"/api/v1/resource/%d\",code=\"200\"} %d\n", i, i)
+		}
+		b.WriteString("lat{clear_mode=\"p99_5m\"} 3\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n")
+		mustPush(t, s, fmt.Sprintf("job=j%d", g), b.String())
+	}
+	return s, clk
+}
+
+// TestCheckpointInParts: a checkpoint larger than the capture buffer
+// reaches the file in several writes and restores to the same state.
+func TestCheckpointInParts(t *testing.T) {
+	s, _ := bigStore(t)
+	l := &partsLog{}
+	if err := s.Checkpoint(context.Background(), l); err != nil {
+		t.Fatal(err)
+	}
+	if len(l.committed) < 2*captureBuffer || l.writes < 2 {
+		t.Fatalf("checkpoint of %d bytes in %d writes; the test wants several buffers", len(l.committed), l.writes)
+	}
+	if got := testutilGauge(s.metrics.checkpointBytes); got != float64(len(l.committed)) {
+		t.Fatalf("sluice_checkpoint_bytes %v, want %d", got, len(l.committed))
+	}
+	r, _ := newTestStore(t, testSettings())
+	if err := r.Restore(l.committed); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := expose(t, r), expose(t, s); got != want {
+		t.Fatalf("restored state differs:\n got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestCheckpointWriteFailure: a checkpoint whose file cannot be written is
+// aborted, not committed, and says why.
+func TestCheckpointWriteFailure(t *testing.T) {
+	s, _ := bigStore(t)
+	l := &partsLog{failWrite: 2}
+	err := s.Checkpoint(context.Background(), l)
+	if err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("Checkpoint = %v, want the write error", err)
+	}
+	if l.committed != nil || !l.file.aborted {
+		t.Fatalf("a checkpoint that failed to write was committed (%d bytes) or not aborted (%v)", len(l.committed), l.file.aborted)
+	}
+	// The next checkpoint works.
+	l.failWrite = 0
+	if err := s.Checkpoint(context.Background(), l); err != nil || l.committed == nil {
+		t.Fatalf("next checkpoint: %v", err)
+	}
+}
+
+// toVersion1 rewrites a version 2 snapshot in the version 1 layout: the
+// groups and the counts before the series, no trailer.
+func toVersion1(t testing.TB, data []byte) []byte {
+	t.Helper()
+	body := data[len(snapshotMagic)+1:] // the version is one byte
+	tr := body[len(body)-snapshotTrailer:]
+	body = body[:len(body)-snapshotTrailer]
+	ns, ng, at := binary.BigEndian.Uint64(tr), binary.BigEndian.Uint64(tr[8:]), binary.BigEndian.Uint64(tr[16:])
+	out := append([]byte(snapshotMagic), 1)
+	out = binary.AppendUvarint(out, ng)
+	out = append(out, body[at:]...)
+	out = binary.AppendUvarint(out, ns)
+	return append(out, body[:at]...)
+}
+
+// TestRestoreVersion1: a checkpoint written before version 2 (the layout
+// of Sluice until the checkpoint was streamed) still restores.
+func TestRestoreVersion1(t *testing.T) {
+	s, _ := bigStore(t)
+	l := &partsLog{}
+	if err := s.Checkpoint(context.Background(), l); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newTestStore(t, testSettings())
+	if err := r.Restore(toVersion1(t, l.committed)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := expose(t, r), expose(t, s); got != want {
+		t.Fatalf("version 1 restore differs:\n got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestRestoreBadSnapshot: damaged snapshots are refused with an error.
+func TestRestoreBadSnapshot(t *testing.T) {
+	s, _ := newTestStore(t, testSettings())
+	mustPush(t, s, "job=a", "x 1\n")
+	l := &partsLog{}
+	if err := s.Checkpoint(context.Background(), l); err != nil {
+		t.Fatal(err)
+	}
+	good := l.committed
+	trailer := func(ns, ng, at uint64) []byte {
+		b := bytes.Clone(good[:len(good)-snapshotTrailer])
+		b = binary.BigEndian.AppendUint64(b, ns)
+		b = binary.BigEndian.AppendUint64(b, ng)
+		return binary.BigEndian.AppendUint64(b, at)
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{name: "bad magic", data: append([]byte("XXXX"), good[4:]...), want: "bad magic"},
+		{name: "unknown version", data: append([]byte("SLST\x03"), good[5:]...), want: "unsupported version"},
+		{name: "no trailer", data: good[:len(snapshotMagic)+1+snapshotTrailer-1], want: "truncated trailer"},
+		{name: "groups offset past the end", data: trailer(1, 1, 1<<40), want: "does not fit"},
+		{name: "huge series count", data: trailer(1<<50, 1, 2), want: "does not fit"},
+		{name: "cut short", data: append(bytes.Clone(good[:len(good)-snapshotTrailer-3]), good[len(good)-snapshotTrailer:]...), want: ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _ := newTestStore(t, testSettings())
+			err := r.Restore(tc.data)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Restore = %v, want an error with %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// FuzzRestore: no snapshot bytes make Restore panic.
+func FuzzRestore(f *testing.F) {
+	s, _ := newTestStore(f, testSettings())
+	for _, text := range []string{"x 1\n", "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\nlat{clear_mode=\"p99_5m\"} 3\n"} {
+		mustPush(f, s, "job=a", text)
+		l := &partsLog{}
+		if err := s.Checkpoint(context.Background(), l); err != nil {
+			f.Fatal(err)
+		}
+		f.Add(l.committed)
+		f.Add(toVersion1(f, l.committed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, _ := newTestStore(t, testSettings())
+		_ = r.Restore(data)
+	})
+}
+
+// TestSeriesKeySharesLabels: every series' key is its labels' encoding
+// (Labels.Bytes), after a push and after a restore, and under the default
+// labels implementation it is the labels' own memory, not a copy.
+func TestSeriesKeySharesLabels(t *testing.T) {
+	s, _ := newTestStore(t, testSettings())
+	if !s.keysInLabels {
+		t.Log("this build's labels.Labels is not stringlabels: keys are copies")
+	}
+	mustPush(t, s, "job=a", "# TYPE req_total counter\nreq_total{code=\"200\"} 1\nlat{clear_mode=\"p99_5m\"} 3\n")
+	l := &partsLog{}
+	if err := s.Checkpoint(context.Background(), l); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newTestStore(t, testSettings())
+	if err := r.Restore(l.committed); err != nil {
+		t.Fatal(err)
+	}
+	for name, st := range map[string]*Store{"pushed": s, "restored": r} {
+		n := 0
+		for _, g := range st.groupList() {
+			for key, se := range g.series {
+				n++
+				if key != se.key || se.key != string(se.lset.Bytes(nil)) {
+					t.Fatalf("%s: series %v has key %q, want its labels' encoding", name, se.lset, se.key)
+				}
+				if d, ok := labelsData(se.lset); st.keysInLabels && (!ok || unsafe.StringData(d) != unsafe.StringData(se.key)) {
+					t.Fatalf("%s: series %v: the key is a copy of the labels' bytes", name, se.lset)
+				}
+			}
+		}
+		if n != 2 {
+			t.Fatalf("%s: %d series, want 2", name, n)
+		}
+	}
+}
