@@ -220,6 +220,7 @@ type windowRender struct {
 // last window are reused when the Appender borrows requests.
 func (f *Flusher) newRender(ms int64) *windowRender {
 	if w := f.render; w != nil && w.borrow != nil {
+		w.reset()
 		w.ms, w.series, w.sent, w.inFamily = ms, 0, false, false
 		return w
 	}
@@ -239,12 +240,7 @@ func (w *windowRender) send(last bool) {
 	w.sent = true
 	if w.borrow != nil {
 		w.borrow.AppendBorrowed(w.req)
-		// Cleared, so that the reused buffers keep no ended series'
-		// labels alive.
-		clear(w.req.Timeseries)
-		clear(w.lbuf)
-		w.req.Timeseries, w.req.Metadata = w.req.Timeseries[:0], w.req.Metadata[:0]
-		w.lbuf, w.sbuf = w.lbuf[:0], w.sbuf[:0]
+		w.reset()
 	} else {
 		w.f.out.Append(w.req)
 		// The next request is about as big: no growing by doubling.
@@ -256,6 +252,17 @@ func (w *windowRender) send(last bool) {
 		// The family being rendered goes on in the next request.
 		w.family(w.cur)
 	}
+}
+
+// reset empties the request for reuse: after it was handed on, or when a
+// skipped window leaves a part rendered and not handed on. It is cleared,
+// so that the reused buffers keep no ended series' labels alive.
+func (w *windowRender) reset() {
+	clear(w.req.Timeseries)
+	clear(w.lbuf)
+	w.req.Timeseries, w.req.Metadata = w.req.Timeseries[:0], w.req.Metadata[:0]
+	w.lbuf, w.sbuf = w.lbuf[:0], w.sbuf[:0]
+	clear(w.meta)
 }
 
 // family adds a family's metadata to the request, once per request, and

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/value"
 	"github.com/prometheus/prometheus/prompb"
@@ -349,4 +350,39 @@ func testutilCounter(t *testing.T, reg *prometheus.Registry, name string) float6
 	}
 	t.Fatalf("no %s", name)
 	return 0
+}
+
+// gatherOnce is a Gatherer that fails while failing is set.
+type gatherOnce struct{ failing *bool }
+
+func (g gatherOnce) Gather() ([]*dto.MetricFamily, error) {
+	if *g.failing {
+		return nil, errors.New("cannot gather")
+	}
+	return nil, nil
+}
+
+// TestFlushSkippedWindowLeavesNothing: a window skipped after another
+// source was rendered (not yet handed on) leaves nothing of it in the
+// request buffers the next window reuses.
+func TestFlushSkippedWindowLeavesNothing(t *testing.T) {
+	s, clk := newTestStore(t, testSettings())
+	clk.advance(time.Second)
+	mustPush(t, s, "job=a", "x 1\n")
+	failing := true
+	out := &borrower{}
+	f := NewFlusher(15*time.Second, clk.now, out, []Source{{Gatherer: s}, {Gatherer: gatherOnce{&failing}}},
+		prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	f.Flush(f.WindowEnd(clk.t))
+	if len(out.windows) != 0 {
+		t.Fatalf("a skipped window was emitted: %q", out.windows)
+	}
+	clk.advance(15 * time.Second)
+	failing = false
+	end := f.WindowEnd(clk.t)
+	f.Flush(end)
+	want := fmt.Sprintf("{__name__=\"x\", instance=\"\", job=\"a\"} 1@%d", end.UnixMilli())
+	if got := joined(out.windows); got != want {
+		t.Fatalf("window after a skipped one:\n%s\nwant:\n%s", got, want)
+	}
 }
