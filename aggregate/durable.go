@@ -183,24 +183,39 @@ func (d Durable) Gather() ([]*dto.MetricFamily, error) {
 // gatherChunks is GatherDurable a part at a time, for the Flusher: each
 // chunk is handed on only once every operation enqueued before it was
 // rendered is durable (a barrier per chunk; a barrier with nothing to
-// write costs no fsync). A failed barrier fails the Store and ends the
-// window there.
+// write costs no fsync), and one more barrier follows the last chunk, so
+// that what the window leaves out (a group deleted or expired after the
+// last chunk's barrier, which the flush ends with staleness markers) is
+// durable too. Each barrier has d.Timeout; the time the Flusher takes to
+// hand a chunk on does not count. A failed barrier fails the Store and
+// ends the window there.
 func (d Durable) gatherChunks(size int, fn func(*flushChunk) error) error {
 	s := d.Store
 	if err := s.unavailable(); err != nil {
 		return errors.Join(errors.New("window skipped"), err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), d.Timeout)
-	defer cancel()
-	return s.gatherChunks(size, func(c *flushChunk) error {
-		if s.journal != nil {
-			if err := s.journal.Barrier(ctx); err != nil {
-				s.fail(err)
-				return errors.Join(errors.New("window cut short"), err)
-			}
+	barrier := func() error {
+		if s.journal == nil {
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), d.Timeout)
+		defer cancel()
+		if err := s.journal.Barrier(ctx); err != nil {
+			s.fail(err)
+			return fmt.Errorf("wait for the write-ahead log: %w", err)
+		}
+		return nil
+	}
+	err := s.gatherChunks(size, func(c *flushChunk) error {
+		if err := barrier(); err != nil {
+			return err
 		}
 		return fn(c)
 	})
+	if err != nil {
+		return err
+	}
+	return barrier()
 }
 
 // CheckpointLog is what a checkpoint needs of the write-ahead log.

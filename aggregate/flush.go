@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -204,6 +205,9 @@ type windowRender struct {
 	borrow BorrowingAppender // out, if it can take a request it does not own
 	req    *prompb.WriteRequest
 	meta   map[string]struct{} // families whose metadata req has
+	// fams holds the metadata of every family rendered in the window,
+	// for the staleness markers of its series that ended.
+	fams map[string]prompb.MetricMetadata
 	// cur is the family being rendered, if inFamily.
 	cur      prompb.MetricMetadata
 	inFamily bool
@@ -221,10 +225,11 @@ type windowRender struct {
 func (f *Flusher) newRender(ms int64) *windowRender {
 	if w := f.render; w != nil && w.borrow != nil {
 		w.reset()
+		clear(w.fams)
 		w.ms, w.series, w.sent, w.inFamily = ms, 0, false, false
 		return w
 	}
-	w := &windowRender{f: f, ms: ms, req: &prompb.WriteRequest{}, meta: make(map[string]struct{})}
+	w := &windowRender{f: f, ms: ms, req: &prompb.WriteRequest{}, meta: make(map[string]struct{}), fams: make(map[string]prompb.MetricMetadata)}
 	w.borrow, _ = f.out.(BorrowingAppender)
 	f.render = w
 	return w
@@ -269,6 +274,7 @@ func (w *windowRender) reset() {
 // makes it the family the next series belong to.
 func (w *windowRender) family(md prompb.MetricMetadata) {
 	w.cur, w.inFamily = md, true
+	w.fams[md.MetricFamilyName] = md
 	if _, ok := w.meta[md.MetricFamilyName]; !ok {
 		w.meta[md.MetricFamilyName] = struct{}{}
 		w.req.Metadata = append(w.req.Metadata, md)
@@ -336,6 +342,18 @@ func (w *windowRender) endSeries() {
 			continue
 		}
 		delete(f.seen, h)
+		// A marker goes with its family's metadata, where the family
+		// is still in the window, as in a request of the whole window.
+		name := e.ls.Get(model.MetricNameLabel)
+		for _, fam := range []string{name, strings.TrimSuffix(name, "_bucket"), strings.TrimSuffix(name, "_sum"), strings.TrimSuffix(name, "_count")} {
+			if md, ok := w.fams[fam]; ok {
+				if _, ok := w.meta[fam]; !ok {
+					w.meta[fam] = struct{}{}
+					w.req.Metadata = append(w.req.Metadata, md)
+				}
+				break
+			}
+		}
 		w.add(e.ls, math.Float64frombits(value.StaleNaN), nil)
 		f.stale.Inc()
 	}
@@ -381,7 +399,7 @@ func (w *windowRender) build(b *baseLabels, metricName, extraName, extraValue st
 		sb.Add("instance", "")
 	}
 	for k, v := range b.extra {
-		if !b.has(k) {
+		if !b.has(k) && (k != "instance" || !b.groupKey) {
 			sb.Add(k, v)
 		}
 	}

@@ -171,7 +171,8 @@ func TestFlushPrevHashCollision(t *testing.T) {
 
 // borrower is a BorrowingAppender keeping a rendering of every request
 // taken at the call (the flush reuses the request's memory afterwards) and
-// whether each series' family had its metadata in the same request.
+// whether each series' family had its metadata in the same request
+// (staleness markers included: the tests using it end no whole family).
 type borrower struct {
 	windows []string
 	missing []string
@@ -191,9 +192,6 @@ func (b *borrower) AppendBorrowed(req *prompb.WriteRequest) {
 			if l.Name == "__name__" {
 				name = l.Value
 			}
-		}
-		if ts.Samples[0].Value != ts.Samples[0].Value { // a staleness marker carries no metadata
-			continue
 		}
 		if fam := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count"); !meta[fam] && !meta[name] {
 			b.missing = append(b.missing, name)
@@ -385,4 +383,187 @@ func TestFlushSkippedWindowLeavesNothing(t *testing.T) {
 	if got := joined(out.windows); got != want {
 		t.Fatalf("window after a skipped one:\n%s\nwant:\n%s", got, want)
 	}
+}
+
+// durableJournal is a Journal whose operations become durable only at a
+// barrier; durable says whether every operation enqueued so far is.
+type durableJournal struct {
+	memJournal
+	enq, done   int
+	barrierWait time.Duration
+}
+
+func (j *durableJournal) Enqueue(typ uint8, data []byte) func(context.Context) error {
+	j.mu.Lock()
+	j.enq++
+	j.mu.Unlock()
+	return j.memJournal.Enqueue(typ, data)
+}
+
+func (j *durableJournal) Barrier(ctx context.Context) error {
+	select {
+	case <-time.After(j.barrierWait):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	j.mu.Lock()
+	j.done = j.enq
+	j.mu.Unlock()
+	return nil
+}
+
+func (j *durableJournal) durable() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.done == j.enq
+}
+
+// TestFlushDurableBeforeStaleness: a window that ends series because of a
+// delete is handed on only once the delete is durable, even when no chunk
+// follows the delete.
+func TestFlushDurableBeforeStaleness(t *testing.T) {
+	j := &durableJournal{}
+	s, clk := newWriteStore(t, j, nil)
+	clk.advance(time.Second)
+	mustPush(t, s, "job=a", "x 1\n")
+	var bad []string
+	out := appenderFunc(func(req *prompb.WriteRequest) {
+		if !j.durable() {
+			bad = append(bad, render(req))
+		}
+	})
+	f := NewFlusher(15*time.Second, clk.now, out, []Source{{Gatherer: Durable{Store: s, Timeout: time.Second}}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	f.Flush(f.WindowEnd(clk.t))
+	clk.advance(15 * time.Second)
+	if err := s.Delete(context.Background(), groupLabels("job=a")); err != nil {
+		t.Fatal(err)
+	}
+	f.Flush(f.WindowEnd(clk.t))
+	if len(bad) > 0 {
+		t.Fatalf("requests handed on before what they show was durable:\n%s", strings.Join(bad, "\n"))
+	}
+}
+
+// TestFlushSlowAppenderKeepsStore: the time the Appender takes does not
+// count against the journal's timeout; a slow forward hand-off never
+// fails the Store.
+func TestFlushSlowAppenderKeepsStore(t *testing.T) {
+	j := &durableJournal{barrierWait: time.Millisecond}
+	s, clk := newWriteStore(t, j, nil)
+	clk.advance(time.Second)
+	for g := range 6 {
+		mustPush(t, s, fmt.Sprintf("job=j%d", g), "x 1\n")
+	}
+	rec := &recorder{}
+	out := appenderFunc(func(req *prompb.WriteRequest) {
+		time.Sleep(40 * time.Millisecond)
+		rec.Append(req)
+	})
+	f := NewFlusher(15*time.Second, clk.now, out, []Source{{Gatherer: Durable{Store: s, Timeout: 100 * time.Millisecond}}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	f.chunk, f.batch = 1, 1
+	f.Flush(f.WindowEnd(clk.t))
+	if err := s.Healthy(); err != nil {
+		t.Fatalf("a slow appender failed the store: %v", err)
+	}
+	if got := strings.Count(joined(renderAll(rec.reqs)), "\n") + 1; got != 6 {
+		t.Fatalf("%d series emitted, want 6", got)
+	}
+}
+
+// TestFlushStoreSourceLabels: a Store source's labels are added to its
+// series, push-time series included, without a second instance.
+func TestFlushStoreSourceLabels(t *testing.T) {
+	s, clk := newTestStore(t, testSettings())
+	clk.advance(time.Second)
+	mustPush(t, s, "job=a", "x 1\n")
+	rec := &recorder{}
+	f := NewFlusher(15*time.Second, clk.now, rec, []Source{{Gatherer: s, Labels: map[string]string{"instance": "i", "region": "eu"}}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	f.Flush(f.WindowEnd(clk.t))
+	var got []string
+	for _, ts := range rec.reqs[0].Timeseries {
+		var sb labels.ScratchBuilder
+		ls := ts.ToLabels(&sb, nil)
+		if _, dup := ls.HasDuplicateLabelNames(); dup {
+			t.Fatalf("series with a duplicate label: %v", ls)
+		}
+		got = append(got, ls.String())
+	}
+	sort.Strings(got)
+	want := []string{
+		`{__name__="push_failure_time_seconds", instance="", job="a", region="eu"}`,
+		`{__name__="push_time_seconds", instance="", job="a", region="eu"}`,
+		`{__name__="x", instance="", job="a", region="eu"}`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("series:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// gatherOnly hides gatherChunks: the Flusher renders it through Gather
+// (dto), as every window was rendered before the flush streamed.
+type gatherOnly struct{ s *Store }
+
+func (g gatherOnly) Gather() ([]*dto.MetricFamily, error) { return g.s.Gather() }
+
+// TestFlushChunkedMatchesGather: the Store's chunks, rendered with its own
+// labels, give exactly the series and values its Gather does, for every
+// kind of series, grouping keys with and without instance, body labels
+// the group overrides, empty label values, a deleted group and source
+// labels.
+func TestFlushChunkedMatchesGather(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		extra map[string]string
+	}{
+		{name: "no source labels"},
+		{name: "a source label", extra: map[string]string{"region": "eu"}},
+		{name: "source labels the series have", extra: map[string]string{"job": "x", "zone": ""}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, clk := newTestStore(t, testSettings())
+			clk.advance(time.Second)
+			mustPush(t, s, "job=a", "# TYPE req_total counter\nreq_total{code=\"200\"} 1\n# TYPE g gauge\ng 2\nu 3\n"+
+				"# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n"+
+				"# TYPE sm summary\nsm{quantile=\"0.5\"} 1\nsm_sum 3\nsm_count 2\nlat{clear_mode=\"mean15s\"} 10\nlat2{clear_mode=\"max15s\"} 10\n")
+			mustPush(t, s, "job=b,instance=i1", "# TYPE g gauge\ng{instance=\"zz\",job=\"body\"} 5\nu{e=\"\"} 1\n")
+			mustPush(t, s, "job=c,env=p", "# TYPE g gauge\ng{env=\"q\"} 6\n")
+			if err := s.Apply(context.Background(), &Push{Group: groupLabels("job=n"), Families: nativeFamilies(t)}); err != nil {
+				t.Fatal(err)
+			}
+			var a, b []*prompb.WriteRequest
+			fa := NewFlusher(15*time.Second, clk.now, appenderFunc(func(r *prompb.WriteRequest) { a = append(a, r) }), []Source{{Gatherer: s, Labels: tc.extra}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+			fb := NewFlusher(15*time.Second, clk.now, appenderFunc(func(r *prompb.WriteRequest) { b = append(b, r) }), []Source{{Gatherer: gatherOnly{s}, Labels: tc.extra}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+			for w := range 3 {
+				end := fa.WindowEnd(clk.t)
+				fa.Flush(end)
+				fb.Flush(end)
+				if ga, gb := renderFull(a[len(a)-1]), renderFull(b[len(b)-1]); ga != gb {
+					t.Fatalf("window %d:\nchunked:\n%s\ngathered:\n%s", w, ga, gb)
+				}
+				clk.advance(15 * time.Second)
+				if w == 0 {
+					s.Delete(context.Background(), groupLabels("job=c,env=p"))
+				}
+			}
+		})
+	}
+}
+
+// renderFull prints every series of a request, push-time series included,
+// with its samples' values and its number of native histograms.
+func renderFull(req *prompb.WriteRequest) string {
+	var lines []string
+	for _, ts := range req.Timeseries {
+		var l strings.Builder
+		for _, x := range ts.Labels {
+			l.WriteString(x.Name + "=" + x.Value + ",")
+		}
+		for _, s := range ts.Samples {
+			l.WriteString(" " + formatLabelFloat(s.Value))
+		}
+		l.WriteString(" h" + strconv.Itoa(len(ts.Histograms)))
+		lines = append(lines, l.String())
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
 }
