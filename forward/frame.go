@@ -351,6 +351,12 @@ type frameDecoder struct {
 	spans [][2]int                 // the current record's label strings
 	cache map[string]*decoded
 	gen   uint64 // frames decoded
+	// Windows spanning frames (windowFrame): the timestamp of the last
+	// window frame, how many frames in a row had it, how many the window
+	// before had, and whether this frame's series go uncached.
+	lastT        int64
+	run, prevRun int
+	nocache      bool
 }
 
 // decoded is a cached series or metadata; used is the last frame (gen)
@@ -389,7 +395,7 @@ const wireArenaSize = 64 << 10
 // payload or the decoder's buffers. Labels and metadata are shared with
 // other samples and must not be modified.
 func (d *frameDecoder) decode(payload []byte, dst []sample) ([]sample, error) {
-	count, _, block, wire, err := payloadHeader(payload)
+	count, minT, block, wire, err := payloadHeader(payload)
 	if err != nil {
 		return dst, err
 	}
@@ -411,6 +417,7 @@ func (d *frameDecoder) decode(payload []byte, dst []sample) ([]sample, error) {
 	if err != nil {
 		return dst, fmt.Errorf("%w: %v", errFrame, err)
 	}
+	d.windowFrame(minT)
 	return d.decodeBody(raw, count, dst)
 }
 
@@ -478,6 +485,22 @@ func (d *frameDecoder) decodeBody(raw []byte, count int, dst []sample) ([]sample
 	return dst, nil
 }
 
+// windowFrame notes the timestamp of a window's frame, before
+// decodeBody. The frames of one window share it (the flush hands a big
+// window on in parts, a frame each). A window of more frames than a cache
+// entry outlives (cacheFrames) cannot find its series in the cache at the
+// next window: they were dropped meanwhile. Its series are then not
+// cached at all, which would hold several frames' worth of labels and
+// cost a map insert per series for nothing.
+func (d *frameDecoder) windowFrame(t int64) {
+	if t == d.lastT {
+		d.run++
+	} else {
+		d.lastT, d.prevRun, d.run = t, d.run, 1
+	}
+	d.nocache = max(d.run, d.prevRun) > cacheFrames
+}
+
 // newFrame starts a frame: cache entries unused for cacheFrames frames go.
 func (d *frameDecoder) newFrame() {
 	d.gen++
@@ -543,7 +566,9 @@ func (d *frameDecoder) labels(p *bodyParser) labels.Labels {
 		d.sb.Add(k[n[0]-start:n[1]-start], k[v[0]-start:v[1]-start])
 	}
 	ls := d.sb.Labels() // written sorted by the encoder
-	d.cache[k] = &decoded{ls: ls, used: d.gen}
+	if !d.nocache {
+		d.cache[k] = &decoded{ls: ls, used: d.gen}
+	}
 	return ls
 }
 
@@ -584,7 +609,9 @@ func (d *frameDecoder) wireLabels(p *bodyParser) []byte {
 	}
 	d.arena = b
 	wire := b[from:len(b):len(b)]
-	d.cache[string(key)] = &decoded{wire: wire, used: d.gen}
+	if !d.nocache {
+		d.cache[string(key)] = &decoded{wire: wire, used: d.gen}
+	}
 	return wire
 }
 

@@ -282,3 +282,61 @@ func TestRingHeadRun(t *testing.T) {
 		})
 	}
 }
+
+// TestDecoderCacheAcrossWindows: a window of up to cacheFrames frames
+// decodes its series from the cache at the next window; a window of more
+// frames than that (which could not find them there: they are dropped
+// before it comes back) caches none, so the cache never holds several
+// frames of a big window.
+func TestDecoderCacheAcrossWindows(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		frames        int // frames per window, 10 series each
+		wantCached    bool
+		wantMaxCached int
+	}{
+		{name: "one frame per window", frames: 1, wantCached: true, wantMaxCached: 10},
+		{name: "cacheFrames frames per window", frames: cacheFrames, wantCached: true, wantMaxCached: 10 * (2*cacheFrames + 1)},
+		{name: "more frames than the cache outlives", frames: 3 * cacheFrames, wantCached: false, wantMaxCached: 10 * cacheFrames},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, dec := range []*frameDecoder{newFrameDecoder(), newWireDecoder()} {
+				enc := newFrameEncoder()
+				maxCached := 0
+				var hits int
+				for w := range 4 {
+					ts := int64(w+1) * 15000
+					for f := range tc.frames {
+						enc.reset()
+						for i := range 10 {
+							ls := []prompb.Label{{Name: "__name__", Value: "x"}, {Name: "series", Value: strconv.Itoa(f*10 + i)}}
+							if err := enc.addSeriesPB(ls, nil, nil, []prompb.Sample{{Value: 1, Timestamp: ts}}, nil); err != nil {
+								t.Fatal(err)
+							}
+						}
+						before := len(dec.cache)
+						got, err := dec.decode(enc.finish()[frameHeaderSize:], nil)
+						if err != nil || len(got) != 10 {
+							t.Fatalf("window %d frame %d: %d samples, %v", w, f, len(got), err)
+						}
+						if w == 3 && len(dec.cache) == before && before > 0 {
+							hits++
+						}
+						for _, s := range got {
+							if s.lset.IsEmpty() && len(s.wire) == 0 {
+								t.Fatal("a sample without labels")
+							}
+						}
+						maxCached = max(maxCached, len(dec.cache))
+					}
+				}
+				if cached := hits == tc.frames; cached != tc.wantCached {
+					t.Fatalf("wire=%v: %d of %d frames of the last window decoded from the cache, want all: %v", dec.wire, hits, tc.frames, tc.wantCached)
+				}
+				if maxCached > tc.wantMaxCached {
+					t.Fatalf("wire=%v: the cache held %d series, want at most %d", dec.wire, maxCached, tc.wantMaxCached)
+				}
+			}
+		})
+	}
+}
