@@ -914,15 +914,27 @@ func (s *Store) gatherChunks(size int, fn func(*flushChunk) error) error {
 		pf = flushFamily{name: pushFailureTimeName, typ: dto.MetricType_GAUGE, groups: true,
 			help: "Last Unix time when changing this group in Sluice failed."}
 	)
+	// The chunk's slices are reused for the next chunk (fn reads a chunk
+	// during the call only): a flush of a million series then allocates
+	// a few chunks' worth, not a million series' worth of garbage.
+	var spare [][]flushSeries
 	send := func() error {
+		stored := len(c.fams) // the Store's families; the push-time ones follow
 		if len(pt.series) > 0 {
 			c.fams = append(c.fams, pt, pf)
 			c.n += 2 * len(pt.series)
 		}
 		err := fn(&c)
-		c = flushChunk{}
+		for i := range c.fams[:stored] {
+			clear(c.fams[i].series) // keep no ended series' labels alive
+			spare = append(spare, c.fams[i].series[:0])
+		}
+		clear(c.fams)
+		c.fams, c.n = c.fams[:0], 0
 		clear(idx)
-		pt.series, pf.series = nil, nil
+		clear(pt.series)
+		clear(pf.series)
+		pt.series, pf.series = pt.series[:0], pf.series[:0]
 		return err
 	}
 	for _, g := range s.groupList() {
@@ -945,7 +957,11 @@ func (s *Store) gatherChunks(size int, fn func(*flushChunk) error) error {
 			if !ok {
 				i = len(c.fams)
 				idx[se.fam] = i
-				c.fams = append(c.fams, flushFamily{name: se.name, help: se.fam.help, typ: se.fam.typ})
+				ff := flushFamily{name: se.name, help: se.fam.help, typ: se.fam.typ}
+				if n := len(spare); n > 0 {
+					ff.series, spare = spare[n-1], spare[:n-1]
+				}
+				c.fams = append(c.fams, ff)
 			}
 			c.fams[i].series = append(c.fams[i].series, flushSeries{lset: se.lset, value: v, m: m})
 			c.n++
