@@ -514,10 +514,13 @@ func TestFlushChunkedMatchesGather(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		extra map[string]string
+		chunk int // series per chunk; 0: the default
 	}{
 		{name: "no source labels"},
 		{name: "a source label", extra: map[string]string{"region": "eu"}},
 		{name: "source labels the series have", extra: map[string]string{"job": "x", "zone": ""}},
+		{name: "a chunk per group, slices reused across shapes", chunk: 1},
+		{name: "chunks of a few series", chunk: 3, extra: map[string]string{"region": "eu"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, clk := newTestStore(t, testSettings())
@@ -533,6 +536,9 @@ func TestFlushChunkedMatchesGather(t *testing.T) {
 			var a, b []*prompb.WriteRequest
 			fa := NewFlusher(15*time.Second, clk.now, appenderFunc(func(r *prompb.WriteRequest) { a = append(a, r) }), []Source{{Gatherer: s, Labels: tc.extra}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 			fb := NewFlusher(15*time.Second, clk.now, appenderFunc(func(r *prompb.WriteRequest) { b = append(b, r) }), []Source{{Gatherer: gatherOnly{s}, Labels: tc.extra}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+			if tc.chunk > 0 {
+				fa.chunk = tc.chunk
+			}
 			for w := range 3 {
 				end := fa.WindowEnd(clk.t)
 				fa.Flush(end)

@@ -198,9 +198,9 @@
 // sample, plus the metadata of every family in the batch), written
 // directly: a 1.0 target's dispatcher decodes each series' labels into
 // their protobuf encoding once (cached like labels, for the next few
-// frames; the series of a window handed on in more frames than a cache
-// entry outlives are not cached: they could not be found there at the
-// next window), and the encoder
+// frames; the series of a window handed on in 8 frames or more are not
+// cached: they would be dropped before the next window could use them),
+// and the encoder
 // copies those bytes into every TimeSeries, byte for byte what the
 // generated code would write; 2.0 sends an
 // io.prometheus.write.v2.Request with interned symbols and inline

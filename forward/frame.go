@@ -487,18 +487,20 @@ func (d *frameDecoder) decodeBody(raw []byte, count int, dst []sample) ([]sample
 
 // windowFrame notes the timestamp of a window's frame, before
 // decodeBody. The frames of one window share it (the flush hands a big
-// window on in parts, a frame each). A window of more frames than a cache
-// entry outlives (cacheFrames) cannot find its series in the cache at the
-// next window: they were dropped meanwhile. Its series are then not
-// cached at all, which would hold several frames' worth of labels and
-// cost a map insert per series for nothing.
+// window on in parts, a frame each). An entry not used for cacheFrames
+// frames goes at the next sweep (every cacheFrames frames), so the series
+// of a window of 2*cacheFrames frames or more are always gone before the
+// next window could use them (windows of 5 to 7 frames still find some).
+// Such a window's series are then not cached at all: caching them would
+// hold several frames' worth of labels and cost a map insert per series
+// for nothing.
 func (d *frameDecoder) windowFrame(t int64) {
 	if t == d.lastT {
 		d.run++
 	} else {
 		d.lastT, d.prevRun, d.run = t, d.run, 1
 	}
-	d.nocache = max(d.run, d.prevRun) > cacheFrames
+	d.nocache = max(d.run, d.prevRun) >= 2*cacheFrames
 }
 
 // newFrame starts a frame: cache entries unused for cacheFrames frames go.

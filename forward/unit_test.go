@@ -284,28 +284,33 @@ func TestRingHeadRun(t *testing.T) {
 }
 
 // TestDecoderCacheAcrossWindows: a window of up to cacheFrames frames
-// decodes its series from the cache at the next window; a window of more
-// frames than that (which could not find them there: they are dropped
-// before it comes back) caches none, so the cache never holds several
-// frames of a big window.
+// decodes every series from the cache at the next window, one of a few
+// more frames some; a window of 2*cacheFrames frames or more (whose series
+// are always dropped before the next window) caches none after its first
+// frames, so the cache never holds several frames of a big window. A hit
+// is seen as a series' wire labels being the very bytes of the previous
+// window's.
 func TestDecoderCacheAcrossWindows(t *testing.T) {
 	for _, tc := range []struct {
 		name          string
 		frames        int // frames per window, 10 series each
-		wantCached    bool
+		wantHits      string
 		wantMaxCached int
 	}{
-		{name: "one frame per window", frames: 1, wantCached: true, wantMaxCached: 10},
-		{name: "cacheFrames frames per window", frames: cacheFrames, wantCached: true, wantMaxCached: 10 * (2*cacheFrames + 1)},
-		{name: "more frames than the cache outlives", frames: 3 * cacheFrames, wantCached: false, wantMaxCached: 10 * cacheFrames},
+		{name: "one frame per window", frames: 1, wantHits: "all", wantMaxCached: 10},
+		{name: "cacheFrames frames per window", frames: cacheFrames, wantHits: "all", wantMaxCached: 10 * 2 * cacheFrames},
+		{name: "a few frames more", frames: cacheFrames + 2, wantHits: "some", wantMaxCached: 10 * 3 * cacheFrames},
+		{name: "twice as many frames as an entry outlives", frames: 2 * cacheFrames, wantHits: "none", wantMaxCached: 10 * (2*cacheFrames - 1)},
+		{name: "many more frames", frames: 6 * cacheFrames, wantHits: "none", wantMaxCached: 10 * (2*cacheFrames - 1)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, dec := range []*frameDecoder{newFrameDecoder(), newWireDecoder()} {
 				enc := newFrameEncoder()
-				maxCached := 0
-				var hits int
-				for w := range 4 {
+				maxCached, hits, total := 0, 0, 0
+				prev := map[string]*byte{} // a series' wire labels in the previous window
+				for w := range 6 {
 					ts := int64(w+1) * 15000
+					cur := map[string]*byte{}
 					for f := range tc.frames {
 						enc.reset()
 						for i := range 10 {
@@ -314,24 +319,42 @@ func TestDecoderCacheAcrossWindows(t *testing.T) {
 								t.Fatal(err)
 							}
 						}
-						before := len(dec.cache)
 						got, err := dec.decode(enc.finish()[frameHeaderSize:], nil)
 						if err != nil || len(got) != 10 {
 							t.Fatalf("window %d frame %d: %d samples, %v", w, f, len(got), err)
 						}
-						if w == 3 && len(dec.cache) == before && before > 0 {
-							hits++
-						}
-						for _, s := range got {
+						for i, s := range got {
 							if s.lset.IsEmpty() && len(s.wire) == 0 {
 								t.Fatal("a sample without labels")
+							}
+							if dec.wire {
+								k := strconv.Itoa(f*10 + i)
+								cur[k] = &s.wire[0]
+								if w == 5 {
+									total++
+									if prev[k] == cur[k] {
+										hits++
+									}
+								}
 							}
 						}
 						maxCached = max(maxCached, len(dec.cache))
 					}
+					prev = cur
 				}
-				if cached := hits == tc.frames; cached != tc.wantCached {
-					t.Fatalf("wire=%v: %d of %d frames of the last window decoded from the cache, want all: %v", dec.wire, hits, tc.frames, tc.wantCached)
+				if dec.wire {
+					var got string
+					switch hits {
+					case total:
+						got = "all"
+					case 0:
+						got = "none"
+					default:
+						got = "some"
+					}
+					if got != tc.wantHits {
+						t.Fatalf("%d of %d series of the last window decoded from the cache (%s), want %s", hits, total, got, tc.wantHits)
+					}
 				}
 				if maxCached > tc.wantMaxCached {
 					t.Fatalf("wire=%v: the cache held %d series, want at most %d", dec.wire, maxCached, tc.wantMaxCached)
