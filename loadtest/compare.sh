@@ -4,7 +4,8 @@
 #   1. Remote-Write relay: Sluice vs vmagent, same load into a counting sink.
 #   2. Pushes (1,000 groups, ~25 lines): Sluice (wal.fsync always and
 #      interval) vs the Pushgateway; max rate and p99 at half of Sluice's max.
-#   3. Memory and restart: 1M live series, bytes per series, kill -9, time
+#   3. Memory and restart: 1M live series (every window forwarded to a
+#      counting sink), bytes per series, kill -9, time
 #      until /-/ready.
 # Prints a table and PASS/FAIL lines. Exits non-zero only when the tooling
 # fails (a build, a process that does not start, the generator erroring),
@@ -394,8 +395,12 @@ if [ "$SKIP_SERIES" != 1 ]; then
 		  max_series_per_group: $((MEM_SERIES * 2 + 100))
 		  max_series_per_request: $((MEM_SERIES * 2 + 100))
 	EOF
+	# Forwarding as a deployment would: every window goes to a counting
+	# sink, so the forward queues' memory is in the figures too.
+	start_sink
+	MEM_SINK_PID=$SINK_PID
 	MEM_ARGS=(--web.listen-address="127.0.0.1:$p" --wal.dir="$WORK/mem-wal" --config.file="$WORK/sluice-mem.yml"
-		--log.level=warn)
+		--remote-write.url="$SINK_URL/api/v1/write" --log.level=warn)
 	# gctrace: each GC logs the live heap it found ("a->b->LIVE MB").
 	start_bg sluice-mem env GODEBUG=gctrace=1 "$SLUICE" "${MEM_ARGS[@]}"
 	MEM_PID=$LAST_PID
@@ -463,9 +468,11 @@ if [ "$SKIP_SERIES" != 1 ]; then
 	RSS2=$(status_kb "$MEM_PID" VmRSS)
 	LIVE2=$("$LT" fetch -url "$MEM_URL/metrics" -sum sluice_series | awk '{ print $2 }')
 	stop_pid "$MEM_PID"
+	MEM_FWD=$("$LT" fetch -url "$SINK_URL/count" | sed -n 's/.*"samples":\([0-9]*\).*/\1/p')
+	stop_pid "$MEM_SINK_PID"
 
 	RESULTS+=("$(printf '%-28s %s' "series: $(calc "$LIVE" 0) live" \
-		"RSS $(calc "$RSS0 / 1024" 0) -> $(calc "$RSS1 / 1024" 0) MiB (peak $(calc "$HWM1 / 1024" 0)) = $BPS_RSS B/series; peak over 2 windows after the load ($HWM_FROM) $(calc "$HWM2 / 1024" 0) MiB = $BPS_PEAK B/series; heap in use $(calc "$HEAP / 1048576" 0) MiB; $LIVE_NOTE; WAL+checkpoint $(calc "$WALB / 1048576" 1) MiB")")
+		"RSS $(calc "$RSS0 / 1024" 0) -> $(calc "$RSS1 / 1024" 0) MiB (peak $(calc "$HWM1 / 1024" 0)) = $BPS_RSS B/series; peak over 2 windows after the load ($HWM_FROM) $(calc "$HWM2 / 1024" 0) MiB = $BPS_PEAK B/series; heap in use $(calc "$HEAP / 1048576" 0) MiB; $LIVE_NOTE; WAL+checkpoint $(calc "$WALB / 1048576" 1) MiB; windows forwarded to the sink: ${MEM_FWD:-0} samples")")
 	RESULTS+=("$(printf '%-28s %s' "restart after kill -9" "ready in $READY s; $(calc "$LIVE2" 0) series back; RSS $(calc "$RSS2 / 1024" 0) MiB")")
 	verdict "$(ge "$BYTES_PER_SERIES_MAX" "$BPS_RSS" && echo 1 || echo 0)" \
 		"memory: $BPS_RSS bytes per live series (RSS growth / series, 2 s after the load) < $BYTES_PER_SERIES_MAX"
@@ -475,6 +482,10 @@ if [ "$SKIP_SERIES" != 1 ]; then
 		verdict "$(ge "$BYTES_PER_SERIES_MAX" "$BPS_LIVE" && echo 1 || echo 0)" \
 			"memory: $BPS_LIVE bytes of live heap per live series (after a GC) < $BYTES_PER_SERIES_MAX"
 	fi
+	# At least two whole windows of every series reached the sink, or the
+	# memory figures did not include forwarding.
+	verdict "$(ge "${MEM_FWD:-0}" "$((2 * N))" && echo 1 || echo 0)" \
+		"memory test forwarded its windows: the sink got ${MEM_FWD:-0} samples >= 2 windows of $N series"
 	verdict "$(ge "$RESTART_MAX_S" "$READY" && echo 1 || echo 0)" \
 		"restart with $(calc "$LIVE" 0) series: ready in $READY s < $RESTART_MAX_S s"
 fi
