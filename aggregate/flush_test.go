@@ -451,22 +451,28 @@ func TestFlushSlowAppenderKeepsStore(t *testing.T) {
 	j := &durableJournal{barrierWait: time.Millisecond}
 	s, clk := newWriteStore(t, j, nil)
 	clk.advance(time.Second)
-	for g := range 6 {
+	for g := range 2 {
 		mustPush(t, s, fmt.Sprintf("job=j%d", g), "x 1\n")
 	}
 	rec := &recorder{}
 	out := appenderFunc(func(req *prompb.WriteRequest) {
-		time.Sleep(40 * time.Millisecond)
+		time.Sleep(150 * time.Millisecond)
 		rec.Append(req)
 	})
-	f := NewFlusher(15*time.Second, clk.now, out, []Source{{Gatherer: Durable{Store: s, Timeout: 100 * time.Millisecond}}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	// Six requests (a series and two push-time series per group, one
+	// request each) take 0.9 s, well over the timeout; each barrier
+	// takes a millisecond.
+	f := NewFlusher(15*time.Second, clk.now, out, []Source{{Gatherer: Durable{Store: s, Timeout: 500 * time.Millisecond}}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 	f.chunk, f.batch = 1, 1
 	f.Flush(f.WindowEnd(clk.t))
 	if err := s.Healthy(); err != nil {
 		t.Fatalf("a slow appender failed the store: %v", err)
 	}
-	if got := strings.Count(joined(renderAll(rec.reqs)), "\n") + 1; got != 6 {
-		t.Fatalf("%d series emitted, want 6", got)
+	if len(rec.reqs) != 6 {
+		t.Fatalf("%d requests, want 6", len(rec.reqs))
+	}
+	if got := strings.Count(joined(renderAll(rec.reqs)), "\n") + 1; got != 2 {
+		t.Fatalf("%d series emitted, want 2", got)
 	}
 }
 
