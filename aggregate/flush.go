@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"math"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -206,7 +205,7 @@ type windowRender struct {
 	req    *prompb.WriteRequest
 	meta   map[string]struct{} // families whose metadata req has
 	// fams holds the metadata of every family rendered in the window,
-	// for the staleness markers of its series that ended.
+	// for the requests of staleness markers.
 	fams map[string]prompb.MetricMetadata
 	// cur is the family being rendered, if inFamily.
 	cur      prompb.MetricMetadata
@@ -251,8 +250,8 @@ func (w *windowRender) send(last bool) {
 		// The next request is about as big: no growing by doubling.
 		w.req = &prompb.WriteRequest{Timeseries: make([]prompb.TimeSeries, 0, cap(w.req.Timeseries))}
 		w.lbuf, w.sbuf = make([]prompb.Label, 0, cap(w.lbuf)), make([]prompb.Sample, 0, cap(w.sbuf))
+		clear(w.meta)
 	}
-	clear(w.meta)
 	if w.inFamily && !last {
 		// The family being rendered goes on in the next request.
 		w.family(w.cur)
@@ -342,16 +341,16 @@ func (w *windowRender) endSeries() {
 			continue
 		}
 		delete(f.seen, h)
-		// A marker goes with its family's metadata, where the family
-		// is still in the window, as in a request of the whole window.
-		name := e.ls.Get(model.MetricNameLabel)
-		for _, fam := range []string{name, strings.TrimSuffix(name, "_bucket"), strings.TrimSuffix(name, "_sum"), strings.TrimSuffix(name, "_count")} {
-			if md, ok := w.fams[fam]; ok {
-				if _, ok := w.meta[fam]; !ok {
-					w.meta[fam] = struct{}{}
+		// A request of markers carries the metadata of every family of
+		// the window, as a request of the whole window did; which family
+		// a marker belongs to is the forward queues' to find, as for any
+		// series. (w.meta holds a subset of w.fams' names.)
+		if len(w.meta) < len(w.fams) {
+			for name, md := range w.fams {
+				if _, ok := w.meta[name]; !ok {
+					w.meta[name] = struct{}{}
 					w.req.Metadata = append(w.req.Metadata, md)
 				}
-				break
 			}
 		}
 		w.add(e.ls, math.Float64frombits(value.StaleNaN), nil)

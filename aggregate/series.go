@@ -114,30 +114,33 @@ func (s *series) metric(nowNanos int64) *dto.Metric {
 	if !ok {
 		return nil
 	}
+	return labelledMetric(s.lset, outputType(s.typ, s.mode), v, m)
+}
+
+// labelledMetric returns the metric of a series with labels lset (with
+// __name__, which is not a pair) in a family of output type typ: m if it
+// holds a histogram or summary, else a metric of the float v, with lset's
+// label pairs. The label pairs, the pointers to them and their strings
+// come from three allocations rather than three per label: a flush renders
+// every series. (Should an append outgrow its array, the pointers taken
+// before still point at the values written there.)
+func labelledMetric(lset labels.Labels, typ dto.MetricType, v float64, m *dto.Metric) *dto.Metric {
 	if m == nil {
 		m = &dto.Metric{}
-		switch {
-		case s.win != nil:
-			m.Gauge = &dto.Gauge{Value: ptr(v)}
-		case s.typ == dto.MetricType_COUNTER:
+		switch typ {
+		case dto.MetricType_COUNTER:
 			m.Counter = &dto.Counter{Value: ptr(v)}
-		case s.typ == dto.MetricType_GAUGE:
+		case dto.MetricType_GAUGE:
 			m.Gauge = &dto.Gauge{Value: ptr(v)}
 		default:
 			m.Untyped = &dto.Untyped{Value: ptr(v)}
 		}
 	}
-	// The labels after the value, so that an empty window allocates none.
-	// The label pairs, the pointers to them and their strings come from
-	// three allocations rather than three per label: a flush renders
-	// every series. A series' labels include __name__, which is not a
-	// pair. (Should an append outgrow its array, the pointers taken
-	// before still point at the values written there.)
-	n := max(s.lset.Len()-1, 0)
+	n := max(lset.Len()-1, 0)
 	pairs := make([]dto.LabelPair, 0, n)
 	strs := make([]string, 0, 2*n)
 	m.Label = make([]*dto.LabelPair, 0, n)
-	s.lset.Range(func(l labels.Label) {
+	lset.Range(func(l labels.Label) {
 		if l.Name == model.MetricNameLabel {
 			return
 		}

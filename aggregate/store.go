@@ -14,6 +14,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"runtime"
 	"slices"
 	"sort"
@@ -788,67 +789,57 @@ func (s *Store) Run(ctx context.Context, interval time.Duration) error {
 // Gather returns the current aggregated series and the per-group push
 // timestamps as metric families, sorted by name. It implements
 // prometheus.Gatherer so /metrics can merge it with Sluice's own registry.
-// Each group is rendered under its lock, so it shows every operation on
-// it entirely or not at all; operations go on meanwhile.
+// It renders what a flush does (gatherChunks), as one chunk: each group
+// under its lock, so it shows every operation on it entirely or not at
+// all; operations go on meanwhile.
 func (s *Store) Gather() ([]*dto.MetricFamily, error) {
-	now := s.now().UnixNano()
 	type rendered struct {
 		lset labels.Labels
 		m    *dto.Metric
 	}
 	type famSeries struct {
-		fam    *family
+		fam    *dto.MetricFamily
+		groups bool
 		series []rendered
 	}
 	byName := make(map[string]*famSeries)
-	pt := &dto.MetricFamily{Name: ptr(pushTimeName), Type: dto.MetricType_GAUGE.Enum(),
-		Help: ptr("Last Unix time when changing this group in Sluice succeeded.")}
-	pf := &dto.MetricFamily{Name: ptr(pushFailureTimeName), Type: dto.MetricType_GAUGE.Enum(),
-		Help: ptr("Last Unix time when changing this group in Sluice failed.")}
-	// Group by group, under the group's lock: every operation changes a
-	// group under it, so each group shows all of an operation or none of
-	// it, and operations on other groups go on meanwhile.
-	for _, g := range s.groupList() {
-		g.mu.Lock()
-		if g.deleted {
-			g.mu.Unlock()
-			continue
-		}
-		for _, se := range g.series {
-			m := se.metric(now) // g.mu is enough to read its series
-			if m == nil {
-				continue
-			}
-			fs := byName[se.name]
+	_ = s.gatherChunks(math.MaxInt, func(c *flushChunk) error {
+		for _, f := range c.fams {
+			fs := byName[f.name]
 			if fs == nil {
-				fs = &famSeries{fam: se.fam}
-				byName[se.name] = fs
-			} else if fs.fam != se.fam {
-				// The family ended and started again (maybe with another
-				// type) while groups were being rendered: its series from
-				// before stand for this window, the new one comes next.
-				continue
+				fs = &famSeries{fam: &dto.MetricFamily{Name: ptr(f.name), Type: ptr(f.typ)}, groups: f.groups}
+				if f.help != "" {
+					fs.fam.Help = ptr(f.help)
+				}
+				byName[f.name] = fs
 			}
-			fs.series = append(fs.series, rendered{se.lset, m})
+			for _, se := range f.series {
+				var m *dto.Metric
+				if f.groups {
+					m = &dto.Metric{Label: groupLabelPairs(se.lset), Gauge: &dto.Gauge{Value: ptr(se.value)}}
+				} else {
+					m = labelledMetric(se.lset, f.typ, se.value, se.m)
+				}
+				fs.series = append(fs.series, rendered{se.lset, m})
+			}
 		}
-		last, fail := g.lastPush, g.lastFailure
-		g.mu.Unlock()
-		if last == 0 {
+		return nil
+	})
+	out := make([]*dto.MetricFamily, 0, len(byName))
+	for _, fs := range byName {
+		f := fs.fam
+		if fs.groups {
+			for _, r := range fs.series {
+				f.Metric = append(f.Metric, r.m)
+			}
+			sortMetrics(f.Metric)
+			out = append(out, f)
 			continue
 		}
-		lp := groupLabelPairs(g.labels)
-		pt.Metric = append(pt.Metric, &dto.Metric{Label: lp, Gauge: &dto.Gauge{Value: ptr(unixSeconds(last))}})
-		pf.Metric = append(pf.Metric, &dto.Metric{Label: lp, Gauge: &dto.Gauge{Value: ptr(unixSeconds(fail))}})
-	}
-	out := make([]*dto.MetricFamily, 0, len(byName)+2)
-	for name, fs := range byName {
 		// Sorting the label sets is much cheaper than sorting rendered
 		// metrics by their label pairs.
 		slices.SortFunc(fs.series, func(a, b rendered) int { return labels.Compare(a.lset, b.lset) })
-		f := &dto.MetricFamily{Name: ptr(name), Type: ptr(fs.fam.typ), Metric: make([]*dto.Metric, 0, len(fs.series))}
-		if fs.fam.help != "" {
-			f.Help = ptr(fs.fam.help)
-		}
+		f.Metric = make([]*dto.Metric, 0, len(fs.series))
 		for i := range fs.series {
 			// A series rendered twice: its group was deleted after it
 			// was rendered and another group pushed it before that one
@@ -859,11 +850,6 @@ func (s *Store) Gather() ([]*dto.MetricFamily, error) {
 			f.Metric = append(f.Metric, fs.series[i].m)
 		}
 		out = append(out, f)
-	}
-	if len(pt.Metric) > 0 {
-		sortMetrics(pt.Metric)
-		sortMetrics(pf.Metric)
-		out = append(out, pt, pf)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].GetName() < out[j].GetName() })
 	return out, nil
@@ -900,9 +886,9 @@ type flushSeries struct {
 // size series (whole groups) into a chunk, hands it to fn and goes on,
 // until every group is done or fn returns an error, which it returns. A
 // series carries the Store's labels rather than a copy, and nothing is
-// sorted: a flush never holds more than a chunk of rendered series. As in
-// Gather, a family that ended and started again while groups were being
-// rendered shows its series from before the restart only.
+// sorted: a flush never holds more than a chunk of rendered series. A
+// family that ended and started again while groups were being rendered
+// shows its series from before the restart only.
 func (s *Store) gatherChunks(size int, fn func(*flushChunk) error) error {
 	now := s.now().UnixNano()
 	shown := make(map[string]*family) // the family each name stands for in this window
@@ -944,13 +930,16 @@ func (s *Store) gatherChunks(size int, fn func(*flushChunk) error) error {
 			continue
 		}
 		for _, se := range g.series {
+			v, m, ok := se.current(now) // g.mu is enough to read its series
+			if !ok {
+				continue
+			}
 			if f := shown[se.name]; f == nil {
 				shown[se.name] = se.fam
 			} else if f != se.fam {
-				continue
-			}
-			v, m, ok := se.current(now) // g.mu is enough to read its series
-			if !ok {
+				// The family ended and started again (maybe with another
+				// type) while groups were being rendered: its series from
+				// before stand for this window, the new one comes next.
 				continue
 			}
 			i, ok := idx[se.fam]

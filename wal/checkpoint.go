@@ -112,17 +112,12 @@ func CreateCheckpoint(dir string, fsys FS, pos Position) (*CheckpointWriter, err
 	if err != nil {
 		return nil, fmt.Errorf("wal: write checkpoint: %w", err)
 	}
-	w := &CheckpointWriter{dir: dir, fsys: fsys, pos: pos, f: f, bw: bufio.NewWriterSize(writerFunc(func(b []byte) (int, error) {
-		return len(b), writeFull(f, b)
-	}), checkpointBuffer)}
+	// bufio turns a short write into io.ErrShortWrite, as writeFull does.
+	w := &CheckpointWriter{dir: dir, fsys: fsys, pos: pos, f: f, bw: bufio.NewWriterSize(f, checkpointBuffer)}
 	// The header's data length is filled in by Commit.
 	_, w.err = w.bw.Write(make([]byte, checkpointHeaderSize))
 	return w, nil
 }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 // Write appends p to the checkpoint's data. A failed write fails the
 // checkpoint: Commit returns the error.
