@@ -90,3 +90,55 @@ func TestCommitterGroupsRecords(t *testing.T) {
 		})
 	}
 }
+
+func TestCommitDelay(t *testing.T) {
+	fsync := 400 * time.Microsecond // waits 200 µs when it waits
+	for _, tc := range []struct {
+		name       string
+		q          int
+		lastAppend time.Duration
+		rate       float64
+		want       time.Duration
+	}{
+		{"dense pushes wait half an append", 4, fsync, 20000, 200 * time.Microsecond},
+		{"exactly commitGain expected", 4, fsync, 15000, 200 * time.Microsecond},
+		{"sparse relay does not wait", 3, fsync, 5000, 0},
+		{"lone record goes at once", 1, fsync, 50000, 0},
+		{"full batch goes at once", commitFull, fsync, 50000, 0},
+		{"fast append is not worth a wait", 4, 80 * time.Microsecond, 1e6, 0},
+		{"wait capped at maxCommitDelay", 4, 10 * time.Millisecond, 20000, maxCommitDelay},
+		{"no rate yet", 4, fsync, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := commitDelay(tc.q, tc.lastAppend, tc.rate); got != tc.want {
+				t.Errorf("commitDelay(%d, %v, %g) = %v, want %v", tc.q, tc.lastAppend, tc.rate, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestArrivalRate(t *testing.T) {
+	var r arrivalRate
+	t0 := time.Unix(1000, 0)
+	if got := r.observe(5, t0); got != 0 {
+		t.Fatalf("first batch gives no interval, rate %g, want 0", got)
+	}
+	// 10 records per millisecond, steadily: the average converges to
+	// 10,000/s.
+	var got float64
+	for i := 1; i <= 60; i++ {
+		got = r.observe(10, t0.Add(time.Duration(i)*time.Millisecond))
+	}
+	if got < 9900 || got > 10000 {
+		t.Fatalf("steady 10 records per ms: rate %g, want about 10000", got)
+	}
+	// Then one record per 10 ms: the rate falls below what makes a wait
+	// pay for a 200 µs wait (commitGain records).
+	at := t0.Add(60 * time.Millisecond)
+	for i := 1; i <= 30; i++ {
+		got = r.observe(1, at.Add(time.Duration(i)*10*time.Millisecond))
+	}
+	if got*200e-6 >= commitGain {
+		t.Fatalf("sparse arrivals: rate %g still expects %g records in 200 µs", got, got*200e-6)
+	}
+}
