@@ -16,6 +16,10 @@
 #   COMPARE_SKIP_RW, COMPARE_SKIP_PUSH, COMPARE_SKIP_SERIES [0]  skip a part
 #   COMPARE_RW_CONCURRENCY [8], COMPARE_RW_SERIES [500] (per request),
 #   COMPARE_RW_TOTAL_SERIES [100000]
+#   COMPARE_RW_ROUNDS [2]          relay rounds; each runs every side once, in
+#                                  reverse order every other round (ABC CBA),
+#                                  so a machine whose speed drifts during the
+#                                  run favours no side; figures sum the rounds
 #   COMPARE_PUSH_CONCURRENCY [64], COMPARE_PUSH_GROUPS [1000], COMPARE_PUSH_SERIES [25]
 #   COMPARE_SERIES_GROUPS [1000], COMPARE_SERIES_PER_GROUP [1000]
 #   COMPARE_PIN [1]                pin the generator and the sink to the last CPU
@@ -36,6 +40,7 @@ SKIP_SERIES=${COMPARE_SKIP_SERIES:-0}
 RW_CONC=${COMPARE_RW_CONCURRENCY:-8}
 RW_SERIES=${COMPARE_RW_SERIES:-500}
 RW_TOTAL=${COMPARE_RW_TOTAL_SERIES:-100000}
+RW_ROUNDS=${COMPARE_RW_ROUNDS:-2}
 PUSH_CONC=${COMPARE_PUSH_CONCURRENCY:-64}
 PUSH_GROUPS=${COMPARE_PUSH_GROUPS:-1000}
 PUSH_SERIES=${COMPARE_PUSH_SERIES:-25}
@@ -198,42 +203,52 @@ wait_drain() {
 	echo "$got"
 }
 
-# rw_measure NAME PID WRITE_URL: one relay run; sets RW_* for NAME.
-declare -A RW_SPS RW_CPUM RW_HWM RW_P99 RW_SENT RW_RECV RW_STAT
+# rw_measure NAME PID WRITE_URL: one relay run, added to RW_*[NAME]: CPU
+# ticks, samples sent and received and the run's seconds are summed over
+# the rounds, the peak RSS and the p99 are the highest of them.
+declare -A RW_TICKS RW_SECS RW_HWM RW_P99 RW_SENT RW_RECV RW_STAT RW_RUNS
 rw_measure() {
-	local name=$1 pid=$2 url=$3 t0 t1 sent recv out=$WORK/rw-$1.json
+	local name=$1 pid=$2 url=$3 t0 t1 sent recv hwm p99 out=$WORK/rw-$1-$ROUND.json
 	"$LT" fetch -method POST -url "$SINK_URL/reset" >/dev/null
 	t0=$(cpu_ticks "$pid")
-	log "remote-write -> $name for ${SECS}s ($RW_CONC clients, $RW_SERIES series/request, $RW_TOTAL distinct series)"
+	log "remote-write -> $name for ${SECS}s (round $ROUND of $RW_ROUNDS; $RW_CONC clients, $RW_SERIES series/request, $RW_TOTAL distinct series)"
 	gen "$LT" remote-write -url "$url" -duration "${SECS}s" -concurrency "$RW_CONC" \
 		-series "$RW_SERIES" -total-series "$RW_TOTAL" -json >"$out" || die "remote-write generator failed against $name"
 	sent=$(jget "$out" samples)
 	recv=$(wait_drain "$sent")
 	t1=$(cpu_ticks "$pid")
 	check_alive "$pid" "$name"
-	RW_SENT[$name]=$sent
-	RW_RECV[$name]=$recv
-	RW_SPS[$name]=$(jget "$out" samples_per_second)
-	RW_P99[$name]=$(calc "$(jget "$out" latency_p99_ms)" 2)
-	RW_HWM[$name]=$(status_kb "$pid" VmHWM)
-	RW_STAT[$name]=$(jstatuses "$out")
-	if [ "$sent" -gt 0 ]; then
-		RW_CPUM[$name]=$(calc "($t1 - $t0) / $CLK_TCK / ($sent / 1e6)" 3)
-	else
-		RW_CPUM[$name]=inf
-	fi
-	log "$name: $(calc "${RW_SPS[$name]}" 0) samples/s accepted, ${RW_CPUM[$name]} CPU s per M samples, sink got $recv of $sent"
+	hwm=$(status_kb "$pid" VmHWM)
+	p99=$(calc "$(jget "$out" latency_p99_ms)" 2)
+	RW_TICKS[$name]=$(( ${RW_TICKS[$name]:-0} + t1 - t0 ))
+	RW_SENT[$name]=$(( ${RW_SENT[$name]:-0} + sent ))
+	RW_RECV[$name]=$(( ${RW_RECV[$name]:-0} + recv ))
+	RW_SECS[$name]=$(calc "${RW_SECS[$name]:-0} + $(jget "$out" elapsed_seconds)" 3)
+	RW_HWM[$name]=$(( hwm > ${RW_HWM[$name]:-0} ? hwm : ${RW_HWM[$name]:-0} ))
+	ge "${RW_P99[$name]:-0}" "$p99" || RW_P99[$name]=$p99
+	RW_STAT[$name]="${RW_STAT[$name]:+${RW_STAT[$name]}; }$(jstatuses "$out")"
+	RW_RUNS[$name]="${RW_RUNS[$name]:+${RW_RUNS[$name]}, }$(calc "($t1 - $t0) / $CLK_TCK / ($sent / 1e6)" 3)"
+	log "$name: $(calc "$(jget "$out" samples_per_second)" 0) samples/s accepted, $(calc "($t1 - $t0) / $CLK_TCK / ($sent / 1e6)" 3) CPU s per M samples, sink got $recv of $sent"
 }
 
-if [ "$SKIP_RW" != 1 ]; then
-	start_sink
-	# Sluice relays every series without clear_mode unchanged; its own
-	# metrics are not forwarded, so the sink sees only the generator's.
-	# The default (fsync: always, the target), then fsync: interval for
-	# what the fsync before each acknowledgement costs (information).
-	for fs in always interval; do
-		name=sluice
-		[ "$fs" = always ] || name="sluice(fsync=$fs)"
+# rw_side NAME: start NAME's relay (sluice, sluice(fsync=interval) or
+# vmagent), measure it, stop it.
+rw_side() {
+	local name=$1 fs p pid
+	case $name in
+	vmagent)
+		p=$(port)
+		start_bg vmagent "$VMAGENT" -httpListenAddr="127.0.0.1:$p" -remoteWrite.url="$SINK_URL/api/v1/write" \
+			-remoteWrite.tmpDataPath="$WORK/vmagent-data-$ROUND" -loggerLevel=WARN
+		pid=$LAST_PID
+		wait_ready "http://127.0.0.1:$p/health"
+		rw_measure vmagent "$pid" "http://127.0.0.1:$p/api/v1/write"
+		;;
+	*)
+		# Sluice relays every series without clear_mode unchanged; its own
+		# metrics are not forwarded, so the sink sees only the generator's.
+		fs=always
+		[ "$name" = sluice ] || fs=interval
 		cat >"$WORK/sluice-rw-$fs.yml" <<-EOF
 			self_metrics:
 			  forward: false
@@ -241,29 +256,44 @@ if [ "$SKIP_RW" != 1 ]; then
 			  fsync: $fs
 		EOF
 		p=$(port)
-		start_bg "sluice-rw-$fs" "$SLUICE" --web.listen-address="127.0.0.1:$p" --wal.dir="$WORK/rw-wal-$fs" \
+		start_bg "sluice-rw-$fs-$ROUND" "$SLUICE" --web.listen-address="127.0.0.1:$p" --wal.dir="$WORK/rw-wal-$fs-$ROUND" \
 			--config.file="$WORK/sluice-rw-$fs.yml" --remote-write.url="$SINK_URL/api/v1/write" --log.level=warn
-		SLUICE_PID=$LAST_PID
+		pid=$LAST_PID
 		wait_ready "http://127.0.0.1:$p/-/ready"
-		rw_measure "$name" "$SLUICE_PID" "http://127.0.0.1:$p/api/v1/write"
-		stop_pid "$SLUICE_PID"
-	done
+		rw_measure "$name" "$pid" "http://127.0.0.1:$p/api/v1/write"
+		;;
+	esac
+	stop_pid "$pid"
+}
 
-	if [ -x "$VMAGENT" ]; then
-		p=$(port)
-		start_bg vmagent "$VMAGENT" -httpListenAddr="127.0.0.1:$p" -remoteWrite.url="$SINK_URL/api/v1/write" \
-			-remoteWrite.tmpDataPath="$WORK/vmagent-data" -loggerLevel=WARN
-		VM_PID=$LAST_PID
-		wait_ready "http://127.0.0.1:$p/health"
-		rw_measure vmagent "$VM_PID" "http://127.0.0.1:$p/api/v1/write"
-		stop_pid "$VM_PID"
-	fi
+declare -A RW_SPS RW_CPUM
+if [ "$SKIP_RW" != 1 ]; then
+	start_sink
+	# The default (fsync: always, the target), then fsync: interval for
+	# what the fsync before each acknowledgement costs (information), then
+	# vmagent; every other round in reverse order.
+	sides=(sluice "sluice(fsync=interval)")
+	[ -x "$VMAGENT" ] && sides+=(vmagent)
+	for ((ROUND = 1; ROUND <= RW_ROUNDS; ROUND++)); do
+		if ((ROUND % 2)); then order=("${sides[@]}"); else order=(); for ((i = ${#sides[@]} - 1; i >= 0; i--)); do order+=("${sides[$i]}"); done; fi
+		for n in "${order[@]}"; do
+			rw_side "$n"
+		done
+	done
 	stop_pid "$SINK_PID"
+	for n in "${sides[@]}"; do
+		RW_SPS[$n]=$(calc "${RW_SENT[$n]} / ${RW_SECS[$n]}" 0)
+		if [ "${RW_SENT[$n]}" -gt 0 ]; then
+			RW_CPUM[$n]=$(calc "${RW_TICKS[$n]} / $CLK_TCK / (${RW_SENT[$n]} / 1e6)" 3)
+		else
+			RW_CPUM[$n]=inf
+		fi
+	done
 
 	for n in sluice "sluice(fsync=interval)" vmagent; do
 		[ -n "${RW_SENT[$n]:-}" ] || continue
 		RESULTS+=("$(printf '%-28s %14s %12s %10s %10s   %s' "relay: $n" "$(calc "${RW_SPS[$n]}" 0)" "${RW_CPUM[$n]}" \
-			"$(calc "${RW_HWM[$n]} / 1024" 0)" "${RW_P99[$n]}" "sink got ${RW_RECV[$n]} of ${RW_SENT[$n]} sent; ${RW_STAT[$n]}")")
+			"$(calc "${RW_HWM[$n]} / 1024" 0)" "${RW_P99[$n]}" "CPU s/M by round: ${RW_RUNS[$n]}; sink got ${RW_RECV[$n]} of ${RW_SENT[$n]} sent; ${RW_STAT[$n]}")")
 		verdict "$([ "${RW_RECV[$n]}" -ge "${RW_SENT[$n]}" ] && echo 1 || echo 0)" \
 			"relay $n: every accepted sample reached the sink (${RW_RECV[$n]} of ${RW_SENT[$n]})"
 	done
