@@ -235,6 +235,9 @@ rw_measure() {
 # vmagent), measure it, stop it.
 rw_side() {
 	local name=$1 fs p pid
+	# Nothing dirty left in the page cache by the build or the run before:
+	# on ext4 the first fsync would also write it out.
+	sync
 	case $name in
 	vmagent)
 		p=$(port)
@@ -312,6 +315,7 @@ declare -A PU_RPS PU_SPS PU_CPUM PU_HWM PU_P99 PU_STAT
 # push_measure NAME PID BASE_URL [RATE]: one push run into PU_*[NAME].
 push_measure() {
 	local name=$1 pid=$2 url=$3 rate=${4:-0} t0 t1 out=$WORK/push-$1.json samples
+	sync # as in rw_side
 	t0=$(cpu_ticks "$pid")
 	log "push -> $name for ${SECS}s ($PUSH_CONC clients, $PUSH_GROUPS groups, $PUSH_SERIES lines, rate ${rate/#0/max})"
 	gen "$LT" push -url "$url" -duration "${SECS}s" -concurrency "$PUSH_CONC" -rate "$rate" \
