@@ -277,6 +277,13 @@ if [ "$SKIP_RW" != 1 ]; then
 	# vmagent; every other round in reverse order.
 	sides=(sluice "sluice(fsync=interval)")
 	[ -x "$VMAGENT" ] && sides+=(vmagent)
+	# Warm-up, measured for no side: the same load straight into the sink
+	# for a few seconds. The first measured run right after the build came
+	# out 15-35% dearer than the same side's second round in two of four
+	# runs, whichever side it was.
+	log "warm-up: remote-write straight into the sink for 5s"
+	gen "$LT" remote-write -url "$SINK_URL/api/v1/write" -duration 5s -concurrency "$RW_CONC" \
+		-series "$RW_SERIES" -total-series "$RW_TOTAL" -json >"$WORK/rw-warmup.json" || die "remote-write warm-up failed"
 	for ((ROUND = 1; ROUND <= RW_ROUNDS; ROUND++)); do
 		if ((ROUND % 2)); then order=("${sides[@]}"); else order=(); for ((i = ${#sides[@]} - 1; i >= 0; i--)); do order+=("${sides[$i]}"); done; fi
 		for n in "${order[@]}"; do
