@@ -32,13 +32,20 @@ const maxCommitBatch = 8 << 20
 // It waits only when the wait pays: at the recent arrival rate (records
 // per second, averaged over batches) at least commitGain records must be
 // expected during it, so the processors have work while the queued
-// requests wait. Pushes from 64 clients arrive at 15,000-35,000 records/s,
-// 3-15 per wait, and wait as before: 9-17% more pushes/s at the maximum
+// requests wait. Pushes from 64 clients arrive at 12,000-35,000 records/s,
+// 2-15 per wait, and wait as before: 9-17% more pushes/s at the maximum
 // rate than with no wait. A relay from eight senders arrives at about
-// 5,000 requests/s, under one per wait; there every sender waited with
-// the CPUs idle, and a blind wait cost about 10% more CPU per relayed
-// sample and 15-20% of the throughput (interleaved load tests, the make
-// compare relay load).
+// 3,500-5,000 requests/s, mostly under one per wait; there every sender
+// waited with the CPUs idle, and a blind wait cost about 10% more CPU per
+// relayed sample and 15-20% of the throughput (interleaved load tests,
+// the make compare relay load).
+//
+// commitGain is 1.5 rather than higher because not waiting feeds on
+// itself: more fsyncs cost CPU, which lowers the push rate, which lowers
+// the arrivals expected. At 3, pushes on a slow phase of the development
+// VM (an fsync of 0.4 ms, 13,000 pushes/s: 2.6 expected) stopped waiting
+// and lost about 20% of their rate; at 1.5 that takes under 7,500
+// pushes/s at the maximum rate.
 //
 // No wait shorter than minCommitDelay: an append that takes less (a
 // write(2) in interval mode, an fsync on a fast disk) gains nothing from
@@ -48,7 +55,7 @@ const maxCommitBatch = 8 << 20
 // push waits with it.
 const (
 	commitFull     = 12
-	commitGain     = 3
+	commitGain     = 1.5
 	maxCommitDelay = time.Millisecond
 	minCommitDelay = 50 * time.Microsecond
 	// rateWeight is the weight of the newest batch in the arrival rate.

@@ -101,8 +101,9 @@ func TestCommitDelay(t *testing.T) {
 		want       time.Duration
 	}{
 		{"dense pushes wait half an append", 4, fsync, 20000, 200 * time.Microsecond},
-		{"exactly commitGain expected", 4, fsync, 15000, 200 * time.Microsecond},
+		{"exactly commitGain expected", 4, fsync, 7500, 200 * time.Microsecond},
 		{"sparse relay does not wait", 3, fsync, 5000, 0},
+		{"slow pushes still wait", 6, 400 * time.Microsecond, 13000, 200 * time.Microsecond},
 		{"lone record goes at once", 1, fsync, 50000, 0},
 		{"full batch goes at once", commitFull, fsync, 50000, 0},
 		{"fast append is not worth a wait", 4, 80 * time.Microsecond, 1e6, 0},
