@@ -74,14 +74,14 @@ func commitDelay(q int, lastAppend time.Duration, rate float64) time.Duration {
 }
 
 // arrivalRate is an average rate of records per second: each batch adds
-// the records that queued up since the previous batch began.
+// its records over the time since the previous batch was taken.
 type arrivalRate struct {
 	perSec float64
-	last   time.Time // when the previous batch began; zero before the first
+	last   time.Time // when the previous batch was taken; zero before the first
 }
 
-// observe records that q records were queued when a batch began at now,
-// and returns the updated rate.
+// observe records that a batch of q records was taken at now, and
+// returns the updated rate.
 func (r *arrivalRate) observe(q int, now time.Time) float64 {
 	if !r.last.IsZero() {
 		if el := now.Sub(r.last).Seconds(); el > 0 {
@@ -196,8 +196,7 @@ func (c *Committer) drain() {
 			c.mu.Unlock()
 			return
 		}
-		rate := c.rate.observe(len(c.queue), time.Now())
-		if d := commitDelay(len(c.queue), c.lastAppend, rate); d > 0 {
+		if d := commitDelay(len(c.queue), c.lastAppend, c.rate.perSec); d > 0 {
 			// Records are arriving densely, but fewer are queued than
 			// make an fsync worth its CPU: wait half an fsync for more
 			// to join.
@@ -217,6 +216,10 @@ func (c *Committer) drain() {
 		}
 		batch := c.queue[:n:n]
 		c.queue = c.queue[n:]
+		// Counted when taken, each record once, over intervals that
+		// follow one another: records that came in during a wait count
+		// too, so waiting does not make the rate look lower.
+		c.rate.observe(n, time.Now())
 		err := c.err
 		c.mu.Unlock()
 
