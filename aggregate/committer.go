@@ -80,16 +80,14 @@ type arrivalRate struct {
 	last   time.Time // when the previous batch was taken; zero before the first
 }
 
-// observe records that a batch of q records was taken at now, and
-// returns the updated rate.
-func (r *arrivalRate) observe(q int, now time.Time) float64 {
+// observe records that a batch of q records was taken at now.
+func (r *arrivalRate) observe(q int, now time.Time) {
 	if !r.last.IsZero() {
 		if el := now.Sub(r.last).Seconds(); el > 0 {
 			r.perSec += rateWeight * (float64(q)/el - r.perSec)
 		}
 	}
 	r.last = now
-	return r.perSec
 }
 
 // Committer implements Journal on a write-ahead log. Records enqueued under

@@ -121,25 +121,24 @@ func TestCommitDelay(t *testing.T) {
 func TestArrivalRate(t *testing.T) {
 	var r arrivalRate
 	t0 := time.Unix(1000, 0)
-	if got := r.observe(5, t0); got != 0 {
-		t.Fatalf("first batch gives no interval, rate %g, want 0", got)
+	if r.observe(5, t0); r.perSec != 0 {
+		t.Fatalf("first batch gives no interval, rate %g, want 0", r.perSec)
 	}
 	// 10 records per millisecond, steadily: the average converges to
 	// 10,000/s.
-	var got float64
 	for i := 1; i <= 60; i++ {
-		got = r.observe(10, t0.Add(time.Duration(i)*time.Millisecond))
+		r.observe(10, t0.Add(time.Duration(i)*time.Millisecond))
 	}
-	if got < 9900 || got > 10000 {
+	if got := r.perSec; got < 9900 || got > 10000 {
 		t.Fatalf("steady 10 records per ms: rate %g, want about 10000", got)
 	}
 	// Then one record per 10 ms: the rate falls below what makes a wait
 	// pay for a 200 µs wait (commitGain records).
 	at := t0.Add(60 * time.Millisecond)
 	for i := 1; i <= 30; i++ {
-		got = r.observe(1, at.Add(time.Duration(i)*10*time.Millisecond))
+		r.observe(1, at.Add(time.Duration(i)*10*time.Millisecond))
 	}
-	if got*200e-6 >= commitGain {
+	if got := r.perSec; got*200e-6 >= commitGain {
 		t.Fatalf("sparse arrivals: rate %g still expects %g records in 200 µs", got, got*200e-6)
 	}
 }

@@ -208,7 +208,7 @@ wait_drain() {
 # the rounds, the peak RSS and the p99 are the highest of them.
 declare -A RW_TICKS RW_SECS RW_HWM RW_P99 RW_SENT RW_RECV RW_STAT RW_RUNS
 rw_measure() {
-	local name=$1 pid=$2 url=$3 t0 t1 sent recv hwm p99 out=$WORK/rw-$1-$ROUND.json
+	local name=$1 pid=$2 url=$3 t0 t1 sent recv hwm p99 cpum=inf out=$WORK/rw-$1-$ROUND.json
 	"$LT" fetch -method POST -url "$SINK_URL/reset" >/dev/null
 	t0=$(cpu_ticks "$pid")
 	log "remote-write -> $name for ${SECS}s (round $ROUND of $RW_ROUNDS; $RW_CONC clients, $RW_SERIES series/request, $RW_TOTAL distinct series)"
@@ -220,6 +220,7 @@ rw_measure() {
 	check_alive "$pid" "$name"
 	hwm=$(status_kb "$pid" VmHWM)
 	p99=$(calc "$(jget "$out" latency_p99_ms)" 2)
+	[ "$sent" -gt 0 ] && cpum=$(calc "($t1 - $t0) / $CLK_TCK / ($sent / 1e6)" 3)
 	RW_TICKS[$name]=$(( ${RW_TICKS[$name]:-0} + t1 - t0 ))
 	RW_SENT[$name]=$(( ${RW_SENT[$name]:-0} + sent ))
 	RW_RECV[$name]=$(( ${RW_RECV[$name]:-0} + recv ))
@@ -227,8 +228,8 @@ rw_measure() {
 	RW_HWM[$name]=$(( hwm > ${RW_HWM[$name]:-0} ? hwm : ${RW_HWM[$name]:-0} ))
 	ge "${RW_P99[$name]:-0}" "$p99" || RW_P99[$name]=$p99
 	RW_STAT[$name]="${RW_STAT[$name]:+${RW_STAT[$name]}; }$(jstatuses "$out")"
-	RW_RUNS[$name]="${RW_RUNS[$name]:+${RW_RUNS[$name]}, }$(calc "($t1 - $t0) / $CLK_TCK / ($sent / 1e6)" 3)"
-	log "$name: $(calc "$(jget "$out" samples_per_second)" 0) samples/s accepted, $(calc "($t1 - $t0) / $CLK_TCK / ($sent / 1e6)" 3) CPU s per M samples, sink got $recv of $sent"
+	RW_RUNS[$name]="${RW_RUNS[$name]:+${RW_RUNS[$name]}, }$cpum"
+	log "$name: $(calc "$(jget "$out" samples_per_second)" 0) samples/s accepted, $cpum CPU s per M samples, sink got $recv of $sent"
 }
 
 # rw_side NAME: start NAME's relay (sluice, sluice(fsync=interval) or
@@ -284,8 +285,11 @@ if [ "$SKIP_RW" != 1 ]; then
 	log "warm-up: remote-write straight into the sink for 5s"
 	gen "$LT" remote-write -url "$SINK_URL/api/v1/write" -duration 5s -concurrency "$RW_CONC" \
 		-series "$RW_SERIES" -total-series "$RW_TOTAL" -json >"$WORK/rw-warmup.json" || die "remote-write warm-up failed"
+	reversed=()
+	for ((i = ${#sides[@]} - 1; i >= 0; i--)); do reversed+=("${sides[$i]}"); done
 	for ((ROUND = 1; ROUND <= RW_ROUNDS; ROUND++)); do
-		if ((ROUND % 2)); then order=("${sides[@]}"); else order=(); for ((i = ${#sides[@]} - 1; i >= 0; i--)); do order+=("${sides[$i]}"); done; fi
+		order=("${sides[@]}")
+		((ROUND % 2)) || order=("${reversed[@]}")
 		for n in "${order[@]}"; do
 			rw_side "$n"
 		done
