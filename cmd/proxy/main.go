@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,6 +57,7 @@ type flags struct {
 	drainTimeout    time.Duration
 	autoMemLimit    bool
 	memLimitRatio   float64
+	minProcs        int
 	log             promslog.Config
 }
 
@@ -80,6 +82,8 @@ func parseFlags(args []string) (*flags, *kingpin.Application, error) {
 		Default("true").BoolVar(&f.autoMemLimit)
 	app.Flag("auto-gomemlimit.ratio", "The fraction of that memory that --auto-gomemlimit sets as the limit, in (0, 1].").
 		Default("0.9").Float64Var(&f.memLimitRatio)
+	app.Flag("runtime.min-gomaxprocs", "Raise the Go runtime's GOMAXPROCS to at least this when its default (the CPUs, or the container's CPU limit) is lower: a WAL fsync holds a Go processor while it runs, and with a single one no push is decoded meanwhile. Skipped when GOMAXPROCS is set; 1 keeps the Go default.").
+		Default("2").IntVar(&f.minProcs)
 	promslogflag.AddFlags(app, &f.log)
 	if _, err := app.Parse(args); err != nil {
 		return nil, nil, err
@@ -92,6 +96,9 @@ func parseFlags(args []string) (*flags, *kingpin.Application, error) {
 	}
 	if !(f.memLimitRatio > 0 && f.memLimitRatio <= 1) {
 		return nil, nil, fmt.Errorf("--auto-gomemlimit.ratio must be in (0, 1], got %v", f.memLimitRatio)
+	}
+	if f.minProcs < 1 {
+		return nil, nil, fmt.Errorf("--runtime.min-gomaxprocs must be at least 1, got %d", f.minProcs)
 	}
 	return f, app, nil
 }
@@ -113,6 +120,18 @@ func run(args []string) error {
 			memlimit.WithProvider(memlimit.ApplyFallback(memlimit.FromCgroup, memlimit.FromSystem)),
 			memlimit.WithLogger(logger.With("component", "automemlimit")),
 		)
+	}
+
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
+		if procs := runtime.GOMAXPROCS(0); procs < f.minProcs {
+			// One CPU (a 1-vCPU machine, a CPU set of one): the committer's
+			// fsync would hold the only P and the handlers wait for it, so
+			// batches stay small (README, "One CPU"). Go itself never goes
+			// below 2 for a container's CPU limit, for the same kind of
+			// reason; this covers the machine's own count.
+			runtime.GOMAXPROCS(f.minProcs)
+			logger.Info("raised GOMAXPROCS", "from", procs, "to", f.minProcs)
+		}
 	}
 
 	cfg, err := loadConfig(f.configFile)
