@@ -89,8 +89,13 @@ func (d *Decoder) Reset() { d.text.reset() }
 // not pin its slabs.
 const maxPooledLines = 16 << 10
 
+// maxPooledBody is the same bound for the copy of the body the parser keeps.
+const maxPooledBody = 1 << 20
+
 // large reports whether d holds the memory of a body too large to pool.
-func (d *Decoder) large() bool { return cap(d.text.slab.metrics) > maxPooledLines }
+func (d *Decoder) large() bool {
+	return cap(d.text.slab.metrics) > maxPooledLines || cap(d.text.buf) > maxPooledBody
+}
 
 // decodeBody is DecodeBody, parsing text with tp if not nil.
 func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits, tp *textParser) ([]*dto.MetricFamily, error) {

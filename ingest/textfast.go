@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+	"unsafe"
 
 	dto "github.com/prometheus/client_model/go"
 )
@@ -24,6 +25,9 @@ import (
 //
 // The families, their strings and their values share memory: whoever keeps
 // a string beyond the push (a new series' metric name, say) must clone it.
+// With a reused parser (parseBody) the strings point into a buffer that the
+// next body overwrites, so a string kept uncloned would change under its
+// holder; TestPushedStringsOutliveTheDecoder guards the store's side.
 func fastText(body []byte) (fams []*dto.MetricFamily, ok bool) {
 	var p textParser
 	return p.parseBody(body)
@@ -36,7 +40,11 @@ func (p *textParser) parseBody(body []byte) (fams []*dto.MetricFamily, ok bool) 
 		return nil, false
 	}
 	p.reset()
-	p.s = string(body)
+	// The body is copied into the parser's own buffer, reused from one
+	// body to the next, rather than into a new string per body (half of
+	// a push's allocation, and so of the collections that set the p99).
+	p.buf = append(p.buf[:0], body...)
+	p.s = unsafe.String(unsafe.SliceData(p.buf), len(p.buf))
 	p.slab.init(strings.Count(p.s, "\n"), strings.Count(p.s, `"`)/2)
 	if !p.parse() {
 		return nil, false
@@ -61,7 +69,9 @@ func (p *textParser) parseBody(body []byte) (fams []*dto.MetricFamily, ok bool) 
 // textParser is the state of one fastText call, or of a series of them
 // (parseBody).
 type textParser struct {
+	// s is buf as a string: what names and label values point into.
 	s    string
+	buf  []byte
 	pos  int
 	slab textSlab
 	fams map[string]*dto.MetricFamily
@@ -118,6 +128,10 @@ type textSlab struct {
 	counters []dto.Counter
 	gauges   []dto.Gauge
 	untypeds []dto.Untyped
+	// Histograms and summaries keep their Bucket and Quantile arrays
+	// (emptied) across resets, as families keep their Metric arrays.
+	histograms []dto.Histogram
+	summaries  []dto.Summary
 }
 
 // init makes sure the chunks have room for a body's objects: a metric and
@@ -158,6 +172,16 @@ func (sl *textSlab) reset() {
 	sl.counters = clearSlice(sl.counters)
 	sl.gauges = clearSlice(sl.gauges)
 	sl.untypeds = clearSlice(sl.untypeds)
+	for i := range sl.histograms {
+		bs := clearSlice(sl.histograms[i].Bucket)
+		sl.histograms[i] = dto.Histogram{Bucket: bs}
+	}
+	sl.histograms = sl.histograms[:0]
+	for i := range sl.summaries {
+		qs := clearSlice(sl.summaries[i].Quantile)
+		sl.summaries[i] = dto.Summary{Quantile: qs}
+	}
+	sl.summaries = sl.summaries[:0]
 }
 
 // labels copies pairs into the slab and returns them as a slice whose
@@ -583,7 +607,7 @@ func (p *textParser) sample() bool {
 		m.Untyped.Value = p.slab.float(v)
 	case dto.MetricType_SUMMARY:
 		if m.Summary == nil {
-			m.Summary = &dto.Summary{}
+			m.Summary = next(&p.slab.summaries, 4)
 		}
 		switch {
 		case isCount:
@@ -596,7 +620,7 @@ func (p *textParser) sample() bool {
 		}
 	default: // histogram, gauge histogram
 		if m.Histogram == nil {
-			m.Histogram = &dto.Histogram{}
+			m.Histogram = next(&p.slab.histograms, 4)
 			p.hists = append(p.hists, m)
 		}
 		h := m.Histogram
