@@ -38,6 +38,7 @@ fuzz:
 	$(GO) test ./loadtest -run '^$$' -fuzz '^FuzzCountRemoteWrite$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzTextFastMatchesExpfmt$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzParseTextFloat$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzProtoFastMatchesUnmarshal$$' -fuzztime $(FUZZTIME)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=6 ./... | tee bench.txt

@@ -51,6 +51,9 @@ const (
 	openMetricsEOF   = "# EOF"
 	// textContentType is what client_golang sends with text pushes.
 	textContentType = "text/plain; version=0.0.4; charset=utf-8"
+	// protoContentType is what client_golang's push package sends by
+	// default (expfmt.FmtProtoDelim).
+	protoContentType = protoMediaType + "; proto=" + protoParamProto + "; encoding=" + protoParamEncode
 )
 
 // DecodeBody undoes contentEncoding and parses body (a Pushgateway push body) into metric families.
@@ -112,6 +115,11 @@ func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits
 	}
 	switch detectFormat(contentType, data) {
 	case formatProtoDelimited:
+		if tp != nil {
+			if fams, ok := tp.parseProto(data); ok {
+				return fams, nil
+			}
+		}
 		return decodeProtoDelimited(data, limit)
 	case formatOpenMetrics:
 		return decodeOpenMetrics(data)
@@ -236,6 +244,9 @@ func detectFormat(contentType string, body []byte) bodyFormat {
 			return formatOpenMetrics
 		}
 		return formatText
+	}
+	if contentType == protoContentType {
+		return formatProtoDelimited
 	}
 	if mediaType, params, err := mime.ParseMediaType(contentType); err == nil {
 		switch mediaType {

@@ -36,7 +36,7 @@ func benchOpenMetrics() []byte {
 }
 
 // benchProto is a delimited protobuf body with 25 series in 3 families.
-func benchProto(b *testing.B) []byte {
+func benchProto(b testing.TB) []byte {
 	counter := &dto.MetricFamily{Name: proto.String("http_requests_total"), Help: proto.String("Requests served."), Type: dto.MetricType_COUNTER.Enum()}
 	for i := range 15 {
 		counter.Metric = append(counter.Metric, &dto.Metric{
@@ -94,15 +94,23 @@ func BenchmarkDecodeBody(b *testing.B) {
 		})
 	}
 	// What the push handler does: a pooled Decoder, reset after each push.
-	b.Run("text_decoder", func(b *testing.B) {
-		var d Decoder
-		b.ReportAllocs()
-		b.SetBytes(int64(len(text)))
-		for b.Loop() {
-			if _, err := d.Decode(contentTypeText, "", text, lim); err != nil {
-				b.Fatal(err)
+	for _, tc := range []struct {
+		name, contentType string
+		body              []byte
+	}{
+		{"text_decoder", contentTypeText, text},
+		{"protobuf_decoder", contentTypeProto, protoBody},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			var d Decoder
+			b.ReportAllocs()
+			b.SetBytes(int64(len(tc.body)))
+			for b.Loop() {
+				if _, err := d.Decode(tc.contentType, "", tc.body, lim); err != nil {
+					b.Fatal(err)
+				}
+				d.Reset()
 			}
-			d.Reset()
-		}
-	})
+		})
+	}
 }

@@ -79,6 +79,9 @@ type textParser struct {
 	order []*dto.MetricFamily
 	out   []*dto.MetricFamily
 
+	// index maps a family name to its place in out (parseProto).
+	index map[string]int
+
 	// grouped maps family+labels (without le or quantile) to the metric
 	// that collects a histogram's or summary's lines.
 	grouped map[string]*dto.Metric
@@ -95,6 +98,7 @@ func (p *textParser) reset() {
 	p.s, p.pos = "", 0
 	p.lastFam = familyHit{}
 	clear(p.fams)
+	clear(p.index)
 	clear(p.grouped)
 	p.order = clearSlice(p.order)
 	p.out = clearSlice(p.out)
@@ -132,6 +136,8 @@ type textSlab struct {
 	// (emptied) across resets, as families keep their Metric arrays.
 	histograms []dto.Histogram
 	summaries  []dto.Summary
+	quantiles  []dto.Quantile
+	types      []dto.MetricType
 }
 
 // init makes sure the chunks have room for a body's objects: a metric and
@@ -182,6 +188,15 @@ func (sl *textSlab) reset() {
 		sl.summaries[i] = dto.Summary{Quantile: qs}
 	}
 	sl.summaries = sl.summaries[:0]
+	sl.quantiles = clearSlice(sl.quantiles)
+	sl.types = clearSlice(sl.types)
+}
+
+// typ returns a pointer to t, as a family's Type.
+func (sl *textSlab) typ(t dto.MetricType) *dto.MetricType {
+	sl.types = grow(sl.types)
+	sl.types = append(sl.types, t)
+	return &sl.types[len(sl.types)-1]
 }
 
 // labels copies pairs into the slab and returns them as a slice whose
@@ -382,7 +397,7 @@ func (p *textParser) comment() bool {
 	default:
 		return false // other spellings: let expfmt decide
 	}
-	mf.Type = t.Enum()
+	mf.Type = p.slab.typ(t)
 	return true
 }
 
@@ -483,7 +498,7 @@ func (p *textParser) sample() bool {
 	}
 	mf, isCount, isSum := p.familyOf(name)
 	if mf.Type == nil {
-		mf.Type = dto.MetricType_UNTYPED.Enum()
+		mf.Type = p.slab.typ(dto.MetricType_UNTYPED)
 	}
 	typ := mf.GetType()
 	grouped := typ == dto.MetricType_SUMMARY || isHistogram(typ)

@@ -1,0 +1,183 @@
+package ingest
+
+import (
+	"testing"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+)
+
+// checkFastProto fails if parseProto accepts body but disagrees with
+// decodeProtoDelimited (proto.Unmarshal), or if a parser that decoded
+// other bodies before (as a pooled Decoder's does) gives a different
+// result than a new one.
+func checkFastProto(t *testing.T, body []byte) (accepted bool) {
+	t.Helper()
+	var reused textParser
+	for _, before := range [][]byte{benchProto(t), benchText(), body} {
+		reused.parseProto(before)
+		reused.reset()
+		reused.parseBody(before)
+		reused.reset()
+	}
+	again, againOK := reused.parseProto(body)
+	var fresh textParser
+	got, ok := fresh.parseProto(body)
+	if ok != againOK {
+		t.Fatalf("a reused parser accepts the body: %v, a new one: %v\n%x", againOK, ok, body)
+	}
+	if !ok {
+		return false
+	}
+	if len(again) != len(got) {
+		t.Fatalf("a reused parser gave %d families, a new one %d:\n%x", len(again), len(got), body)
+	}
+	for i := range got {
+		if !proto.Equal(again[i], got[i]) {
+			t.Fatalf("family %d differs between a reused parser and a new one for %x\nreused %v\nnew    %v", i, body, again[i], got[i])
+		}
+	}
+	want, err := decodeProtoDelimited(body, 64<<20)
+	if err != nil {
+		t.Fatalf("fast decoder accepted a body proto.Unmarshal rejects (%v):\n%x", err, body)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("fast decoder gave %d families, proto.Unmarshal %d:\n%x\ngot  %v\nwant %v", len(got), len(want), body, got, want)
+	}
+	for i := range got {
+		if !proto.Equal(got[i], want[i]) {
+			t.Fatalf("family %d differs for %x\ngot  %v\nwant %v", i, body, got[i], want[i])
+		}
+	}
+	return true
+}
+
+// protoCases are bodies for TestFastProtoMatchesUnmarshal and the fuzz
+// seeds: client_golang's encoding of common families, which the fast
+// decoder takes, and shapes it leaves to proto.Unmarshal.
+func protoCases(t testing.TB) []struct {
+	name   string
+	body   []byte
+	accept bool
+} {
+	fam := func(text string) []byte { return encodeDelimited(t, familyFromText(t, text)) }
+	cat := func(parts ...[]byte) []byte {
+		var out []byte
+		for _, p := range parts {
+			out = append(out, p...)
+		}
+		return out
+	}
+	// raw builds a delimited message from hand-written fields.
+	raw := func(fields ...[]byte) []byte {
+		msg := cat(fields...)
+		return append(protowire.AppendVarint(nil, uint64(len(msg))), msg...)
+	}
+	str := func(num protowire.Number, s string) []byte {
+		return protowire.AppendString(protowire.AppendTag(nil, num, protowire.BytesType), s)
+	}
+	varint := func(num protowire.Number, v uint64) []byte {
+		return protowire.AppendVarint(protowire.AppendTag(nil, num, protowire.VarintType), v)
+	}
+	msg := func(num protowire.Number, fields ...[]byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), cat(fields...))
+	}
+	gauge1 := msg(2, protowire.AppendFixed64(protowire.AppendTag(nil, 1, protowire.Fixed64Type), 0x3ff0000000000000))
+	return []struct {
+		name   string
+		body   []byte
+		accept bool
+	}{
+		{name: "bench body", body: benchProto(t), accept: true},
+		{name: "counter gauge untyped", accept: true, body: cat(
+			fam(`name: "jobs_total" help: "Jobs." type: COUNTER metric { label { name: "queue" value: "a" } counter { value: 3 } }`),
+			fam(`name: "temp" type: GAUGE metric { label { name: "room" value: "k" } label { name: "floor" value: "1" } gauge { value: -2.5 } }`),
+			fam(`name: "seen" type: UNTYPED metric { untyped { value: 0 } }`))},
+		{name: "classic histogram", accept: true, body: fam(`name: "rpc_seconds" type: HISTOGRAM metric { label { name: "op" value: "get" }
+			histogram { sample_count: 7 sample_sum: 1.25 bucket { cumulative_count: 3 upper_bound: 0.1 } bucket { cumulative_count: 7 upper_bound: 1 } } }`)},
+		{name: "float histogram counts", accept: true, body: fam(`name: "w" type: HISTOGRAM metric {
+			histogram { sample_count_float: 2.5 sample_sum: 1 bucket { cumulative_count_float: 2.5 upper_bound: 1 } } }`)},
+		{name: "gauge histogram", accept: true, body: fam(`name: "gh" type: GAUGE_HISTOGRAM metric { histogram { sample_count: 1 sample_sum: 1 bucket { cumulative_count: 1 upper_bound: 2 } } }`)},
+		{name: "summary", accept: true, body: fam(`name: "lat" help: "Latency." type: SUMMARY metric { label { name: "h" value: "/" }
+			summary { sample_count: 9 sample_sum: 4.5 quantile { quantile: 0.5 value: 0.4 } quantile { quantile: 0.99 value: 1.2 } } }`)},
+		{name: "timestamps and unit", accept: true, body: fam(`name: "bytes" unit: "bytes" type: GAUGE metric { gauge { value: 1 } timestamp_ms: 1700000000000 }
+			metric { label { name: "a" value: "" } gauge { value: 2 } timestamp_ms: -5 }`)},
+		{name: "a family twice: the last wins", accept: true, body: cat(
+			fam(`name: "x" type: GAUGE metric { gauge { value: 1 } }`),
+			fam(`name: "y" type: GAUGE metric { gauge { value: 2 } }`),
+			fam(`name: "x" type: COUNTER metric { counter { value: 3 } }`))},
+		{name: "empty values", accept: true, body: raw(str(1, "z"), varint(3, 1), msg(4, msg(2)))},
+		{name: "no families", accept: true, body: nil},
+		{name: "native histogram", body: fam(`name: "n" type: HISTOGRAM metric { histogram { sample_count: 1 sample_sum: 1 schema: 0 zero_threshold: 0.001 zero_count: 0
+			positive_span { offset: 0 length: 1 } positive_delta: 1 } }`)},
+		{name: "exemplar", body: fam(`name: "c" type: COUNTER metric { counter { value: 1 exemplar { label { name: "trace_id" value: "abc" } value: 1 } } }`)},
+		{name: "created timestamp", body: fam(`name: "c" type: COUNTER metric { counter { value: 1 created_timestamp { seconds: 1 } } }`)},
+		{name: "metric without a value", body: fam(`name: "g" type: GAUGE metric { label { name: "a" value: "b" } }`)},
+		{name: "no name", body: fam(`type: GAUGE metric { gauge { value: 1 } }`)},
+		{name: "no type", body: raw(str(1, "g"), msg(4, gauge1))},
+		{name: "unknown type", body: raw(str(1, "g"), varint(3, 9), msg(4, gauge1))},
+		{name: "name twice", body: raw(str(1, "g"), str(1, "h"), varint(3, 1), msg(4, gauge1))},
+		{name: "gauge twice in a metric", body: raw(str(1, "g"), varint(3, 1), msg(4, gauge1, gauge1))},
+		{name: "unknown field", body: raw(str(1, "g"), varint(3, 1), msg(4, gauge1), varint(99, 1))},
+		{name: "name as a varint", body: raw(varint(1, 5), varint(3, 1), msg(4, gauge1))},
+		{name: "truncated", body: fam(`name: "g" type: GAUGE metric { gauge { value: 1 } }`)[:9]},
+		{name: "length past the end", body: append(protowire.AppendVarint(nil, 1000), 0x0a, 0x01, 'g')},
+	}
+}
+
+func TestFastProtoMatchesUnmarshal(t *testing.T) {
+	for _, tc := range protoCases(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := checkFastProto(t, tc.body); got != tc.accept {
+				t.Fatalf("fast decoder accepted the body: %v, want %v", got, tc.accept)
+			}
+			// Through the Decoder, what the push handler uses, the result
+			// is always what decodeProtoDelimited gives.
+			var d Decoder
+			got, gotErr := d.Decode(contentTypeProto, "", tc.body, BodyLimits{})
+			want, wantErr := decodeProtoDelimited(tc.body, defaultMaxDecompressedBytes)
+			if (gotErr == nil) != (wantErr == nil) || (gotErr != nil && gotErr.Error() != wantErr.Error()) {
+				t.Fatalf("Decoder error %v, decodeProtoDelimited %v", gotErr, wantErr)
+			}
+			if len(got) != len(want) {
+				t.Fatalf("Decoder gave %d families, decodeProtoDelimited %d", len(got), len(want))
+			}
+			for i := range got {
+				if !proto.Equal(got[i], want[i]) {
+					t.Fatalf("family %d: Decoder %v, decodeProtoDelimited %v", i, got[i], want[i])
+				}
+			}
+		})
+	}
+}
+
+func FuzzProtoFastMatchesUnmarshal(f *testing.F) {
+	for _, tc := range protoCases(f) {
+		f.Add(tc.body)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		checkFastProto(t, body)
+	})
+}
+
+// TestFastProtoAllocations: the pooled decoder decodes a body it has
+// seen the like of without allocating (what a job's repeated push is).
+func TestFastProtoAllocations(t *testing.T) {
+	body := benchProto(t)
+	var d Decoder
+	lim := BodyLimits{MaxDecompressedBytes: 64 << 20}
+	if _, err := d.Decode(contentTypeProto, "", body, lim); err != nil {
+		t.Fatal(err)
+	}
+	d.Reset()
+	allocs := testing.AllocsPerRun(100, func() {
+		fams, err := d.Decode(contentTypeProto, "", body, lim)
+		if err != nil || len(fams) != 3 {
+			t.Fatalf("got %d families, error %v", len(fams), err)
+		}
+		d.Reset()
+	})
+	if allocs > 0 {
+		t.Fatalf("%.1f allocations per body, want 0", allocs)
+	}
+}
