@@ -21,6 +21,10 @@
 #                                  so a machine whose speed drifts during the
 #                                  run favours no side; figures sum the rounds
 #   COMPARE_PUSH_CONCURRENCY [64], COMPARE_PUSH_GROUPS [1000], COMPARE_PUSH_SERIES [25]
+#   COMPARE_PUSH_ROUNDS [2]        rounds of Sluice's two maximum-rate push runs
+#                                  (fsync always, interval), in reverse order
+#                                  every other round, each with a fresh process;
+#                                  rates are the mean over the rounds
 #   COMPARE_SERIES_GROUPS [1000], COMPARE_SERIES_PER_GROUP [1000]
 #   COMPARE_PIN [1]                pin the generator and the sink to the last CPU
 #   COMPARE_DRAIN_TIMEOUT [60]     seconds to wait for a relay to deliver everything
@@ -44,6 +48,7 @@ RW_ROUNDS=${COMPARE_RW_ROUNDS:-2}
 PUSH_CONC=${COMPARE_PUSH_CONCURRENCY:-64}
 PUSH_GROUPS=${COMPARE_PUSH_GROUPS:-1000}
 PUSH_SERIES=${COMPARE_PUSH_SERIES:-25}
+PUSH_ROUNDS=${COMPARE_PUSH_ROUNDS:-2}
 MEM_GROUPS=${COMPARE_SERIES_GROUPS:-1000}
 MEM_SERIES=${COMPARE_SERIES_PER_GROUP:-1000}
 PIN=${COMPARE_PIN:-1}
@@ -322,10 +327,15 @@ fi
 
 # --- 2. Pushes ------------------------------------------------------------
 
-declare -A PU_RPS PU_SPS PU_CPUM PU_HWM PU_P99 PU_STAT
-# push_measure NAME PID BASE_URL [RATE]: one push run into PU_*[NAME].
+declare -A PU_RPS PU_SPS PU_CPUM PU_HWM PU_P99 PU_STAT PU_N PU_RPS_SUM PU_SPS_SUM PU_TICKS PU_SAMPLES PU_RUNS
+# push_measure NAME PID BASE_URL [RATE]: one push run, added to PU_*[NAME]:
+# over several runs of one NAME, rates are the mean, CPU per sample the
+# total over the total, p99 and peak RSS the highest, and PU_RUNS lists
+# each run's rate.
 push_measure() {
-	local name=$1 pid=$2 url=$3 rate=${4:-0} t0 t1 out=$WORK/push-$1.json samples
+	local name=$1 pid=$2 url=$3 rate=${4:-0} t0 t1 out samples rps p99 hwm
+	PU_N[$name]=$((${PU_N[$name]:-0} + 1))
+	out=$WORK/push-$1-${PU_N[$name]}.json
 	sync # as in rw_side
 	t0=$(cpu_ticks "$pid")
 	log "push -> $name for ${SECS}s ($PUSH_CONC clients, $PUSH_GROUPS groups, $PUSH_SERIES lines, rate ${rate/#0/max})"
@@ -334,17 +344,25 @@ push_measure() {
 	t1=$(cpu_ticks "$pid")
 	check_alive "$pid" "$name"
 	samples=$(jget "$out" samples)
-	PU_RPS[$name]=$(jget "$out" requests_per_second)
-	PU_SPS[$name]=$(jget "$out" samples_per_second)
-	PU_P99[$name]=$(calc "$(jget "$out" latency_p99_ms)" 2)
-	PU_HWM[$name]=$(status_kb "$pid" VmHWM)
-	PU_STAT[$name]=$(jstatuses "$out")
-	if [ "$samples" -gt 0 ]; then
-		PU_CPUM[$name]=$(calc "($t1 - $t0) / $CLK_TCK / ($samples / 1e6)" 3)
+	rps=$(jget "$out" requests_per_second)
+	p99=$(calc "$(jget "$out" latency_p99_ms)" 2)
+	hwm=$(status_kb "$pid" VmHWM)
+	PU_RPS_SUM[$name]=$(calc "${PU_RPS_SUM[$name]:-0} + $rps" 3)
+	PU_SPS_SUM[$name]=$(calc "${PU_SPS_SUM[$name]:-0} + $(jget "$out" samples_per_second)" 3)
+	PU_TICKS[$name]=$((${PU_TICKS[$name]:-0} + t1 - t0))
+	PU_SAMPLES[$name]=$((${PU_SAMPLES[$name]:-0} + samples))
+	PU_RPS[$name]=$(calc "${PU_RPS_SUM[$name]} / ${PU_N[$name]}" 3)
+	PU_SPS[$name]=$(calc "${PU_SPS_SUM[$name]} / ${PU_N[$name]}" 3)
+	if [ -z "${PU_P99[$name]:-}" ] || ge "$p99" "${PU_P99[$name]}"; then PU_P99[$name]=$p99; fi
+	if [ -z "${PU_HWM[$name]:-}" ] || [ "$hwm" -gt "${PU_HWM[$name]}" ]; then PU_HWM[$name]=$hwm; fi
+	PU_STAT[$name]="${PU_STAT[$name]:+${PU_STAT[$name]}; }$(jstatuses "$out")"
+	PU_RUNS[$name]="${PU_RUNS[$name]:+${PU_RUNS[$name]}, }$(calc "$rps" 0)"
+	if [ "${PU_SAMPLES[$name]}" -gt 0 ]; then
+		PU_CPUM[$name]=$(calc "${PU_TICKS[$name]} / $CLK_TCK / (${PU_SAMPLES[$name]} / 1e6)" 3)
 	else
 		PU_CPUM[$name]=inf
 	fi
-	log "$name: $(calc "${PU_RPS[$name]}" 0) pushes/s, p99 ${PU_P99[$name]} ms (${PU_STAT[$name]})"
+	log "$name: $(calc "$rps" 0) pushes/s, p99 $p99 ms ($(jstatuses "$out"))"
 }
 
 # warm_up NAME URL: one push to every group, so that the measured run sees
@@ -382,20 +400,28 @@ start_sluice_push() {
 }
 
 if [ "$SKIP_PUSH" != 1 ]; then
-	start_sluice_push sluice-push always
-	warm_up sluice "$SP_URL"
-	push_measure "sluice" "$SP_PID" "$SP_URL"
+	# Sluice's maximum with each fsync mode, in rounds (always interval,
+	# interval always, ...), each run in a fresh process after its warm-up.
+	declare -A PUSH_SIDE=([always]=sluice [interval]="sluice(fsync=interval)")
+	for ((ROUND = 1; ROUND <= PUSH_ROUNDS; ROUND++)); do
+		order=(always interval)
+		((ROUND % 2)) || order=(interval always)
+		for fs in "${order[@]}"; do
+			start_sluice_push "sluice-push-$fs-$ROUND" "$fs"
+			warm_up "${PUSH_SIDE[$fs]}" "$SP_URL"
+			push_measure "${PUSH_SIDE[$fs]}" "$SP_PID" "$SP_URL"
+			stop_pid "$SP_PID"
+		done
+	done
+	# The p99 at half the mean maximum, with fsync always, in a fresh process.
 	HALF=$(calc "${PU_RPS[sluice]} / 2" 0)
 	if [ "$HALF" -gt 0 ]; then
+		start_sluice_push sluice-push-half always
+		warm_up "sluice@half" "$SP_URL"
 		push_measure "sluice@half" "$SP_PID" "$SP_URL" "$HALF"
+		FSYNC_MS=$(fsync_ms "$SP_URL")
+		stop_pid "$SP_PID"
 	fi
-	FSYNC_MS=$(fsync_ms "$SP_URL")
-	stop_pid "$SP_PID"
-
-	start_sluice_push sluice-interval interval
-	warm_up "sluice(fsync=interval)" "$SP_URL"
-	push_measure "sluice(fsync=interval)" "$SP_PID" "$SP_URL"
-	stop_pid "$SP_PID"
 
 	if [ -x "$PUSHGATEWAY" ]; then
 		p=$(port)
@@ -410,7 +436,7 @@ if [ "$SKIP_PUSH" != 1 ]; then
 	for n in sluice "sluice@half" "sluice(fsync=interval)" pushgateway; do
 		[ -n "${PU_RPS[$n]:-}" ] || continue
 		RESULTS+=("$(printf '%-28s %14s %12s %10s %10s   %s' "push: $n" "$(calc "${PU_RPS[$n]}" 0)/s" "${PU_CPUM[$n]}" \
-			"$(calc "${PU_HWM[$n]} / 1024" 0)" "${PU_P99[$n]}" "$(calc "${PU_SPS[$n]}" 0) samples/s; ${PU_STAT[$n]}${PU_GROUPS[$n]:+; ${PU_GROUPS[$n]} groups}")")
+			"$(calc "${PU_HWM[$n]} / 1024" 0)" "${PU_P99[$n]}" "$( ((${PU_N[$n]} > 1)) && echo "pushes/s by round: ${PU_RUNS[$n]}; ")$(calc "${PU_SPS[$n]}" 0) samples/s; ${PU_STAT[$n]}${PU_GROUPS[$n]:+; ${PU_GROUPS[$n]} groups}")")
 	done
 	verdict "$(ge "${PU_RPS[sluice]}" "$PUSH_TARGET" && echo 1 || echo 0)" \
 		"pushes: Sluice $(calc "${PU_RPS[sluice]}" 0)/s >= $PUSH_TARGET/s (10x the zapier gateway's 2,800/s)"
