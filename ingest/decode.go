@@ -87,18 +87,14 @@ func (d *Decoder) Decode(contentType, contentEncoding string, body []byte, lim B
 // keeps none alive.
 func (d *Decoder) Reset() { d.text.reset() }
 
-// maxPooledLines is the body size, in lines, above which a Decoder's
-// memory is not worth keeping in a pool: one unusually large push should
-// not pin its slabs.
-const maxPooledLines = 16 << 10
-
-// maxPooledBody is the same bound for the copy of the body the parser keeps.
+// maxPooledBody is the size of the parser's copy of a body above which a
+// Decoder's memory is not worth keeping in a pool: one unusually large
+// push should not pin it. (The slabs keep chunks of at most maxReserve
+// objects each, whatever the body.)
 const maxPooledBody = 1 << 20
 
 // large reports whether d holds the memory of a body too large to pool.
-func (d *Decoder) large() bool {
-	return cap(d.text.slab.metrics) > maxPooledLines || cap(d.text.buf) > maxPooledBody
-}
+func (d *Decoder) large() bool { return cap(d.text.buf) > maxPooledBody }
 
 // decodeBody is DecodeBody, parsing text with tp if not nil.
 func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits, tp *textParser) ([]*dto.MetricFamily, error) {

@@ -689,3 +689,38 @@ func TestDecodeBodyDoesNotRetainInput(t *testing.T) {
 		})
 	}
 }
+
+// TestDecodeMemoryFollowsContent: what the pooled decoder allocates for a
+// body follows the samples in it, not its size. Bodies of blank lines or
+// of quotes used to reserve a metric per line and a label pair per pair
+// of quotes up front: over 100 bytes per byte, gigabytes for a body at
+// limits.max_decompressed_body_bytes.
+func TestDecodeMemoryFollowsContent(t *testing.T) {
+	const size = 1 << 20
+	withNewline := func(b []byte) []byte { b[len(b)-1] = '\n'; return b }
+	cases := []struct {
+		name, contentType string
+		body              []byte
+	}{
+		{name: "blank lines", contentType: contentTypeText, body: bytes.Repeat([]byte("\n"), size)},
+		{name: "quotes", contentType: contentTypeText, body: withNewline(bytes.Repeat([]byte(`""`), size/2))},
+		{name: "comment of quotes", contentType: contentTypeText, body: withNewline(append([]byte("# "), bytes.Repeat([]byte(`"`), size)...))},
+		{name: "protobuf family of one long help", contentType: contentTypeProto,
+			body: encodeDelimited(t, &dto.MetricFamily{Name: proto.String("g"), Help: proto.String(strings.Repeat("h", size)), Type: dto.MetricType_GAUGE.Enum(),
+				Metric: []*dto.Metric{{Gauge: &dto.Gauge{Value: proto.Float64(1)}}}})},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var d Decoder
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, _ = d.Decode(tc.contentType, "", tc.body, BodyLimits{})
+			runtime.ReadMemStats(&after)
+			// The parser's copy of the body, a few small chunks, and room
+			// for what the test itself and the runtime allocate meanwhile.
+			if got, limit := after.TotalAlloc-before.TotalAlloc, uint64(3*len(tc.body)+(2<<20)); got > limit {
+				t.Fatalf("decoding a %d-byte body allocated %d bytes, more than %d", len(tc.body), got, limit)
+			}
+		})
+	}
+}

@@ -141,15 +141,22 @@ type textSlab struct {
 }
 
 // init makes sure the chunks have room for a body's objects: a metric and
-// a value per line, a label pair per pair of quotes, two strings per pair.
+// a value per line, a label pair per pair of quotes, two strings per pair,
+// up to maxReserve of each. Those counts are what a body could hold, not
+// what it holds (blank lines, a long quoted string), so beyond that the
+// slabs grow chunk by chunk as objects are made: memory follows the
+// samples, not the bytes.
 func (sl *textSlab) init(lines, pairs int) {
-	lines, pairs = max(lines, 1), max(pairs, 1)
+	lines, pairs = min(max(lines, 1), maxReserve), min(max(pairs, 1), maxReserve)
 	sl.metrics = reserve(sl.metrics, lines)
 	sl.pairs = reserve(sl.pairs, pairs)
 	sl.ptrs = reserve(sl.ptrs, pairs)
 	sl.strs = reserve(sl.strs, 2*pairs+8)
 	sl.floats = reserve(sl.floats, lines+4)
 }
+
+// maxReserve bounds the objects of each kind init reserves for a body.
+const maxReserve = 1024
 
 // reserve returns s (empty) if it has room for n, else a new chunk.
 func reserve[T any](s []T, n int) []T {
