@@ -1,8 +1,10 @@
 package ingest
 
 import (
+	"fmt"
 	"testing"
 
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
@@ -89,6 +91,7 @@ func protoCases(t testing.TB) []struct {
 		accept bool
 	}{
 		{name: "bench body", body: benchProto(t), accept: true},
+		{name: "more metrics than a slab chunk", body: manyProto(t, 3000), accept: true},
 		{name: "counter gauge untyped", accept: true, body: cat(
 			fam(`name: "jobs_total" help: "Jobs." type: COUNTER metric { label { name: "queue" value: "a" } counter { value: 3 } }`),
 			fam(`name: "temp" type: GAUGE metric { label { name: "room" value: "k" } label { name: "floor" value: "1" } gauge { value: -2.5 } }`),
@@ -180,4 +183,25 @@ func TestFastProtoAllocations(t *testing.T) {
 	if allocs > 0 {
 		t.Fatalf("%.1f allocations per body, want 0", allocs)
 	}
+}
+
+// manyProto is a delimited body of n gauges with two labels each and n/2
+// histograms: more objects of each kind than a slab chunk holds.
+func manyProto(t testing.TB, n int) []byte {
+	gauges := &dto.MetricFamily{Name: proto.String("depth"), Type: dto.MetricType_GAUGE.Enum()}
+	for i := range n {
+		gauges.Metric = append(gauges.Metric, &dto.Metric{
+			Label: []*dto.LabelPair{{Name: proto.String("queue"), Value: proto.String(fmt.Sprintf("q%d", i))}, {Name: proto.String("shard"), Value: proto.String(fmt.Sprint(i % 7))}},
+			Gauge: &dto.Gauge{Value: proto.Float64(float64(i))},
+		})
+	}
+	hists := &dto.MetricFamily{Name: proto.String("lat"), Type: dto.MetricType_HISTOGRAM.Enum()}
+	for i := range n / 2 {
+		hists.Metric = append(hists.Metric, &dto.Metric{
+			Label: []*dto.LabelPair{{Name: proto.String("op"), Value: proto.String(fmt.Sprintf("o%d", i))}},
+			Histogram: &dto.Histogram{SampleCount: proto.Uint64(2), SampleSum: proto.Float64(3), Bucket: []*dto.Bucket{
+				{UpperBound: proto.Float64(1), CumulativeCount: proto.Uint64(1)}}},
+		})
+	}
+	return encodeDelimited(t, gauges, hists)
 }

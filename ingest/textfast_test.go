@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"bytes"
+	"fmt"
 	"math"
 	"slices"
 	"strconv"
@@ -78,6 +79,7 @@ func TestFastTextMatchesExpfmt(t *testing.T) {
 		accept bool // whether the fast parser should handle it itself
 	}{
 		{name: "bench body", body: string(benchText()), accept: true},
+		{name: "more samples than a slab chunk", body: manyLines(3000), accept: true},
 		{name: "untyped no labels", body: "a 1\nb 2 1700000000000\n", accept: true},
 		{name: "blank and comment lines", body: "\n  \t\n# a comment\n#\n# HELP\n# HELP x\na 1\n", accept: true},
 		{name: "help escapes", body: "# HELP a x\\\\y\\nz\\\"q\n# TYPE a gauge\na{b=\"c\\\"d\\\\e\\nf\"} -1.5e3\n", accept: true},
@@ -163,4 +165,19 @@ func FuzzParseTextFloat(f *testing.F) {
 			t.Fatalf("parseTextFloat(%q) = %v (%#x), want %v (%#x)", s, got, math.Float64bits(got), want, math.Float64bits(want))
 		}
 	})
+}
+
+// manyLines is a text body of n counter samples with two labels each, and
+// a histogram: more objects of each kind than a slab chunk holds.
+func manyLines(n int) string {
+	var b strings.Builder
+	b.WriteString("# HELP jobs_total Jobs.\n# TYPE jobs_total counter\n")
+	for i := range n {
+		fmt.Fprintf(&b, "jobs_total{queue=\"q%d\",shard=\"%d\"} %d\n", i, i%7, i)
+	}
+	b.WriteString("# TYPE lat histogram\n")
+	for i := range n / 2 {
+		fmt.Fprintf(&b, "lat_bucket{op=\"o%d\",le=\"1\"} 1\nlat_bucket{op=\"o%d\",le=\"+Inf\"} 2\nlat_sum{op=\"o%d\"} 3\nlat_count{op=\"o%d\"} 2\n", i, i, i, i)
+	}
+	return b.String()
 }
