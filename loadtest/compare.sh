@@ -444,7 +444,7 @@ if [ "$SKIP_PUSH" != 1 ]; then
 		verdict "$(ge "$P99_TARGET_MS" "${PU_P99[sluice@half]}" && echo 1 || echo 0)" \
 			"push p99 at half of Sluice's max ($HALF/s, achieved $(calc "${PU_RPS[sluice@half]}" 0)/s): ${PU_P99[sluice@half]} ms < $P99_TARGET_MS ms (mean WAL fsync $FSYNC_MS ms)"
 	fi
-	COST=$(calc "100 * (1 - ${PU_RPS[sluice]} / ${PU_RPS[sluice(fsync=interval)]})" 1)
+	COST=$(calc "100 * (1 - ${PU_RPS[sluice]} / ${PU_RPS[sluice(fsync=interval)]})" 2)
 	verdict "$(ge "$GROUP_COMMIT_MAX" "$COST" && echo 1 || echo 0)" \
 		"group commit cost: fsync always $(calc "${PU_RPS[sluice]}" 0)/s vs interval $(calc "${PU_RPS[sluice(fsync=interval)]}" 0)/s = $COST% < $GROUP_COMMIT_MAX%"
 	if [ -n "${PU_RPS[pushgateway]:-}" ]; then
