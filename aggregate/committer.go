@@ -47,6 +47,14 @@ const maxCommitBatch = 8 << 20
 // and lost about 20% of their rate; at 1.5 that takes under 7,500
 // pushes/s at the maximum rate.
 //
+// A queue of relayed requests only is never held back, whatever the rate:
+// each is already a batch of hundreds of samples whose sender sends the
+// next only after the 2xx, so the wait idles every sender, and the fsync
+// it would share is a small part of such a request's cost. In
+// interleaved runs of the make compare relay load (six of each),
+// not waiting for them gave 14% more relayed samples per second, 4% less
+// CPU per sample and a lower p99.
+//
 // No wait shorter than minCommitDelay: an append that takes less (a
 // write(2) in interval mode, an fsync on a fast disk) gains nothing from
 // it, and a sleep that short is not one: on a busy machine the sleeping
@@ -71,6 +79,17 @@ func commitDelay(q int, lastAppend time.Duration, rate float64) time.Duration {
 		return 0
 	}
 	return d
+}
+
+// relayOnly reports whether every queued record is a relayed request
+// (see commitGain: such a queue does not wait).
+func relayOnly(q []*commitItem) bool {
+	for _, it := range q {
+		if it.barrier || it.rec.Type != RecordRelay {
+			return false
+		}
+	}
+	return true
 }
 
 // arrivalRate is an average rate of records per second: each batch adds
@@ -194,7 +213,7 @@ func (c *Committer) drain() {
 			c.mu.Unlock()
 			return
 		}
-		if d := commitDelay(len(c.queue), c.lastAppend, c.rate.perSec); d > 0 {
+		if d := commitDelay(len(c.queue), c.lastAppend, c.rate.perSec); d > 0 && !relayOnly(c.queue) {
 			// Records are arriving densely, but fewer are queued than
 			// make an fsync worth its CPU: wait half an fsync for more
 			// to join.

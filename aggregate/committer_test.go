@@ -142,3 +142,26 @@ func TestArrivalRate(t *testing.T) {
 		t.Fatalf("sparse arrivals: rate %g still expects %g records in 200 µs", got, got*200e-6)
 	}
 }
+
+func TestRelayOnly(t *testing.T) {
+	relay := &commitItem{rec: wal.Record{Type: RecordRelay}}
+	push := &commitItem{rec: wal.Record{Type: RecordPush}}
+	barrier := &commitItem{barrier: true}
+	for _, tc := range []struct {
+		name  string
+		queue []*commitItem
+		want  bool
+	}{
+		{name: "relayed requests only", queue: []*commitItem{relay, relay, relay}, want: true},
+		{name: "one relayed request", queue: []*commitItem{relay}, want: true},
+		{name: "a push among them", queue: []*commitItem{relay, push, relay}, want: false},
+		{name: "pushes only", queue: []*commitItem{push, push}, want: false},
+		{name: "a barrier", queue: []*commitItem{relay, barrier}, want: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := relayOnly(tc.queue); got != tc.want {
+				t.Fatalf("relayOnly = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
