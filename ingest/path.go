@@ -31,11 +31,15 @@ func ParseGroupingKey(rawPath string) (labels.Labels, error) {
 	if p == "" {
 		return labels.EmptyLabels(), nil
 	}
-	segs := strings.Split(p, "/")
+	// The segments and pairs of a usual path fit in these arrays, on the
+	// stack: parsing a push's path allocates only its label set.
+	var segArr [16]string
+	segs := splitSegments(segArr[:0], p)
 	if len(segs)%2 == 1 && segs[len(segs)-1] == "" {
 		segs = segs[:len(segs)-1] // a trailing slash after complete pairs
 	}
-	pairs := make(map[string]string, len(segs)/2+1)
+	var pairArr [8]labels.Label
+	pairs := pairArr[:0]
 	rest := segs
 	job, hasJob := "", false
 	if segs[0] == "job" || segs[0] == "job"+base64Suffix {
@@ -77,17 +81,36 @@ func ParseGroupingKey(rawPath string) (labels.Labels, error) {
 		if !utf8.ValidString(value) {
 			return labels.EmptyLabels(), fmt.Errorf("value of label %q is not valid UTF-8", name)
 		}
-		pairs[name] = value // the last of a repeated name wins, as on the Pushgateway
+		pairs = setPair(pairs, name, value) // the last of a repeated name wins, as on the Pushgateway
 	}
 	if hasJob {
-		pairs["job"] = job // the path job overrides a job pair
+		pairs = setPair(pairs, "job", job) // the path job overrides a job pair
 	}
-	var b labels.ScratchBuilder
-	for n, v := range pairs {
-		b.Add(n, v)
+	return labels.New(pairs...), nil // sorted by name
+}
+
+// splitSegments appends the "/"-separated segments of p to dst, as
+// strings.Split(p, "/") returns them.
+func splitSegments(dst []string, p string) []string {
+	for {
+		i := strings.IndexByte(p, '/')
+		if i < 0 {
+			return append(dst, p)
+		}
+		dst = append(dst, p[:i])
+		p = p[i+1:]
 	}
-	b.Sort()
-	return b.Labels(), nil
+}
+
+// setPair sets name to value in pairs, replacing an earlier value.
+func setPair(pairs []labels.Label, name, value string) []labels.Label {
+	for i := range pairs {
+		if pairs[i].Name == name {
+			pairs[i].Value = value
+			return pairs
+		}
+	}
+	return append(pairs, labels.Label{Name: name, Value: value})
 }
 
 // decodeBase64 decodes base64url with optional padding; "=" is the empty string.

@@ -20,6 +20,8 @@ func TestParseGroupingKey(t *testing.T) {
 		{name: "plus_stays_literal", path: "/job/f/v/a+b", want: `{job="f", v="a+b"}`},
 		{name: "utf8_percent_escape", path: "/job/f/v/%CE%A0", want: `{job="f", v="Π"}`},
 		{name: "job_pair_overridden_by_path_job", path: "/job/g/job/h", want: `{job="g"}`},
+		{name: "repeated_name_last_wins", path: "/job/f/a/1/b/2/a/3", want: `{a="3", b="2", job="f"}`},
+		{name: "more_pairs_than_the_stack_arrays", path: "/job/f/a/1/b/2/c/3/d/4/e/5/f/6/g/7/h/8/i/9/j/10", want: `{a="1", b="2", c="3", d="4", e="5", f="6", g="7", h="8", i="9", j="10", job="f"}`},
 		{name: "gravel_no_job", path: "/env/prod", want: `{env="prod"}`},
 		{name: "gravel_empty", path: "", want: `{}`},
 		{name: "gravel_slash", path: "/", want: `{}`},
@@ -77,4 +79,17 @@ func FuzzParseGroupingKey(f *testing.F) {
 			}
 		})
 	})
+}
+
+// TestParseGroupingKeyAllocations: a usual push path costs one allocation,
+// the label set itself.
+func TestParseGroupingKeyAllocations(t *testing.T) {
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := ParseGroupingKey("/job/load/instance/17/env/prod"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs > 1 {
+		t.Fatalf("%.1f allocations per path, want 1", allocs)
+	}
 }
