@@ -3,7 +3,8 @@
 # one run, against the Debian vmagent and Pushgateway:
 #   1. Remote-Write relay: Sluice vs vmagent, same load into a counting sink.
 #   2. Pushes (1,000 groups, ~25 lines): Sluice (wal.fsync always and
-#      interval) vs the Pushgateway; max rate and p99 at half of Sluice's max.
+#      interval) vs the Pushgateway; max rate and p99 at half of Sluice's max;
+#      Sluice with protobuf bodies (client_golang push's default) for information.
 #   3. Memory and restart: 1M live series (every window forwarded to a
 #      counting sink), bytes per series, kill -9, time
 #      until /-/ready.
@@ -328,18 +329,19 @@ fi
 # --- 2. Pushes ------------------------------------------------------------
 
 declare -A PU_RPS PU_SPS PU_CPUM PU_HWM PU_P99 PU_STAT PU_N PU_RPS_SUM PU_SPS_SUM PU_TICKS PU_SAMPLES PU_RUNS
-# push_measure NAME PID BASE_URL [RATE]: one push run, added to PU_*[NAME]:
+# push_measure NAME PID BASE_URL [RATE [FORMAT]]: one push run (text bodies
+# unless FORMAT is protobuf), added to PU_*[NAME]:
 # over several runs of one NAME, rates are the mean, CPU per sample the
 # total over the total, p99 and peak RSS the highest, and PU_RUNS lists
 # each run's rate.
 push_measure() {
-	local name=$1 pid=$2 url=$3 rate=${4:-0} t0 t1 out samples rps p99 hwm
+	local name=$1 pid=$2 url=$3 rate=${4:-0} format=${5:-text} t0 t1 out samples rps p99 hwm
 	PU_N[$name]=$((${PU_N[$name]:-0} + 1))
 	out=$WORK/push-$1-${PU_N[$name]}.json
 	sync # as in rw_side
 	t0=$(cpu_ticks "$pid")
-	log "push -> $name for ${SECS}s ($PUSH_CONC clients, $PUSH_GROUPS groups, $PUSH_SERIES lines, rate ${rate/#0/max})"
-	gen "$LT" push -url "$url" -duration "${SECS}s" -concurrency "$PUSH_CONC" -rate "$rate" \
+	log "push -> $name for ${SECS}s ($PUSH_CONC clients, $PUSH_GROUPS groups, $PUSH_SERIES lines, $format, rate ${rate/#0/max})"
+	gen "$LT" push -url "$url" -duration "${SECS}s" -concurrency "$PUSH_CONC" -rate "$rate" -format "$format" \
 		-groups "$PUSH_GROUPS" -series "$PUSH_SERIES" -json >"$out" || die "push generator failed against $name"
 	t1=$(cpu_ticks "$pid")
 	check_alive "$pid" "$name"
@@ -422,6 +424,12 @@ if [ "$SKIP_PUSH" != 1 ]; then
 		FSYNC_MS=$(fsync_ms "$SP_URL")
 		stop_pid "$SP_PID"
 	fi
+	# What client_golang's push package sends by default: delimited
+	# protobuf. Information, not a target: one run at the maximum rate.
+	start_sluice_push sluice-push-protobuf always
+	warm_up "sluice(protobuf)" "$SP_URL"
+	push_measure "sluice(protobuf)" "$SP_PID" "$SP_URL" 0 protobuf
+	stop_pid "$SP_PID"
 
 	if [ -x "$PUSHGATEWAY" ]; then
 		p=$(port)
@@ -433,7 +441,7 @@ if [ "$SKIP_PUSH" != 1 ]; then
 		stop_pid "$PG_PID"
 	fi
 
-	for n in sluice "sluice@half" "sluice(fsync=interval)" pushgateway; do
+	for n in sluice "sluice@half" "sluice(fsync=interval)" "sluice(protobuf)" pushgateway; do
 		[ -n "${PU_RPS[$n]:-}" ] || continue
 		RESULTS+=("$(printf '%-28s %14s %12s %10s %10s   %s' "push: $n" "$(calc "${PU_RPS[$n]}" 0)/s" "${PU_CPUM[$n]}" \
 			"$(calc "${PU_HWM[$n]} / 1024" 0)" "${PU_P99[$n]}" "$( ((${PU_N[$n]} > 1)) && echo "pushes/s by round: ${PU_RUNS[$n]}; ")$(calc "${PU_SPS[$n]}" 0) samples/s; ${PU_STAT[$n]}${PU_GROUPS[$n]:+; ${PU_GROUPS[$n]} groups}")")
@@ -447,6 +455,7 @@ if [ "$SKIP_PUSH" != 1 ]; then
 	COST=$(calc "100 * (1 - ${PU_RPS[sluice]} / ${PU_RPS[sluice(fsync=interval)]})" 2)
 	verdict "$(ge "$GROUP_COMMIT_MAX" "$COST" && echo 1 || echo 0)" \
 		"group commit cost: fsync always $(calc "${PU_RPS[sluice]}" 0)/s vs interval $(calc "${PU_RPS[sluice(fsync=interval)]}" 0)/s = $COST% < $GROUP_COMMIT_MAX%"
+	VERDICTS+=("INFO  pushes with protobuf bodies (client_golang push's default), fsync always: $(calc "${PU_RPS[sluice(protobuf)]}" 0)/s, $(calc "100 * ${PU_RPS[sluice(protobuf)]} / ${PU_RPS[sluice]}" 0)% of the text rate")
 	if [ -n "${PU_RPS[pushgateway]:-}" ]; then
 		VERDICTS+=("INFO  pushes: Sluice / Pushgateway = $(calc "${PU_RPS[sluice]} / ${PU_RPS[pushgateway]}" 1)x")
 	fi
