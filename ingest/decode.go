@@ -318,14 +318,21 @@ func decodeProtoDelimited(body []byte, limit int64) ([]*dto.MetricFamily, error)
 		if err := validateProtoFamily(mf); err != nil {
 			return nil, fmt.Errorf("decode protobuf metric family %d: %w", n, err)
 		}
-		if i, ok := index[mf.GetName()]; ok {
-			out[i] = mf
-			continue
-		}
-		index[mf.GetName()] = len(out)
-		out = append(out, mf)
+		out = addFamily(out, index, mf)
 	}
 	return out, nil
+}
+
+// addFamily appends mf to out, or replaces the family of the same name
+// already there (the last of a name wins); index maps names to places in
+// out.
+func addFamily(out []*dto.MetricFamily, index map[string]int, mf *dto.MetricFamily) []*dto.MetricFamily {
+	if i, ok := index[mf.GetName()]; ok {
+		out[i] = mf
+		return out
+	}
+	index[mf.GetName()] = len(out)
+	return append(out, mf)
 }
 
 // validateProtoFamily rejects families that the rest of the service cannot

@@ -27,7 +27,7 @@ func (p *textParser) parseProto(body []byte) (fams []*dto.MetricFamily, ok bool)
 	p.s = unsafe.String(unsafe.SliceData(p.buf), len(p.buf))
 	// A metric takes at least 4 bytes and a label pair 6, but client
 	// bodies run to about 40 and 25: room for those, and the slabs grow
-	// (and keep their growth) if not enough.
+	// if not enough.
 	p.slab.init(len(body)/24, len(body)/12)
 	if p.index == nil {
 		p.index = make(map[string]int, 8)
@@ -39,17 +39,12 @@ func (p *textParser) parseProto(body []byte) (fams []*dto.MetricFamily, ok bool)
 			return nil, false
 		}
 		start, end := pos+n, pos+n+int(size)
-		mf, ok := p.protoFamily(p.buf[start:end], start)
+		mf, ok := p.protoFamily(start, end)
 		if !ok || validateProtoFamily(mf) != nil {
 			return nil, false
 		}
 		pos = end
-		if i, seen := p.index[mf.GetName()]; seen {
-			out[i] = mf
-			continue
-		}
-		p.index[mf.GetName()] = len(out)
-		out = append(out, mf)
+		out = addFamily(out, p.index, mf)
 	}
 	p.out = out
 	if len(out) == 0 {
@@ -58,53 +53,70 @@ func (p *textParser) parseProto(body []byte) (fams []*dto.MetricFamily, ok bool)
 	return out, true
 }
 
-// str returns the n bytes of the body at off as a string in p.s's memory.
-func (p *textParser) str(off, n int) *string { return p.slab.str(p.s[off : off+n]) }
+// str returns the body's bytes [off, end) as a string in p.s's memory.
+func (p *textParser) str(off, end int) *string { return p.slab.str(p.s[off:end]) }
 
 // protoField is one field of a message: its number and wire type, and its
 // value (varint or fixed64) or, for a length-delimited field, where its
-// payload is in p.buf.
+// payload is in p.buf, [off, end).
 type protoField struct {
-	num  protowire.Number
-	typ  protowire.Type
-	off  int // payload offset in p.buf (bytes fields)
-	size int // payload length (bytes fields)
-	v    uint64
+	num      protowire.Number
+	typ      protowire.Type
+	off, end int
+	v        uint64
 }
 
-// nextField decodes the field at msg[i:], where msg starts at base in
-// p.buf, and returns it with the index after it, or -1.
-func nextField(msg []byte, i, base int) (f protoField, next int) {
-	num, typ, n := protowire.ConsumeTag(msg[i:])
-	if n < 0 {
-		return f, -1
+// fieldReader reads the fields of the message at p.buf[i:end] one by one.
+type fieldReader struct {
+	b      []byte // p.buf
+	i, end int
+	f      protoField // the field next read
+	bad    bool       // the message is malformed
+}
+
+func (p *textParser) fields(start, end int) fieldReader {
+	return fieldReader{b: p.buf, i: start, end: end}
+}
+
+// next reads the next field into r.f and reports whether there was one; at
+// a malformed one it sets r.bad and returns false.
+func (r *fieldReader) next() bool {
+	if r.i >= r.end {
+		return false
 	}
-	f.num, f.typ = num, typ
-	i += n
+	b := r.b[r.i:r.end]
+	num, typ, n := protowire.ConsumeTag(b)
+	if n < 0 {
+		r.bad = true
+		return false
+	}
+	f := protoField{num: num, typ: typ}
+	var m int
 	switch typ {
 	case protowire.VarintType:
-		v, n := protowire.ConsumeVarint(msg[i:])
-		if n < 0 {
-			return f, -1
-		}
-		f.v, i = v, i+n
+		f.v, m = protowire.ConsumeVarint(b[n:])
 	case protowire.Fixed64Type:
-		v, n := protowire.ConsumeFixed64(msg[i:])
-		if n < 0 {
-			return f, -1
-		}
-		f.v, i = v, i+n
+		f.v, m = protowire.ConsumeFixed64(b[n:])
 	case protowire.BytesType:
-		size, n := protowire.ConsumeVarint(msg[i:])
-		if n < 0 || size > uint64(len(msg)-i-n) {
-			return f, -1
+		var size uint64
+		size, m = protowire.ConsumeVarint(b[n:])
+		if m >= 0 && size > uint64(len(b)-n-m) {
+			m = -1
 		}
-		f.off, f.size = base+i+n, int(size)
-		i += n + int(size)
+		if m >= 0 {
+			f.off = r.i + n + m
+			f.end = f.off + int(size)
+			m += int(size)
+		}
 	default:
-		return f, -1
+		m = -1
 	}
-	return f, i
+	if m < 0 {
+		r.bad = true
+		return false
+	}
+	r.f, r.i = f, r.i+n+m
+	return true
 }
 
 // seen records field number num in *mask and reports whether it was
@@ -118,20 +130,21 @@ func seen(mask *uint32, num protowire.Number) bool {
 	return false
 }
 
-func (p *textParser) protoFamily(msg []byte, base int) (*dto.MetricFamily, bool) {
+// float is a fixed64 field's value as a float64 in the slab.
+func (p *textParser) float(f protoField) *float64 {
+	return p.slab.float(math.Float64frombits(f.v))
+}
+
+func (p *textParser) protoFamily(start, end int) (*dto.MetricFamily, bool) {
 	mf := next(&p.slab.families, 8)
 	var mask uint32
-	for i := 0; i < len(msg); {
-		f, ni := nextField(msg, i, base)
-		if ni < 0 {
-			return nil, false
-		}
-		i = ni
-		switch {
+	r := p.fields(start, end)
+	for r.next() {
+		switch f := r.f; {
 		case f.num == 1 && f.typ == protowire.BytesType && !seen(&mask, 1):
-			mf.Name = p.str(f.off, f.size)
+			mf.Name = p.str(f.off, f.end)
 		case f.num == 2 && f.typ == protowire.BytesType && !seen(&mask, 2):
-			mf.Help = p.str(f.off, f.size)
+			mf.Help = p.str(f.off, f.end)
 		case f.num == 3 && f.typ == protowire.VarintType && !seen(&mask, 3):
 			t := int32(f.v)
 			if _, known := dto.MetricType_name[t]; !known || uint64(int64(t)) != f.v {
@@ -139,75 +152,57 @@ func (p *textParser) protoFamily(msg []byte, base int) (*dto.MetricFamily, bool)
 			}
 			mf.Type = p.slab.typ(dto.MetricType(t))
 		case f.num == 4 && f.typ == protowire.BytesType:
-			m, ok := p.protoMetric(p.buf[f.off:f.off+f.size], f.off)
+			m, ok := p.protoMetric(f.off, f.end)
 			if !ok {
 				return nil, false
 			}
 			mf.Metric = append(mf.Metric, m)
 		case f.num == 5 && f.typ == protowire.BytesType && !seen(&mask, 5):
-			mf.Unit = p.str(f.off, f.size)
+			mf.Unit = p.str(f.off, f.end)
 		default:
 			return nil, false
 		}
 	}
-	return mf, true
+	return mf, !r.bad
 }
 
-func (p *textParser) protoMetric(msg []byte, base int) (*dto.Metric, bool) {
+func (p *textParser) protoMetric(start, end int) (*dto.Metric, bool) {
 	m := p.slab.metric()
 	var mask uint32
 	pairs := p.pairs[:0]
-	for i := 0; i < len(msg); {
-		f, ni := nextField(msg, i, base)
-		if ni < 0 {
-			return nil, false
+	r := p.fields(start, end)
+	for r.next() {
+		f := r.f
+		want := protowire.BytesType // every field but the timestamp is a message
+		if f.num == 6 {
+			want = protowire.VarintType
 		}
-		i = ni
-		switch {
-		case f.num == 1 && f.typ == protowire.BytesType:
-			lp, ok := p.protoLabel(p.buf[f.off:f.off+f.size], f.off)
-			if !ok {
-				return nil, false
-			}
+		if f.typ != want || (f.num != 1 && seen(&mask, f.num)) {
+			return nil, false // labels (1) repeat; the rest are singular
+		}
+		var ok bool // false for an unknown field
+		switch f.num {
+		case 1:
+			var lp *dto.LabelPair
+			lp, ok = p.protoLabel(f.off, f.end)
 			pairs = append(pairs, lp)
-		case f.num == 2 && f.typ == protowire.BytesType && !seen(&mask, 2):
-			v, ok := p.protoValue(p.buf[f.off:f.off+f.size], f.off)
-			if !ok {
-				return nil, false
-			}
+		case 2:
 			m.Gauge = next(&p.slab.gauges, p.slab.left())
-			m.Gauge.Value = v
-		case f.num == 3 && f.typ == protowire.BytesType && !seen(&mask, 3):
-			v, ok := p.protoValue(p.buf[f.off:f.off+f.size], f.off)
-			if !ok {
-				return nil, false
-			}
+			m.Gauge.Value, ok = p.protoValue(f.off, f.end)
+		case 3:
 			m.Counter = next(&p.slab.counters, p.slab.left())
-			m.Counter.Value = v
-		case f.num == 4 && f.typ == protowire.BytesType && !seen(&mask, 4):
-			s, ok := p.protoSummary(p.buf[f.off:f.off+f.size], f.off)
-			if !ok {
-				return nil, false
-			}
-			m.Summary = s
-		case f.num == 5 && f.typ == protowire.BytesType && !seen(&mask, 5):
-			v, ok := p.protoValue(p.buf[f.off:f.off+f.size], f.off)
-			if !ok {
-				return nil, false
-			}
+			m.Counter.Value, ok = p.protoValue(f.off, f.end)
+		case 4:
+			m.Summary, ok = p.protoSummary(f.off, f.end)
+		case 5:
 			m.Untyped = next(&p.slab.untypeds, p.slab.left())
-			m.Untyped.Value = v
-		case f.num == 6 && f.typ == protowire.VarintType && !seen(&mask, 6):
-			p.slab.ints = grow(p.slab.ints)
-			p.slab.ints = append(p.slab.ints, int64(f.v))
-			m.TimestampMs = &p.slab.ints[len(p.slab.ints)-1]
-		case f.num == 7 && f.typ == protowire.BytesType && !seen(&mask, 7):
-			h, ok := p.protoHistogram(p.buf[f.off:f.off+f.size], f.off)
-			if !ok {
-				return nil, false
-			}
-			m.Histogram = h
-		default:
+			m.Untyped.Value, ok = p.protoValue(f.off, f.end)
+		case 6:
+			m.TimestampMs, ok = p.slab.int(int64(f.v)), true
+		case 7:
+			m.Histogram, ok = p.protoHistogram(f.off, f.end)
+		}
+		if !ok {
 			return nil, false
 		}
 	}
@@ -215,126 +210,113 @@ func (p *textParser) protoMetric(msg []byte, base int) (*dto.Metric, bool) {
 		m.Label = p.slab.labels(pairs)
 	}
 	p.pairs = clearSlice(pairs)
-	return m, true
+	return m, !r.bad
 }
 
-func (p *textParser) protoLabel(msg []byte, base int) (*dto.LabelPair, bool) {
-	p.slab.pairs = grow(p.slab.pairs)
-	p.slab.pairs = p.slab.pairs[:len(p.slab.pairs)+1]
-	lp := &p.slab.pairs[len(p.slab.pairs)-1]
+func (p *textParser) protoLabel(start, end int) (*dto.LabelPair, bool) {
+	lp := next(&p.slab.pairs, 16)
 	var mask uint32
-	for i := 0; i < len(msg); {
-		f, ni := nextField(msg, i, base)
-		if ni < 0 {
-			return nil, false
-		}
-		i = ni
-		switch {
+	r := p.fields(start, end)
+	for r.next() {
+		switch f := r.f; {
 		case f.num == 1 && f.typ == protowire.BytesType && !seen(&mask, 1):
-			lp.Name = p.str(f.off, f.size)
+			lp.Name = p.str(f.off, f.end)
 		case f.num == 2 && f.typ == protowire.BytesType && !seen(&mask, 2):
-			lp.Value = p.str(f.off, f.size)
+			lp.Value = p.str(f.off, f.end)
 		default:
 			return nil, false
 		}
 	}
-	return lp, true
+	return lp, !r.bad
 }
 
 // protoValue decodes a Gauge, Counter or Untyped: only field 1, the value
 // (a counter's exemplar and created timestamp are left to proto).
-func (p *textParser) protoValue(msg []byte, base int) (*float64, bool) {
+func (p *textParser) protoValue(start, end int) (*float64, bool) {
 	var v *float64
-	for i := 0; i < len(msg); {
-		f, ni := nextField(msg, i, base)
-		if ni < 0 || f.num != 1 || f.typ != protowire.Fixed64Type || v != nil {
+	r := p.fields(start, end)
+	for r.next() {
+		if r.f.num != 1 || r.f.typ != protowire.Fixed64Type || v != nil {
 			return nil, false
 		}
-		i = ni
-		v = p.slab.float(math.Float64frombits(f.v))
+		v = p.float(r.f)
 	}
-	return v, true
+	return v, !r.bad
 }
 
-func (p *textParser) protoSummary(msg []byte, base int) (*dto.Summary, bool) {
+func (p *textParser) protoSummary(start, end int) (*dto.Summary, bool) {
 	s := next(&p.slab.summaries, 4)
 	var mask uint32
-	for i := 0; i < len(msg); {
-		f, ni := nextField(msg, i, base)
-		if ni < 0 {
-			return nil, false
-		}
-		i = ni
-		switch {
+	r := p.fields(start, end)
+	for r.next() {
+		switch f := r.f; {
 		case f.num == 1 && f.typ == protowire.VarintType && !seen(&mask, 1):
 			s.SampleCount = p.slab.uint(f.v)
 		case f.num == 2 && f.typ == protowire.Fixed64Type && !seen(&mask, 2):
-			s.SampleSum = p.slab.float(math.Float64frombits(f.v))
+			s.SampleSum = p.float(f)
 		case f.num == 3 && f.typ == protowire.BytesType:
 			q := next(&p.slab.quantiles, 8)
 			var qmask uint32
-			sub := p.buf[f.off : f.off+f.size]
-			for j := 0; j < len(sub); {
-				g, nj := nextField(sub, j, f.off)
-				if nj < 0 || g.typ != protowire.Fixed64Type || (g.num != 1 && g.num != 2) || seen(&qmask, g.num) {
+			qr := p.fields(f.off, f.end)
+			for qr.next() {
+				g := qr.f
+				if g.typ != protowire.Fixed64Type || (g.num != 1 && g.num != 2) || seen(&qmask, g.num) {
 					return nil, false
 				}
-				j = nj
 				if g.num == 1 {
-					q.Quantile = p.slab.float(math.Float64frombits(g.v))
+					q.Quantile = p.float(g)
 				} else {
-					q.Value = p.slab.float(math.Float64frombits(g.v))
+					q.Value = p.float(g)
 				}
+			}
+			if qr.bad {
+				return nil, false
 			}
 			s.Quantile = append(s.Quantile, q)
 		default:
 			return nil, false
 		}
 	}
-	return s, true
+	return s, !r.bad
 }
 
-func (p *textParser) protoHistogram(msg []byte, base int) (*dto.Histogram, bool) {
+func (p *textParser) protoHistogram(start, end int) (*dto.Histogram, bool) {
 	h := next(&p.slab.histograms, 4)
 	var mask uint32
-	for i := 0; i < len(msg); {
-		f, ni := nextField(msg, i, base)
-		if ni < 0 {
-			return nil, false
-		}
-		i = ni
-		switch {
+	r := p.fields(start, end)
+	for r.next() {
+		switch f := r.f; {
 		case f.num == 1 && f.typ == protowire.VarintType && !seen(&mask, 1):
 			h.SampleCount = p.slab.uint(f.v)
 		case f.num == 4 && f.typ == protowire.Fixed64Type && !seen(&mask, 4):
-			h.SampleCountFloat = p.slab.float(math.Float64frombits(f.v))
+			h.SampleCountFloat = p.float(f)
 		case f.num == 2 && f.typ == protowire.Fixed64Type && !seen(&mask, 2):
-			h.SampleSum = p.slab.float(math.Float64frombits(f.v))
+			h.SampleSum = p.float(f)
 		case f.num == 3 && f.typ == protowire.BytesType:
 			bk := next(&p.slab.buckets, p.slab.left())
 			var bmask uint32
-			sub := p.buf[f.off : f.off+f.size]
-			for j := 0; j < len(sub); {
-				g, nj := nextField(sub, j, f.off)
-				if nj < 0 || seen(&bmask, g.num) {
+			br := p.fields(f.off, f.end)
+			for br.next() {
+				switch g := br.f; {
+				case seen(&bmask, g.num):
 					return nil, false
-				}
-				j = nj
-				switch {
 				case g.num == 1 && g.typ == protowire.VarintType:
 					bk.CumulativeCount = p.slab.uint(g.v)
 				case g.num == 4 && g.typ == protowire.Fixed64Type:
-					bk.CumulativeCountFloat = p.slab.float(math.Float64frombits(g.v))
+					bk.CumulativeCountFloat = p.float(g)
 				case g.num == 2 && g.typ == protowire.Fixed64Type:
-					bk.UpperBound = p.slab.float(math.Float64frombits(g.v))
+					bk.UpperBound = p.float(g)
 				default:
 					return nil, false // an exemplar, or unknown
 				}
+			}
+			if br.bad {
+				return nil, false
 			}
 			h.Bucket = append(h.Bucket, bk)
 		default:
 			return nil, false // native histogram fields, exemplars, created timestamp
 		}
 	}
-	return h, true
+	return h, !r.bad
 }

@@ -244,6 +244,12 @@ func (sl *textSlab) float(v float64) *float64 {
 	return &sl.floats[len(sl.floats)-1]
 }
 
+func (sl *textSlab) int(v int64) *int64 {
+	sl.ints = grow(sl.ints)
+	sl.ints = append(sl.ints, v)
+	return &sl.ints[len(sl.ints)-1]
+}
+
 func (sl *textSlab) uint(v uint64) *uint64 {
 	sl.uints = grow(sl.uints)
 	sl.uints = append(sl.uints, v)
@@ -600,9 +606,7 @@ func (p *textParser) sample() bool {
 		if err != nil {
 			return false
 		}
-		p.slab.ints = grow(p.slab.ints)
-		p.slab.ints = append(p.slab.ints, t)
-		ts = &p.slab.ints[len(p.slab.ints)-1]
+		ts = p.slab.int(t)
 	}
 	p.pos++ // '\n'
 
