@@ -31,26 +31,12 @@ func checkFastProto(t *testing.T, body []byte) (accepted bool) {
 	if !ok {
 		return false
 	}
-	if len(again) != len(got) {
-		t.Fatalf("a reused parser gave %d families, a new one %d:\n%x", len(again), len(got), body)
-	}
-	for i := range got {
-		if !proto.Equal(again[i], got[i]) {
-			t.Fatalf("family %d differs between a reused parser and a new one for %x\nreused %v\nnew    %v", i, body, again[i], got[i])
-		}
-	}
+	requireSameFamilies(t, again, got, "a reused parser (got) against a new one for %x", body)
 	want, err := decodeProtoDelimited(body, 64<<20)
 	if err != nil {
 		t.Fatalf("fast decoder accepted a body proto.Unmarshal rejects (%v):\n%x", err, body)
 	}
-	if len(got) != len(want) {
-		t.Fatalf("fast decoder gave %d families, proto.Unmarshal %d:\n%x\ngot  %v\nwant %v", len(got), len(want), body, got, want)
-	}
-	for i := range got {
-		if !proto.Equal(got[i], want[i]) {
-			t.Fatalf("family %d differs for %x\ngot  %v\nwant %v", i, body, got[i], want[i])
-		}
-	}
+	requireSameFamilies(t, got, want, "the fast decoder (got) against proto.Unmarshal for %x", body)
 	return true
 }
 
@@ -142,14 +128,7 @@ func TestFastProtoMatchesUnmarshal(t *testing.T) {
 			if (gotErr == nil) != (wantErr == nil) || (gotErr != nil && gotErr.Error() != wantErr.Error()) {
 				t.Fatalf("Decoder error %v, decodeProtoDelimited %v", gotErr, wantErr)
 			}
-			if len(got) != len(want) {
-				t.Fatalf("Decoder gave %d families, decodeProtoDelimited %d", len(got), len(want))
-			}
-			for i := range got {
-				if !proto.Equal(got[i], want[i]) {
-					t.Fatalf("family %d: Decoder %v, decodeProtoDelimited %v", i, got[i], want[i])
-				}
-			}
+			requireSameFamilies(t, got, want, "the Decoder (got) against decodeProtoDelimited")
 		})
 	}
 }

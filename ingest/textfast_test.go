@@ -49,27 +49,27 @@ func checkFastText(t *testing.T, body []byte) (accepted bool) {
 	if !ok {
 		return false
 	}
-	if len(again) != len(got) {
-		t.Fatalf("a reused parser gave %d families, a new one %d:\n%s", len(again), len(got), body)
-	}
-	for i := range got {
-		if !proto.Equal(again[i], got[i]) {
-			t.Fatalf("family %d differs between a reused parser and a new one for\n%s\nreused %v\nnew    %v", i, body, again[i], got[i])
-		}
-	}
+	requireSameFamilies(t, again, got, "a reused parser (got) against a new one for\n%s", body)
 	want, err := expfmtText(body)
 	if err != nil {
 		t.Fatalf("fast parser accepted a body expfmt rejects (%v):\n%s", err, body)
 	}
+	requireSameFamilies(t, got, want, "the fast parser (got) against expfmt for\n%s", body)
+	return true
+}
+
+// requireSameFamilies fails unless got and want hold equal families in the
+// same order; format and args say which results are compared.
+func requireSameFamilies(t *testing.T, got, want []*dto.MetricFamily, format string, args ...any) {
+	t.Helper()
 	if len(got) != len(want) {
-		t.Fatalf("fast parser gave %d families, expfmt %d:\n%s\ngot  %v\nwant %v", len(got), len(want), body, got, want)
+		t.Fatalf("%s: %d families against %d\ngot  %v\nwant %v", fmt.Sprintf(format, args...), len(got), len(want), got, want)
 	}
 	for i := range got {
 		if !proto.Equal(got[i], want[i]) {
-			t.Fatalf("family %d differs for\n%s\ngot  %v\nwant %v", i, body, got[i], want[i])
+			t.Fatalf("%s: family %d differs\ngot  %v\nwant %v", fmt.Sprintf(format, args...), i, got[i], want[i])
 		}
 	}
-	return true
 }
 
 func TestFastTextMatchesExpfmt(t *testing.T) {
