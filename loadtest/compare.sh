@@ -328,7 +328,7 @@ fi
 
 # --- 2. Pushes ------------------------------------------------------------
 
-declare -A PU_RPS PU_SPS PU_CPUM PU_HWM PU_P99 PU_STAT PU_N PU_RPS_SUM PU_SPS_SUM PU_TICKS PU_SAMPLES PU_RUNS
+declare -A PU_RPS PU_SPS PU_CPUM PU_HWM PU_P99 PU_STAT PU_N PU_TICKS PU_SAMPLES PU_RUNS
 # push_measure NAME PID BASE_URL [RATE [FORMAT]]: one push run (text bodies
 # unless FORMAT is protobuf), added to PU_*[NAME]:
 # over several runs of one NAME, rates are the mean, CPU per sample the
@@ -349,12 +349,11 @@ push_measure() {
 	rps=$(jget "$out" requests_per_second)
 	p99=$(calc "$(jget "$out" latency_p99_ms)" 2)
 	hwm=$(status_kb "$pid" VmHWM)
-	PU_RPS_SUM[$name]=$(calc "${PU_RPS_SUM[$name]:-0} + $rps" 3)
-	PU_SPS_SUM[$name]=$(calc "${PU_SPS_SUM[$name]:-0} + $(jget "$out" samples_per_second)" 3)
 	PU_TICKS[$name]=$((${PU_TICKS[$name]:-0} + t1 - t0))
 	PU_SAMPLES[$name]=$((${PU_SAMPLES[$name]:-0} + samples))
-	PU_RPS[$name]=$(calc "${PU_RPS_SUM[$name]} / ${PU_N[$name]}" 3)
-	PU_SPS[$name]=$(calc "${PU_SPS_SUM[$name]} / ${PU_N[$name]}" 3)
+	# Running means over the runs so far.
+	PU_RPS[$name]=$(calc "(${PU_RPS[$name]:-0} * (${PU_N[$name]} - 1) + $rps) / ${PU_N[$name]}" 3)
+	PU_SPS[$name]=$(calc "(${PU_SPS[$name]:-0} * (${PU_N[$name]} - 1) + $(jget "$out" samples_per_second)) / ${PU_N[$name]}" 3)
 	if [ -z "${PU_P99[$name]:-}" ] || ge "$p99" "${PU_P99[$name]}"; then PU_P99[$name]=$p99; fi
 	if [ -z "${PU_HWM[$name]:-}" ] || [ "$hwm" -gt "${PU_HWM[$name]}" ]; then PU_HWM[$name]=$hwm; fi
 	PU_STAT[$name]="${PU_STAT[$name]:+${PU_STAT[$name]}; }$(jstatuses "$out")"
