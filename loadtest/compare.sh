@@ -3,8 +3,10 @@
 # one run, against the Debian vmagent and Pushgateway:
 #   1. Remote-Write relay: Sluice vs vmagent, same load into a counting sink.
 #   2. Pushes (1,000 groups, ~25 lines): Sluice (wal.fsync always and
-#      interval) vs the Pushgateway; max rate and p99 at half of Sluice's max;
-#      Sluice with protobuf bodies (client_golang push's default) for information.
+#      interval) vs the Pushgateway; max rate and p99 at half of Sluice's max
+#      (with, for information, how busy the CPUs were and Sluice's own p99 from
+#      sluice_push_duration_seconds); Sluice with protobuf bodies (client_golang
+#      push's default) for information.
 #   3. Memory and restart: 1M live series (every window forwarded to a
 #      counting sink), bytes per series, kill -9, time
 #      until /-/ready.
@@ -383,6 +385,37 @@ fsync_ms() {
 		awk '{ v[NR] = $2 } END { if (v[2] > 0) printf "%.2f", 1000 * v[1] / v[2]; else print "n/a" }'
 }
 
+# push_buckets URL: the cumulative buckets of Sluice's own push latency
+# (sluice_push_duration_seconds: from the handler's start to the answer,
+# WAL wait included), "le count" per line.
+push_buckets() { "$LT" fetch -url "$1/metrics" -buckets sluice_push_duration_seconds; }
+
+# bucket_quantile Q BEFORE AFTER: the Q-quantile in ms of the observations
+# between two push_buckets snapshots, interpolated within its bucket as
+# PromQL's histogram_quantile does.
+bucket_quantile() {
+	awk -v q="$1" 'BEGIN { n = 0 } NR == FNR { b[$1] = $2; next }
+		{ le[n] = $1; c[n] = $2 - b[$1]; n++ }
+		END {
+			if (n == 0 || c[n - 1] <= 0) { print "n/a"; exit }
+			rank = q * c[n - 1]
+			for (i = 0; i < n; i++) if (c[i] >= rank) break
+			if (le[i] == "+Inf") { printf "> %.2f", 1000 * le[i - 1]; exit }
+			lo = i > 0 ? le[i - 1] : 0; below = i > 0 ? c[i - 1] : 0
+			printf "%.2f", 1000 * (lo + (le[i] - lo) * (rank - below) / (c[i] - below))
+		}' "$2" "$3"
+}
+
+# cpu_stat: the machine's aggregate CPU line of /proc/stat.
+cpu_stat() { head -1 /proc/stat; }
+
+# busy_pct BEFORE AFTER: how busy the machine's CPUs were between two
+# cpu_stat lines, in percent (idle and iowait count as not busy).
+busy_pct() {
+	printf '%s\n%s\n' "$1" "$2" | awk '{ t = 0; for (i = 2; i <= NF; i++) t += $i; tot[NR] = t; idle[NR] = $5 + $6 }
+		END { if (tot[2] > tot[1]) printf "%.0f", 100 * (1 - (idle[2] - idle[1]) / (tot[2] - tot[1])); else print "n/a" }'
+}
+
 # start_sluice_push NAME FSYNC: a Sluice without targets, sets SP_PID/SP_URL.
 start_sluice_push() {
 	local p
@@ -419,7 +452,12 @@ if [ "$SKIP_PUSH" != 1 ]; then
 	if [ "$HALF" -gt 0 ]; then
 		start_sluice_push sluice-push-half always
 		warm_up "sluice@half" "$SP_URL"
+		push_buckets "$SP_URL" >"$WORK/half-buckets-0"
+		stat0=$(cpu_stat)
 		push_measure "sluice@half" "$SP_PID" "$SP_URL" "$HALF"
+		HALF_BUSY=$(busy_pct "$stat0" "$(cpu_stat)")
+		push_buckets "$SP_URL" >"$WORK/half-buckets-1"
+		HALF_SERVER_P99=$(bucket_quantile 0.99 "$WORK/half-buckets-0" "$WORK/half-buckets-1")
 		FSYNC_MS=$(fsync_ms "$SP_URL")
 		stop_pid "$SP_PID"
 	fi
@@ -450,6 +488,7 @@ if [ "$SKIP_PUSH" != 1 ]; then
 	if [ -n "${PU_P99[sluice@half]:-}" ]; then
 		verdict "$(ge "$P99_TARGET_MS" "${PU_P99[sluice@half]}" && echo 1 || echo 0)" \
 			"push p99 at half of Sluice's max ($HALF/s, achieved $(calc "${PU_RPS[sluice@half]}" 0)/s): ${PU_P99[sluice@half]} ms < $P99_TARGET_MS ms (mean WAL fsync $FSYNC_MS ms)"
+		VERDICTS+=("INFO  at half of the max: the CPUs were $HALF_BUSY% busy; Sluice's own p99 (sluice_push_duration_seconds, handler start to answer, WAL wait included) $HALF_SERVER_P99 ms against the generator's ${PU_P99[sluice@half]} ms")
 	fi
 	COST=$(calc "100 * (1 - ${PU_RPS[sluice]} / ${PU_RPS[sluice(fsync=interval)]})" 2)
 	verdict "$(ge "$GROUP_COMMIT_MAX" "$COST" && echo 1 || echo 0)" \

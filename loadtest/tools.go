@@ -2,15 +2,23 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // The small helpers below keep compare.sh free of curl, jq and python.
@@ -84,7 +92,9 @@ func cmdWait(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // cmdFetch is `loadtest fetch`: GET a URL and print its body, or with
 // -sum, stream a text exposition and print the sum of the samples of each
-// named metric ("name value", 0 when absent) without keeping the body.
+// named metric ("name value", 0 when absent) without keeping the body, or
+// with -buckets, print the cumulative buckets of a classic histogram
+// summed over its series ("le count" per line, by increasing le).
 func cmdFetch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("fetch", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -94,9 +104,13 @@ func cmdFetch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		names = append(names, v)
 		return nil
 	})
+	buckets := fs.String("buckets", "", "classic histogram whose buckets to print, summed over its series")
 	method := fs.String("method", "GET", "HTTP method")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *buckets != "" && len(names) > 0 {
+		return errors.New("give -sum or -buckets, not both")
 	}
 	req, err := http.NewRequestWithContext(ctx, *method, *url, nil)
 	if err != nil {
@@ -112,6 +126,16 @@ func cmdFetch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return fmt.Errorf("fetch %s: %s: %s", *url, resp.Status, strings.TrimSpace(string(b)))
 	}
+	if *buckets != "" {
+		bs, err := histogramBuckets(resp.Body, *buckets)
+		if err != nil {
+			return fmt.Errorf("fetch %s: %w", *url, err)
+		}
+		for _, b := range bs {
+			fmt.Fprintf(stdout, "%s %s\n", strconv.FormatFloat(b.le, 'g', -1, 64), strconv.FormatFloat(b.count, 'f', -1, 64))
+		}
+		return nil
+	}
 	if len(names) == 0 {
 		_, err := io.Copy(stdout, resp.Body)
 		return err
@@ -121,6 +145,46 @@ func cmdFetch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "%s %s\n", n, strconv.FormatFloat(sums[n], 'f', -1, 64))
 	}
 	return nil
+}
+
+// bucket is one cumulative bucket of a classic histogram.
+type bucket struct {
+	le    float64
+	count float64
+}
+
+// histogramBuckets parses the text exposition r and returns the buckets of
+// the classic histogram name, each summed over the histogram's series, by
+// increasing upper bound. A missing histogram is an error, so that a
+// renamed metric does not read as an empty one.
+func histogramBuckets(r io.Reader, name string) ([]bucket, error) {
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(r)
+	if err != nil {
+		return nil, fmt.Errorf("parse exposition: %w", err)
+	}
+	f := fams[name]
+	if f == nil || f.GetType() != dto.MetricType_HISTOGRAM {
+		return nil, fmt.Errorf("no histogram %q in the exposition", name)
+	}
+	sums := map[float64]float64{}
+	for _, m := range f.GetMetric() {
+		h := m.GetHistogram()
+		inf := false
+		for _, b := range h.GetBucket() {
+			sums[b.GetUpperBound()] += float64(b.GetCumulativeCount())
+			inf = inf || math.IsInf(b.GetUpperBound(), 1)
+		}
+		if !inf { // the text parser keeps the +Inf bucket; protobuf omits it
+			sums[math.Inf(1)] += float64(h.GetSampleCount())
+		}
+	}
+	out := make([]bucket, 0, len(sums))
+	for le, c := range sums {
+		out = append(out, bucket{le, c})
+	}
+	slices.SortFunc(out, func(a, b bucket) int { return cmp.Compare(a.le, b.le) })
+	return out, nil
 }
 
 // sumMetrics adds up, per name, the values of the exposition lines of r
