@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"strings"
@@ -76,18 +77,8 @@ func FuzzHistogramBuckets(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !slices.IsSortedFunc(bs, func(a, b bucket) int { return cmpFloat(a.le, b.le) }) {
+		if !slices.IsSortedFunc(bs, func(a, b bucket) int { return cmp.Compare(a.le, b.le) }) {
 			t.Fatalf("buckets not by increasing bound: %v", bs)
 		}
 	})
-}
-
-func cmpFloat(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
