@@ -113,6 +113,8 @@ type Store struct {
 
 	// prepPool recycles the prepared state of pushes (*prepared).
 	prepPool sync.Pool
+	// modes are the clear_mode spellings pushes used, parsed.
+	modes modeTable
 
 	// keysInLabels says that a series' key can share its labels' memory
 	// (labelsData works in this build).
