@@ -308,6 +308,19 @@ func (s *Store) RunCheckpoints(ctx context.Context, interval time.Duration, log 
 	}
 }
 
+// decodeRecordedBody sets p's families from the body its record holds.
+func decodeRecordedBody(p *Push, decode BodyDecoder) error {
+	if decode == nil {
+		return errors.New("push record holds a body and no decoder was given")
+	}
+	fams, err := decode(p.BodyFormat, p.Body)
+	if err != nil {
+		return fmt.Errorf("decode recorded push body: %w", err)
+	}
+	p.Families, p.Body = fams, nil
+	return nil
+}
+
 // RecoveryLog is what recovery reads: the newest checkpoint and the
 // records after it.
 type RecoveryLog interface {
@@ -316,10 +329,11 @@ type RecoveryLog interface {
 }
 
 // Recover rebuilds an empty Store from the newest checkpoint and the log
-// after it. A record that does not decode or apply is logged and skipped
-// (its CRC was valid, so it is a bug, not a torn write); it never stops
-// Sluice from starting.
-func Recover(s *Store, log RecoveryLog) error {
+// after it. decode turns the push bodies the log recorded (Push.Body) back
+// into families; with nil, such records cannot be replayed. A record that
+// does not decode or apply is logged and skipped (its CRC was valid, so it
+// is a bug, not a torn write); it never stops Sluice from starting.
+func Recover(s *Store, log RecoveryLog, decode BodyDecoder) error {
 	cp, ok, err := log.LoadCheckpoint()
 	if err != nil {
 		return fmt.Errorf("load checkpoint: %w", err)
@@ -338,6 +352,9 @@ func Recover(s *Store, log RecoveryLog) error {
 	err = log.Replay(from, func(pos wal.Position, r wal.Record) error {
 		n++
 		op, err := DecodeOp(r.Type, r.Data)
+		if err == nil && op.Push != nil && op.Push.Body != nil {
+			err = decodeRecordedBody(op.Push, decode)
+		}
 		if err == nil {
 			err = s.Replay(op)
 		}

@@ -1,7 +1,9 @@
 package aggregate
 
 import (
+	"bytes"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +25,8 @@ func TestOpRoundTrip(t *testing.T) {
 	}{
 		{"push", Op{Type: RecordPush, Time: at, Push: &Push{Group: groupLabels("job=f,env=prod"), Method: MethodPut, Families: fams,
 			Modes: []configs.Mode{{Kind: configs.ModeSum}, {Kind: configs.ModeWindowQuantile, Window: time.Minute, Quantile: 0.99, Percent: 99}}, Semantics: ptr(SemanticsPushgateway)}}},
+		{"push_body", Op{Type: RecordPush, Time: at, Push: &Push{Group: groupLabels("job=f"), Method: MethodPost,
+			Modes: []configs.Mode{{Kind: configs.ModeSum}}, Body: []byte("c_total{clear_mode=\"sum\"} 2.5\n"), BodyFormat: BodyText}}},
 		{"push_empty_group_and_body", Op{Type: RecordPush, Time: at, Push: &Push{Group: labels.EmptyLabels(), Method: MethodPost}}},
 		{"push_empty_label_value", Op{Type: RecordPush, Time: at, Push: &Push{Group: groupLabels("job=f,e="), Method: MethodPost}}},
 		{"delete", Op{Type: RecordDelete, Time: at, Group: groupLabels("job=f")}},
@@ -63,6 +67,9 @@ func TestOpRoundTrip(t *testing.T) {
 						t.Fatalf("family %d differs", i)
 					}
 				}
+				if !bytes.Equal(got.Push.Body, tc.op.Push.Body) || got.Push.BodyFormat != tc.op.Push.BodyFormat {
+					t.Fatalf("body %q format %d, want %q format %d", got.Push.Body, got.Push.BodyFormat, tc.op.Push.Body, tc.op.Push.BodyFormat)
+				}
 			}
 			if labels.Compare(got.Group, tc.op.Group) != 0 || len(got.ExpiredGroups) != len(tc.op.ExpiredGroups) || len(got.ExpiredSeries) != len(tc.op.ExpiredSeries) {
 				t.Fatalf("got %+v", got)
@@ -86,6 +93,55 @@ func TestOpRoundTrip(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPushBodyRecord: a push with its body attached is recorded as the
+// body, not its families; bad body formats do not decode.
+func TestPushBodyRecord(t *testing.T) {
+	fams, err := textBody(BodyText, []byte("a 1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte("# a body the families are not encoded from\na 1\n")
+	p := &Push{Group: groupLabels("job=f"), Method: MethodPut, Families: fams, Modes: []configs.Mode{{Kind: configs.ModeSum}},
+		Semantics: ptr(SemanticsPushgateway), Body: body, BodyFormat: BodyProtoDelimited}
+	rec, err := EncodeOp(&Op{Type: RecordPush, Time: time.Unix(1, 0), Push: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasSuffix(rec, append([]byte{byte(BodyProtoDelimited)}, body...)) {
+		t.Fatalf("record %q does not end with the format and the body", rec)
+	}
+	op, err := DecodeOp(RecordPush, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op.Push.Method != MethodPut || *op.Push.Semantics != SemanticsPushgateway || len(op.Push.Families) != 0 {
+		t.Errorf("decoded %+v: want PUT, Pushgateway semantics, no families", op.Push)
+	}
+	for _, tc := range []struct {
+		name string
+		rec  []byte
+		want string
+	}{
+		{name: "unknown format", rec: append(rec[:len(rec)-len(body)-1:len(rec)-len(body)-1], 9), want: "unknown body format 9"},
+		{name: "format missing", rec: rec[: len(rec)-len(body)-1 : len(rec)-len(body)-1], want: "decode"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := DecodeOp(RecordPush, tc.rec); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+	// Without a format the families are recorded as before.
+	p.BodyFormat = 0
+	rec, err = EncodeOp(&Op{Type: RecordPush, Time: time.Unix(1, 0), Push: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op, err = DecodeOp(RecordPush, rec); err != nil || len(op.Push.Families) != 1 || op.Push.Body != nil {
+		t.Errorf("without a format: %+v, %v; want the families", op, err)
 	}
 }
 

@@ -155,7 +155,7 @@ func TestScaleRestart(t *testing.T) {
 	w = open()
 	defer w.Close()
 	s2 := New(scaleSettings(n), time.Now, nil, nil, prometheus.NewRegistry(), logger)
-	if err := Recover(s2, w); err != nil {
+	if err := Recover(s2, w, nil); err != nil {
 		t.Fatal(err)
 	}
 	recoverTook := time.Since(start)

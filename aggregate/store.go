@@ -63,7 +63,30 @@ type Push struct {
 	// every series in push order, and the semantics in force.
 	Modes     []configs.Mode
 	Semantics *Semantics
+
+	// Body, if set, is the decompressed body Families were decoded from,
+	// in BodyFormat. The write-ahead log then records it as it is instead
+	// of encoding Families, and Recover decodes it again with the same
+	// decoder (BodyDecoder). Families must be exactly what that decoder
+	// returns for it.
+	Body       []byte
+	BodyFormat BodyFormat
 }
+
+// BodyFormat is the format of a recorded push body. The values are part of
+// the write-ahead log's format: never renumber them.
+type BodyFormat uint8
+
+const (
+	BodyText           BodyFormat = 1 // Prometheus text format 0.0.4
+	BodyOpenMetrics    BodyFormat = 2 // OpenMetrics text
+	BodyProtoDelimited BodyFormat = 3 // varint-delimited MetricFamily protobufs
+)
+
+// BodyDecoder decodes a push body recorded in the write-ahead log back into
+// the families the push carried (ingest.DecodeRecordedBody). The families
+// may point into body.
+type BodyDecoder func(format BodyFormat, body []byte) ([]*dto.MetricFamily, error)
 
 // Settings are the parts of the configuration a reload may change.
 type Settings struct {
@@ -245,7 +268,8 @@ func (s *Store) preparePush(p *Push, at time.Time, set *Settings, j Journal) (*p
 	var rec []byte
 	if j != nil {
 		rec, err = AppendOp(pr.rec, &Op{Type: RecordPush, Time: at, Push: &Push{
-			Group: p.Group, Method: p.Method, Families: p.Families, Modes: pr.modes, Semantics: &pr.semantics}})
+			Group: p.Group, Method: p.Method, Families: p.Families, Modes: pr.modes, Semantics: &pr.semantics,
+			Body: p.Body, BodyFormat: p.BodyFormat}})
 		if err != nil {
 			return nil, nil, fmt.Errorf("encode push for the write-ahead log: %w", err)
 		}

@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/common/model"
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/sluice-metrics/sluice/aggregate"
 )
 
 // BodyLimits bounds what DecodeBody accepts.
@@ -67,7 +69,8 @@ const (
 // families and no error. Text format families are sorted by name; protobuf
 // and OpenMetrics families keep their input order.
 func DecodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits) ([]*dto.MetricFamily, error) {
-	return decodeBody(contentType, contentEncoding, body, lim, nil)
+	fams, _, err := decodeBody(contentType, contentEncoding, body, lim, nil)
+	return fams, err
 }
 
 // A Decoder decodes push bodies as DecodeBody does, reusing its memory
@@ -80,7 +83,42 @@ type Decoder struct {
 
 // Decode is DecodeBody with the decoder's memory.
 func (d *Decoder) Decode(contentType, contentEncoding string, body []byte, lim BodyLimits) ([]*dto.MetricFamily, error) {
+	fams, _, err := decodeBody(contentType, contentEncoding, body, lim, &d.text)
+	return fams, err
+}
+
+// Source is what a push's families were decoded from: the body with its
+// Content-Encoding undone, and its format. The write-ahead log records it
+// (aggregate.Push.Body) and DecodeRecorded decodes it again on recovery.
+type Source struct {
+	Body   []byte
+	Format aggregate.BodyFormat
+}
+
+// DecodePush is Decode that also returns the families' Source. Source.Body
+// is valid as long as body is.
+func (d *Decoder) DecodePush(contentType, contentEncoding string, body []byte, lim BodyLimits) ([]*dto.MetricFamily, Source, error) {
 	return decodeBody(contentType, contentEncoding, body, lim, &d.text)
+}
+
+// DecodeRecorded decodes a push body the write-ahead log recorded (see
+// Source) into the families DecodePush returned for it: it is an
+// aggregate.BodyDecoder. The families are valid until the decoder's next
+// use. No body limit applies: the body was within the limits when it was
+// accepted.
+func (d *Decoder) DecodeRecorded(format aggregate.BodyFormat, body []byte) ([]*dto.MetricFamily, error) {
+	var f bodyFormat
+	switch format {
+	case aggregate.BodyText:
+		f = formatText
+	case aggregate.BodyOpenMetrics:
+		f = formatOpenMetrics
+	case aggregate.BodyProtoDelimited:
+		f = formatProtoDelimited
+	default:
+		return nil, fmt.Errorf("unknown recorded body format %d", format)
+	}
+	return decodeFormat(f, body, int64(len(body)), &d.text)
 }
 
 // Reset drops every reference to the last body, so that a pooled Decoder
@@ -96,20 +134,41 @@ const maxPooledBody = 1 << 20
 // large reports whether d holds the memory of a body too large to pool.
 func (d *Decoder) large() bool { return cap(d.text.buf) > maxPooledBody }
 
-// decodeBody is DecodeBody, parsing text with tp if not nil.
-func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits, tp *textParser) ([]*dto.MetricFamily, error) {
+// decodeBody is DecodeBody, parsing text with tp if not nil, that also
+// returns the families' source.
+func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits, tp *textParser) ([]*dto.MetricFamily, Source, error) {
 	limit := lim.MaxDecompressedBytes
 	if limit <= 0 {
 		limit = defaultMaxDecompressedBytes
 	}
 	data, err := decompress(contentEncoding, body, limit)
 	if err != nil {
-		return nil, err
+		return nil, Source{}, err
 	}
+	if len(data) == 0 {
+		return nil, Source{}, nil
+	}
+	f := detectFormat(contentType, data)
+	fams, err := decodeFormat(f, data, limit, tp)
+	if err != nil {
+		return nil, Source{}, err
+	}
+	src := Source{Body: data, Format: aggregate.BodyText}
+	switch f {
+	case formatOpenMetrics:
+		src.Format = aggregate.BodyOpenMetrics
+	case formatProtoDelimited:
+		src.Format = aggregate.BodyProtoDelimited
+	}
+	return fams, src, nil
+}
+
+// decodeFormat parses a decompressed body in format f.
+func decodeFormat(f bodyFormat, data []byte, limit int64, tp *textParser) ([]*dto.MetricFamily, error) {
 	if len(data) == 0 {
 		return nil, nil
 	}
-	switch detectFormat(contentType, data) {
+	switch f {
 	case formatProtoDelimited:
 		if tp != nil {
 			if fams, ok := tp.parseProto(data); ok {

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/proto"
 )
 
 // FuzzDecodeBody feeds arbitrary content types, encodings and bodies to
@@ -37,7 +38,42 @@ func FuzzDecodeBody(f *testing.F) {
 		if len(body) == 0 && len(fams) != 0 {
 			t.Fatalf("empty body gave %d families", len(fams))
 		}
+		checkRecordedBody(t, contentType, contentEncoding, body, fams)
 	})
+}
+
+// checkRecordedBody checks that the source DecodePush reports for body
+// (what the write-ahead log records) decodes again to fams, which DecodeBody
+// returned for it: recovery must rebuild exactly the push that was
+// acknowledged.
+func checkRecordedBody(t *testing.T, contentType, contentEncoding string, body []byte, fams []*dto.MetricFamily) {
+	t.Helper()
+	var live, replay Decoder
+	got, src, err := live.DecodePush(contentType, contentEncoding, body, BodyLimits{MaxDecompressedBytes: 1 << 20})
+	if err != nil {
+		t.Fatalf("DecodePush failed where DecodeBody did not: %v", err)
+	}
+	if len(got) != len(fams) {
+		t.Fatalf("DecodePush gave %d families, DecodeBody %d", len(got), len(fams))
+	}
+	if len(src.Body) == 0 {
+		if len(fams) != 0 {
+			t.Fatalf("%d families from no recorded body", len(fams))
+		}
+		return
+	}
+	again, err := replay.DecodeRecorded(src.Format, src.Body)
+	if err != nil {
+		t.Fatalf("recorded body (format %d) does not decode again: %v", src.Format, err)
+	}
+	if len(again) != len(fams) {
+		t.Fatalf("recorded body decodes to %d families, the push had %d", len(again), len(fams))
+	}
+	for i := range fams {
+		if !proto.Equal(again[i], fams[i]) {
+			t.Fatalf("family %d decoded again differs:\n got %v\nwant %v", i, again[i], fams[i])
+		}
+	}
 }
 
 func checkFuzzFamily(t *testing.T, i int, mf *dto.MetricFamily) {

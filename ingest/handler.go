@@ -261,7 +261,7 @@ func (s *server) doPush(c *fiber.Ctx, dec *Decoder) (code int, msg, reason, limi
 	// Request().Body() is the raw body: fiber's c.Body() would undo
 	// Content-Encoding itself, without our limits.
 	body := c.Request().Body()
-	fams, err := dec.Decode(c.Get(fiber.HeaderContentType), c.Get(fiber.HeaderContentEncoding), body,
+	fams, src, err := dec.DecodePush(c.Get(fiber.HeaderContentType), c.Get(fiber.HeaderContentEncoding), body,
 		BodyLimits{MaxDecompressedBytes: lim.MaxDecompressedBodyBytes})
 	switch {
 	case errors.Is(err, ErrBodyTooLarge):
@@ -275,7 +275,8 @@ func (s *server) doPush(c *fiber.Ctx, dec *Decoder) (code int, msg, reason, limi
 	if c.Method() == fiber.MethodPut {
 		m = aggregate.MethodPut
 	}
-	if err := s.opts.Aggregator.Apply(c.Context(), &aggregate.Push{Group: group, Method: m, Families: fams}); err != nil {
+	if err := s.opts.Aggregator.Apply(c.Context(), &aggregate.Push{Group: group, Method: m, Families: fams,
+		Body: src.Body, BodyFormat: src.Format}); err != nil {
 		ae, ok := aggregate.AsError(err)
 		if !ok {
 			s.opts.Logger.Error("apply push", "err", err)

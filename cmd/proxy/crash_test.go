@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"compress/gzip"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -11,6 +13,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/push"
+	"github.com/prometheus/common/expfmt"
 )
 
 // TestCrashRecoveryTotals pushes counter deltas from concurrent clients,
@@ -109,4 +115,87 @@ func lastLines(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// TestEveryBodyFormatSurvivesKill9: the write-ahead log records push
+// bodies as they came. Pushes in every format Sluice takes (client_golang's
+// default protobuf, its text format, OpenMetrics, gzip), in both API
+// semantics' methods, are all back after kill -9 and a restart on the same
+// WAL directory, with the same values, and the log says no record was
+// skipped.
+func TestEveryBodyFormatSurvivesKill9(t *testing.T) {
+	bin := buildBinary(t)
+	walDir := t.TempDir()
+	addr := freePort(t)
+	p := startSluiceOn(t, bin, addr, "--wal.dir="+walDir)
+
+	counter := prometheus.NewCounter(prometheus.CounterOpts{Name: "jobs_total", Help: "Jobs.", ConstLabels: prometheus.Labels{"clear_mode": "sum"}})
+	counter.Add(2)
+	gauge := prometheus.NewGauge(prometheus.GaugeOpts{Name: "queue_depth", Help: "Depth."})
+	gauge.Set(7)
+	for _, pusher := range []*push.Pusher{
+		push.New(p.url, "proto").Collector(counter), // protobuf, the client's default
+		push.New(p.url, "proto").Collector(counter),
+		push.New(p.url, "text").Format(expfmt.NewFormat(expfmt.TypeTextPlain)).Collector(gauge),
+	} {
+		if err := pusher.Add(); err != nil {
+			t.Fatalf("push: %v", err)
+		}
+	}
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	_, _ = zw.Write([]byte("lat{clear_mode=\"mean1m\"} 100\n"))
+	_ = zw.Close()
+	raw := []struct {
+		method, path, contentType, encoding string
+		body                                []byte
+	}{
+		{"PUT", "/metrics/job/om", "application/openmetrics-text; version=1.0.0", "", []byte("# TYPE build info\nbuild_info{version=\"1.2\"} 1\n# EOF\n")},
+		{"POST", "/metrics/job/gz", "text/plain", "gzip", gz.Bytes()},
+		{"POST", "/metrics/job/gz", "text/plain", "", []byte("lat{clear_mode=\"mean1m\"} 200\n")},
+	}
+	for _, r := range raw {
+		req, err := http.NewRequest(r.method, p.url+r.path, bytes.NewReader(r.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", r.contentType)
+		if r.encoding != "" {
+			req.Header.Set("Content-Encoding", r.encoding)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s %s: %d %s", r.method, r.path, resp.StatusCode, b)
+		}
+	}
+	want := []string{
+		`jobs_total{instance="",job="proto"} 4`,
+		`queue_depth{instance="",job="text"} 7`,
+		`build_info{instance="",job="om",version="1.2"} 1`,
+		`lat{instance="",job="gz"} 150`,
+	}
+	check := func(when string, p *sluiceProc) {
+		t.Helper()
+		_, body := p.get(t, "/metrics")
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				t.Errorf("%s: GET /metrics lacks %q", when, w)
+			}
+		}
+	}
+	check("before the kill", p)
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+
+	p = startSluiceOn(t, bin, addr, "--wal.dir="+walDir)
+	defer p.stop(t)
+	check("after kill -9 and a restart", p)
+	if log := p.stderr.String(); strings.Contains(log, "skipped a write-ahead log record") {
+		t.Errorf("recovery skipped records:\n%s", lastLines(log, 20))
+	}
 }

@@ -323,7 +323,9 @@ func run(args []string) error {
 	// Recovery: the HTTP server is up (ready answers 503), the state is
 	// rebuilt from the last checkpoint plus the log after it.
 	replayStart := time.Now()
-	if err := aggregate.Recover(store, wlog); err != nil {
+	// Push records hold the bodies as they came; the push decoder turns
+	// them back into families.
+	if err := aggregate.Recover(store, wlog, new(ingest.Decoder).DecodeRecorded); err != nil {
 		_ = web.Shutdown()
 		wg.Wait()
 		return fmt.Errorf("recover from the write-ahead log: %w", err)
