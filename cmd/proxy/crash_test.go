@@ -128,6 +128,15 @@ func TestEveryBodyFormatSurvivesKill9(t *testing.T) {
 	walDir := t.TempDir()
 	addr := freePort(t)
 	p := startSluiceOn(t, bin, addr, "--wal.dir="+walDir)
+	first := p
+	t.Cleanup(func() { // if the test ends before the kill below
+		select {
+		case <-first.done:
+		default:
+			_ = first.cmd.Process.Kill()
+			<-first.done
+		}
+	})
 
 	counter := prometheus.NewCounter(prometheus.CounterOpts{Name: "jobs_total", Help: "Jobs.", ConstLabels: prometheus.Labels{"clear_mode": "sum"}})
 	counter.Add(2)
@@ -193,8 +202,10 @@ func TestEveryBodyFormatSurvivesKill9(t *testing.T) {
 	<-p.done
 
 	p = startSluiceOn(t, bin, addr, "--wal.dir="+walDir)
-	defer p.stop(t)
+	restarted := p
+	t.Cleanup(func() { restarted.stop(t) }) // if a check ends the test early
 	check("after kill -9 and a restart", p)
+	p.stop(t) // before reading its log, which it writes until it exits
 	if log := p.stderr.String(); strings.Contains(log, "skipped a write-ahead log record") {
 		t.Errorf("recovery skipped records:\n%s", lastLines(log, 20))
 	}
