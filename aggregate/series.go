@@ -76,8 +76,8 @@ type summaryState struct {
 	quantiles  []*dto.Quantile
 }
 
-// series is one aggregated series. Fields are guarded by the mutex of the
-// shard that holds the series, except the immutable identity fields.
+// series is one aggregated series. Its mutable fields are guarded by its
+// group's mutex; the identity fields are immutable.
 type series struct {
 	// Immutable after creation.
 	key   string
@@ -88,14 +88,13 @@ type series struct {
 	mode  configs.Mode
 	fam   *family // set when the series is inserted
 
-	// lastPush (Unix nanoseconds) is guarded by the group's mutex.
-	lastPush int64
-
-	// Guarded by the shard mutex.
-	value float64
-	win   *window
-	hist  *histState
-	summ  *summaryState
+	// Guarded by the group's mutex, as the group's series map is. (The
+	// shard's mutex guards only the shard's map.)
+	lastPush int64 // Unix nanoseconds
+	value    float64
+	win      *window
+	hist     *histState
+	summ     *summaryState
 }
 
 // outputType is the type Sluice exposes the series as: windowed statistics

@@ -3,8 +3,10 @@
 //
 // Concurrency: a push locks its group (so pushes to one group apply in
 // arrival order, as on a Pushgateway), claims the metric families it uses,
-// then locks the shards of the series it touches in ascending order,
-// validates everything against the stored state, and only then mutates.
+// then locks, in ascending order, the shards whose maps it reads or changes
+// (those of series new to the group, or removed), validates everything
+// against the stored state, and only then mutates. A series' fields are
+// guarded by its group's mutex.
 // A rejected push therefore changes nothing. Pushes to different groups and
 // different series do not contend. Lock order: group.mu, then famMu, then
 // shard mutexes in ascending index, then groupsMu.
@@ -149,9 +151,10 @@ type Store struct {
 }
 
 type shard struct {
-	// mu guards series and the mutable fields of every series in it.
-	// Those fields change only with both this lock and the series' group
-	// lock held (applyLocked), so either is enough to read them.
+	// mu guards series, the map. The fields of a series are guarded by
+	// its group's lock (group.mu), which every reader and writer of them
+	// holds; a series is added to or removed from a shard's map with both
+	// locks held.
 	mu     sync.Mutex
 	series map[string]*series
 	_      [40]byte // keep neighbouring shard mutexes off one cache line
@@ -163,8 +166,7 @@ type group struct {
 	labels labels.Labels
 
 	// mu serialises pushes to the group and guards every field below and
-	// lastPush of the group's series; holding it, the series' other fields
-	// can be read without their shard's lock (see shard.mu).
+	// the mutable fields of the group's series (see shard.mu).
 	mu          sync.Mutex
 	series      map[string]*series
 	lastPush    int64 // Unix nanoseconds of the last successful push; 0 = never
@@ -421,10 +423,18 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 		}
 	}
 
-	// Lock every shard we touch, in ascending order.
+	// Lock, in ascending order, the shards whose maps this push reads or
+	// changes: those of the series new to the group (looked up, then
+	// added) and of the removed ones. The fields of a series are guarded
+	// by its group's lock, held here, so a series the group already has
+	// is updated without its shard's: a job's repeated push takes no
+	// shard lock at all. (Taking the shard of every update cost about 3%
+	// of a push's CPU time, the mutexes bouncing between the cores.)
 	idx := pr.shardIdx[:0]
 	for i := range pr.updates {
-		idx = append(idx, pr.updates[i].shard)
+		if found[i] == nil {
+			idx = append(idx, pr.updates[i].shard)
+		}
 	}
 	for _, se := range removed {
 		idx = append(idx, s.shardOf(se.key))
