@@ -871,7 +871,7 @@ const dropChunk = 2 << 20
 // than memory: the page cache then grows by the log's whole rate (tens of
 // MB/s at SPEC 10's push rates) until a checkpoint deletes the segments,
 // and on a virtual machine whose host backs guest memory on first touch
-// (the Firecracker development VM) each fresh page cost 6-8 µs to fill.
+// (the Firecracker development VM) each fresh page cost 6-9 µs to fill.
 // Evicted pages go back to the kernel's free lists, where the next
 // zeroAhead finds them: interleaved 1 GiB runs of the log's write pattern
 // took 66 instead of 80 µs of CPU per append and fsync. Only synced bytes
