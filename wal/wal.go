@@ -884,9 +884,10 @@ func (w *WAL) dropSynced() {
 	}
 }
 
+// fsync makes what was written to f durable (syncFile), timed and counted.
 func (w *WAL) fsync(f File) error {
 	start := time.Now()
-	err := f.Sync()
+	err := syncFile(f)
 	w.m.fsyncDuration.Observe(time.Since(start).Seconds())
 	w.m.fsyncs.Inc()
 	return err
