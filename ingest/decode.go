@@ -107,18 +107,14 @@ func (d *Decoder) DecodePush(contentType, contentEncoding string, body []byte, l
 // use. No body limit applies: the body was within the limits when it was
 // accepted.
 func (d *Decoder) DecodeRecorded(format aggregate.BodyFormat, body []byte) ([]*dto.MetricFamily, error) {
-	var f bodyFormat
 	switch format {
-	case aggregate.BodyText:
-		f = formatText
-	case aggregate.BodyOpenMetrics:
-		f = formatOpenMetrics
-	case aggregate.BodyProtoDelimited:
-		f = formatProtoDelimited
-	default:
-		return nil, fmt.Errorf("unknown recorded body format %d", format)
+	case aggregate.BodyText, aggregate.BodyOpenMetrics, aggregate.BodyProtoDelimited:
+		if len(body) == 0 {
+			return nil, nil
+		}
+		return decodeFormat(format, body, int64(len(body)), &d.text)
 	}
-	return decodeFormat(f, body, int64(len(body)), &d.text)
+	return nil, fmt.Errorf("unknown recorded body format %d", format)
 }
 
 // Reset drops every reference to the last body, so that a pooled Decoder
@@ -153,30 +149,20 @@ func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits
 	if err != nil {
 		return nil, Source{}, err
 	}
-	src := Source{Body: data, Format: aggregate.BodyText}
-	switch f {
-	case formatOpenMetrics:
-		src.Format = aggregate.BodyOpenMetrics
-	case formatProtoDelimited:
-		src.Format = aggregate.BodyProtoDelimited
-	}
-	return fams, src, nil
+	return fams, Source{Body: data, Format: f}, nil
 }
 
-// decodeFormat parses a decompressed body in format f.
-func decodeFormat(f bodyFormat, data []byte, limit int64, tp *textParser) ([]*dto.MetricFamily, error) {
-	if len(data) == 0 {
-		return nil, nil
-	}
+// decodeFormat parses a decompressed, non-empty body in format f.
+func decodeFormat(f aggregate.BodyFormat, data []byte, limit int64, tp *textParser) ([]*dto.MetricFamily, error) {
 	switch f {
-	case formatProtoDelimited:
+	case aggregate.BodyProtoDelimited:
 		if tp != nil {
 			if fams, ok := tp.parseProto(data); ok {
 				return fams, nil
 			}
 		}
 		return decodeProtoDelimited(data, limit)
-	case formatOpenMetrics:
+	case aggregate.BodyOpenMetrics:
 		return decodeOpenMetrics(data)
 	default:
 		return decodeText(data, tp)
@@ -282,41 +268,33 @@ func fill(r io.Reader, buf []byte) (int, error) {
 	return n, nil
 }
 
-type bodyFormat int
-
-const (
-	formatText bodyFormat = iota
-	formatProtoDelimited
-	formatOpenMetrics
-)
-
 // detectFormat picks the parser for a non-empty, decompressed body.
-func detectFormat(contentType string, body []byte) bodyFormat {
+func detectFormat(contentType string, body []byte) aggregate.BodyFormat {
 	if contentType == textContentType || contentType == "text/plain" || contentType == "" {
 		// What client_golang sends (and curl's default): no parameters
 		// to parse, so mime.ParseMediaType's allocations are skipped.
 		if endsWithEOFLine(body) {
-			return formatOpenMetrics
+			return aggregate.BodyOpenMetrics
 		}
-		return formatText
+		return aggregate.BodyText
 	}
 	if contentType == protoContentType {
-		return formatProtoDelimited
+		return aggregate.BodyProtoDelimited
 	}
 	if mediaType, params, err := mime.ParseMediaType(contentType); err == nil {
 		switch mediaType {
 		case protoMediaType:
 			if params["proto"] == protoParamProto && params["encoding"] == protoParamEncode {
-				return formatProtoDelimited
+				return aggregate.BodyProtoDelimited
 			}
 		case openMetricsType:
-			return formatOpenMetrics
+			return aggregate.BodyOpenMetrics
 		}
 	}
 	if endsWithEOFLine(body) {
-		return formatOpenMetrics
+		return aggregate.BodyOpenMetrics
 	}
-	return formatText
+	return aggregate.BodyText
 }
 
 // endsWithEOFLine reports whether the last non-empty line of body is exactly "# EOF".
