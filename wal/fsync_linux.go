@@ -28,18 +28,8 @@ import (
 // Files that are not an *os.File (the tests' fault-injecting wrappers) are
 // synced with their Sync.
 func syncFile(f File) error {
-	of, ok := f.(*os.File)
-	if !ok {
-		return f.Sync()
-	}
-	rc, err := of.SyscallConn()
-	if err != nil {
-		return f.Sync()
-	}
 	var serr error
-	// Control keeps the descriptor open while the call runs; on a closed
-	// file it fails, and Sync reports that as os.ErrClosed.
-	if err := rc.Control(func(fd uintptr) {
+	ok := withFd(f, func(fd uintptr) {
 		for {
 			_, _, e := syscall.RawSyscall(syscall.SYS_FSYNC, fd, 0, 0)
 			if e == 0 {
@@ -50,11 +40,14 @@ func syncFile(f File) error {
 				return
 			}
 		}
-	}); err != nil {
+	})
+	switch {
+	case !ok:
+		// Not an *os.File, or closed: Sync reports the latter as
+		// os.ErrClosed.
 		return f.Sync()
-	}
-	if serr != nil {
-		return &os.PathError{Op: "fsync", Path: of.Name(), Err: serr}
+	case serr != nil:
+		return &os.PathError{Op: "fsync", Path: f.(*os.File).Name(), Err: serr}
 	}
 	return nil
 }
