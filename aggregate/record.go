@@ -84,18 +84,18 @@ func EncodeOp(op *Op) ([]byte, error) { return AppendOp(nil, op) }
 // it is large enough.
 func AppendOp(dst []byte, op *Op) ([]byte, error) {
 	b := dst[:0]
+	withBody := op.Type == RecordPush && bodyRecord(op.Push)
 	if op.Type == RecordPush {
-		// Room for the whole record, mostly: families take some 100
-		// bytes per metric.
-		n := 0
-		for _, f := range op.Push.Families {
-			n += len(f.Metric)
+		// Room for the whole record, mostly: the body, or families of
+		// some 100 bytes per metric.
+		payload := len(op.Push.Body)
+		if !withBody {
+			payload = 0
+			for _, f := range op.Push.Families {
+				payload += 112 * len(f.Metric)
+			}
 		}
-		want := 128 + 16*len(op.Push.Modes) + 112*n
-		if bodyRecord(op.Push) {
-			want = 128 + 16*len(op.Push.Modes) + len(op.Push.Body)
-		}
-		if cap(b) < want {
+		if want := 128 + 16*len(op.Push.Modes) + payload; cap(b) < want {
 			b = make([]byte, 0, want)
 		}
 	}
@@ -106,7 +106,7 @@ func AppendOp(dst []byte, op *Op) ([]byte, error) {
 		if op.Push.Semantics != nil && *op.Push.Semantics == SemanticsPushgateway {
 			m |= pushgatewayBit
 		}
-		if bodyRecord(op.Push) {
+		if withBody {
 			m |= bodyBit
 		}
 		b = append(b, m)
