@@ -81,17 +81,6 @@ func commitDelay(q int, lastAppend time.Duration, rate float64) time.Duration {
 	return d
 }
 
-// relayOnly reports whether every queued record is a relayed request
-// (see commitGain: such a queue does not wait).
-func relayOnly(q []*commitItem) bool {
-	for _, it := range q {
-		if it.barrier || it.rec.Type != RecordRelay {
-			return false
-		}
-	}
-	return true
-}
-
 // arrivalRate is an average rate of records per second: each batch adds
 // its records over the time since the previous batch was taken.
 type arrivalRate struct {
@@ -117,8 +106,10 @@ type Committer struct {
 	log Log
 
 	// mu guards queue and err.
-	mu    sync.Mutex
-	queue []*commitItem
+	mu sync.Mutex
+	// queue holds the batches waiting to be written, oldest first; the
+	// last one takes new records until it holds maxCommitBatch bytes.
+	queue []*commitBatch
 	err   error // sticky: once a batch failed, nothing more is written
 
 	wake chan struct{}
@@ -133,12 +124,28 @@ type Committer struct {
 	last   wal.Position
 }
 
-type commitItem struct {
-	rec  wal.Record
-	done chan struct{}
-	err  error
-	// barrier marks an item without a record (Barrier).
-	barrier bool
+// commitBatch is what goes to the log in one Append, and the outcome its
+// waiters share: one channel per batch rather than per record, which
+// took three allocations (item, channel, closure) off every push.
+type commitBatch struct {
+	recs  []wal.Record
+	size  int // bytes of record data
+	items int // records and barriers
+	// relay is whether every item is a relayed request: such a batch is
+	// never held back (see commitGain).
+	relay bool
+	done  chan struct{}
+	err   error // set before done is closed
+}
+
+// wait blocks until the batch is written, or ctx is done.
+func (b *commitBatch) wait(ctx context.Context) error {
+	select {
+	case <-b.done:
+		return b.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // NewCommitter builds a Committer; Run does the writing.
@@ -148,35 +155,45 @@ func NewCommitter(log Log) *Committer {
 
 // Enqueue implements Journal.
 func (c *Committer) Enqueue(typ uint8, data []byte) func(context.Context) error {
-	return c.add(&commitItem{rec: wal.Record{Type: typ, Data: data}, done: make(chan struct{})})
+	return c.add(wal.Record{Type: typ, Data: data}, false)
 }
 
 // Barrier implements Journal.
 func (c *Committer) Barrier(ctx context.Context) error {
-	return c.add(&commitItem{done: make(chan struct{}), barrier: true})(ctx)
+	return c.add(wal.Record{}, true)(ctx)
 }
 
-func (c *Committer) add(it *commitItem) func(context.Context) error {
+// add queues rec (or, for a barrier, nothing) in the open batch, or in a
+// new one if rec would take the open one past maxCommitBatch (a single
+// larger record still goes, alone).
+func (c *Committer) add(rec wal.Record, barrier bool) func(context.Context) error {
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
 		return func(context.Context) error { return err }
 	}
-	c.queue = append(c.queue, it)
+	var b *commitBatch
+	if n := len(c.queue); n > 0 && (barrier || c.queue[n-1].size == 0 || c.queue[n-1].size+len(rec.Data) <= maxCommitBatch) {
+		b = c.queue[n-1]
+	} else {
+		b = &commitBatch{relay: true, done: make(chan struct{})}
+		c.queue = append(c.queue, b)
+	}
+	b.items++
+	if barrier {
+		b.relay = false
+	} else {
+		b.recs = append(b.recs, rec)
+		b.size += len(rec.Data)
+		b.relay = b.relay && rec.Type == RecordRelay
+	}
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
 	default:
 	}
-	return func(ctx context.Context) error {
-		select {
-		case <-it.done:
-			return it.err
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	return b.wait
 }
 
 // Position returns the position after the last durable batch.
@@ -213,63 +230,47 @@ func (c *Committer) drain() {
 			c.mu.Unlock()
 			return
 		}
-		if d := commitDelay(len(c.queue), c.lastAppend, c.rate.perSec); d > 0 && !relayOnly(c.queue) {
+		if d := commitDelay(c.queue[0].items, c.lastAppend, c.rate.perSec); d > 0 && !c.queue[0].relay {
 			// Records are arriving densely, but fewer are queued than
 			// make an fsync worth its CPU: wait half an fsync for more
-			// to join.
+			// to join (the head batch stays open meanwhile).
 			c.mu.Unlock()
 			time.Sleep(d)
 			c.mu.Lock()
 		}
-		n, size := 0, 0
-		for n < len(c.queue) {
-			if it := c.queue[n]; !it.barrier {
-				if n > 0 && size+len(it.rec.Data) > maxCommitBatch {
-					break
-				}
-				size += len(it.rec.Data)
-			}
-			n++
-		}
-		batch := c.queue[:n:n]
-		c.queue = c.queue[n:]
+		b := c.queue[0]
+		// Shift rather than reslice, so that the backing array is reused.
+		n := copy(c.queue, c.queue[1:])
+		c.queue[n] = nil
+		c.queue = c.queue[:n]
 		// Counted when taken, each record once, over intervals that
 		// follow one another: records that came in during a wait count
 		// too, so waiting does not make the rate look lower.
-		c.rate.observe(n, time.Now())
+		c.rate.observe(b.items, time.Now())
 		err := c.err
 		c.mu.Unlock()
 
-		if err == nil {
-			recs := make([]wal.Record, 0, len(batch))
-			for _, it := range batch {
-				if !it.barrier {
-					recs = append(recs, it.rec)
+		if err == nil && len(b.recs) > 0 {
+			// Background: once queued, a batch is written even if the
+			// requests that queued it went away.
+			var pos wal.Position
+			start := time.Now()
+			pos, err = c.log.Append(context.Background(), b.recs...)
+			c.lastAppend = time.Since(start)
+			if err == nil {
+				c.lastMu.Lock()
+				c.last = pos
+				c.lastMu.Unlock()
+			} else {
+				c.mu.Lock()
+				if c.err == nil {
+					c.err = err
 				}
-			}
-			if len(recs) > 0 {
-				// Background: once queued, a batch is written even if the
-				// requests that queued it went away.
-				var pos wal.Position
-				start := time.Now()
-				pos, err = c.log.Append(context.Background(), recs...)
-				c.lastAppend = time.Since(start)
-				if err == nil {
-					c.lastMu.Lock()
-					c.last = pos
-					c.lastMu.Unlock()
-				} else {
-					c.mu.Lock()
-					if c.err == nil {
-						c.err = err
-					}
-					c.mu.Unlock()
-				}
+				c.mu.Unlock()
 			}
 		}
-		for _, it := range batch {
-			it.err = err
-			close(it.done)
-		}
+		b.recs = nil // the waiters keep b; not its records
+		b.err = err
+		close(b.done)
 	}
 }

@@ -2,6 +2,8 @@ package aggregate
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -143,25 +145,88 @@ func TestArrivalRate(t *testing.T) {
 	}
 }
 
-func TestRelayOnly(t *testing.T) {
-	relay := &commitItem{rec: wal.Record{Type: RecordRelay}}
-	push := &commitItem{rec: wal.Record{Type: RecordPush}}
-	barrier := &commitItem{barrier: true}
+// TestCommitBatches checks how queued items fall into batches (a Committer
+// that is not running, so nothing is taken): whether the head batch counts
+// as relayed requests only, which is never held back, and where
+// maxCommitBatch splits the queue.
+func TestCommitBatches(t *testing.T) {
+	relay := wal.Record{Type: RecordRelay, Data: []byte{1}}
+	push := wal.Record{Type: RecordPush, Data: []byte{1}}
+	half := wal.Record{Type: RecordPush, Data: make([]byte, maxCommitBatch/2+1)}
+	huge := wal.Record{Type: RecordPush, Data: make([]byte, maxCommitBatch+1)}
+	type item struct {
+		rec     wal.Record
+		barrier bool
+	}
 	for _, tc := range []struct {
-		name  string
-		queue []*commitItem
-		want  bool
+		name      string
+		items     []item
+		wantRelay bool
+		wantItems []int // items per batch
 	}{
-		{name: "relayed requests only", queue: []*commitItem{relay, relay, relay}, want: true},
-		{name: "one relayed request", queue: []*commitItem{relay}, want: true},
-		{name: "a push among them", queue: []*commitItem{relay, push, relay}, want: false},
-		{name: "pushes only", queue: []*commitItem{push, push}, want: false},
-		{name: "a barrier", queue: []*commitItem{relay, barrier}, want: false},
+		{name: "relayed requests only", items: []item{{rec: relay}, {rec: relay}, {rec: relay}}, wantRelay: true, wantItems: []int{3}},
+		{name: "one relayed request", items: []item{{rec: relay}}, wantRelay: true, wantItems: []int{1}},
+		{name: "a push among them", items: []item{{rec: relay}, {rec: push}, {rec: relay}}, wantItems: []int{3}},
+		{name: "pushes only", items: []item{{rec: push}, {rec: push}}, wantItems: []int{2}},
+		{name: "a barrier", items: []item{{rec: relay}, {barrier: true}}, wantItems: []int{2}},
+		{name: "a barrier alone", items: []item{{barrier: true}}, wantItems: []int{1}},
+		{name: "two records past maxCommitBatch", items: []item{{rec: half}, {rec: half}, {rec: push}}, wantItems: []int{1, 2}},
+		{name: "a larger record goes alone", items: []item{{rec: push}, {rec: huge}, {rec: push}}, wantItems: []int{1, 1, 1}},
+		{name: "a larger record in a batch of barriers", items: []item{{barrier: true}, {rec: huge}}, wantItems: []int{2}},
+		{name: "a barrier joins a full batch", items: []item{{rec: half}, {rec: half}, {barrier: true}}, wantItems: []int{1, 2}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := relayOnly(tc.queue); got != tc.want {
-				t.Fatalf("relayOnly = %v, want %v", got, tc.want)
+			c := NewCommitter(&gatedLog{gate: make(chan struct{})})
+			for _, it := range tc.items {
+				c.add(it.rec, it.barrier)
+			}
+			if got := c.queue[0].relay; got != tc.wantRelay {
+				t.Errorf("head batch relay = %v, want %v", got, tc.wantRelay)
+			}
+			var got []int
+			for _, b := range c.queue {
+				got = append(got, b.items)
+			}
+			if !slices.Equal(got, tc.wantItems) {
+				t.Errorf("items per batch %v, want %v", got, tc.wantItems)
 			}
 		})
 	}
+}
+
+// TestCommitterSharedOutcome checks that every waiter of a batch gets the
+// batch's outcome, and a later batch fails too once one failed.
+func TestCommitterSharedOutcome(t *testing.T) {
+	log := &failingLog{err: errors.New("disk on fire")}
+	c := NewCommitter(log)
+	waits := []func(context.Context) error{
+		c.Enqueue(RecordPush, []byte{1}),
+		c.Enqueue(RecordPush, []byte{2}),
+		c.add(wal.Record{}, true),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	for i, w := range waits {
+		if err := w(context.Background()); !errors.Is(err, log.err) {
+			t.Fatalf("waiter %d: %v, want %v", i, err, log.err)
+		}
+	}
+	if err := c.Enqueue(RecordPush, []byte{3})(context.Background()); !errors.Is(err, log.err) {
+		t.Fatalf("after the failure: %v, want %v", err, log.err)
+	}
+	if log.calls != 1 {
+		t.Fatalf("%d appends, want the one batch", log.calls)
+	}
+}
+
+type failingLog struct {
+	err   error
+	calls int // only Run's goroutine appends
+}
+
+func (l *failingLog) Append(context.Context, ...wal.Record) (wal.Position, error) {
+	l.calls++
+	return wal.Position{}, l.err
 }

@@ -76,10 +76,11 @@ type prepared struct {
 	// a later push only once the log is done with it: the record was
 	// not enqueued, or it is durable (applyPush).
 	rec []byte
-	// shardIdx, found and pend are applyLocked's scratch space.
+	// shardIdx, found, pend and claimed are applyLocked's scratch space.
 	shardIdx []int
 	found    []*series
 	pend     []pending
+	claimed  []*family
 }
 
 // maxPooledUpdates bounds the pushes whose prepared state is pooled: one
@@ -105,8 +106,9 @@ func (s *Store) releasePrepared(pr *prepared) {
 	}
 	clear(pr.pend)
 	clear(pr.found)
+	clear(pr.claimed)
 	*pr = prepared{updates: pr.updates[:0], modes: pr.modes[:0], arena: pr.arena[:0], rec: rec,
-		shardIdx: pr.shardIdx[:0], found: pr.found[:0], pend: pr.pend[:0]}
+		shardIdx: pr.shardIdx[:0], found: pr.found[:0], pend: pr.pend[:0], claimed: pr.claimed[:0]}
 	s.prepPool.Put(pr)
 }
 
@@ -127,7 +129,7 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 	if pr == nil {
 		pr = &prepared{}
 	}
-	pr.groupKey, pr.group, pr.semantics = groupKey(p.Group), p.Group, sem
+	pr.groupKey, pr.group, pr.semantics = groupKey(p.Group, s.keysInLabels), p.Group, sem
 	if sem == SemanticsPushgateway && p.Method == MethodPut {
 		pr.replaceAll = true
 	}

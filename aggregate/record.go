@@ -83,71 +83,11 @@ func EncodeOp(op *Op) ([]byte, error) { return AppendOp(nil, op) }
 // AppendOp is EncodeOp appending to dst[:0], whose array it reuses when
 // it is large enough.
 func AppendOp(dst []byte, op *Op) ([]byte, error) {
-	b := dst[:0]
-	withBody := op.Type == RecordPush && bodyRecord(op.Push)
 	if op.Type == RecordPush {
-		// Room for the whole record, mostly: the body, or families of
-		// some 100 bytes per metric.
-		payload := len(op.Push.Body)
-		if !withBody {
-			payload = 0
-			for _, f := range op.Push.Families {
-				payload += 112 * len(f.Metric)
-			}
-		}
-		if want := 128 + 16*len(op.Push.Modes) + payload; cap(b) < want {
-			b = make([]byte, 0, want)
-		}
+		return appendPushOp(dst, op.Time, op.Push)
 	}
-	b = binary.BigEndian.AppendUint64(b, uint64(op.Time.UnixNano()))
+	b := binary.BigEndian.AppendUint64(dst[:0], uint64(op.Time.UnixNano()))
 	switch op.Type {
-	case RecordPush:
-		m := byte(op.Push.Method)
-		if op.Push.Semantics != nil && *op.Push.Semantics == SemanticsPushgateway {
-			m |= pushgatewayBit
-		}
-		if withBody {
-			m |= bodyBit
-		}
-		b = append(b, m)
-		b = appendLabels(b, op.Push.Group)
-		b = binary.AppendUvarint(b, uint64(len(op.Push.Modes)))
-		// A push has a few distinct modes; spell each once.
-		var spelled [8]struct {
-			m configs.Mode
-			s string
-		}
-		nSpelled := 0
-		for _, md := range op.Push.Modes {
-			i := 0
-			for i < nSpelled && spelled[i].m != md {
-				i++
-			}
-			if i == nSpelled {
-				if i == len(spelled) {
-					i = 0 // full: start over (the cache only saves work)
-					nSpelled = 0
-				}
-				spelled[i].m, spelled[i].s = md, md.String()
-				nSpelled++
-			}
-			b = appendString(b, spelled[i].s)
-		}
-		if bodyRecord(op.Push) {
-			// The body as it came: a copy, where encoding the families
-			// cost about 5% of a push's CPU time.
-			b = append(b, byte(op.Push.BodyFormat))
-			return append(b, op.Push.Body...), nil
-		}
-		// What protodelim.MarshalTo writes, appended in place.
-		out := b
-		for _, f := range op.Push.Families {
-			var err error
-			if out, err = appendFamilyDelimited(out, f); err != nil {
-				return nil, fmt.Errorf("encode push record: %w", err)
-			}
-		}
-		return out, nil
 	case RecordDelete:
 		return appendLabels(b, op.Group), nil
 	case RecordWipe:
@@ -166,6 +106,73 @@ func AppendOp(dst []byte, op *Op) ([]byte, error) {
 		return encodeRelay(b, op)
 	}
 	return nil, fmt.Errorf("encode op: unknown record type %d", op.Type)
+}
+
+// appendPushOp is AppendOp for a RecordPush op of p at time at. Taking p
+// rather than an Op lets a caller build p on its stack: an Op's pointees
+// escape through AppendOp.
+func appendPushOp(dst []byte, at time.Time, p *Push) ([]byte, error) {
+	b := dst[:0]
+	withBody := bodyRecord(p)
+	// Room for the whole record, mostly: the body, or families of some
+	// 100 bytes per metric.
+	payload := len(p.Body)
+	if !withBody {
+		payload = 0
+		for _, f := range p.Families {
+			payload += 112 * len(f.Metric)
+		}
+	}
+	if want := 128 + 16*len(p.Modes) + payload; cap(b) < want {
+		b = make([]byte, 0, want)
+	}
+	b = binary.BigEndian.AppendUint64(b, uint64(at.UnixNano()))
+	m := byte(p.Method)
+	if p.Semantics != nil && *p.Semantics == SemanticsPushgateway {
+		m |= pushgatewayBit
+	}
+	if withBody {
+		m |= bodyBit
+	}
+	b = append(b, m)
+	b = appendLabels(b, p.Group)
+	b = binary.AppendUvarint(b, uint64(len(p.Modes)))
+	// A push has a few distinct modes; spell each once.
+	var spelled [8]struct {
+		m configs.Mode
+		s string
+	}
+	nSpelled := 0
+	for _, md := range p.Modes {
+		i := 0
+		for i < nSpelled && spelled[i].m != md {
+			i++
+		}
+		if i == nSpelled {
+			if i == len(spelled) {
+				i = 0 // full: start over (the cache only saves work)
+				nSpelled = 0
+			}
+			spelled[i].m, spelled[i].s = md, md.String()
+			nSpelled++
+		}
+		b = appendString(b, spelled[i].s)
+	}
+	if withBody {
+		// The body as it came: a copy, where encoding the families cost
+		// about 5% of a push's CPU time.
+		b = append(b, byte(p.BodyFormat))
+		return append(b, p.Body...), nil
+	}
+	// What protodelim.MarshalTo writes, appended in place.
+	out := b
+	for _, f := range p.Families {
+		var err error
+		if out, err = appendFamilyDelimited(out, f); err != nil {
+			return nil, fmt.Errorf("encode push record: %w", err)
+		}
+	}
+	return out, nil
 }
 
 // DecodeOp parses a record written by EncodeOp. It never panics on bad

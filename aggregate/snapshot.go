@@ -369,7 +369,7 @@ func (s *Store) restore(data []byte) error {
 		if err != nil {
 			return err
 		}
-		g := &group{key: groupKey(ls), labels: ls}
+		g := &group{key: groupKey(ls, s.keysInLabels), labels: ls}
 		if g.lastPush, err = gr.varint(); err != nil {
 			return err
 		}

@@ -225,7 +225,17 @@ func (s *Store) shardOf(key string) int { return s.shardOfHash(xxhash.Sum64Strin
 // shardOfHash is shardOf for a key's xxhash.
 func (s *Store) shardOfHash(h uint64) int { return int(h % uint64(len(s.shards))) }
 
-func groupKey(ls labels.Labels) string { return string(ls.Bytes(nil)) }
+// groupKey returns the key of the group ls: its encoding, as a string
+// sharing ls's memory when keysInLabels (a group keeps its labels anyway),
+// else as a copy.
+func groupKey(ls labels.Labels, keysInLabels bool) string {
+	if keysInLabels {
+		if d, ok := labelsData(ls); ok {
+			return d
+		}
+	}
+	return string(ls.Bytes(nil))
+}
 
 // Apply validates a push against the stored state and applies it
 // atomically: either every series is updated or, on error, nothing is.
@@ -269,9 +279,9 @@ func (s *Store) preparePush(p *Push, at time.Time, set *Settings, j Journal) (*p
 	}
 	var rec []byte
 	if j != nil {
-		rec, err = AppendOp(pr.rec, &Op{Type: RecordPush, Time: at, Push: &Push{
+		rec, err = appendPushOp(pr.rec, at, &Push{
 			Group: p.Group, Method: p.Method, Families: p.Families, Modes: pr.modes, Semantics: &pr.semantics,
-			Body: p.Body, BodyFormat: p.BodyFormat}})
+			Body: p.Body, BodyFormat: p.BodyFormat})
 		if err != nil {
 			return nil, nil, fmt.Errorf("encode push for the write-ahead log: %w", err)
 		}
@@ -334,7 +344,7 @@ func (s *Store) recordFailure(groupLabels labels.Labels, now int64) {
 func (s *Store) lookupGroup(groupLabels labels.Labels) *group {
 	s.groupsMu.Lock()
 	defer s.groupsMu.Unlock()
-	return s.groups[groupKey(groupLabels)]
+	return s.groups[groupKey(groupLabels, s.keysInLabels)]
 }
 
 // lockGroup returns the push's group, created if needed, with its mutex held.
@@ -370,11 +380,13 @@ type pending struct {
 
 func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, enqueue func()) error {
 	// Claim the families so their types cannot change underneath us.
-	var claimed claimSet
+	// The list is the pooled prepared's, so that it costs no allocation.
+	claimed := claimSet{list: pr.claimed[:0]}
 	defer func() {
 		for _, f := range claimed.list {
 			s.release(f)
 		}
+		pr.claimed = claimed.list
 	}()
 	for i := range pr.updates {
 		u := &pr.updates[i]
@@ -527,7 +539,6 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 // handful, so they are found by scanning from the end (updates of one
 // family are adjacent); a map takes over for pushes with many.
 type claimSet struct {
-	buf    [8]*family
 	list   []*family
 	byName map[string]*family
 }
@@ -548,9 +559,6 @@ func (c *claimSet) get(name string) *family {
 }
 
 func (c *claimSet) add(f *family) {
-	if c.list == nil {
-		c.list = c.buf[:0]
-	}
 	c.list = append(c.list, f)
 	switch {
 	case c.byName != nil:

@@ -32,6 +32,8 @@ import (
 // concurrent use; Apply is atomic (a rejected push changes nothing) and
 // returns *aggregate.Error for rejections.
 type Aggregator interface {
+	// Apply applies a push. It must not keep p, whose memory the
+	// handler reuses for a later push once Apply returns.
 	Apply(ctx context.Context, p *aggregate.Push) error
 	// Write applies a remote_write request: the series to relay and the
 	// pushes built from the series to aggregate (see aggregate.Store.Write,
@@ -93,15 +95,23 @@ type server struct {
 	limits  *limitMetrics  // limits.go
 	auth    *authState     // auth.go
 	authm   *authMetrics
-	// decoders recycles push body decoders (*Decoder) and their memory.
-	decoders sync.Pool
+	// pushes recycles what a push needs (*pushScratch) and its memory.
+	pushes sync.Pool
+}
+
+// pushScratch is one push's memory: its body decoder, and the Push handed
+// to the Aggregator (which does not keep it), so that the Push is not an
+// allocation of its own.
+type pushScratch struct {
+	dec  Decoder
+	push aggregate.Push
 }
 
 // NewApp builds the fiber application serving every endpoint. bodyLimit
 // caps request bodies as received (fiber answers 413 above it).
 func NewApp(opts Options, bodyLimit int) *fiber.App {
 	s := &server{opts: opts, metrics: newIngestMetrics(opts.Registerer), rw: newRWMetrics(opts.Registerer), meta: newMetadataCache()}
-	s.decoders.New = func() any { return new(Decoder) }
+	s.pushes.New = func() any { return new(pushScratch) }
 	s.scrape = adaptor.HTTPHandler(promhttp.HandlerFor(
 		prometheus.Gatherers{opts.Gatherer, opts.Aggregator},
 		promhttp.HandlerOpts{
@@ -226,14 +236,28 @@ func groupFromPath(c *fiber.Ctx) (labels.Labels, error) {
 	return ParseGroupingKey(raw[len("/metrics"):])
 }
 
+// methodName returns a push's method as a string that outlives the
+// request (fiber reuses the request memory): a constant for the methods a
+// push route serves.
+func methodName(m string) string {
+	switch m {
+	case fiber.MethodPut:
+		return fiber.MethodPut
+	case fiber.MethodPost:
+		return fiber.MethodPost
+	}
+	return strings.Clone(m)
+}
+
 func (s *server) push(c *fiber.Ctx) error {
 	start := time.Now()
-	method := strings.Clone(c.Method()) // fiber reuses the request memory
-	dec := s.decoders.Get().(*Decoder)
-	code, msg, reason, limit := s.doPush(c, dec)
-	dec.Reset() // the push is applied: nothing refers to its families any more
-	if !dec.large() {
-		s.decoders.Put(dec)
+	method := methodName(c.Method())
+	ps := s.pushes.Get().(*pushScratch)
+	code, msg, reason, limit := s.doPush(c, ps)
+	ps.dec.Reset() // the push is applied: nothing refers to its families any more
+	ps.push = aggregate.Push{}
+	if !ps.dec.large() {
+		s.pushes.Put(ps)
 	}
 	s.metrics.requests.WithLabelValues(method, strconv.Itoa(code)).Inc()
 	s.metrics.duration.WithLabelValues(method).Observe(time.Since(start).Seconds())
@@ -252,7 +276,8 @@ func (s *server) push(c *fiber.Ctx) error {
 // doPush returns the status code, the error message (empty on success),
 // the rejection reason for the metrics, and the limits.* field that
 // rejected the push, if one did.
-func (s *server) doPush(c *fiber.Ctx, dec *Decoder) (code int, msg, reason, limit string) {
+func (s *server) doPush(c *fiber.Ctx, ps *pushScratch) (code int, msg, reason, limit string) {
+	dec := &ps.dec
 	group, err := groupFromPath(c)
 	if err != nil {
 		return http.StatusBadRequest, err.Error(), "invalid_path", ""
@@ -275,8 +300,8 @@ func (s *server) doPush(c *fiber.Ctx, dec *Decoder) (code int, msg, reason, limi
 	if c.Method() == fiber.MethodPut {
 		m = aggregate.MethodPut
 	}
-	if err := s.opts.Aggregator.Apply(c.Context(), &aggregate.Push{Group: group, Method: m, Families: fams,
-		Body: src.Body, BodyFormat: src.Format}); err != nil {
+	ps.push = aggregate.Push{Group: group, Method: m, Families: fams, Body: src.Body, BodyFormat: src.Format}
+	if err := s.opts.Aggregator.Apply(c.Context(), &ps.push); err != nil {
 		ae, ok := aggregate.AsError(err)
 		if !ok {
 			s.opts.Logger.Error("apply push", "err", err)
