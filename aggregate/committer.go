@@ -111,6 +111,9 @@ type Committer struct {
 	// last one takes new records until it holds maxCommitBatch bytes.
 	queue []*commitBatch
 	err   error // sticky: once a batch failed, nothing more is written
+	// spare is the record slice of a written batch, for the next new one
+	// (two batches are alive at a time: one written, one filling).
+	spare []wal.Record
 
 	wake chan struct{}
 	// rate is the arrival rate of records; only Run's goroutine uses it.
@@ -136,6 +139,9 @@ type commitBatch struct {
 	relay bool
 	done  chan struct{}
 	err   error // set before done is closed
+	// waitFn is wait as a func value, made once per batch rather than
+	// per record.
+	waitFn func(context.Context) error
 }
 
 // wait blocks until the batch is written, or ctx is done.
@@ -177,7 +183,9 @@ func (c *Committer) add(rec wal.Record, barrier bool) func(context.Context) erro
 	if n := len(c.queue); n > 0 && (barrier || c.queue[n-1].size == 0 || c.queue[n-1].size+len(rec.Data) <= maxCommitBatch) {
 		b = c.queue[n-1]
 	} else {
-		b = &commitBatch{relay: true, done: make(chan struct{})}
+		b = &commitBatch{recs: c.spare, relay: true, done: make(chan struct{})}
+		b.waitFn = b.wait
+		c.spare = nil
 		c.queue = append(c.queue, b)
 	}
 	b.items++
@@ -193,7 +201,7 @@ func (c *Committer) add(rec wal.Record, barrier bool) func(context.Context) erro
 	case c.wake <- struct{}{}:
 	default:
 	}
-	return b.wait
+	return b.waitFn
 }
 
 // Position returns the position after the last durable batch.
@@ -223,9 +231,16 @@ func (c *Committer) Run(ctx context.Context) error {
 	}
 }
 
+// maxSpareRecords bounds the record slice a Committer keeps for reuse.
+const maxSpareRecords = 4096
+
 func (c *Committer) drain() {
+	var spare []wal.Record
 	for {
 		c.mu.Lock()
+		if spare != nil {
+			c.spare, spare = spare, nil
+		}
 		if len(c.queue) == 0 {
 			c.mu.Unlock()
 			return
@@ -268,6 +283,10 @@ func (c *Committer) drain() {
 				}
 				c.mu.Unlock()
 			}
+		}
+		if cap(b.recs) <= maxSpareRecords {
+			clear(b.recs) // not to pin the records' data
+			spare = b.recs[:0]
 		}
 		b.recs = nil // the waiters keep b; not its records
 		b.err = err

@@ -79,3 +79,42 @@ func TestModeTableBounded(t *testing.T) {
 		t.Errorf("table holds %d spellings, want the bound %d", n, maxModeTable)
 	}
 }
+
+// spell gives Mode.String for every mode, aliases resolved, and remembers
+// at most maxModeTable of them.
+func TestModeTableSpell(t *testing.T) {
+	for _, tc := range []struct {
+		name, text, want string
+	}{
+		{name: "plain mode", text: "sum", want: "sum"},
+		{name: "alias resolved", text: "aggregate", want: "sum"},
+		{name: "quantile alias", text: "median5m", want: "p50_5m"},
+		{name: "windowed mode", text: "mean1h", want: "mean1h"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var tab modeTable
+			m, err := tab.parse(tc.text)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 2 { // the second from the table
+				if got := tab.spell(m); got != tc.want {
+					t.Errorf("spell #%d of %q = %q, want %q", i+1, tc.text, got, tc.want)
+				}
+			}
+		})
+	}
+	var tab modeTable
+	for i := range maxModeTable + 50 {
+		m, err := configs.ParseMode(fmt.Sprintf("max%ds", i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := tab.spell(m), m.String(); got != want {
+			t.Fatalf("spell = %q, want %q", got, want)
+		}
+	}
+	if n := tab.nSpelled.Load(); n != maxModeTable {
+		t.Errorf("table holds %d modes' spellings, want the bound %d", n, maxModeTable)
+	}
+}

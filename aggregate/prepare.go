@@ -489,6 +489,10 @@ func (c *modeCache) parse(text string, t *modeTable) (configs.Mode, error) {
 type modeTable struct {
 	m sync.Map // string -> configs.Mode
 	n atomic.Int32
+	// spellings maps a parsed mode to its canonical spelling, which every
+	// push record holds (Mode.String allocates).
+	spellings sync.Map // configs.Mode -> string
+	nSpelled  atomic.Int32
 }
 
 // maxModeTable bounds the spellings a modeTable keeps.
@@ -509,6 +513,20 @@ func (t *modeTable) parse(text string) (configs.Mode, error) {
 		}
 	}
 	return m, nil
+}
+
+// spell returns m.String(), remembered for up to maxModeTable modes.
+func (t *modeTable) spell(m configs.Mode) string {
+	if v, ok := t.spellings.Load(m); ok {
+		return v.(string)
+	}
+	s := m.String()
+	if t.nSpelled.Load() < maxModeTable {
+		if _, loaded := t.spellings.LoadOrStore(m, s); !loaded {
+			t.nSpelled.Add(1)
+		}
+	}
+	return s
 }
 
 // observe extracts the pushed value of one metric and checks it against its

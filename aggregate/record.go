@@ -84,7 +84,7 @@ func EncodeOp(op *Op) ([]byte, error) { return AppendOp(nil, op) }
 // it is large enough.
 func AppendOp(dst []byte, op *Op) ([]byte, error) {
 	if op.Type == RecordPush {
-		return appendPushOp(dst, op.Time, op.Push)
+		return appendPushOp(dst, op.Time, op.Push, configs.Mode.String)
 	}
 	b := binary.BigEndian.AppendUint64(dst[:0], uint64(op.Time.UnixNano()))
 	switch op.Type {
@@ -108,10 +108,11 @@ func AppendOp(dst []byte, op *Op) ([]byte, error) {
 	return nil, fmt.Errorf("encode op: unknown record type %d", op.Type)
 }
 
-// appendPushOp is AppendOp for a RecordPush op of p at time at. Taking p
+// appendPushOp is AppendOp for a RecordPush op of p at time at, spelling
+// modes with spell (configs.Mode.String, or a cache of it). Taking p
 // rather than an Op lets a caller build p on its stack: an Op's pointees
 // escape through AppendOp.
-func appendPushOp(dst []byte, at time.Time, p *Push) ([]byte, error) {
+func appendPushOp(dst []byte, at time.Time, p *Push, spell func(configs.Mode) string) ([]byte, error) {
 	b := dst[:0]
 	withBody := bodyRecord(p)
 	// Room for the whole record, mostly: the body, or families of some
@@ -153,7 +154,7 @@ func appendPushOp(dst []byte, at time.Time, p *Push) ([]byte, error) {
 				i = 0 // full: start over (the cache only saves work)
 				nSpelled = 0
 			}
-			spelled[i].m, spelled[i].s = md, md.String()
+			spelled[i].m, spelled[i].s = md, spell(md)
 			nSpelled++
 		}
 		b = appendString(b, spelled[i].s)

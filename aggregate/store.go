@@ -281,7 +281,7 @@ func (s *Store) preparePush(p *Push, at time.Time, set *Settings, j Journal) (*p
 	if j != nil {
 		rec, err = appendPushOp(pr.rec, at, &Push{
 			Group: p.Group, Method: p.Method, Families: p.Families, Modes: pr.modes, Semantics: &pr.semantics,
-			Body: p.Body, BodyFormat: p.BodyFormat})
+			Body: p.Body, BodyFormat: p.BodyFormat}, s.modes.spell)
 		if err != nil {
 			return nil, nil, fmt.Errorf("encode push for the write-ahead log: %w", err)
 		}
@@ -605,7 +605,7 @@ func next(g *group, u *update, se *series, keysInLabels bool) (pending, error) {
 			return p, invalid(ReasonLayoutChange, "histogram %s: bucket layout changed from %s to %s; summing different layouts would corrupt the cumulative counts (delete the group or use clear_mode=replace to change it)",
 				seriesString(u.labelSet(g.labels)), layoutString(se.hist), layoutString(u.obs.hist))
 		}
-		h, err := se.hist.plus(u.obs.hist)
+		h, err := se.hist.plusInto(u.obs.hist) // the update's own: next runs once per update
 		if err != nil {
 			return p, invalid(ReasonBadHistogram, "histogram %s: cannot merge native histograms: %v", seriesString(u.labelSet(g.labels)), err)
 		}

@@ -248,6 +248,21 @@ func TestModes(t *testing.T) {
 				"h_bucket{instance=\"\",job=\"f\",le=\"+Inf\"} 4\nh_sum{instance=\"\",job=\"f\"} 12\nh_count{instance=\"\",job=\"f\"} 4\n",
 		},
 		{
+			// Each sum is built in the newest push's memory: the state
+			// must carry over, and a rejected push in between (a layout
+			// change) must leave it alone.
+			name: "classic_histogram_sums_over_many_pushes",
+			steps: []step{
+				{push: "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n"},
+				{push: "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 2\n"},
+				{push: "# TYPE h histogram\nh_bucket{le=\"2\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n", wantErr: "bucket layout changed"},
+				{push: "# TYPE h histogram\nh_bucket{le=\"1\"} 0\nh_bucket{le=\"+Inf\"} 5\nh_sum 6\nh_count 5\n"},
+				{push: "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 0.5\nh_count 1\n"},
+			},
+			want: "# TYPE h histogram\nh_bucket{instance=\"\",job=\"f\",le=\"1\"} 4\n" +
+				"h_bucket{instance=\"\",job=\"f\",le=\"+Inf\"} 10\nh_sum{instance=\"\",job=\"f\"} 10.5\nh_count{instance=\"\",job=\"f\"} 10\n",
+		},
+		{
 			name: "summary_sum_drops_quantiles",
 			steps: []step{
 				{push: "# TYPE s summary\ns{quantile=\"0.5\"} 4\ns_sum 10\ns_count 2\n"},

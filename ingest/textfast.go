@@ -85,10 +85,14 @@ type textParser struct {
 	// grouped maps family+labels (without le or quantile) to the metric
 	// that collects a histogram's or summary's lines.
 	grouped map[string]*dto.Metric
-	hists   []*dto.Metric
-	pairs   []*dto.LabelPair // label pairs of the current line
-	sig     []byte
-	lastFam familyHit // familyOf's cache; cleared by comments and reset
+	// groupKeys holds grouped's keys, which are strings over it: a key
+	// per histogram or summary series was an allocation. Bytes once
+	// written are not changed until reset has cleared grouped.
+	groupKeys []byte
+	hists     []*dto.Metric
+	pairs     []*dto.LabelPair // label pairs of the current line
+	sig       []byte
+	lastFam   familyHit // familyOf's cache; cleared by comments and reset
 }
 
 // reset forgets the last body, keeping the memory for the next: every
@@ -105,6 +109,7 @@ func (p *textParser) reset() {
 	p.hists = clearSlice(p.hists)
 	p.pairs = clearSlice(p.pairs)
 	p.sig = p.sig[:0]
+	p.groupKeys = p.groupKeys[:0] // grouped, which refers to it, is cleared
 	p.slab.reset()
 }
 
@@ -714,7 +719,9 @@ func (p *textParser) groupMetric(mf *dto.MetricFamily) *dto.Metric {
 	}
 	m := p.slab.metric()
 	m.Label = p.labelsOfLine()
-	p.grouped[string(sig)] = m
+	start := len(p.groupKeys)
+	p.groupKeys = append(p.groupKeys, sig...)
+	p.grouped[unsafe.String(&p.groupKeys[start], len(sig))] = m
 	mf.Metric = append(mf.Metric, m)
 	return m
 }
