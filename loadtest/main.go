@@ -5,6 +5,7 @@
 //	go run ./loadtest remote-write -url http://127.0.0.1:9091/api/v1/write -duration 20s
 //	go run ./loadtest sink -listen 127.0.0.1:9201
 //	go run ./loadtest series -url http://127.0.0.1:9091 -groups 1000 -series 1000
+//	go run ./loadtest fsync -dir /var/lib/sluice -interval 1ms -busy 2
 //
 // Requests are encoded before the run, so the generator spends its CPU on
 // sending; loadtest/compare.sh runs the whole side-by-side comparison.
@@ -35,12 +36,13 @@ func commands() map[string]command {
 		"freeport":     {cmdFreePort, "print free 127.0.0.1 ports"},
 		"wait":         {cmdWait, "poll a URL until 200 and print the seconds it took"},
 		"fetch":        {cmdFetch, "GET a URL; with -sum NAME, sum a metric of a text exposition"},
+		"fsync":        {cmdFsync, "time write+fsync on a disk as the WAL's group commit does, optionally with busy CPUs"},
 	}
 }
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: loadtest <command> [flags]  (loadtest <command> -h for its flags)")
-	for _, name := range []string{"push", "remote-write", "series", "sink", "freeport", "wait", "fetch"} {
+	for _, name := range []string{"push", "remote-write", "series", "sink", "freeport", "wait", "fetch", "fsync"} {
 		fmt.Fprintf(w, "  %-13s %s\n", name, commands()[name].help)
 	}
 }
