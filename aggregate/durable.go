@@ -19,7 +19,9 @@ type Journal interface {
 	// before it. The Store calls it with its locks held, so it must not
 	// block; the order of Enqueue calls is the order replay must follow.
 	// The returned function blocks until the operation is durable, or
-	// returns the error that kept it from becoming so.
+	// returns the error that kept it from becoming so. data is the
+	// caller's again once that function has returned without a context
+	// error: the Store reuses the memory of records.
 	Enqueue(typ uint8, data []byte) (wait func(context.Context) error)
 	// Barrier returns once every operation enqueued before it is durable.
 	Barrier(ctx context.Context) error

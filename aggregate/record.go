@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/golang/snappy"
@@ -85,6 +86,9 @@ func EncodeOp(op *Op) ([]byte, error) { return AppendOp(nil, op) }
 func AppendOp(dst []byte, op *Op) ([]byte, error) {
 	if op.Type == RecordPush {
 		return appendPushOp(dst, op.Time, op.Push, configs.Mode.String)
+	}
+	if want := 9 + len(op.RelaySnappy); op.Type == RecordRelay && cap(dst) < want {
+		dst = make([]byte, 0, want) // one allocation for a block's record
 	}
 	b := binary.BigEndian.AppendUint64(dst[:0], uint64(op.Time.UnixNano()))
 	switch op.Type {
@@ -386,18 +390,13 @@ func encodeRelay(b []byte, op *Op) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("encode relay record: %w", err)
 		}
-		out := make([]byte, len(b)+1, len(b)+1+snappy.MaxEncodedLen(len(pb)))
-		copy(out, b)
-		out[len(b)] = relaySnappyFormat
+		out := slices.Grow(append(b, relaySnappyFormat), snappy.MaxEncodedLen(len(pb)))
 		enc := snappy.Encode(out[len(out):cap(out)], pb)
 		return out[:len(out)+len(enc)], nil
 	}
-	// One allocation: the time, the format, the block.
-	out := make([]byte, len(b)+1+len(block))
-	copy(out, b)
-	out[len(b)] = relaySnappyFormat
-	copy(out[len(b)+1:], block)
-	return out, nil
+	// Appended to b, whose array the caller may reuse (Store.Write pools
+	// them): the time, the format, the block.
+	return append(append(b, relaySnappyFormat), block...), nil
 }
 
 // decodeRelay parses a relay record's payload.

@@ -138,6 +138,8 @@ type Store struct {
 
 	// prepPool recycles the prepared state of pushes (*prepared).
 	prepPool sync.Pool
+	// relayRecs recycles the arrays of relay records (*[]byte).
+	relayRecs sync.Pool
 	// modes are the clear_mode spellings pushes used, parsed.
 	modes modeTable
 

@@ -98,10 +98,23 @@ func (s *Store) Write(ctx context.Context, w *Write) (WriteResult, error) {
 	}
 	var relayRec []byte
 	if relay != nil && j != nil {
+		// The record's array comes from a pool and goes back once the
+		// wait below returns: it waits with a context that is never
+		// cancelled, so the log is done with the record by then.
+		bufp, _ := s.relayRecs.Get().(*[]byte)
+		if bufp == nil {
+			bufp = new([]byte)
+		}
 		var err error
-		if relayRec, err = EncodeOp(&Op{Type: RecordRelay, Time: at, Relay: relay, RelaySnappy: w.RelaySnappy}); err != nil {
+		if relayRec, err = AppendOp(*bufp, &Op{Type: RecordRelay, Time: at, Relay: relay, RelaySnappy: w.RelaySnappy}); err != nil {
 			return res, fmt.Errorf("encode relay for the write-ahead log: %w", err)
 		}
+		defer func() {
+			if cap(relayRec) <= maxPooledRecord {
+				*bufp = relayRec[:0]
+				s.relayRecs.Put(bufp)
+			}
+		}()
 	}
 
 	s.stateMu.RLock()

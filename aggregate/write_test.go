@@ -1,14 +1,17 @@
 package aggregate
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/golang/snappy"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/prometheus/prompb"
@@ -257,5 +260,92 @@ func TestSyncBeforeTruncateKeepsLogOnError(t *testing.T) {
 	}
 	if len(log) != 0 {
 		t.Fatalf("the log was truncated although the sync failed: %v", log)
+	}
+}
+
+// copyingLog is a Log that keeps a copy of every record it is given.
+type copyingLog struct {
+	mu   sync.Mutex
+	recs []memRec
+}
+
+func (l *copyingLog) Append(_ context.Context, recs ...wal.Record) (wal.Position, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range recs {
+		l.recs = append(l.recs, memRec{r.Type, bytes.Clone(r.Data)})
+	}
+	return wal.Position{}, nil
+}
+
+// TestConcurrentRelayRecords: relay records are written from pooled
+// arrays, each back in the pool only once the log has it. Concurrent
+// Writes through a Committer must each leave their own record, intact.
+func TestConcurrentRelayRecords(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		block bool // the request also in snappy wire form (Write.RelaySnappy)
+	}{
+		{name: "encoded from the request"},
+		{name: "copied from the wire block", block: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			log := &copyingLog{}
+			c := NewCommitter(log)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { _ = c.Run(ctx); close(done) }()
+			defer func() { cancel(); <-done }()
+			s, _ := newWriteStore(t, c, &fakeAppender{})
+
+			const writers, each = 8, 50
+			var wg sync.WaitGroup
+			for w := range writers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range each {
+						req := relayReq(fmt.Sprintf("m%d_%d", w, i), int64(1000+i), float64(w*each+i))
+						wr := &Write{Relay: req}
+						if tc.block {
+							pb, err := req.Marshal()
+							if err != nil {
+								t.Error(err)
+								return
+							}
+							wr.RelaySnappy = snappy.Encode(nil, pb)
+						}
+						if _, err := s.Write(context.Background(), wr); err != nil {
+							t.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+
+			log.mu.Lock()
+			defer log.mu.Unlock()
+			seen := map[string]bool{}
+			for _, r := range log.recs {
+				op, err := DecodeOp(r.typ, r.data)
+				if err != nil {
+					t.Fatalf("a record does not decode: %v", err)
+				}
+				ts := op.Relay.Timeseries[0]
+				name := ts.Labels[0].Value
+				var w, i int
+				if _, err := fmt.Sscanf(name, "m%d_%d", &w, &i); err != nil || ts.Samples[0].Value != float64(w*each+i) || ts.Samples[0].Timestamp != int64(1000+i) {
+					t.Fatalf("record %s holds sample %+v", name, ts.Samples[0])
+				}
+				if seen[name] {
+					t.Fatalf("record %s logged twice", name)
+				}
+				seen[name] = true
+			}
+			if len(seen) != writers*each {
+				t.Fatalf("%d relay records, want %d", len(seen), writers*each)
+			}
+		})
 	}
 }
