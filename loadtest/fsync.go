@@ -134,12 +134,11 @@ func fsyncProbe(ctx context.Context, o fsyncOpts) (fsyncResult, error) {
 // sorts lat.
 func summarizeFsyncs(o fsyncOpts, lat []time.Duration, elapsed time.Duration) fsyncResult {
 	slices.Sort(lat)
-	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	r := fsyncResult{Dir: o.dir, Size: o.size, Count: len(lat), Busy: o.busy, Elapsed: elapsed.Seconds(),
-		P50: ms(percentile(lat, 50)), P90: ms(percentile(lat, 90)), P99: ms(percentile(lat, 99)),
-		P999: ms(percentile(lat, 99.9))}
+		P50: millis(percentile(lat, 50)), P90: millis(percentile(lat, 90)), P99: millis(percentile(lat, 99)),
+		P999: millis(percentile(lat, 99.9))}
 	if len(lat) > 0 {
-		r.Max = ms(lat[len(lat)-1])
+		r.Max = millis(lat[len(lat)-1])
 	}
 	if r.Elapsed > 0 {
 		r.PerSec = float64(len(lat)) / r.Elapsed

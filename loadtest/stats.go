@@ -29,6 +29,9 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[rank-1]
 }
 
+// millis is d in (fractional) milliseconds, as results report latencies.
+func millis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
 // workerStats is what one worker records; only that worker touches it while
 // the run lasts, so recording needs no lock.
 type workerStats struct {
@@ -110,12 +113,11 @@ func summarize(workers []*workerStats, elapsed time.Duration) Result {
 		}
 	}
 	slices.Sort(all)
-	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	r.P50 = ms(percentile(all, 50))
-	r.P90 = ms(percentile(all, 90))
-	r.P99 = ms(percentile(all, 99))
+	r.P50 = millis(percentile(all, 50))
+	r.P90 = millis(percentile(all, 90))
+	r.P99 = millis(percentile(all, 99))
 	if len(all) > 0 {
-		r.Max = ms(all[len(all)-1])
+		r.Max = millis(all[len(all)-1])
 	}
 	r.Elapsed = elapsed.Seconds()
 	if r.Elapsed > 0 {
