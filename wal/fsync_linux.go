@@ -23,7 +23,8 @@ import (
 // The price: while an fsync runs, its processor runs nothing else (the
 // other processors steal its queued goroutines), and a garbage
 // collection's stop-the-world pause waits for the fsync to return.
-// Sluice runs with at least two processors (--runtime.min-gomaxprocs).
+// Sluice runs with one processor more than the CPUs, and at least two
+// (--runtime.extra-gomaxprocs, --runtime.min-gomaxprocs).
 //
 // Files that are not an *os.File (the tests' fault-injecting wrappers) are
 // synced with their Sync.

@@ -3,22 +3,26 @@ package main
 import (
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 )
 
-func TestMinGoMaxProcsFlag(t *testing.T) {
+func TestGoMaxProcsFlags(t *testing.T) {
 	cases := []struct {
-		name    string
-		args    []string
-		want    int
-		wantErr string
+		name      string
+		args      []string
+		wantMin   int
+		wantExtra int
+		wantErr   string
 	}{
-		{name: "default", want: 2},
-		{name: "three", args: []string{"--runtime.min-gomaxprocs=3"}, want: 3},
-		{name: "go default", args: []string{"--runtime.min-gomaxprocs=1"}, want: 1},
-		{name: "zero", args: []string{"--runtime.min-gomaxprocs=0"}, wantErr: "--runtime.min-gomaxprocs must be at least 1, got 0"},
-		{name: "negative", args: []string{"--runtime.min-gomaxprocs=-2"}, wantErr: "--runtime.min-gomaxprocs must be at least 1, got -2"},
+		{name: "defaults", wantMin: 2, wantExtra: 1},
+		{name: "min three", args: []string{"--runtime.min-gomaxprocs=3"}, wantMin: 3, wantExtra: 1},
+		{name: "go default", args: []string{"--runtime.min-gomaxprocs=1", "--runtime.extra-gomaxprocs=0"}, wantMin: 1, wantExtra: 0},
+		{name: "extra two", args: []string{"--runtime.extra-gomaxprocs=2"}, wantMin: 2, wantExtra: 2},
+		{name: "min zero", args: []string{"--runtime.min-gomaxprocs=0"}, wantErr: "--runtime.min-gomaxprocs must be at least 1, got 0"},
+		{name: "min negative", args: []string{"--runtime.min-gomaxprocs=-2"}, wantErr: "--runtime.min-gomaxprocs must be at least 1, got -2"},
+		{name: "extra negative", args: []string{"--runtime.extra-gomaxprocs=-1"}, wantErr: "--runtime.extra-gomaxprocs must not be negative, got -1"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -32,39 +36,80 @@ func TestMinGoMaxProcsFlag(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if f.minProcs != tc.want {
-				t.Fatalf("min GOMAXPROCS %d, want %d", f.minProcs, tc.want)
+			if f.minProcs != tc.wantMin || f.extraProcs != tc.wantExtra {
+				t.Fatalf("min GOMAXPROCS %d, extra %d; want %d, %d", f.minProcs, f.extraProcs, tc.wantMin, tc.wantExtra)
 			}
 		})
 	}
 }
 
-// TestMinGoMaxProcs runs the binary on a single CPU (taskset), where the Go
-// runtime's default GOMAXPROCS is 1, and reads the GOMAXPROCS it runs with
-// (go_sched_gomaxprocs_threads): raised to --runtime.min-gomaxprocs unless
-// GOMAXPROCS is set or the flag is 1.
-func TestMinGoMaxProcs(t *testing.T) {
+func TestGoMaxProcsRule(t *testing.T) {
+	cases := []struct {
+		name                    string
+		def, extra, floor, want int
+	}{
+		{name: "one CPU, defaults", def: 1, extra: 1, floor: 2, want: 2},
+		{name: "two CPUs, defaults", def: 2, extra: 1, floor: 2, want: 3},
+		{name: "eight CPUs, defaults", def: 8, extra: 1, floor: 2, want: 9},
+		{name: "one CPU, no extra", def: 1, extra: 0, floor: 2, want: 2},
+		{name: "two CPUs, no extra", def: 2, extra: 0, floor: 2, want: 2},
+		{name: "one CPU, Go default", def: 1, extra: 0, floor: 1, want: 1},
+		{name: "floor above default plus extra", def: 2, extra: 1, floor: 4, want: 4},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := goMaxProcs(tc.def, tc.extra, tc.floor); got != tc.want {
+				t.Fatalf("goMaxProcs(%d, %d, %d) = %d, want %d", tc.def, tc.extra, tc.floor, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestGoMaxProcs runs the binary on one CPU and, where the machine has
+// them, on two (taskset), where the Go runtime's default GOMAXPROCS is 1
+// and 2, and reads the GOMAXPROCS it runs with (go_sched_gomaxprocs_threads):
+// the default plus --runtime.extra-gomaxprocs, at least
+// --runtime.min-gomaxprocs, unless GOMAXPROCS is set.
+func TestGoMaxProcs(t *testing.T) {
 	taskset, err := exec.LookPath("taskset")
 	if err != nil {
 		t.Skip("no taskset (util-linux) to run the binary on one CPU")
 	}
 	bin := buildBinary(t)
-	cpu := firstAllowedCPU(t)
+	cpus := allowedCPUs(t)
+	one := strconv.Itoa(cpus[0])
 	cases := []struct {
 		name string
+		cpus string
 		env  []string
 		args []string
 		want float64
 	}{
-		{name: "one CPU", want: 2},
-		{name: "one CPU, flag 3", args: []string{"--runtime.min-gomaxprocs=3"}, want: 3},
-		{name: "one CPU, flag 1 keeps the Go default", args: []string{"--runtime.min-gomaxprocs=1"}, want: 1},
-		{name: "one CPU, GOMAXPROCS set", env: []string{"GOMAXPROCS=1"}, want: 1},
+		{name: "one CPU", cpus: one, want: 2},
+		{name: "one CPU, min 3", cpus: one, args: []string{"--runtime.min-gomaxprocs=3"}, want: 3},
+		{name: "one CPU, min 1", cpus: one, args: []string{"--runtime.min-gomaxprocs=1"}, want: 2},
+		{name: "one CPU, min 1 and no extra keep the Go default", cpus: one, args: []string{"--runtime.min-gomaxprocs=1", "--runtime.extra-gomaxprocs=0"}, want: 1},
+		{name: "one CPU, GOMAXPROCS set", cpus: one, env: []string{"GOMAXPROCS=1"}, want: 1},
+	}
+	if len(cpus) >= 2 {
+		two := one + "," + strconv.Itoa(cpus[1])
+		cases = append(cases, []struct {
+			name string
+			cpus string
+			env  []string
+			args []string
+			want float64
+		}{
+			{name: "two CPUs", cpus: two, want: 3},
+			{name: "two CPUs, no extra", cpus: two, args: []string{"--runtime.extra-gomaxprocs=0"}, want: 2},
+			{name: "two CPUs, extra 2", cpus: two, args: []string{"--runtime.extra-gomaxprocs=2"}, want: 4},
+			{name: "two CPUs, GOMAXPROCS set", cpus: two, env: []string{"GOMAXPROCS=2"}, want: 2},
+		}...)
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			addr := freePort(t)
-			args := append([]string{"-c", cpu, bin, "--web.listen-address=" + addr, "--wal.dir=" + t.TempDir()}, tc.args...)
+			args := append([]string{"-c", tc.cpus, bin, "--web.listen-address=" + addr, "--wal.dir=" + t.TempDir()}, tc.args...)
 			cmd := exec.Command(taskset, args...)
 			cmd.Env = append(withoutEnv(os.Environ(), "GOMAXPROCS"), tc.env...)
 			p := startCmd(t, cmd, addr)
@@ -81,21 +126,38 @@ func TestMinGoMaxProcs(t *testing.T) {
 	}
 }
 
-// firstAllowedCPU returns the first CPU this process may run on, from
+// allowedCPUs returns the CPUs this process may run on, from
 // Cpus_allowed_list in /proc/self/status ("0-1", "2,4-7").
-func firstAllowedCPU(t *testing.T) string {
+func allowedCPUs(t *testing.T) []int {
 	t.Helper()
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		t.Skipf("no /proc/self/status: %v", err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if list, ok := strings.CutPrefix(line, "Cpus_allowed_list:"); ok {
-			first, _, _ := strings.Cut(strings.TrimSpace(list), ",")
-			first, _, _ = strings.Cut(first, "-")
-			return first
+		list, ok := strings.CutPrefix(line, "Cpus_allowed_list:")
+		if !ok {
+			continue
+		}
+		var cpus []int
+		for _, part := range strings.Split(strings.TrimSpace(list), ",") {
+			lo, hi, isRange := strings.Cut(part, "-")
+			first, err1 := strconv.Atoi(lo)
+			last, err2 := first, error(nil)
+			if isRange {
+				last, err2 = strconv.Atoi(hi)
+			}
+			if err1 != nil || err2 != nil {
+				t.Fatalf("Cpus_allowed_list %q: cannot parse %q", list, part)
+			}
+			for c := first; c <= last; c++ {
+				cpus = append(cpus, c)
+			}
+		}
+		if len(cpus) > 0 {
+			return cpus
 		}
 	}
 	t.Skip("no Cpus_allowed_list in /proc/self/status")
-	return ""
+	return nil
 }

@@ -58,6 +58,7 @@ type flags struct {
 	autoMemLimit    bool
 	memLimitRatio   float64
 	minProcs        int
+	extraProcs      int
 	log             promslog.Config
 }
 
@@ -84,6 +85,8 @@ func parseFlags(args []string) (*flags, *kingpin.Application, error) {
 		Default("0.9").Float64Var(&f.memLimitRatio)
 	app.Flag("runtime.min-gomaxprocs", "Raise the Go runtime's GOMAXPROCS to at least this when its default (the CPUs, or the container's CPU limit) is lower: a WAL fsync holds a Go processor while it runs, and with a single one no push is decoded meanwhile. Skipped when GOMAXPROCS is set; 1 keeps the Go default.").
 		Default("2").IntVar(&f.minProcs)
+	app.Flag("runtime.extra-gomaxprocs", "Go processors to add to the Go runtime's default GOMAXPROCS (the CPUs, or the container's CPU limit): a WAL fsync keeps its processor while it runs, and one more lets the handlers use every CPU meanwhile. Skipped when GOMAXPROCS is set; 0 keeps the Go default.").
+		Default("1").IntVar(&f.extraProcs)
 	promslogflag.AddFlags(app, &f.log)
 	if _, err := app.Parse(args); err != nil {
 		return nil, nil, err
@@ -100,7 +103,16 @@ func parseFlags(args []string) (*flags, *kingpin.Application, error) {
 	if f.minProcs < 1 {
 		return nil, nil, fmt.Errorf("--runtime.min-gomaxprocs must be at least 1, got %d", f.minProcs)
 	}
+	if f.extraProcs < 0 {
+		return nil, nil, fmt.Errorf("--runtime.extra-gomaxprocs must not be negative, got %d", f.extraProcs)
+	}
 	return f, app, nil
+}
+
+// goMaxProcs is the GOMAXPROCS Sluice runs with when GOMAXPROCS is not
+// set: the Go default plus extra, and at least floor.
+func goMaxProcs(def, extra, floor int) int {
+	return max(def+extra, floor)
 }
 
 func run(args []string) error {
@@ -123,14 +135,13 @@ func run(args []string) error {
 	}
 
 	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
-		if procs := runtime.GOMAXPROCS(0); procs < f.minProcs {
-			// One CPU (a 1-vCPU machine, a CPU set of one): the committer's
-			// fsync would hold the only P and the handlers wait for it, so
-			// batches stay small (README, "One CPU"). Go itself never goes
-			// below 2 for a container's CPU limit, for the same kind of
-			// reason; this covers the machine's own count.
-			runtime.GOMAXPROCS(f.minProcs)
-			logger.Info("raised GOMAXPROCS", "from", procs, "to", f.minProcs)
+		if procs, want := runtime.GOMAXPROCS(0), goMaxProcs(runtime.GOMAXPROCS(0), f.extraProcs, f.minProcs); want != procs {
+			// The committer's fsync keeps its P while the disk works
+			// (wal/fsync_linux.go), so with as many Ps as CPUs the
+			// handlers get one CPU fewer whenever an fsync runs; on one
+			// CPU they get none (README, "Go processors").
+			runtime.GOMAXPROCS(want)
+			logger.Info("raised GOMAXPROCS", "from", procs, "to", want)
 		}
 	}
 
