@@ -78,13 +78,14 @@ func TestGoMaxProcs(t *testing.T) {
 	bin := buildBinary(t)
 	cpus := allowedCPUs(t)
 	one := strconv.Itoa(cpus[0])
-	cases := []struct {
+	type procCase struct {
 		name string
-		cpus string
+		cpus string // taskset's CPU list
 		env  []string
 		args []string
 		want float64
-	}{
+	}
+	cases := []procCase{
 		{name: "one CPU", cpus: one, want: 2},
 		{name: "one CPU, min 3", cpus: one, args: []string{"--runtime.min-gomaxprocs=3"}, want: 3},
 		{name: "one CPU, min 1", cpus: one, args: []string{"--runtime.min-gomaxprocs=1"}, want: 2},
@@ -93,18 +94,12 @@ func TestGoMaxProcs(t *testing.T) {
 	}
 	if len(cpus) >= 2 {
 		two := one + "," + strconv.Itoa(cpus[1])
-		cases = append(cases, []struct {
-			name string
-			cpus string
-			env  []string
-			args []string
-			want float64
-		}{
-			{name: "two CPUs", cpus: two, want: 3},
-			{name: "two CPUs, no extra", cpus: two, args: []string{"--runtime.extra-gomaxprocs=0"}, want: 2},
-			{name: "two CPUs, extra 2", cpus: two, args: []string{"--runtime.extra-gomaxprocs=2"}, want: 4},
-			{name: "two CPUs, GOMAXPROCS set", cpus: two, env: []string{"GOMAXPROCS=2"}, want: 2},
-		}...)
+		cases = append(cases,
+			procCase{name: "two CPUs", cpus: two, want: 3},
+			procCase{name: "two CPUs, no extra", cpus: two, args: []string{"--runtime.extra-gomaxprocs=0"}, want: 2},
+			procCase{name: "two CPUs, extra 2", cpus: two, args: []string{"--runtime.extra-gomaxprocs=2"}, want: 4},
+			procCase{name: "two CPUs, GOMAXPROCS set", cpus: two, env: []string{"GOMAXPROCS=2"}, want: 2},
+		)
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
