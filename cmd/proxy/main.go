@@ -135,7 +135,8 @@ func run(args []string) error {
 	}
 
 	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
-		if procs, want := runtime.GOMAXPROCS(0), goMaxProcs(runtime.GOMAXPROCS(0), f.extraProcs, f.minProcs); want != procs {
+		procs := runtime.GOMAXPROCS(0)
+		if want := goMaxProcs(procs, f.extraProcs, f.minProcs); want != procs {
 			// The committer's fsync keeps its P while the disk works
 			// (wal/fsync_linux.go), so with as many Ps as CPUs the
 			// handlers get one CPU fewer whenever an fsync runs; on one
