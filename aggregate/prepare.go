@@ -233,6 +233,12 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 					return nil, invalid(ReasonUnknownMode, "replayed push has fewer recorded modes than series")
 				}
 				mode = p.Modes[len(pr.modes)]
+			} else if p.Mode != "" {
+				pm, err := parsed.parse(p.Mode, &s.modes)
+				if err != nil {
+					return nil, invalid(ReasonUnknownMode, "grouping key: %v", err)
+				}
+				mode = pm
 			} else if hasMode {
 				pm, err := parsed.parse(modeText, &s.modes)
 				if err != nil {
@@ -354,6 +360,9 @@ func seriesLabels(dst []labels.Label, name string, m *dto.Metric, group labels.L
 	for _, lp := range m.GetLabel() {
 		ln, lv := lp.GetName(), lp.GetValue()
 		if ln == ModeLabel || ln == ModeLabelAlias {
+			if lv == "" {
+				continue // an empty label is no label, as in Prometheus
+			}
 			if hasMode && lim != nil {
 				return nil, "", false, invalid(ReasonUnknownMode, "metric %q carries both %s and %s; use one", name, ModeLabel, ModeLabelAlias)
 			}

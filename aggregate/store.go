@@ -60,6 +60,12 @@ type Push struct {
 	Group    labels.Labels
 	Method   Method
 	Families []*dto.MetricFamily
+	// Mode, if not empty, is the clear_mode the grouping key gave
+	// (…/clear_mode/<mode>): it applies to every series of the push and
+	// overrides their own, as grouping labels override body labels. Group
+	// does not hold it. Replay does not need it: Modes has what it
+	// resolved to.
+	Mode string
 
 	// Set only when replaying the write-ahead log: the resolved mode of
 	// every series in push order, and the semantics in force.

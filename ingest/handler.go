@@ -8,6 +8,7 @@ package ingest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -236,6 +237,23 @@ func groupFromPath(c *fiber.Ctx) (labels.Labels, error) {
 	return ParseGroupingKey(raw[len("/metrics"):])
 }
 
+// splitGroupMode takes a clear_mode (or clearmode) label out of a grouping
+// key: the mode it names applies to every series of the push, and it is
+// not part of the group's identity, as it is not part of a series'. An
+// empty value is no label.
+func splitGroupMode(group labels.Labels) (labels.Labels, string, error) {
+	mode, alias := group.Get(aggregate.ModeLabel), group.Get(aggregate.ModeLabelAlias)
+	if !group.Has(aggregate.ModeLabel) && !group.Has(aggregate.ModeLabelAlias) {
+		return group, "", nil
+	}
+	if mode != "" && alias != "" {
+		return group, "", fmt.Errorf("grouping key has both %s and %s; use one", aggregate.ModeLabel, aggregate.ModeLabelAlias)
+	}
+	b := labels.NewBuilder(group)
+	b.Del(aggregate.ModeLabel, aggregate.ModeLabelAlias)
+	return b.Labels(), mode + alias, nil
+}
+
 // methodName returns a push's method as a string that outlives the
 // request (fiber reuses the request memory): a constant for the methods a
 // push route serves.
@@ -282,6 +300,10 @@ func (s *server) doPush(c *fiber.Ctx, ps *pushScratch) (code int, msg, reason, l
 	if err != nil {
 		return http.StatusBadRequest, err.Error(), "invalid_path", ""
 	}
+	group, mode, err := splitGroupMode(group)
+	if err != nil {
+		return http.StatusBadRequest, err.Error(), "invalid_path", ""
+	}
 	lim := s.opts.Limits()
 	// Request().Body() is the raw body: fiber's c.Body() would undo
 	// Content-Encoding itself, without our limits.
@@ -300,7 +322,7 @@ func (s *server) doPush(c *fiber.Ctx, ps *pushScratch) (code int, msg, reason, l
 	if c.Method() == fiber.MethodPut {
 		m = aggregate.MethodPut
 	}
-	ps.push = aggregate.Push{Group: group, Method: m, Families: fams, Body: src.Body, BodyFormat: src.Format}
+	ps.push = aggregate.Push{Group: group, Method: m, Families: fams, Mode: mode, Body: src.Body, BodyFormat: src.Format}
 	if err := s.opts.Aggregator.Apply(c.Context(), &ps.push); err != nil {
 		ae, ok := aggregate.AsError(err)
 		if !ok {
@@ -323,6 +345,9 @@ func (s *server) doPush(c *fiber.Ctx, ps *pushScratch) (code int, msg, reason, l
 
 func (s *server) deleteGroup(c *fiber.Ctx) error {
 	group, err := groupFromPath(c)
+	if err == nil {
+		group, _, err = splitGroupMode(group)
+	}
 	if err != nil {
 		s.metrics.requests.WithLabelValues(fiber.MethodDelete, "400").Inc()
 		s.metrics.rejected.WithLabelValues("invalid_path").Inc()

@@ -394,3 +394,93 @@ func TestWALFailureAnswers503(t *testing.T) {
 		t.Fatalf("ready after a WAL failure: %d", r.code)
 	}
 }
+
+// clear_mode in the grouping key applies to every series of the push and
+// is not part of the group; an empty clear_mode is no clear_mode.
+func TestModeInGroupingKey(t *testing.T) {
+	type push struct {
+		path, body string
+		code       int
+	}
+	cases := []struct {
+		name   string
+		pushes []push
+		want   []string // in the scrape
+		absent []string
+	}{
+		{
+			name: "replace for the whole push",
+			pushes: []push{
+				{"/metrics/job/a/clear_mode/replace", "x_total 1\ny 5\n", 200},
+				{"/metrics/job/a/clear_mode/replace", "x_total 4\ny 2\n", 200},
+			},
+			want:   []string{`x_total{instance="",job="a"} 4`, `y{instance="",job="a"} 2`},
+			absent: []string{`clear_mode=`},
+		},
+		{
+			name: "overrides the series' own",
+			pushes: []push{
+				{"/metrics/job/b/clearmode/max1m", "m{clear_mode=\"sum\"} 3\n", 200},
+				{"/metrics/job/b/clearmode/max1m", "m{clear_mode=\"sum\"} 2\n", 200},
+			},
+			want:   []string{`m{instance="",job="b"} 3`},
+			absent: []string{`clearmode=`, `clear_mode=`},
+		},
+		{
+			name: "same group as without it",
+			pushes: []push{
+				{"/metrics/job/c", "n 1\n", 200},
+				{"/metrics/job/c/clear_mode/sum", "n 2\n", 200},
+			},
+			want: []string{`n{instance="",job="c"} 3`},
+		},
+		{
+			name: "empty clear_mode is none",
+			pushes: []push{
+				{"/metrics/job/d", "e{clear_mode=\"\"} 1\n", 200},
+				{"/metrics/job/d/clear_mode@base64/=", "e 1\n", 200},
+			},
+			want: []string{`e{instance="",job="d"} 2`},
+		},
+		{
+			name:   "unknown mode in the path",
+			pushes: []push{{"/metrics/job/f/clear_mode/sometimes", "u 1\n", 400}},
+			absent: []string{`u{`},
+		},
+		{
+			name:   "both spellings in the path",
+			pushes: []push{{"/metrics/job/g/clear_mode/sum/clearmode/replace", "v 1\n", 400}},
+			absent: []string{`v{`},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newTestEnv(t, false, false, nil)
+			for i, p := range tc.pushes {
+				if r := env.do(t, "POST", p.path, []byte(p.body)); r.code != p.code {
+					t.Fatalf("push %d to %s: %d %s, want %d", i, p.path, r.code, r.body, p.code)
+				}
+			}
+			got := env.scrape(t)
+			for _, w := range tc.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("scrape lacks %s:\n%s", w, got)
+				}
+			}
+			for _, a := range tc.absent {
+				if strings.Contains(got, a) {
+					t.Errorf("scrape has %s:\n%s", a, got)
+				}
+			}
+		})
+	}
+	// DELETE with the mode in the path deletes the group without it.
+	env := newTestEnv(t, false, false, nil)
+	env.do(t, "POST", "/metrics/job/h", []byte("w 1\n"))
+	if r := env.do(t, "DELETE", "/metrics/job/h/clear_mode/sum", nil); r.code != 202 {
+		t.Fatalf("delete: %d %s", r.code, r.body)
+	}
+	if got := env.scrape(t); strings.Contains(got, `w{`) {
+		t.Errorf("group not deleted:\n%s", got)
+	}
+}

@@ -38,6 +38,7 @@ type rwMetrics struct {
 	duration         *prometheus.HistogramVec
 	relabelDropped   prometheus.Counter
 	exemplarsDropped prometheus.Counter
+	staleIgnored     prometheus.Counter
 }
 
 func newRWMetrics(reg prometheus.Registerer) *rwMetrics {
@@ -71,7 +72,11 @@ func newRWMetrics(reg prometheus.Registerer) *rwMetrics {
 			Name: "sluice_remote_write_exemplars_dropped_total",
 			Help: "Exemplars received over remote_write and dropped: Sluice does not relay or aggregate exemplars.",
 		}),
+		staleIgnored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_remote_write_stale_markers_ignored_total",
+			Help: "Staleness markers received over remote_write for clear_mode series and ignored: Sluice ends aggregated series itself, after their TTL.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.samples, m.histograms, m.rejected, m.duration, m.relabelDropped, m.exemplarsDropped)
+	reg.MustRegister(m.requests, m.samples, m.histograms, m.rejected, m.duration, m.relabelDropped, m.exemplarsDropped, m.staleIgnored)
 	return m
 }

@@ -106,6 +106,9 @@ func (s *server) doRemoteWrite(c *fiber.Ctx) rwResult {
 	if dec.exemplars > 0 {
 		s.rw.exemplarsDropped.Add(float64(dec.exemplars))
 	}
+	if dec.staleMarkers > 0 {
+		s.rw.staleIgnored.Add(float64(dec.staleMarkers))
+	}
 	res := rwResult{version: v, code: http.StatusNoContent, samples: dec.droppedFloats, histograms: dec.droppedHists}
 	if dec.write.Relay == nil && len(dec.write.Pushes) == 0 {
 		return res // metadata only, or everything relabelled away

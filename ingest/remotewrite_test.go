@@ -637,3 +637,47 @@ func TestRemoteWriteBodyLimit(t *testing.T) {
 		t.Fatalf("OPTIONS: %d %v", r.code, r.header)
 	}
 }
+
+// Staleness markers for clear_mode series (a Prometheus sender writes one
+// when a target goes away) are ignored and count as written; they must
+// not fail the request, whose relayed series would go with it.
+func TestRemoteWriteStaleMarkersOnAggregatedSeries(t *testing.T) {
+	stale := math.Float64frombits(value.StaleNaN)
+	env := newTestEnv(t, false, false, nil)
+	req := &prompb.WriteRequest{Timeseries: []prompb.TimeSeries{
+		counterV1("calls_total", "sum", "f", 3, 1000),
+		counterV1("calls_total", "sum", "f", stale, 2000),
+		counterV1("temp", "replace", "f", 21, 1000),
+		counterV1("temp", "replace", "f", stale, 2000),
+		counterV1("gone_total", "sum", "f", stale, 2000), // only a marker: no series
+		{Labels: lbls("__name__", "relayed", "job", "f"), Samples: []prompb.Sample{{Value: 7, Timestamp: 1}, {Value: stale, Timestamp: 2}}},
+	}}
+	if r := env.rw(t, ctV1, rw1Body(t, req)); r.code != 204 {
+		t.Fatalf("RW1 with markers: %d %s", r.code, r.body)
+	}
+	r2 := newRW2().add([]string{"__name__", "depth", "clear_mode", "max5m", "job", "q"}, writev2.Metadata_METRIC_TYPE_GAUGE, "",
+		[]writev2.Sample{{Value: 4, Timestamp: 1}, {Value: stale, Timestamp: 2}}, nil).build()
+	if r := env.rw(t, ctV2, rw2Body(t, r2)); r.code != 204 || r.header.Get(headerSamplesWritten) != "2" {
+		t.Fatalf("RW2 with a marker: %d %s %v", r.code, r.body, r.header)
+	}
+	got := env.scrape(t)
+	for _, want := range []string{
+		`calls_total{instance="",job="f"} 3`,
+		`temp{instance="",job="f"} 21`,
+		`depth{instance="",job="q"} 4`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("scrape lacks %s:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "gone_total") || strings.Contains(got, "NaN") {
+		t.Errorf("a marker became a value or a series:\n%s", got)
+	}
+	rel := env.relay.series()
+	if len(rel) != 1 || len(rel[0].Samples) != 2 || !value.IsStaleNaN(rel[0].Samples[1].Value) {
+		t.Fatalf("the relayed series and its marker must be relayed as sent: %+v", rel)
+	}
+	if body := env.do(t, "GET", "/metrics", nil).body; !strings.Contains(body, "sluice_remote_write_stale_markers_ignored_total 4") {
+		t.Errorf("markers not counted:\n%s", grep(body, "stale"))
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/relabel"
+	"github.com/prometheus/prometheus/model/value"
 	"github.com/prometheus/prometheus/prompb"
 	writev2 "github.com/prometheus/prometheus/prompb/io/prometheus/write/v2"
 
@@ -249,7 +250,11 @@ type rwDecoded struct {
 	droppedSeries           int
 	droppedFloats           int
 	droppedHists            int
-	exemplars               int // received; Sluice does not carry them
+	// staleMarkers counts the staleness markers sent for aggregated
+	// series: ignored (and reported as written), since Sluice ends its
+	// aggregated series itself.
+	staleMarkers int
+	exemplars    int // received; Sluice does not carry them
 
 	// The pooled request the relay points into; release gives it back.
 	pool *bufPool
@@ -397,7 +402,7 @@ func (d *rwDecoder) decodeV1(r *rwRequest, raw, body []byte) (*rwDecoded, *rwErr
 			return nil, err
 		}
 		if mode {
-			if err := d.addAgg(ls, name, lookup(name), ts.Samples, ts.Histograms); err != nil {
+			if err := d.addAgg(out, ls, name, lookup(name), ts.Samples, ts.Histograms); err != nil {
 				return nil, err
 			}
 			unchanged = false
@@ -534,7 +539,7 @@ func (d *rwDecoder) decodeV2(r *rwRequest) (*rwDecoded, *rwError) {
 		sm := seriesMeta{typ: prompb.MetricMetadata_MetricType(md.Type), help: syms[md.HelpRef], unit: syms[md.UnitRef]}
 		sm.known = md.Type != writev2.Metadata_METRIC_TYPE_UNSPECIFIED
 		if mode {
-			if err := d.addAgg(ls, name, sm, floats, hists); err != nil {
+			if err := d.addAgg(out, ls, name, sm, floats, hists); err != nil {
 				return nil, err
 			}
 			continue
@@ -785,7 +790,36 @@ func familyMetadata(get func(family string) (prompb.MetricMetadata, bool), name 
 
 // addAgg collects a series to aggregate. Several TimeSeries with the same
 // labels are one series with all their samples.
-func (d *rwDecoder) addAgg(ls []prompb.Label, name string, md seriesMeta, floats []prompb.Sample, hists []prompb.Histogram) *rwError {
+func (d *rwDecoder) addAgg(out *rwDecoded, ls []prompb.Label, name string, md seriesMeta, floats []prompb.Sample, hists []prompb.Histogram) *rwError {
+	// A staleness marker says the sender stopped seeing the series (a
+	// target went away, a rule stopped matching). For an aggregated
+	// series that is no value to add or keep: Sluice ends the series
+	// itself once its TTL passes, with a marker of its own. So markers
+	// are left out, and count as written, rather than failing the whole
+	// request with 400 (which a Prometheus sender drops, relayed series
+	// included).
+	stale := 0
+	for i := range floats {
+		if value.IsStaleNaN(floats[i].Value) {
+			stale++
+		}
+	}
+	for i := range hists {
+		if value.IsStaleNaN(hists[i].Sum) {
+			stale++
+		}
+	}
+	if stale > 0 {
+		floats = slices.DeleteFunc(slices.Clone(floats), func(s prompb.Sample) bool { return value.IsStaleNaN(s.Value) })
+		n := len(hists)
+		hists = slices.DeleteFunc(slices.Clone(hists), func(h prompb.Histogram) bool { return value.IsStaleNaN(h.Sum) })
+		out.staleMarkers += stale
+		out.droppedHists += n - len(hists)
+		out.droppedFloats += stale - (n - len(hists))
+		if len(floats) == 0 && len(hists) == 0 {
+			return nil
+		}
+	}
 	if d.agg == nil {
 		d.agg = make(map[string]*aggSeries)
 	}
