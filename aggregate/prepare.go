@@ -579,6 +579,11 @@ func observe(name string, lset func() labels.Labels, typ dto.MetricType, mode co
 		if m.Summary == nil {
 			return observation{}, 0, invalid(ReasonTypeConflict, "series %s: metric of type summary has no summary value", id())
 		}
+		if c := m.Summary.GetSampleCount(); c > 1<<53 {
+			// Not a count anyone observed: in a text push, expfmt's
+			// conversion of a negative, NaN or infinite _count.
+			return observation{}, 0, invalid(ReasonNonFinite, "series %s: summary count %d is not a valid count (more than 2^53)", id(), c)
+		}
 		sm := &summaryState{count: float64(m.Summary.GetSampleCount()), sum: m.Summary.GetSampleSum()}
 		dropped := 0
 		if mode.Kind == configs.ModeSum {

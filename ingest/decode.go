@@ -314,6 +314,9 @@ func decodeText(body []byte, tp *textParser) ([]*dto.MetricFamily, error) {
 	if fams, ok := tp.parseBody(body); ok {
 		return fams, nil
 	}
+	if tp.badCount != nil {
+		return nil, tp.badCount
+	}
 	// Whatever the fast parser does not handle, expfmt parses (or rejects
 	// with its own message).
 	parser := expfmt.NewTextParser(model.LegacyValidation)

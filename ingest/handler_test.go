@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -482,5 +483,47 @@ func TestModeInGroupingKey(t *testing.T) {
 	}
 	if got := env.scrape(t); strings.Contains(got, `w{`) {
 		t.Errorf("group not deleted:\n%s", got)
+	}
+}
+
+// A summary's _count must be a count: expfmt would turn a negative, NaN or
+// infinite one into 2^63 (amd64) and the running total with it.
+func TestSummaryCountMustBeACount(t *testing.T) {
+	cases := []struct {
+		name, count string
+		code        int
+	}{
+		{"negative", "-1", 400},
+		{"NaN", "NaN", 400},
+		{"infinite", "+Inf", 400},
+		{"beyond 2^53", "1e30", 400},
+		{"zero", "0", 200},
+		{"a count", "3", 200},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newTestEnv(t, false, false, nil)
+			body := "# TYPE s summary\ns_sum 1\ns_count " + tc.count + "\n"
+			r := env.do(t, "POST", "/metrics/job/x", []byte(body))
+			if r.code != tc.code {
+				t.Fatalf("push with _count %s: %d %s, want %d", tc.count, r.code, r.body, tc.code)
+			}
+			got := env.scrape(t)
+			if tc.code != 200 {
+				if !strings.Contains(r.body, "count") || strings.Contains(got, "s_count") {
+					t.Errorf("answer %q should name the count, and nothing be stored:\n%s", r.body, got)
+				}
+				return
+			}
+			if want := `s_count{instance="",job="x"} ` + tc.count; !strings.Contains(got, want) {
+				t.Errorf("scrape lacks %s:\n%s", want, got)
+			}
+		})
+	}
+	// The general parser's path (a body the fast parser leaves to expfmt:
+	// no final newline) is caught by the Store.
+	env := newTestEnv(t, false, false, nil)
+	if r := env.do(t, "POST", "/metrics/job/x", []byte("# TYPE s summary\ns_sum 1\ns_count -1")); r.code != 400 && runtime.GOARCH == "amd64" {
+		t.Errorf("general path: %d %s, want 400", r.code, r.body)
 	}
 }

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"fmt"
 	"math"
 	"slices"
 	"strconv"
@@ -10,6 +11,9 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 )
+
+// maxExactCount is the largest count a float64 holds exactly (2^53).
+const maxExactCount = 1 << 53
 
 // fastText parses the Prometheus text format 0.0.4 straight into metric
 // families, with a handful of allocations per body instead of several per
@@ -93,6 +97,11 @@ type textParser struct {
 	pairs     []*dto.LabelPair // label pairs of the current line
 	sig       []byte
 	lastFam   familyHit // familyOf's cache; cleared by comments and reset
+	// badCount is set, with ok == false, when a summary's _count is not
+	// a count: expfmt converts it to an integer without a check (a
+	// negative or NaN count becomes 2^63 on amd64, 0 on arm64), so the
+	// caller must reject the body rather than fall back to expfmt.
+	badCount error
 }
 
 // reset forgets the last body, keeping the memory for the next: every
@@ -100,6 +109,7 @@ type textParser struct {
 // field survives into a new family.
 func (p *textParser) reset() {
 	p.s, p.pos = "", 0
+	p.badCount = nil
 	p.lastFam = familyHit{}
 	clear(p.fams)
 	clear(p.index)
@@ -642,6 +652,10 @@ func (p *textParser) sample() bool {
 		}
 		switch {
 		case isCount:
+			if !(v >= 0 && v <= maxExactCount) { // NaN too
+				p.badCount = fmt.Errorf("summary %q: _count %v is not a count (a non-negative number up to 2^53)", mf.GetName(), v)
+				return false
+			}
 			c := uint64(v)
 			m.Summary.SampleCount = &c
 		case isSum:
