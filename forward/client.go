@@ -23,6 +23,11 @@ const (
 	contentTypeV2 = "application/x-protobuf;proto=io.prometheus.write.v2.Request"
 	versionV1     = "0.1.0"
 	versionV2     = "2.0.0"
+
+	// Written-count answer headers of Remote-Write 2.0.
+	headerSamplesWritten    = "X-Prometheus-Remote-Write-Samples-Written"
+	headerHistogramsWritten = "X-Prometheus-Remote-Write-Histograms-Written"
+	headerExemplarsWritten  = "X-Prometheus-Remote-Write-Exemplars-Written"
 )
 
 const (
@@ -52,6 +57,8 @@ type statusError struct {
 	code int
 	// msg holds the status and the start of the body, already redacted.
 	msg string
+	// reason, if set, is the drop reason instead of the status code.
+	reason string
 }
 
 func (e *statusError) Error() string { return e.msg }
@@ -127,6 +134,16 @@ func (c *client) store(ctx context.Context, body []byte, attempt int) error {
 	}()
 	c.metrics.requests.WithLabelValues(strconv.Itoa(resp.StatusCode)).Inc()
 	if resp.StatusCode/100 == 2 {
+		if c.v2 && writtenNothing(resp.Header) {
+			// As Prometheus 3 does (PRW 2.0 "required written response
+			// headers"): every 2.0 request Sluice sends carries samples
+			// or histograms, so a 2xx that confirms none of them comes
+			// from a receiver that did not read it as 2.0. Sending it
+			// again would get the same answer.
+			return &statusError{code: resp.StatusCode, reason: reasonUnconfirmed, msg: c.redact(fmt.Sprintf(
+				"sent a Remote-Write 2.0 request; got HTTP status %s, but the X-Prometheus-Remote-Write-*-Written headers say 0 samples, 0 histograms and 0 exemplars were written; "+
+					"the target likely only supports Remote-Write 1.0 (drop protobuf_message or set it to prometheus.WriteRequest)", resp.Status))}
+		}
 		return nil
 	}
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, errorBodyBytes))
@@ -138,6 +155,20 @@ func (c *client) store(ctx context.Context, body []byte, attempt int) error {
 		return recoverableError{err: serr, retryAfter: retryAfter(resp.Header.Get("Retry-After"), time.Now())}
 	}
 	return serr
+}
+
+// writtenNothing reports whether a 2.0 answer's written-count headers sum
+// to 0; a missing header counts 0 (PRW 2.0), a malformed one counts as
+// something written (the receiver spoke 2.0).
+func writtenNothing(h http.Header) bool {
+	for _, k := range []string{headerSamplesWritten, headerHistogramsWritten, headerExemplarsWritten} {
+		if v := h.Get(k); v != "" {
+			if n, err := strconv.Atoi(v); err != nil || n > 0 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // close releases idle connections once the target is stopped.

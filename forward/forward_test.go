@@ -461,6 +461,62 @@ func TestRW2Request(t *testing.T) {
 	}
 }
 
+// TestRW2UnconfirmedWrite: a 2xx to a Remote-Write 2.0 request whose
+// written-count headers confirm nothing is a receiver that did not read
+// 2.0 (a 1.0-only one that ignores Content-Type): dropped, not retried,
+// as Prometheus 3 does. Any confirmation, even partial, is a send.
+func TestRW2UnconfirmedWrite(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		headers map[string]string // "" deletes the header
+		sent    bool
+	}{
+		{name: "no headers (a 1.0 receiver)", headers: map[string]string{headerSamplesWritten: "", headerHistogramsWritten: "", headerExemplarsWritten: ""}},
+		{name: "all zero", headers: map[string]string{headerSamplesWritten: "0", headerHistogramsWritten: "0", headerExemplarsWritten: "0"}},
+		{name: "partly written", headers: map[string]string{headerSamplesWritten: "1", headerHistogramsWritten: ""}, sent: true},
+		{name: "counts as sent", sent: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rc := newReceiver(t, func(n int, w http.ResponseWriter, r *http.Request) (int, string) {
+				for k, v := range tc.headers {
+					if v == "" {
+						w.Header().Del(k)
+					} else {
+						w.Header().Set(k, v)
+					}
+				}
+				return http.StatusNoContent, ""
+			})
+			h := newHarness(t)
+			cfg := testConfig(rc.url(), "v2")
+			cfg.ProtobufMessage = configs.ProtoMsgV2
+			cfg.QueueConfig.MaxShards = 1
+			h.apply(nil, cfg)
+			h.m.Append(&prompb.WriteRequest{Timeseries: []prompb.TimeSeries{
+				{Labels: []prompb.Label{{Name: "__name__", Value: "a"}}, Samples: []prompb.Sample{{Timestamp: 1000, Value: 1}}},
+				{Labels: []prompb.Label{{Name: "__name__", Value: "b"}}, Samples: []prompb.Sample{{Timestamp: 1000, Value: 2}}},
+			}})
+			rc.nextAccepted(2, 5*time.Second)
+			if err := h.stop(5 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+			sent, _ := h.metric("sluice_forward_samples_sent_total", map[string]string{"remote_name": "v2"})
+			dropped := h.dropped("v2", reasonUnconfirmed)
+			switch {
+			case tc.sent && (sent != 2 || dropped != 0):
+				t.Errorf("sent %v, dropped %v; want 2 sent", sent, dropped)
+			case !tc.sent && (sent != 0 || dropped != 2):
+				t.Errorf("sent %v, dropped %v as %s; want 2 dropped", sent, dropped, reasonUnconfirmed)
+			}
+			if n := len(rc.reqs); n != 0 {
+				t.Errorf("%d more requests: an unconfirmed write must not be retried", n)
+			}
+		})
+	}
+}
+
 // TestWriteRelabel applies write_relabel_configs.
 func TestWriteRelabel(t *testing.T) {
 	t.Parallel()

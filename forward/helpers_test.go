@@ -111,6 +111,17 @@ func newReceiver(t *testing.T, respond respondFunc) *receiver {
 			t.Errorf("request %d: unmarshal: %v", n, err)
 		}
 		got.code = http.StatusNoContent
+		if got.v2 != nil {
+			// As a 2.0 receiver answers; respond may change it.
+			var floats, hists int
+			for _, ts := range got.v2.Timeseries {
+				floats += len(ts.Samples)
+				hists += len(ts.Histograms)
+			}
+			w.Header().Set(headerSamplesWritten, strconv.Itoa(floats))
+			w.Header().Set(headerHistogramsWritten, strconv.Itoa(hists))
+			w.Header().Set(headerExemplarsWritten, "0")
+		}
 		var answer string
 		if respond != nil {
 			got.code, answer = respond(n, w, r)

@@ -28,6 +28,11 @@ const (
 	reasonRelabel = "relabel"
 	// reasonEncode: the batch could not be marshalled (never expected).
 	reasonEncode = "encode"
+	// reasonUnconfirmed: a Remote-Write 2.0 target answered 2xx but its
+	// X-Prometheus-Remote-Write-*-Written headers said nothing was
+	// written (or were missing): a 1.0-only receiver that ignored the
+	// Content-Type, as Prometheus 3 reads it.
+	reasonUnconfirmed = "rw2_unconfirmed"
 )
 
 // metrics are the Manager's self metrics, every series labelled with

@@ -201,6 +201,9 @@ func (t *target) dropRejected(err error, n int) {
 	var serr *statusError
 	if errors.As(err, &serr) {
 		reason = strconv.Itoa(serr.code)
+		if serr.reason != "" {
+			reason = serr.reason
+		}
 	}
 	t.drop(reason, n)
 	t.logger.Error("dropping batch: non-recoverable error", "samples", n, "reason", reason, "err", err.Error())

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -62,7 +63,42 @@ type flags struct {
 	log             promslog.Config
 }
 
+// buildVersion is Sluice's version when the build did not set one with
+// -ldflags "-X github.com/prometheus/common/version.Version=...": the
+// main module's version if the go command stamped one, else "devel" and
+// the commit, else "devel". It shows in --version, User-Agent
+// (Sluice/<version>), the log and sluice_build_info.
+func buildVersion(bi *debug.BuildInfo, ok bool) string {
+	if !ok {
+		return "devel"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return strings.TrimPrefix(v, "v")
+	}
+	rev, dirty := "", false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "devel"
+	}
+	v := "devel-" + rev[:min(12, len(rev))]
+	if dirty {
+		v += "-dirty"
+	}
+	return v
+}
+
 func parseFlags(args []string) (*flags, *kingpin.Application, error) {
+	if version.Version == "" {
+		// The variable -ldflags -X sets; wiring, before anything reads it.
+		version.Version = buildVersion(debug.ReadBuildInfo())
+	}
 	f := &flags{log: promslog.Config{}}
 	app := kingpin.New("sluice", "Sluice: a push-first metrics ingestion proxy.").UsageWriter(os.Stdout)
 	app.Version(version.Print("sluice"))

@@ -353,7 +353,16 @@ func (rw *rwRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		rw.v2 = append(rw.v2, req)
-		w.Header().Set("X-Prometheus-Remote-Write-Samples-Written", "0")
+		// As a 2.0 receiver answers: Sluice, like Prometheus 3, drops a
+		// batch whose 2xx confirms nothing written.
+		var floats, hists int
+		for _, ts := range req.Timeseries {
+			floats += len(ts.Samples)
+			hists += len(ts.Histograms)
+		}
+		w.Header().Set("X-Prometheus-Remote-Write-Samples-Written", strconv.Itoa(floats))
+		w.Header().Set("X-Prometheus-Remote-Write-Histograms-Written", strconv.Itoa(hists))
+		w.Header().Set("X-Prometheus-Remote-Write-Exemplars-Written", "0")
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
@@ -467,7 +476,7 @@ remote_write:
 					t.Fatalf("RW2 series: labels %v metadata %+v sample %+v", ls, ts.Metadata, ts.Samples[0])
 				}
 				if h.Get("X-Prometheus-Remote-Write-Version") != "2.0.0" || h.Get("Content-Encoding") != "snappy" ||
-					!strings.HasPrefix(h.Get("User-Agent"), "Sluice/") {
+					!strings.HasPrefix(h.Get("User-Agent"), "Sluice/") || len(h.Get("User-Agent")) == len("Sluice/") {
 					t.Fatalf("RW2 headers: %v", h)
 				}
 				return

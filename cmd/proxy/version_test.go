@@ -1,0 +1,35 @@
+package main
+
+import (
+	"runtime/debug"
+	"testing"
+)
+
+func TestBuildVersion(t *testing.T) {
+	vcs := func(rev, modified string) []debug.BuildSetting {
+		return []debug.BuildSetting{{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: rev}, {Key: "vcs.modified", Value: modified}}
+	}
+	cases := []struct {
+		name string
+		bi   *debug.BuildInfo
+		ok   bool
+		want string
+	}{
+		{name: "no build info", ok: false, want: "devel"},
+		{name: "stamped module version", ok: true, want: "0.0.0-20261122234406-509091d7f9ef",
+			bi: &debug.BuildInfo{Main: debug.Module{Version: "v0.0.0-20261122234406-509091d7f9ef"}}},
+		{name: "tagged release", ok: true, want: "1.2.3", bi: &debug.BuildInfo{Main: debug.Module{Version: "v1.2.3"}}},
+		{name: "devel with a commit", ok: true, want: "devel-509091d7f9ef",
+			bi: &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}, Settings: vcs("509091d7f9efb19dc5e7a650c3ded2260c46b89a", "false")}},
+		{name: "devel with local changes", ok: true, want: "devel-509091d7f9ef-dirty",
+			bi: &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}, Settings: vcs("509091d7f9efb19dc5e7a650c3ded2260c46b89a", "true")}},
+		{name: "devel without vcs (-buildvcs=false)", ok: true, want: "devel", bi: &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := buildVersion(tc.bi, tc.ok); got != tc.want {
+				t.Errorf("buildVersion = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
