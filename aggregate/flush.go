@@ -416,7 +416,7 @@ func (w *windowRender) build(b *baseLabels, metricName, extraName, extraValue st
 func (w *windowRender) appendChunk(c *flushChunk, extra map[string]string) {
 	for i := range c.fams {
 		fam := &c.fams[i]
-		w.family(prompb.MetricMetadata{Type: metadataType(fam.typ), MetricFamilyName: fam.name, Help: fam.help})
+		w.family(prompb.MetricMetadata{Type: metadataType(fam.typ), MetricFamilyName: fam.name, Help: fam.help, Unit: fam.unit})
 		b := baseLabels{fromLset: true, groupKey: fam.groups, extra: extra}
 		for _, s := range fam.series {
 			switch {

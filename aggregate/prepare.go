@@ -44,6 +44,7 @@ type update struct {
 	typ     dto.MetricType
 	outType dto.MetricType
 	help    string
+	unit    string
 	mode    configs.Mode
 	obs     observation
 	shard   int
@@ -254,7 +255,7 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 			u := update{
 				hash: hash, k0: int32(k0), k1: int32(len(keyArena)), m: m,
 				name: name, typ: typ, outType: outputType(typ, mode),
-				help: fam.GetHelp(), mode: mode, obs: obs, shard: s.shardOfHash(hash),
+				help: fam.GetHelp(), unit: fam.GetUnit(), mode: mode, obs: obs, shard: s.shardOfHash(hash),
 			}
 			pr.modes = append(pr.modes, mode)
 			if mode.Kind == configs.ModeFamily || (sem == SemanticsPushgateway && p.Method == MethodPost) {

@@ -20,20 +20,21 @@ import (
 // WAL checkpoint). Bump the version on any layout change; restore reads
 // every version.
 //
-// Version 2, written a part at a time as the state is copied:
+// Version 3, written a part at a time as the state is copied:
 //
-//	magic "SLST" | version <uvarint> = 2 | series entries, to the groups |
+//	magic "SLST" | version <uvarint> = 3 | series entries, to the groups |
 //	groups | series count <8b> | group count <8b> |
 //	offset of the groups from the first series entry <8b>
 //
-// Version 1 (read only) had the group count, the groups and the series
+// Version 2 (read only) is version 3 without the unit after each series'
+// HELP text. Version 1 (read only) had the group count, the groups and the series
 // count before the series entries, and nothing after them. A group is its
 // labels, last push and last failure; a series entry is its group's index
 // then the series (appendSeries). The trailer's integers are big endian.
 const (
 	snapshotMagic   = "SLST"
-	snapshotVersion = 2
-	// snapshotTrailer is the size of a version 2 snapshot's trailer.
+	snapshotVersion = 3
+	// snapshotTrailer is the size of a version 2 or 3 snapshot's trailer.
 	snapshotTrailer = 24
 	// captureBuffer is how many bytes of series entries a capture
 	// gathers before writing them to the checkpoint.
@@ -56,7 +57,8 @@ const (
 // time; the groups, small, are kept and written after them (snapshot
 // version 2).
 type capture struct {
-	epoch int64
+	epoch   int64
+	version uint64 // of the layout written
 
 	mu      sync.Mutex // guards the fields below
 	out     io.Writer  // the checkpoint file
@@ -71,9 +73,12 @@ type capture struct {
 
 // newCapture starts the capture of checkpoint epoch into out.
 func (s *Store) newCapture(epoch int64, out io.Writer) *capture {
-	c := &capture{epoch: epoch, out: out, buf: make([]byte, 0, captureBuffer+captureBuffer/4)}
+	c := &capture{epoch: epoch, version: snapshotVersion, out: out, buf: make([]byte, 0, captureBuffer+captureBuffer/4)}
+	if s.snapshotLayout != 0 {
+		c.version = s.snapshotLayout
+	}
 	c.buf = append(c.buf, snapshotMagic...)
-	c.buf = binary.AppendUvarint(c.buf, snapshotVersion)
+	c.buf = binary.AppendUvarint(c.buf, c.version)
 	c.body = int64(len(c.buf))
 	return c
 }
@@ -98,7 +103,7 @@ func (s *Store) captureLocked(g *group, c *capture) {
 	c.nSeries += len(g.series)
 	for _, se := range g.series {
 		c.buf = binary.AppendUvarint(c.buf, idx)
-		c.buf = appendSeries(c.buf, se)
+		c.buf = appendSeries(c.buf, se, c.version)
 	}
 	if len(c.buf) >= captureBuffer {
 		c.writeOut()
@@ -139,12 +144,15 @@ func (s *Store) beforeChange(g *group) {
 
 // appendSeries appends one series entry of a snapshot, after its group
 // index.
-func appendSeries(b []byte, se *series) []byte {
+func appendSeries(b []byte, se *series, version uint64) []byte {
 	b = appendLabels(b, se.lset)
 	b = appendString(b, se.name)
 	b = append(b, byte(se.typ))
 	b = appendString(b, se.mode.String())
 	b = appendString(b, se.fam.help)
+	if version >= 3 {
+		b = appendString(b, se.fam.unit)
+	}
 	b = binary.AppendVarint(b, se.lastPush)
 	switch {
 	case se.win != nil:
@@ -337,7 +345,7 @@ func (s *Store) restore(data []byte) error {
 	}
 	r := &reader{b: data[len(snapshotMagic):]}
 	v, err := r.count()
-	if err != nil || (v != 1 && v != snapshotVersion) {
+	if err != nil || v < 1 || v > snapshotVersion {
 		return fmt.Errorf("restore snapshot: unsupported version %d", v)
 	}
 	var (
@@ -426,6 +434,12 @@ func (s *Store) restore(data []byte) error {
 		if err != nil {
 			return err
 		}
+		var unit string
+		if v >= 3 {
+			if unit, err = rs.string(r); err != nil {
+				return err
+			}
+		}
 		if se.lastPush, err = r.varint(); err != nil {
 			return err
 		}
@@ -448,7 +462,7 @@ func (s *Store) restore(data []byte) error {
 		if err != nil {
 			return err
 		}
-		u := &update{name: se.name, typ: se.typ, outType: outputType(se.typ, se.mode), mode: se.mode, help: help}
+		u := &update{name: se.name, typ: se.typ, outType: outputType(se.typ, se.mode), mode: se.mode, help: help, unit: unit}
 		f, err := s.claim(u)
 		if err != nil {
 			return fmt.Errorf("restore snapshot: %w", err)

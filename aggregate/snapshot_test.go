@@ -6,9 +6,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/sluice-metrics/sluice/wal"
 )
@@ -101,7 +106,7 @@ func TestCheckpointWriteFailure(t *testing.T) {
 	}
 }
 
-// toVersion1 rewrites a version 2 snapshot in the version 1 layout: the
+// toVersion1 rewrites a version 2 snapshot (snapshotLayout 2) in the version 1 layout: the
 // groups and the counts before the series, no trailer.
 func toVersion1(t testing.TB, data []byte) []byte {
 	t.Helper()
@@ -120,6 +125,7 @@ func toVersion1(t testing.TB, data []byte) []byte {
 // of Sluice until the checkpoint was streamed) still restores.
 func TestRestoreVersion1(t *testing.T) {
 	s, _ := bigStore(t)
+	s.snapshotLayout = 2
 	l := &partsLog{}
 	if err := s.Checkpoint(context.Background(), l); err != nil {
 		t.Fatal(err)
@@ -154,7 +160,7 @@ func TestRestoreBadSnapshot(t *testing.T) {
 		want string
 	}{
 		{name: "bad magic", data: append([]byte("XXXX"), good[4:]...), want: "bad magic"},
-		{name: "unknown version", data: append([]byte("SLST\x03"), good[5:]...), want: "unsupported version"},
+		{name: "unknown version", data: append([]byte("SLST\x04"), good[5:]...), want: "unsupported version"},
 		{name: "no trailer", data: good[:len(snapshotMagic)+1+snapshotTrailer-1], want: "truncated trailer"},
 		{name: "groups offset past the end", data: trailer(1, 1, 1<<40), want: "does not fit"},
 		{name: "huge series count", data: trailer(1<<50, 1, 2), want: "does not fit"},
@@ -221,5 +227,66 @@ func TestSeriesKeySharesLabels(t *testing.T) {
 		if n != 2 {
 			t.Fatalf("%s: %d series, want 2", name, n)
 		}
+	}
+}
+
+// TestRestoreVersion2: a checkpoint from before units were kept restores,
+// with no unit.
+func TestRestoreVersion2(t *testing.T) {
+	s, _ := bigStore(t)
+	s.snapshotLayout = 2
+	l := &partsLog{}
+	if err := s.Checkpoint(context.Background(), l); err != nil {
+		t.Fatal(err)
+	}
+	if l.committed[len(snapshotMagic)] != 2 {
+		t.Fatalf("written as version %d", l.committed[len(snapshotMagic)])
+	}
+	r, _ := newTestStore(t, testSettings())
+	if err := r.Restore(l.committed); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := expose(t, r), expose(t, s); got != want {
+		t.Fatalf("version 2 restore differs:\n got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestUnitIsKept: a family's unit (OpenMetrics # UNIT, remote_write
+// metadata) goes out with its metadata, and survives a checkpoint.
+func TestUnitIsKept(t *testing.T) {
+	s, clk := newTestStore(t, testSettings())
+	fam := &dto.MetricFamily{Name: ptr("job_duration_seconds"), Help: ptr("Job duration."), Unit: ptr("seconds"),
+		Type: dto.MetricType_GAUGE.Enum(), Metric: []*dto.Metric{{Gauge: &dto.Gauge{Value: ptr(1.5)}}}}
+	if err := s.Apply(context.Background(), &Push{Group: groupLabels("job=u"), Method: MethodPost, Families: []*dto.MetricFamily{fam}}); err != nil {
+		t.Fatal(err)
+	}
+	unitOf := func(st *Store) string {
+		t.Helper()
+		rec := &recorder{}
+		f := NewFlusher(15*time.Second, clk.now, rec, []Source{{Gatherer: st}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+		f.Flush(f.WindowEnd(clk.t))
+		for _, req := range rec.reqs {
+			for _, m := range req.Metadata {
+				if m.MetricFamilyName == "job_duration_seconds" {
+					return m.Unit
+				}
+			}
+		}
+		t.Fatal("no metadata for job_duration_seconds")
+		return ""
+	}
+	if u := unitOf(s); u != "seconds" {
+		t.Errorf("unit in the window's metadata = %q, want seconds", u)
+	}
+	l := &partsLog{}
+	if err := s.Checkpoint(context.Background(), l); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newTestStore(t, testSettings())
+	if err := r.Restore(l.committed); err != nil {
+		t.Fatal(err)
+	}
+	if u := unitOf(r); u != "seconds" {
+		t.Errorf("unit after a checkpoint = %q, want seconds", u)
 	}
 }

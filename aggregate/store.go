@@ -106,10 +106,14 @@ type Settings struct {
 
 // Store is the aggregation state. All methods are safe for concurrent use.
 type Store struct {
-	journal Journal  // nil: no durability
-	relay   Appender // where relayed remote_write series go; nil: nowhere
-	broken  atomic.Pointer[error]
-	ready   atomic.Bool // with a journal: recovery is done
+	journal Journal // nil: no durability
+	// snapshotLayout is the snapshot version checkpoints are written in:
+	// 0 for snapshotVersion; tests set an older one to check that it is
+	// still read.
+	snapshotLayout uint64
+	relay          Appender // where relayed remote_write series go; nil: nowhere
+	broken         atomic.Pointer[error]
+	ready          atomic.Bool // with a journal: recovery is done
 	// stateMu orders operations against durable snapshots: every
 	// operation holds it for reading while it validates, enqueues its
 	// record and mutates; a checkpoint holds it for writing while it waits
@@ -192,6 +196,7 @@ type family struct {
 	pushedType dto.MetricType
 	mode       configs.Mode // mode of the first series; only for messages
 	help       string
+	unit       string       // from OpenMetrics # UNIT or remote_write metadata
 	refs       atomic.Int64 // live series plus in-flight pushes holding it
 }
 
@@ -644,7 +649,7 @@ func (s *Store) claim(u *update) (*family, error) {
 	if f == nil {
 		// Clone: the push's strings may share memory with its whole body
 		// (see ingest's text decoder), which the family must not keep.
-		f = &family{name: strings.Clone(u.name), typ: u.outType, pushedType: u.typ, mode: u.mode, help: strings.Clone(u.help)}
+		f = &family{name: strings.Clone(u.name), typ: u.outType, pushedType: u.typ, mode: u.mode, help: strings.Clone(u.help), unit: strings.Clone(u.unit)}
 		s.families[f.name] = f
 	}
 	if f.typ != u.outType {
@@ -917,8 +922,8 @@ type flushChunk struct {
 
 // flushFamily is the series of one metric family in a chunk.
 type flushFamily struct {
-	name, help string
-	typ        dto.MetricType
+	name, help, unit string
+	typ              dto.MetricType
 	// groups: each series' labels are a grouping key; the series is named
 	// name and gets instance="" when the key has no instance (the
 	// push-time families, as groupLabelPairs renders them).
@@ -998,7 +1003,7 @@ func (s *Store) gatherChunks(size int, fn func(*flushChunk) error) error {
 			if !ok {
 				i = len(c.fams)
 				idx[se.fam] = i
-				ff := flushFamily{name: se.name, help: se.fam.help, typ: se.fam.typ}
+				ff := flushFamily{name: se.name, help: se.fam.help, unit: se.fam.unit, typ: se.fam.typ}
 				if n := len(spare); n > 0 {
 					ff.series, spare = spare[n-1], spare[:n-1]
 				}

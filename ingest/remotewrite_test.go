@@ -16,6 +16,7 @@ import (
 
 	"github.com/golang/snappy"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
@@ -679,5 +680,45 @@ func TestRemoteWriteStaleMarkersOnAggregatedSeries(t *testing.T) {
 	}
 	if body := env.do(t, "GET", "/metrics", nil).body; !strings.Contains(body, "sluice_remote_write_stale_markers_ignored_total 4") {
 		t.Errorf("markers not counted:\n%s", grep(body, "stale"))
+	}
+}
+
+// TestRemoteWriteAggregatedUnit: the unit of an aggregated series'
+// metadata (1.0: the request's metadata; 2.0: inline) reaches the pushed
+// family, which the Store forwards with its windows.
+func TestRemoteWriteAggregatedUnit(t *testing.T) {
+	v1 := &prompb.WriteRequest{
+		Timeseries: []prompb.TimeSeries{counterV1("temp_celsius", "replace", "f", 21, 1000)},
+		Metadata:   []prompb.MetricMetadata{{Type: prompb.MetricMetadata_GAUGE, MetricFamilyName: "temp_celsius", Help: "Temperature.", Unit: "celsius"}},
+	}
+	b2 := newRW2()
+	b2.add([]string{"__name__", "temp_celsius", "clear_mode", "replace", "job", "f"}, writev2.Metadata_METRIC_TYPE_GAUGE, "Temperature.",
+		[]writev2.Sample{{Value: 21, Timestamp: 1000}}, nil)
+	r2 := b2.build()
+	r2.Timeseries[0].Metadata.UnitRef = b2.st.Symbolize("celsius")
+	r2.Symbols = b2.st.Symbols()
+	for _, tc := range []struct {
+		name string
+		v    rwVersion
+		body []byte
+	}{
+		{"1.0", rwV1, rw1Body(t, v1)},
+		{"2.0", rwV2, rw2Body(t, r2)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var pool bufPool
+			dec, err := decodeRemoteWrite(&pool, tc.v, tc.body, configs.Default().Limits, nil, newMetadataCache())
+			if err != nil {
+				t.Fatalf("decode: %+v", err)
+			}
+			defer dec.release()
+			if len(dec.write.Pushes) != 1 || len(dec.write.Pushes[0].Families) != 1 {
+				t.Fatalf("pushes: %+v", dec.write.Pushes)
+			}
+			f := dec.write.Pushes[0].Families[0]
+			if f.GetUnit() != "celsius" || f.GetHelp() != "Temperature." || f.GetType() != dto.MetricType_GAUGE {
+				t.Errorf("family %s: unit %q help %q type %v", f.GetName(), f.GetUnit(), f.GetHelp(), f.GetType())
+			}
+		})
 	}
 }

@@ -903,6 +903,9 @@ func (d *rwDecoder) buildPushes(out *rwDecoded) *rwError {
 				if s.meta.help != "" {
 					f.Help = ptr(s.meta.help)
 				}
+				if s.meta.unit != "" {
+					f.Unit = ptr(s.meta.unit)
+				}
 				gp.fams[s.name] = f
 				gp.push.Families = append(gp.push.Families, f)
 			} else if f.GetType() != typ {
