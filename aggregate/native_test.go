@@ -1,12 +1,16 @@
 package aggregate
 
 import (
+	"bytes"
 	"context"
 	"math"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/textparse"
 )
 
 // nativeFamily observes vals in a native histogram with the given bucket
@@ -86,4 +90,60 @@ func gatherOne(t *testing.T, s *Store, name string) *dto.Metric {
 
 func nativeFamilies(t testing.TB) []*dto.MetricFamily {
 	return []*dto.MetricFamily{nativeFamily(t, 2, 0.001, 0.02, 0.5, 0.5, 3, 70)}
+}
+
+// TestNativeHistogramExposedAsPrometheusReadsIt: a merged native histogram
+// on GET /metrics (protobuf) reads back, with Prometheus' own parser, with
+// its count and buckets.
+func TestNativeHistogramExposedAsPrometheusReadsIt(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		vals []float64
+	}{
+		{"positive buckets", []float64{0.5, 3}},
+		{"zero bucket too", []float64{0, 0.5, 3}},
+		{"negative buckets", []float64{-1, -2, 4}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _ := newTestStore(t, testSettings())
+			if err := s.Apply(context.Background(), &Push{Group: groupLabels("job=f"), Families: []*dto.MetricFamily{nativeFamily(t, 1.1, tc.vals...)}}); err != nil {
+				t.Fatal(err)
+			}
+			var buf bytes.Buffer
+			enc := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeProtoDelim))
+			fams, err := s.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range fams {
+				if f.GetName() == "rpc_seconds" {
+					if err := enc.Encode(f); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			p := textparse.NewProtobufParser(buf.Bytes(), false, false, false, false, labels.NewSymbolTable())
+			for {
+				e, err := p.Next()
+				if err != nil {
+					t.Fatalf("no histogram read back: %v", err)
+				}
+				if e != textparse.EntryHistogram {
+					continue
+				}
+				_, _, h, fh := p.Histogram()
+				if h != nil {
+					fh = h.ToFloat(nil)
+				}
+				var inBuckets float64
+				for it := fh.AllBucketIterator(); it.Next(); {
+					inBuckets += it.At().Count
+				}
+				if fh.Count != float64(len(tc.vals)) || inBuckets != fh.Count {
+					t.Fatalf("read back count %v, %v in buckets; want %d: %v", fh.Count, inBuckets, len(tc.vals), fh)
+				}
+				return
+			}
+		})
+	}
 }

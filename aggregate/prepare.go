@@ -134,6 +134,19 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 	if sem == SemanticsPushgateway && p.Method == MethodPut {
 		pr.replaceAll = true
 	}
+	if p.Modes == nil {
+		// The path's labels go on every series: the same length limits
+		// as the body's (a replayed push was accepted once).
+		var err error
+		p.Group.Range(func(l labels.Label) {
+			if err == nil {
+				err = checkGroupLabel(l, lim)
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
 	total := 0
 	for _, fam := range p.Families {
 		total += len(fam.GetMetric())
@@ -247,6 +260,10 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 				}
 				mode = pm
 			}
+			if own, ok := set.OwnFamilies[name]; ok && p.Modes == nil && outputType(typ, mode) != own {
+				return nil, invalid(ReasonTypeConflict, "metric %q is one of Sluice's own metrics (%s on GET /metrics); this push sends it as %s (a push may add series to it only with the same type)",
+					name, typeName(own), typeName(outputType(typ, mode)))
+			}
 			obs, quants, err := observe(name, curSet, typ, mode, m)
 			if err != nil {
 				return nil, err
@@ -339,6 +356,28 @@ func checkLabel(metric, name, value string, lim configs.LimitsConfig) error {
 			quote(name) + " is longer than " + itoa(lim.MaxLabelValueLength) + " bytes (limits.max_label_value_length)"}
 	}
 	return nil
+}
+
+// checkGroupLabel checks a grouping key's label against the label length
+// limits.
+func checkGroupLabel(l labels.Label, lim configs.LimitsConfig) error {
+	if len(l.Name) > lim.MaxLabelNameLength {
+		return &Error{Kind: KindTooLarge, Reason: ReasonLimitLabelSize, Limit: "max_label_name_length", Msg: "grouping key: label name " +
+			quote(truncateName(l.Name)) + " is longer than " + itoa(lim.MaxLabelNameLength) + " bytes (limits.max_label_name_length)"}
+	}
+	if len(l.Value) > lim.MaxLabelValueLength {
+		return &Error{Kind: KindTooLarge, Reason: ReasonLimitLabelSize, Limit: "max_label_value_length", Msg: "grouping key: value of label " +
+			quote(l.Name) + " is longer than " + itoa(lim.MaxLabelValueLength) + " bytes (limits.max_label_value_length)"}
+	}
+	return nil
+}
+
+// truncateName shortens a name for a message.
+func truncateName(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
 }
 
 // labelSet returns the labels of the update's series in group g (the

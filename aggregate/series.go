@@ -169,7 +169,11 @@ func (s *series) current(nowNanos int64) (v float64, m *dto.Metric, ok bool) {
 
 func (h *histState) dto() *dto.Histogram {
 	d := &dto.Histogram{SampleCountFloat: ptr(h.count), SampleSum: ptr(h.sum)}
-	if h.count == math.Trunc(h.count) && h.count >= 0 && h.count < 1<<53 {
+	// A native histogram's buckets are floats here (PositiveCount), and a
+	// decoder reads the count of a float histogram from SampleCountFloat
+	// (Prometheus' protobuf parser read an integer count as 0), so only a
+	// classic one gets an integer count.
+	if h.native == nil && h.count == math.Trunc(h.count) && h.count >= 0 && h.count < 1<<53 {
 		d.SampleCount, d.SampleCountFloat = ptr(uint64(h.count)), nil
 	}
 	for i, b := range h.bounds {

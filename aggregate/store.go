@@ -102,6 +102,11 @@ type Settings struct {
 	Limits      configs.LimitsConfig
 	SeriesTTL   time.Duration
 	Semantics   Semantics
+	// OwnFamilies holds the type of each of Sluice's own metric families
+	// (Go, process, build info), which GET /metrics exposes next to the
+	// aggregated series: a push may add series to one of them, but not
+	// with another type (400, as on the Pushgateway). Read only.
+	OwnFamilies map[string]dto.MetricType
 }
 
 // Store is the aggregation state. All methods are safe for concurrent use.

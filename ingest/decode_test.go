@@ -333,10 +333,23 @@ func TestDecodeBodyOpenMetrics(t *testing.T) {
 			wantErr:     []string{"openmetrics parsing error in line 2", `"x"`},
 		},
 		{
+			// As client_golang's push sends OpenMetrics: no # EOF.
 			name:        "missing eof",
 			contentType: contentTypeOpenMetrics,
 			body:        "# TYPE e counter\ne_total 1\n",
-			wantErr:     []string{"does not end with # EOF"},
+			want:        []string{counterWant},
+		},
+		{
+			name:        "missing eof and final newline",
+			contentType: contentTypeOpenMetrics,
+			body:        "# TYPE e counter\ne_total 1",
+			want:        []string{counterWant},
+		},
+		{
+			name:        "data after eof",
+			contentType: contentTypeOpenMetrics,
+			body:        "# TYPE e counter\n# EOF\ne_total 1\n",
+			wantErr:     []string{"openmetrics parsing error"},
 		},
 		{
 			name:        "counter sample without total suffix",

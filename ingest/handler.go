@@ -22,6 +22,7 @@ import (
 	"github.com/gofiber/fiber/v2/middleware/recover"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/relabel"
 
@@ -114,7 +115,7 @@ func NewApp(opts Options, bodyLimit int) *fiber.App {
 	s := &server{opts: opts, metrics: newIngestMetrics(opts.Registerer), rw: newRWMetrics(opts.Registerer), meta: newMetadataCache()}
 	s.pushes.New = func() any { return new(pushScratch) }
 	s.scrape = adaptor.HTTPHandler(promhttp.HandlerFor(
-		prometheus.Gatherers{opts.Gatherer, opts.Aggregator},
+		scrapeView{own: opts.Gatherer, pushed: opts.Aggregator},
 		promhttp.HandlerOpts{
 			ErrorHandling:     promhttp.ContinueOnError,
 			ErrorLog:          slogPrinter{opts.Logger},
@@ -288,7 +289,10 @@ func (s *server) push(c *fiber.Ctx) error {
 		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
 		return c.Status(code).SendString(msg + "\n")
 	}
-	return c.SendStatus(code)
+	// An empty body, as the Pushgateway answers (fiber's SendStatus would
+	// write the status text).
+	c.Status(code)
+	return nil
 }
 
 // doPush returns the status code, the error message (empty on success),
@@ -359,7 +363,8 @@ func (s *server) deleteGroup(c *fiber.Ctx) error {
 		return c.Status(http.StatusServiceUnavailable).SendString(err.Error() + "\n")
 	}
 	s.metrics.requests.WithLabelValues(fiber.MethodDelete, "202").Inc()
-	return c.SendStatus(http.StatusAccepted)
+	c.Status(http.StatusAccepted) // empty body, as the Pushgateway's
+	return nil
 }
 
 func (s *server) ready(c *fiber.Ctx) error {
@@ -388,8 +393,41 @@ func (s *server) wipe(c *fiber.Ctx) error {
 	if err := s.opts.Aggregator.Wipe(c.Context()); err != nil {
 		return c.Status(http.StatusServiceUnavailable).SendString(err.Error() + "\n")
 	}
-	return c.SendStatus(http.StatusAccepted)
+	c.Status(http.StatusAccepted) // empty body, as the Pushgateway's
+	return nil
 }
+
+// scrapeView is what GET /metrics exposes: Sluice's own metrics and the
+// aggregated series, merged as prometheus.Gatherers merges them. A pushed
+// family that is also one of Sluice's own (a job pushing its default
+// registry pushes go_* and process_* families; the Store refuses another
+// type) takes the HELP text of Sluice's own, as on the Pushgateway: help
+// strings differ between client_golang versions, and a family whose HELP
+// differs between the two would be left out of every scrape.
+type scrapeView struct {
+	own, pushed prometheus.Gatherer
+}
+
+func (v scrapeView) Gather() ([]*dto.MetricFamily, error) {
+	own, errOwn := v.own.Gather()
+	pushed, errPushed := v.pushed.Gather()
+	help := make(map[string]*string, len(own))
+	for _, f := range own {
+		help[f.GetName()] = f.Help
+	}
+	for _, f := range pushed {
+		if h, ok := help[f.GetName()]; ok {
+			f.Help = h
+		}
+	}
+	fams, err := prometheus.Gatherers{gathered(own), gathered(pushed)}.Gather()
+	return fams, errors.Join(errOwn, errPushed, err)
+}
+
+// gathered is a Gatherer of families already gathered.
+type gathered []*dto.MetricFamily
+
+func (g gathered) Gather() ([]*dto.MetricFamily, error) { return g, nil }
 
 // slogPrinter adapts a slog.Logger to promhttp's Println-style logger.
 type slogPrinter struct{ l *slog.Logger }

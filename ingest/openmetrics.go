@@ -204,7 +204,19 @@ type omAssembler struct {
 // decodeOpenMetrics parses an OpenMetrics 1.0 text body into metric families
 // in input order.
 func decodeOpenMetrics(body []byte) ([]*dto.MetricFamily, error) {
-	if n := len(bytes.TrimRight(body, "\n")); n+1 < len(body) && endsWithEOFLine(body) {
+	switch n := len(bytes.TrimRight(body, "\n")); {
+	case !endsWithEOFLine(body):
+		// client_golang's push encodes OpenMetrics without the closing
+		// "# EOF" (it never closes its encoder), and the Pushgateway
+		// accepts that: so does Sluice. The body as received is what
+		// the WAL records; replay adds the line again.
+		b := make([]byte, 0, n+len("\n# EOF\n"))
+		b = append(b, body[:n]...)
+		if n > 0 {
+			b = append(b, '\n')
+		}
+		body = append(b, "# EOF\n"...)
+	case n+1 < len(body):
 		// Blank lines after "# EOF" are tolerated, as format sniffing does.
 		body = body[:n+1]
 	}

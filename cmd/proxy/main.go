@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/promslog"
 	promslogflag "github.com/prometheus/common/promslog/flag"
 	"github.com/prometheus/common/version"
@@ -61,6 +62,16 @@ type flags struct {
 	minProcs        int
 	extraProcs      int
 	log             promslog.Config
+}
+
+// ownFamilies returns the type of each metric family reg gathers now.
+func ownFamilies(reg prometheus.Gatherer) map[string]dto.MetricType {
+	fams, _ := reg.Gather() // what gathered is enough; an error is not ours to report here
+	out := make(map[string]dto.MetricType, len(fams))
+	for _, mf := range fams {
+		out[mf.GetName()] = mf.GetType()
+	}
+	return out
 }
 
 // buildVersion is Sluice's version when the build did not set one with
@@ -186,12 +197,14 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	// own: Sluice's own metric families, once everything is registered.
+	var own map[string]dto.MetricType
 	settings := func(c *configs.Config) aggregate.Settings {
 		sem := aggregate.SemanticsAggregate
 		if f.semantics == "pushgateway" {
 			sem = aggregate.SemanticsPushgateway
 		}
-		return aggregate.Settings{Aggregation: c.Aggregation, Limits: c.Limits, SeriesTTL: f.seriesTTL, Semantics: sem}
+		return aggregate.Settings{Aggregation: c.Aggregation, Limits: c.Limits, SeriesTTL: f.seriesTTL, Semantics: sem, OwnFamilies: own}
 	}
 
 	reg := prometheus.NewRegistry()
@@ -341,6 +354,8 @@ func run(args []string) error {
 			return fmt.Errorf("serve TLS on %s: %w", f.listenAddress, err)
 		}
 	}
+	own = ownFamilies(reg)
+	store.SetSettings(settings(cfg))
 	logger.Info("starting sluice", "version", version.Version, "listen", ln.Addr().String(), "config", f.configFile,
 		"interval", f.interval, "series_ttl", f.seriesTTL, "semantics", f.semantics)
 	if len(tgts) == 0 {

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/push"
+	"github.com/prometheus/common/expfmt"
+)
+
+// TestPushgatewayCompatDetails checks, against the real binary and with
+// client_golang as the sender, what a Pushgateway user would notice: the
+// answer bodies, OpenMetrics pushes, pushes of the Go and process
+// collectors that Sluice exposes itself, and limits on path labels.
+func TestPushgatewayCompatDetails(t *testing.T) {
+	bin := buildBinary(t)
+	p := startSluice(t, bin)
+	defer p.stop(t)
+
+	do := func(method, path, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, p.url+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		b, _ := io.ReadAll(r.Body)
+		return r.StatusCode, string(b)
+	}
+
+	t.Run("answers have empty bodies", func(t *testing.T) {
+		for _, c := range []struct {
+			method, path string
+			code         int
+		}{
+			{"PUT", "/metrics/job/empty", 200},
+			{"POST", "/metrics/job/empty", 200},
+			{"DELETE", "/metrics/job/empty", 202},
+		} {
+			if code, body := do(c.method, c.path, "e 1\n"); code != c.code || body != "" {
+				t.Errorf("%s %s: %d %q, want %d and no body", c.method, c.path, code, body, c.code)
+			}
+		}
+	})
+
+	t.Run("OpenMetrics push from client_golang", func(t *testing.T) {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Name: "om_jobs_total", Help: "Jobs."})
+		c.Add(3)
+		if err := push.New(p.url, "om").Format(expfmt.NewFormat(expfmt.TypeOpenMetrics)).Collector(c).Push(); err != nil {
+			t.Fatalf("push in OpenMetrics: %v", err)
+		}
+		if _, body := p.get(t, "/metrics"); !strings.Contains(body, `om_jobs_total{instance="",job="om"} 3`) {
+			t.Errorf("GET /metrics lacks the OpenMetrics push:\n%s", grepLines(body, "om_jobs"))
+		}
+	})
+
+	t.Run("a job pushing its default registry", func(t *testing.T) {
+		// A HELP text other than Sluice's own (another client_golang
+		// version) must not hide the family from scrapes. First, so that
+		// the family is created with it.
+		if code, body := do("POST", "/metrics/job/old", "# HELP go_threads Threads, as an older client says.\n# TYPE go_threads gauge\ngo_threads 7\n"); code != 200 {
+			t.Fatalf("push with another HELP: %d %s", code, body)
+		}
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		if err := push.New(p.url, "batch").Gatherer(reg).Push(); err != nil {
+			t.Fatalf("push of Go and process collectors: %v", err)
+		}
+		_, body := p.get(t, "/metrics")
+		for _, want := range []string{`go_goroutines{instance="",job="batch"}`, "\ngo_goroutines ", `go_threads{instance="",job="old"} 7`, "\ngo_threads "} {
+			if !strings.Contains(body, want) {
+				t.Errorf("GET /metrics lacks %q:\n%s", strings.TrimSpace(want), grepLines(body, "go_"))
+			}
+		}
+		// Another type for one of Sluice's own families is refused.
+		code, msg := do("POST", "/metrics/job/b7", "go_goroutines 1\n")
+		if code != 400 || !strings.Contains(msg, "one of Sluice's own metrics") {
+			t.Errorf("untyped go_goroutines: %d %q, want 400 naming the clash", code, msg)
+		}
+	})
+
+	t.Run("path labels obey the label limits", func(t *testing.T) {
+		long := strings.Repeat("a", 2100)
+		code, msg := do("POST", "/metrics/job/g2/l/"+long, "lv 1\n")
+		if code != 413 || !strings.Contains(msg, "max_label_value_length") {
+			t.Errorf("2100-byte path label value: %d %q, want 413 naming the limit", code, msg)
+		}
+		if _, body := p.get(t, "/metrics"); strings.Contains(body, "lv{") {
+			t.Error("the refused push was stored")
+		}
+	})
+}
