@@ -151,7 +151,7 @@ func NewApp(opts Options, bodyLimit int) *fiber.App {
 	app.Put("/metrics/*", s.push)
 	app.Post("/metrics/*", s.push)
 	app.Delete("/metrics/*", s.deleteGroup)
-	app.All("/metrics/*", methodNotAllowed)
+	app.All("/metrics/*", allowOnly("DELETE, OPTIONS, POST, PUT"))
 
 	app.Get("/-/healthy", func(c *fiber.Ctx) error { return c.SendString("OK") })
 	app.Head("/-/healthy", func(c *fiber.Ctx) error { return c.SendStatus(http.StatusOK) })
@@ -167,17 +167,24 @@ func NewApp(opts Options, bodyLimit int) *fiber.App {
 
 	app.Options("/api/v1/*", cors)
 	app.Post("/api/v1/write", s.remoteWrite)
-	app.All("/api/v1/write", methodNotAllowed)
+	app.All("/api/v1/write", allowOnly("OPTIONS, POST"))
 	app.Get("/api/v1/status", s.status)
+	app.All("/api/v1/status", allowOnly("GET, OPTIONS"))
 	app.Get("/api/v1/metrics", s.apiMetrics)
+	app.All("/api/v1/metrics", allowOnly("GET, OPTIONS"))
 	if opts.EnableAdminAPI {
 		app.Put("/api/v1/admin/wipe", s.wipe)
-		app.All("/api/v1/admin/wipe", methodNotAllowed)
+		app.All("/api/v1/admin/wipe", allowOnly("OPTIONS, PUT"))
 	} else {
 		app.All("/api/v1/admin/wipe", func(c *fiber.Ctx) error {
 			return c.Status(http.StatusNotFound).SendString("Not Found: the admin API is off (--web.enable-admin-api)")
 		})
 	}
+	// Any other path under /api/v1/ is unknown: 404, as on the
+	// Pushgateway (not the 405 that the OPTIONS route would give).
+	app.All("/api/v1/*", func(c *fiber.Ctx) error {
+		return c.Status(http.StatusNotFound).SendString("404 page not found")
+	})
 	return app
 }
 
@@ -217,8 +224,12 @@ func (s *server) errorHandler(c *fiber.Ctx, err error) error {
 	return c.Status(code).SendString(msg)
 }
 
-func methodNotAllowed(c *fiber.Ctx) error {
-	return c.Status(http.StatusMethodNotAllowed).SendString("Method Not Allowed")
+// allowOnly answers 405 with an Allow header naming methods.
+func allowOnly(methods string) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		c.Set(fiber.HeaderAllow, methods)
+		return c.Status(http.StatusMethodNotAllowed).SendString("Method Not Allowed")
+	}
 }
 
 func cors(c *fiber.Ctx) error {

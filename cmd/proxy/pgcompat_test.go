@@ -87,6 +87,30 @@ func TestPushgatewayCompatDetails(t *testing.T) {
 		}
 	})
 
+	t.Run("405 says what is allowed, unknown API paths are 404", func(t *testing.T) {
+		for _, c := range []struct {
+			method, path string
+			code         int
+			allow        string
+		}{
+			{"GET", "/metrics/job/x", 405, "DELETE, OPTIONS, POST, PUT"},
+			{"GET", "/api/v1/write", 405, "OPTIONS, POST"},
+			{"POST", "/api/v1/status", 405, "GET, OPTIONS"},
+			{"GET", "/api/v1/nonexist", 404, ""},
+			{"OPTIONS", "/api/v1/nonexist", 200, ""}, // CORS preflight
+		} {
+			req, _ := http.NewRequest(c.method, p.url+c.path, nil)
+			r, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Body.Close()
+			if r.StatusCode != c.code || r.Header.Get("Allow") != c.allow {
+				t.Errorf("%s %s: %d Allow %q, want %d Allow %q", c.method, c.path, r.StatusCode, r.Header.Get("Allow"), c.code, c.allow)
+			}
+		}
+	})
+
 	t.Run("path labels obey the label limits", func(t *testing.T) {
 		long := strings.Repeat("a", 2100)
 		code, msg := do("POST", "/metrics/job/g2/l/"+long, "lv 1\n")
