@@ -6,6 +6,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -102,6 +103,35 @@ func familyJSON(f *dto.MetricFamily, pushed time.Time, modes []string) map[strin
 			e["quantiles"] = q
 			e["count"] = strconv.FormatUint(m.Summary.GetSampleCount(), 10)
 			e["sum"] = fmtFloat(m.Summary.GetSampleSum())
+		case m.Histogram != nil && (len(m.Histogram.GetPositiveSpan()) > 0 || len(m.Histogram.GetNegativeSpan()) > 0):
+			// A native histogram: its buckets as the Prometheus HTTP API
+			// (and the Pushgateway's, since 1.8) list them:
+			// [boundaries, lower, upper, count], boundaries 0 for (a,b],
+			// 1 for [a,b), 2 for (a,b), 3 for [a,b].
+			fh := nativeFromDTO(m.Histogram)
+			var buckets [][4]any
+			for it := fh.AllBucketIterator(); it.Next(); {
+				b := it.At()
+				if b.Count == 0 {
+					continue
+				}
+				bounds := 2
+				switch {
+				case b.LowerInclusive && b.UpperInclusive:
+					bounds = 3
+				case b.LowerInclusive:
+					bounds = 1
+				case b.UpperInclusive:
+					bounds = 0
+				}
+				buckets = append(buckets, [4]any{bounds, fmtFloat(b.Lower), fmtFloat(b.Upper), fmtFloat(b.Count)})
+			}
+			if buckets == nil {
+				buckets = [][4]any{}
+			}
+			e["buckets"] = buckets
+			e["count"] = fmtFloat(fh.Count)
+			e["sum"] = fmtFloat(fh.Sum)
 		case m.Histogram != nil:
 			h := m.Histogram
 			b := map[string]string{}
@@ -128,3 +158,41 @@ func familyJSON(f *dto.MetricFamily, pushed time.Time, modes []string) map[strin
 }
 
 func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+
+// nativeFromDTO is the native part of a histogram as a float histogram,
+// whether its counts are absolute floats or integer deltas.
+func nativeFromDTO(h *dto.Histogram) *histogram.FloatHistogram {
+	fh := &histogram.FloatHistogram{
+		Schema:        h.GetSchema(),
+		ZeroThreshold: h.GetZeroThreshold(),
+		ZeroCount:     h.GetZeroCountFloat(),
+		Count:         h.GetSampleCountFloat(),
+		Sum:           h.GetSampleSum(),
+	}
+	if h.ZeroCountFloat == nil {
+		fh.ZeroCount = float64(h.GetZeroCount())
+	}
+	if h.SampleCountFloat == nil {
+		fh.Count = float64(h.GetSampleCount())
+	}
+	fh.PositiveSpans, fh.PositiveBuckets = nativeSide(h.GetPositiveSpan(), h.GetPositiveCount(), h.GetPositiveDelta())
+	fh.NegativeSpans, fh.NegativeBuckets = nativeSide(h.GetNegativeSpan(), h.GetNegativeCount(), h.GetNegativeDelta())
+	return fh
+}
+
+func nativeSide(spans []*dto.BucketSpan, counts []float64, deltas []int64) ([]histogram.Span, []float64) {
+	out := make([]histogram.Span, len(spans))
+	for i, s := range spans {
+		out[i] = histogram.Span{Offset: s.GetOffset(), Length: s.GetLength()}
+	}
+	if len(counts) > 0 {
+		return out, counts
+	}
+	abs := make([]float64, len(deltas))
+	var c int64
+	for i, d := range deltas {
+		c += d
+		abs[i] = float64(c)
+	}
+	return out, abs
+}

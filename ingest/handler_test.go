@@ -527,3 +527,45 @@ func TestSummaryCountMustBeACount(t *testing.T) {
 		t.Errorf("general path: %d %s, want 400", r.code, r.body)
 	}
 }
+
+// TestAPIMetricsNativeHistogram: /api/v1/metrics lists a native
+// histogram's buckets as the Pushgateway (and Prometheus' HTTP API) do.
+func TestAPIMetricsNativeHistogram(t *testing.T) {
+	env := newTestEnv(t, false, false, nil)
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rpc_seconds", Help: "RPCs.", NativeHistogramBucketFactor: 2})
+	for _, v := range []float64{0, 0.75, 3, 3} {
+		h.Observe(v)
+	}
+	var m dto.Metric
+	if err := h.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	fam := &dto.MetricFamily{Name: ptr("rpc_seconds"), Help: ptr("RPCs."), Type: dto.MetricType_HISTOGRAM.Enum(), Metric: []*dto.Metric{&m}}
+	if r := env.do(t, "POST", "/metrics/job/n", encodeDelimited(t, fam), "Content-Type", contentTypeProto); r.code != 200 {
+		t.Fatalf("push: %d %s", r.code, r.body)
+	}
+	r := env.do(t, "GET", "/api/v1/metrics", nil)
+	var doc struct {
+		Data []map[string]json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal([]byte(r.body), &doc); err != nil || len(doc.Data) != 1 {
+		t.Fatalf("/api/v1/metrics: %v %s", err, r.body)
+	}
+	var got struct {
+		Metrics []struct {
+			Count   string  `json:"count"`
+			Sum     string  `json:"sum"`
+			Buckets [][]any `json:"buckets"`
+		} `json:"metrics"`
+	}
+	if err := json.Unmarshal(doc.Data[0]["rpc_seconds"], &got); err != nil || len(got.Metrics) != 1 {
+		t.Fatalf("rpc_seconds: %v %s", err, doc.Data[0]["rpc_seconds"])
+	}
+	// Schema 0: 0 in the zero bucket (client_golang's threshold is
+	// 2^-128), 0.75 in (0.5,1], 3 twice in (2,4].
+	want := `[[3,"-2.938735877055719e-39","2.938735877055719e-39","1"],[0,"0.5","1","1"],[0,"2","4","2"]]`
+	b, _ := json.Marshal(got.Metrics[0].Buckets)
+	if got.Metrics[0].Count != "4" || got.Metrics[0].Sum != "6.75" || string(b) != want {
+		t.Fatalf("native histogram: count %s sum %s buckets %s; want 4, 6.75, %s", got.Metrics[0].Count, got.Metrics[0].Sum, b, want)
+	}
+}
