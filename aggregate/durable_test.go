@@ -429,3 +429,52 @@ func TestGatherWhileSeriesMoveGroups(t *testing.T) {
 		}
 	}
 }
+
+// TestChangedDefaultKeepsSeriesMode: after a reload changes a default, a
+// push that names no clear_mode updates an existing series with the
+// series' own mode (no 400), new series get the new default, and the
+// record holds the mode applied, so replay under either config agrees.
+func TestChangedDefaultKeepsSeriesMode(t *testing.T) {
+	max1m, err := configs.ParseMode("max1m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := testSettings()
+	before.Aggregation.DefaultModes.Gauge = max1m
+	after := testSettings() // gauges: replace
+	j := &memJournal{}
+	clk := newClock()
+	s := New(before, clk.now, j, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	s.SetReady()
+	mustPush(t, s, "job=b", "# TYPE depth gauge\ndepth 5\n# TYPE sm summary\nsm{quantile=\"0.5\"} 1\nsm_sum 1\nsm_count 1\n")
+	clk.advance(time.Second)
+	s.SetSettings(after)
+	mustPush(t, s, "job=b", "# TYPE depth gauge\ndepth 2\n# TYPE fresh gauge\nfresh 4\n")
+	clk.advance(time.Second)
+	mustPush(t, s, "job=b", "# TYPE depth gauge\ndepth 3\n# TYPE fresh gauge\nfresh 1\n")
+	got := expose(t, s)
+	for _, want := range []string{`depth{instance="",job="b"} 5`, `fresh{instance="",job="b"} 1`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("lacks %s (depth keeps max1m, fresh gets replace):\n%s", want, got)
+		}
+	}
+	// A value the series' mode refuses is still a 400, named for it.
+	if err := push(t, s, "job=b", MethodPost, "# TYPE depth gauge\ndepth NaN\n"); err == nil || !strings.Contains(err.Error(), "max1m") {
+		t.Errorf("NaN into the max1m series: %v, want a 400 naming max1m", err)
+	}
+	for name, set := range map[string]Settings{"old config": before, "new config": after} {
+		r := New(set, clk.now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+		for i, rec := range j.recs {
+			op, err := DecodeOp(rec.typ, rec.data)
+			if err != nil {
+				t.Fatalf("record %d: %v", i, err)
+			}
+			if err := r.Replay(op); err != nil {
+				t.Fatalf("%s: replay record %d: %v", name, i, err)
+			}
+		}
+		if r := expose(t, r); r != got {
+			t.Errorf("replay under the %s differs\n got:\n%s\nwant:\n%s", name, r, got)
+		}
+	}
+}

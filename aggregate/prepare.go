@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 	"unsafe"
 
@@ -46,8 +47,12 @@ type update struct {
 	help    string
 	unit    string
 	mode    configs.Mode
-	obs     observation
-	shard   int
+	// defaulted: mode came from default_modes (the push named none), so
+	// an existing series of another mode takes the push with its own
+	// (applyLocked).
+	defaulted bool
+	obs       observation
+	shard     int
 }
 
 // prepared is a push that passed every check that needs no state.
@@ -69,6 +74,13 @@ type prepared struct {
 
 	timestamps    int // samples whose client timestamp was ignored
 	droppedQuants int // summary quantiles dropped in sum mode
+
+	// src and at are the push and its time, kept to encode its record
+	// again when applyLocked gave a defaulted update its series' mode
+	// (remoded): the record must hold the modes applied.
+	src     *Push
+	at      time.Time
+	remoded bool
 
 	// arena holds the keys of all updates, which point into it; see
 	// prepare and releasePrepared.
@@ -108,6 +120,7 @@ func (s *Store) releasePrepared(pr *prepared) {
 	clear(pr.pend)
 	clear(pr.found)
 	clear(pr.claimed)
+	// src, at and remoded are zeroed with the rest.
 	*pr = prepared{updates: pr.updates[:0], modes: pr.modes[:0], arena: pr.arena[:0], rec: rec,
 		shardIdx: pr.shardIdx[:0], found: pr.found[:0], pend: pr.pend[:0], claimed: pr.claimed[:0]}
 	s.prepPool.Put(pr)
@@ -240,6 +253,7 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 			keyArena = append(keyArena, keyBuf...)
 
 			mode := defaultMode(defaults, typ, sem)
+			defaulted := false
 			if p.Modes != nil {
 				// Replay: the mode resolved when the push was accepted,
 				// whatever the config says now.
@@ -259,6 +273,8 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 					return nil, invalid(ReasonUnknownMode, "series %s: %v", seriesString(curSet()), err)
 				}
 				mode = pm
+			} else {
+				defaulted = true
 			}
 			if own, ok := set.OwnFamilies[name]; ok && p.Modes == nil && outputType(typ, mode) != own {
 				return nil, invalid(ReasonTypeConflict, "metric %q is one of Sluice's own metrics (%s on GET /metrics); this push sends it as %s (a push may add series to it only with the same type)",
@@ -272,7 +288,7 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 			u := update{
 				hash: hash, k0: int32(k0), k1: int32(len(keyArena)), m: m,
 				name: name, typ: typ, outType: outputType(typ, mode),
-				help: fam.GetHelp(), unit: fam.GetUnit(), mode: mode, obs: obs, shard: s.shardOfHash(hash),
+				help: fam.GetHelp(), unit: fam.GetUnit(), mode: mode, defaulted: defaulted, obs: obs, shard: s.shardOfHash(hash),
 			}
 			pr.modes = append(pr.modes, mode)
 			if mode.Kind == configs.ModeFamily || (sem == SemanticsPushgateway && p.Method == MethodPost) {
@@ -294,6 +310,24 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 		u.key = keys[u.k0:u.k1]
 	}
 	return pr, nil
+}
+
+// remode gives update i the mode of the series it updates, checking its
+// value against that mode. The group's lock is held.
+func (pr *prepared) remode(g *group, i int, mode configs.Mode) error {
+	u := &pr.updates[i]
+	obs, quants, err := observe(u.name, func() labels.Labels { return u.labelSet(g.labels) }, u.typ, mode, u.m)
+	if err != nil {
+		return err
+	}
+	if u.mode.Kind == configs.ModeSum && u.m.Summary != nil {
+		pr.droppedQuants -= len(u.m.Summary.GetQuantile()) // counted for the default mode
+	}
+	pr.droppedQuants += quants
+	u.mode, u.outType, u.obs = mode, outputType(u.typ, mode), obs
+	pr.modes[i] = mode
+	pr.remoded = true
+	return nil
 }
 
 // smallPush is the number of series up to which prepare finds duplicate

@@ -295,17 +295,24 @@ func (s *Store) preparePush(p *Push, at time.Time, set *Settings, j Journal) (*p
 		s.recordFailure(p.Group, at.UnixNano())
 		return nil, nil, err
 	}
+	pr.src, pr.at = p, at
 	var rec []byte
 	if j != nil {
-		rec, err = appendPushOp(pr.rec, at, &Push{
-			Group: p.Group, Method: p.Method, Families: p.Families, Modes: pr.modes, Semantics: &pr.semantics,
-			Body: p.Body, BodyFormat: p.BodyFormat}, s.modes.spell)
-		if err != nil {
+		if rec, err = s.encodePush(pr); err != nil {
 			return nil, nil, fmt.Errorf("encode push for the write-ahead log: %w", err)
 		}
 		pr.rec = rec
 	}
 	return pr, rec, nil
+}
+
+// encodePush encodes pr's push record, with the modes in pr.modes, into
+// pr.rec's array.
+func (s *Store) encodePush(pr *prepared) ([]byte, error) {
+	p := pr.src
+	return appendPushOp(pr.rec[:0], pr.at, &Push{
+		Group: p.Group, Method: p.Method, Families: p.Families, Modes: pr.modes, Semantics: &pr.semantics,
+		Body: p.Body, BodyFormat: p.BodyFormat}, s.modes.spell)
 }
 
 // applyPrepared checks a prepared push against the stored state and
@@ -317,6 +324,9 @@ func (s *Store) applyPrepared(pr *prepared, rec []byte, now int64, set *Settings
 	g := s.lockGroup(pr)
 	s.beforeChange(g)
 	err := s.applyLocked(g, pr, set, now, func() {
+		if rec != nil && pr.remoded {
+			rec = pr.rec // encoded again with the modes applied (applyLocked)
+		}
 		if rec != nil {
 			wait = j.Enqueue(RecordPush, rec)
 		}
@@ -397,6 +407,28 @@ type pending struct {
 }
 
 func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, enqueue func()) error {
+	// A series keeps its mode: a push that names none (its mode is the
+	// default) is applied with the mode of the series it updates, which
+	// a config reload may have made another default.
+	for i := range pr.updates {
+		u := &pr.updates[i]
+		if !u.defaulted {
+			continue
+		}
+		if se := g.series[u.key]; se != nil && se.mode != u.mode && se.mode.Kind != configs.ModeFamily && u.mode.Kind != configs.ModeFamily {
+			if err := pr.remode(g, i, se.mode); err != nil {
+				return err
+			}
+		}
+	}
+	if pr.remoded && pr.rec != nil {
+		// The record must hold the modes applied, for replay.
+		rec, err := s.encodePush(pr)
+		if err != nil {
+			return fmt.Errorf("encode push for the write-ahead log: %w", err)
+		}
+		pr.rec = rec
+	}
 	// Claim the families so their types cannot change underneath us.
 	// The list is the pooled prepared's, so that it costs no allocation.
 	claimed := claimSet{list: pr.claimed[:0]}
