@@ -407,15 +407,23 @@ type pending struct {
 }
 
 func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, enqueue func()) error {
-	// A series keeps its mode: a push that names none (its mode is the
-	// default) is applied with the mode of the series it updates, which
-	// a config reload may have made another default.
+	// The updates' series in the group (whose lock is held); a new one
+	// is looked for in its shard below.
+	found := slices.Grow(pr.found[:0], len(pr.updates))[:len(pr.updates)]
+	pr.found = found
+	inGroup := 0
 	for i := range pr.updates {
 		u := &pr.updates[i]
-		if !u.defaulted {
+		se := g.series[u.key]
+		found[i] = se
+		if se == nil {
 			continue
 		}
-		if se := g.series[u.key]; se != nil && se.mode != u.mode && se.mode.Kind != configs.ModeFamily && u.mode.Kind != configs.ModeFamily {
+		inGroup++
+		// A series keeps its mode: a push that names none (its mode is
+		// the default) is applied with the mode of the series it
+		// updates, which a config reload may have made another default.
+		if u.defaulted && se.mode != u.mode && se.mode.Kind != configs.ModeFamily && u.mode.Kind != configs.ModeFamily {
 			if err := pr.remode(g, i, se.mode); err != nil {
 				return err
 			}
@@ -451,18 +459,6 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 			return err
 		}
 		claimed.add(f)
-	}
-
-	// The updates' series in the group (whose lock is held); a new one
-	// is looked for in its shard below.
-	found := slices.Grow(pr.found[:0], len(pr.updates))[:len(pr.updates)]
-	pr.found = found
-	inGroup := 0
-	for i := range pr.updates {
-		found[i] = g.series[pr.updates[i].key]
-		if found[i] != nil {
-			inGroup++
-		}
 	}
 
 	// Series the push removes: the whole group (PUT, Pushgateway
