@@ -198,6 +198,9 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 			return nil, invalid(ReasonReservedName, "metric name %q uses the prefix %q reserved for Sluice's own metrics", name, reservedPrefix)
 		}
 		typ := fam.GetType()
+		// One of Sluice's own families (replay is exempt: accepted once)?
+		own, isOwn := set.OwnFamilies[name]
+		isOwn = isOwn && p.Modes == nil
 		for _, m := range fam.GetMetric() {
 			nSeries++
 			if nSeries > lim.MaxSeriesPerRequest {
@@ -276,7 +279,7 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 			} else {
 				defaulted = true
 			}
-			if own, ok := set.OwnFamilies[name]; ok && p.Modes == nil && outputType(typ, mode) != own {
+			if isOwn && outputType(typ, mode) != own {
 				return nil, invalid(ReasonTypeConflict, "metric %q is one of Sluice's own metrics (%s on GET /metrics); this push sends it as %s (a push may add series to it only with the same type)",
 					name, typeName(own), typeName(outputType(typ, mode)))
 			}
