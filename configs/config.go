@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -213,25 +214,137 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config file: %w", err)
 	}
-	c, err := Parse(b)
+	c, err := parse(b, filepath.Dir(path))
 	if err != nil {
 		return nil, fmt.Errorf("load config file %s: %w", path, err)
 	}
 	return c, nil
 }
 
-// Parse decodes and validates a configuration from YAML bytes.
-func Parse(b []byte) (*Config, error) {
+// userinfo matches the user information of a URL in a message.
+var userinfo = regexp.MustCompile(`(://)[^/@\s"']*@`)
+
+// scrubError is err with any user information of a URL in its message
+// replaced: a decoding error of a URL field (proxy_url, say) quotes the
+// whole value, password included.
+type scrubError struct{ err error }
+
+func (e scrubError) Error() string {
+	return userinfo.ReplaceAllString(e.err.Error(), "${1}<redacted>@")
+}
+func (e scrubError) Unwrap() error { return e.err }
+
+// Parse decodes and validates a configuration from YAML bytes. Relative
+// file paths in it stay relative to the working directory.
+func Parse(b []byte) (*Config, error) { return parse(b, "") }
+
+// parse is Parse with relative file paths resolved against dir (the
+// config file's directory, as Prometheus resolves them), unless dir is "".
+func parse(b []byte, dir string) (*Config, error) {
+	c, err := decode(b, dir)
+	if err != nil {
+		return nil, scrubError{err}
+	}
+	return c, nil
+}
+
+func decode(b []byte, dir string) (*Config, error) {
+	expanded, changed, err := expandEnvYAML(b)
+	if err != nil {
+		return nil, fmt.Errorf("parse yaml: %w", err)
+	}
 	c := Default()
-	dec := yaml.NewDecoder(bytes.NewReader(ExpandEnv(b)))
+	dec := yaml.NewDecoder(bytes.NewReader(expanded))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		if changed {
+			return nil, fmt.Errorf("parse yaml (with ${VAR} expanded, so line numbers may be off): %w", err)
+		}
 		return nil, fmt.Errorf("parse yaml: %w", err)
+	}
+	if dir != "" {
+		c.setDirectory(dir)
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// setDirectory joins the relative file paths of the config with dir.
+func (c *Config) setDirectory(dir string) {
+	join := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	for i := range c.RemoteWrite {
+		c.RemoteWrite[i].HTTPClientConfig.SetDirectory(dir)
+	}
+	t := &c.Web.TLSServerConfig
+	join(&t.CertFile)
+	join(&t.KeyFile)
+	join(&t.ClientCAFile)
+	for i := range c.Web.BearerTokens {
+		join(&c.Web.BearerTokens[i].TokenFile)
+	}
+}
+
+// expandEnvYAML expands ${VAR} (ExpandEnv) in the string values of a YAML
+// document, after it is parsed: a value from the environment is data, so
+// characters YAML would read (a leading "*", "&" or "!", " #") stay part of
+// it. Relabel rules are left alone: "${name}" there is a capture group, as
+// in Prometheus, which expands nothing. changed says whether anything was
+// expanded; if not, b is returned as it is (so errors keep its line
+// numbers).
+func expandEnvYAML(b []byte) (_ []byte, changed bool, _ error) {
+	if !bytes.Contains(b, []byte("${")) {
+		return b, false, nil
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		return nil, false, err
+	}
+	var walk func(n *yaml.Node)
+	walk = func(n *yaml.Node) {
+		switch n.Kind {
+		case yaml.DocumentNode, yaml.SequenceNode:
+			for _, c := range n.Content {
+				walk(c)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				switch n.Content[i].Value {
+				case "relabel_configs", "write_relabel_configs":
+					continue
+				}
+				walk(n.Content[i+1])
+			}
+		case yaml.ScalarNode:
+			if !strings.Contains(n.Value, "${") {
+				return
+			}
+			v := string(ExpandEnv([]byte(n.Value)))
+			if v == n.Value {
+				return
+			}
+			n.Value, changed = v, true
+			if n.Style == 0 {
+				// A plain value is typed by what it now says (a number
+				// for max_shards), but never null: it was text.
+				n.Tag = ""
+				if n.ShortTag() == "!!null" {
+					n.Tag = "!!str"
+				}
+			}
+		}
+	}
+	walk(&root)
+	if !changed {
+		return b, false, nil
+	}
+	out, err := yaml.Marshal(&root)
+	return out, true, err
 }
 
 // ExpandEnv replaces every ${VAR} with the environment variable's value

@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -139,7 +140,8 @@ func TestRemoteWriteDefaultsAndSecrets(t *testing.T) {
 		gc.RemoteTimeout != defaultRemoteTimeout || gc.ProtobufMessage != ProtoMsgV1 || !*gc.QueueConfig.RetryOnRateLimit {
 		t.Fatalf("defaults not kept around the given field: %+v", gc.QueueConfig)
 	}
-	if !gc.HTTPClientConfig.FollowRedirects || !gc.HTTPClientConfig.EnableHTTP2 {
+	// Prometheus' remote_write defaults: redirects followed, HTTP/2 off.
+	if !gc.HTTPClientConfig.FollowRedirects || gc.HTTPClientConfig.EnableHTTP2 {
 		t.Fatalf("HTTP client defaults lost: %+v", gc.HTTPClientConfig)
 	}
 	if vm.ProtobufMessage != ProtoMsgV2 || vm.Headers["X-Scope-OrgID"] != "team-a" || len(vm.WriteRelabelConfigs) != 1 {
@@ -200,5 +202,81 @@ func TestExamplesLoad(t *testing.T) {
 				t.Fatalf("want one target, got %d", len(c.RemoteWrite))
 			}
 		})
+	}
+}
+
+// TestExpandEnvValues: a value from the environment is data, whatever
+// characters it holds, and relabel rules keep their capture groups.
+func TestExpandEnvValues(t *testing.T) {
+	cases := []struct {
+		name, pw, quoted string
+	}{
+		{name: "alias character", pw: "*S3cr3tAnchor"},
+		{name: "tag character", pw: "!S3cr3t"},
+		{name: "anchor character", pw: "&S3cr3t"},
+		{name: "comment inside", pw: "abc #x"},
+		{name: "double quotes and backslash", pw: `S3cr3t\x41b"q`, quoted: `"`},
+		{name: "single-quoted field", pw: "it's", quoted: "'"},
+		{name: "looks like null", pw: "null"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("SLUICE_PW", tc.pw)
+			t.Setenv("SLUICE_SHARDS", "7")
+			t.Setenv("svc", "from-env")
+			y := "remote_write:\n  - url: http://127.0.0.1:1/w\n    basic_auth:\n      username: u\n      password: " + tc.quoted + "${SLUICE_PW}" + tc.quoted + "\n" +
+				"    queue_config:\n      max_shards: ${SLUICE_SHARDS}\n" +
+				"    write_relabel_configs:\n      - source_labels: [job]\n        regex: \"(?P<svc>.*)\"\n        target_label: named\n        replacement: \"svc-${svc}\"\n"
+			c, err := Parse([]byte(y))
+			if err != nil {
+				t.Fatalf("parse: %v", err)
+			}
+			rw := c.RemoteWrite[0]
+			if got := string(rw.HTTPClientConfig.BasicAuth.Password); got != tc.pw {
+				t.Errorf("password %q, want %q", got, tc.pw)
+			}
+			if rw.QueueConfig.MaxShards != 7 {
+				t.Errorf("max_shards %d, want 7 from the environment", rw.QueueConfig.MaxShards)
+			}
+			if got := rw.WriteRelabelConfigs[0].Replacement; got != "svc-${svc}" {
+				t.Errorf("relabel replacement %q, want the capture group kept", got)
+			}
+		})
+	}
+}
+
+// TestRelativePathsFollowTheConfigFile: as in Prometheus, relative file
+// paths in a loaded file are relative to its directory.
+func TestRelativePathsFollowTheConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "pw"), []byte("s3cr3t\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	y := "remote_write:\n  - url: http://127.0.0.1:1/w\n    basic_auth:\n      username: u\n      password_file: pw\n    tls_config:\n      ca_file: certs/ca.crt\n"
+	p := filepath.Join(dir, "sluice.yml")
+	if err := os.WriteFile(p, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := c.RemoteWrite[0].HTTPClientConfig
+	if hc.BasicAuth.PasswordFile != filepath.Join(dir, "pw") || hc.TLSConfig.CAFile != filepath.Join(dir, "certs/ca.crt") {
+		t.Errorf("paths not resolved against %s: %q %q", dir, hc.BasicAuth.PasswordFile, hc.TLSConfig.CAFile)
+	}
+}
+
+// TestConfigErrorsHideURLCredentials: an unparsable URL's user
+// information never reaches an error message.
+func TestConfigErrorsHideURLCredentials(t *testing.T) {
+	for _, y := range []string{
+		"remote_write:\n  - url: http://user:p%zzSECRET@127.0.0.1:1/w\n",
+		"remote_write:\n  - url: http://127.0.0.1:1/w\n    proxy_url: http://pu:PROXY%zzSECRET@127.0.0.1:2\n",
+	} {
+		_, err := Parse([]byte(y))
+		if err == nil || strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("error %v for %q: want one without the password", err, y)
+		}
 	}
 }

@@ -103,12 +103,17 @@ const defaultRemoteTimeout = model.Duration(30 * time.Second)
 // NewRemoteWriteConfig returns a target with every default set, as
 // --remote-write.url creates.
 func NewRemoteWriteConfig(u string) RemoteWriteConfig {
+	// As Prometheus' DefaultRemoteWriteHTTPClientConfig: HTTP/1.1 unless
+	// enable_http2 says otherwise (one TCP connection per shard spreads
+	// the load behind a load balancer; HTTP/2 would share one).
+	hc := commoncfg.DefaultHTTPClientConfig
+	hc.EnableHTTP2 = false
 	return RemoteWriteConfig{
 		URL:              u,
 		RemoteTimeout:    defaultRemoteTimeout,
 		ProtobufMessage:  ProtoMsgV1,
 		QueueConfig:      DefaultQueueConfig(),
-		HTTPClientConfig: commoncfg.DefaultHTTPClientConfig,
+		HTTPClientConfig: hc,
 	}
 }
 
@@ -199,10 +204,19 @@ func (c *RemoteWriteConfig) DisplayName() string {
 func RedactURL(s string) string {
 	u, err := url.Parse(s)
 	if err != nil {
-		if i := strings.IndexAny(s, "?@"); i >= 0 {
-			return s[:i] + "..."
+		// Unparsable (a bad escape, say): keep the scheme and the host,
+		// never what came before an "@" or after the path.
+		scheme, rest := "", s
+		if i := strings.Index(s, "://"); i >= 0 {
+			scheme, rest = s[:i+3], s[i+3:]
 		}
-		return s
+		if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+			rest = rest[:i]
+		}
+		if i := strings.LastIndexByte(rest, '@'); i >= 0 {
+			rest = rest[i+1:]
+		}
+		return scheme + rest + "/..."
 	}
 	u.User = nil
 	if u.RawQuery != "" {

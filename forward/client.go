@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -72,7 +73,7 @@ type client struct {
 	v2        bool
 	retry429  bool
 	http      *http.Client
-	redactor  *strings.Replacer
+	redactor  *redactor
 	metrics   *targetMetrics
 }
 
@@ -185,7 +186,7 @@ func (c *client) redactErr(err error) error {
 }
 
 // redact removes every known secret of the target from s.
-func (c *client) redact(s string) string { return c.redactor.Replace(s) }
+func (c *client) redact(s string) string { return c.redactor.replace(s) }
 
 // redactedError carries a scrubbed message for an error whose own message
 // may hold a secret.
@@ -201,20 +202,29 @@ func (e redactedError) Unwrap() error { return e.err }
 // "1") everywhere in a message.
 const minSecretLen = 4
 
-// newRedactor replaces the target's secrets with "<redacted>": the URL
-// (whole, then its query and query values), header values and inline
-// credentials. Log lines and the status page only ever show text that went
+// redactor replaces the target's secrets with "<redacted>": the URL
+// (whole, then its query and query values), header values, inline
+// credentials, and the contents of the credential files (password_file,
+// credentials_file, bearer_token_file, client_secret_file), read again on
+// each use as the client reads them, so that a rotated secret is redacted
+// too. Log lines and the status page only ever show text that went
 // through it, in case a secret is echoed by an error or a receiver's body.
-func newRedactor(cfg *configs.RemoteWriteConfig) *strings.Replacer {
-	var secrets []string
+// It runs on error paths only.
+type redactor struct {
+	url     string // the target's URL, replaced by its display form
+	secrets []string
+	files   []string
+}
+
+func newRedactor(cfg *configs.RemoteWriteConfig) *redactor {
+	r := &redactor{}
 	add := func(s string) {
 		if len(s) >= minSecretLen {
-			secrets = append(secrets, s)
+			r.secrets = append(r.secrets, s)
 		}
 	}
 	if red := configs.RedactURL(cfg.URL); red != cfg.URL {
-		// Longest first: strings.Replacer tries old strings in order.
-		secrets = append(secrets, cfg.URL)
+		r.url = cfg.URL
 	}
 	if u, err := url.Parse(cfg.URL); err == nil && u.RawQuery != "" {
 		add(u.RawQuery)
@@ -229,30 +239,53 @@ func newRedactor(cfg *configs.RemoteWriteConfig) *strings.Replacer {
 		add(v)
 	}
 	hc := cfg.HTTPClientConfig
+	file := func(f string) {
+		if f != "" {
+			r.files = append(r.files, f)
+		}
+	}
 	if hc.BasicAuth != nil {
 		add(string(hc.BasicAuth.Password))
+		file(hc.BasicAuth.PasswordFile)
 	}
 	if hc.Authorization != nil {
 		add(string(hc.Authorization.Credentials))
+		file(hc.Authorization.CredentialsFile)
 	}
 	add(string(hc.BearerToken))
+	file(hc.BearerTokenFile)
 	if hc.OAuth2 != nil {
 		add(string(hc.OAuth2.ClientSecret))
+		file(hc.OAuth2.ClientSecretFile)
 	}
 	if pu := hc.ProxyURL.URL; pu != nil && pu.User != nil {
 		if p, ok := pu.User.Password(); ok {
 			add(p)
 		}
 	}
-	pairs := make([]string, 0, 2*len(secrets))
-	for _, s := range secrets {
-		r := "<redacted>"
-		if s == cfg.URL {
-			r = configs.RedactURL(cfg.URL)
+	return r
+}
+
+// replace returns s with every secret replaced.
+func (r *redactor) replace(s string) string {
+	secrets := r.secrets
+	for _, f := range r.files {
+		if b, err := os.ReadFile(f); err == nil {
+			v := strings.TrimSpace(string(b))
+			if len(v) >= minSecretLen {
+				secrets = append(secrets[:len(secrets):len(secrets)], v)
+			}
 		}
-		pairs = append(pairs, s, r)
 	}
-	return strings.NewReplacer(pairs...)
+	pairs := make([]string, 0, 2*len(secrets)+2)
+	if r.url != "" {
+		// Longest first: strings.Replacer tries old strings in order.
+		pairs = append(pairs, r.url, configs.RedactURL(r.url))
+	}
+	for _, sec := range secrets {
+		pairs = append(pairs, sec, "<redacted>")
+	}
+	return strings.NewReplacer(pairs...).Replace(s)
 }
 
 // retryAfter parses a Retry-After header (delay in seconds or an HTTP date)

@@ -1,13 +1,17 @@
 package forward
 
 import (
+	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	commoncfg "github.com/prometheus/common/config"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/prompb"
 	writev2 "github.com/prometheus/prometheus/prompb/io/prometheus/write/v2"
@@ -185,9 +189,52 @@ func TestRedactor(t *testing.T) {
 		{"echo api_key=k3y-value&tenant=t1", "echo <redacted>"},
 		{"token tok-123456 at 1", "token <redacted> at 1"},
 	} {
-		if got := r.Replace(tc.in); got != tc.want {
+		if got := r.replace(tc.in); got != tc.want {
 			t.Errorf("redact(%q) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestRedactorFiles: secrets read from files are redacted too, as they
+// are when the file changes.
+func TestRedactorFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, v string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(v+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cases := []struct {
+		name string
+		set  func(c *configs.RemoteWriteConfig, file string)
+	}{
+		{"authorization credentials_file", func(c *configs.RemoteWriteConfig, f string) {
+			c.HTTPClientConfig.Authorization = &commoncfg.Authorization{Type: "Bearer", CredentialsFile: f}
+		}},
+		{"basic_auth password_file", func(c *configs.RemoteWriteConfig, f string) {
+			c.HTTPClientConfig.BasicAuth = &commoncfg.BasicAuth{Username: "u", PasswordFile: f}
+		}},
+		{"oauth2 client_secret_file", func(c *configs.RemoteWriteConfig, f string) {
+			c.HTTPClientConfig.OAuth2 = &commoncfg.OAuth2{ClientID: "id", ClientSecretFile: f, TokenURL: "http://127.0.0.1:1/token"}
+		}},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := write(fmt.Sprintf("secret%d", i), "FILE_S3cr3t_one")
+			cfg := configs.NewRemoteWriteConfig("http://127.0.0.1:1/w")
+			tc.set(&cfg, f)
+			r := newRedactor(&cfg)
+			if got := r.replace("401: Bearer FILE_S3cr3t_one"); got != "401: Bearer <redacted>" {
+				t.Errorf("redacted %q", got)
+			}
+			write(fmt.Sprintf("secret%d", i), "FILE_S3cr3t_two") // rotated
+			if got := r.replace("401: Bearer FILE_S3cr3t_two"); got != "401: Bearer <redacted>" {
+				t.Errorf("after rotation, redacted %q", got)
+			}
+		})
 	}
 }
 
