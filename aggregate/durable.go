@@ -158,11 +158,24 @@ func (s *Store) GatherDurable(ctx context.Context) ([]*dto.MetricFamily, error) 
 	}
 	if s.journal != nil {
 		if err := s.journal.Barrier(ctx); err != nil {
-			s.fail(err)
+			s.failUnlessWait(err)
 			return nil, err
 		}
 	}
 	return fams, nil
+}
+
+// failUnlessWait fails the Store for a barrier's error, unless the barrier
+// only ran out of time: a slow disk (a burst of pushes, a throttled volume)
+// costs the window or the checkpoint that waited, not the whole process.
+// Whatever the log has not written yet is still queued and is written once
+// the disk catches up; the pushes it holds were not acknowledged before.
+func (s *Store) failUnlessWait(err error) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		s.logger.Warn("the write-ahead log is slow: skipping what waited for it", "err", err)
+		return
+	}
+	s.fail(err)
 }
 
 // Durable adapts GatherDurable to prometheus.Gatherer for the Flusher.
@@ -203,7 +216,7 @@ func (d Durable) gatherChunks(size int, fn func(*flushChunk) error) error {
 		ctx, cancel := context.WithTimeout(context.Background(), d.Timeout)
 		defer cancel()
 		if err := s.journal.Barrier(ctx); err != nil {
-			s.fail(err)
+			s.failUnlessWait(err)
 			return fmt.Errorf("wait for the write-ahead log: %w", err)
 		}
 		return nil
@@ -250,7 +263,7 @@ func (s *Store) Checkpoint(ctx context.Context, log CheckpointLog) error {
 	if s.journal != nil {
 		if err := s.journal.Barrier(ctx); err != nil {
 			s.stateMu.Unlock()
-			s.fail(err)
+			s.failUnlessWait(err)
 			return err
 		}
 	}

@@ -478,3 +478,55 @@ func TestChangedDefaultKeepsSeriesMode(t *testing.T) {
 		}
 	}
 }
+
+// slowJournal writes nothing until released: a disk that is slow, not
+// failed.
+type slowJournal struct{ release chan struct{} }
+
+func (j *slowJournal) wait(ctx context.Context) error {
+	select {
+	case <-j.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (j *slowJournal) Enqueue(uint8, []byte) func(context.Context) error { return j.wait }
+func (j *slowJournal) Barrier(ctx context.Context) error                 { return j.wait(ctx) }
+
+// TestSlowLogSkipsTheWindowOnly: a window whose wait for the log times out
+// is skipped, but the Store is not failed: once the disk catches up,
+// pushes and windows go on (a failed Store refuses everything until a
+// restart).
+func TestSlowLogSkipsTheWindowOnly(t *testing.T) {
+	j := &slowJournal{release: make(chan struct{})}
+	clk := newClock()
+	s := New(testSettings(), clk.now, j, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	s.SetReady()
+	pushed := make(chan error, 1)
+	go func() { pushed <- push(t, s, "job=a", MethodPost, "x 1\n") }()
+	if _, err := (Durable{Store: s, Timeout: 20 * time.Millisecond}).Gather(); err == nil {
+		t.Fatal("the window did not wait for the log")
+	}
+	if err := s.Checkpoint(ctxTimeout(t, 20*time.Millisecond), &cutLog{}); err == nil {
+		t.Fatal("the checkpoint did not wait for the log")
+	}
+	close(j.release) // the disk catches up
+	if err := <-pushed; err != nil {
+		t.Fatalf("the push that waited: %v", err)
+	}
+	if err := push(t, s, "job=a", MethodPost, "x 1\n"); err != nil {
+		t.Fatalf("a push after the slow spell: %v (the Store must not be failed)", err)
+	}
+	fams, err := (Durable{Store: s, Timeout: time.Second}).Gather()
+	if err != nil || len(fams) == 0 {
+		t.Fatalf("the next window: %v", err)
+	}
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

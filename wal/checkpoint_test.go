@@ -465,3 +465,30 @@ func TestCheckpointWriterFailures(t *testing.T) {
 		})
 	}
 }
+
+// TestCorruptCheckpointIsCounted: a checkpoint that fails its check is
+// counted in sluice_wal_corruptions_repaired_total when the log opens, as
+// any other damage is: with no older checkpoint left, the state it held is
+// lost, which an alert on that counter must see.
+func TestCorruptCheckpointIsCounted(t *testing.T) {
+	dir := t.TempDir()
+	w := openT(t, dir, OSFS(), Options{})
+	appendAll(t, w, []batch{{recs: []Record{{Type: 1, Data: []byte("x")}}}})
+	cut, err := w.Cut()
+	must(t, err)
+	must(t, w.Close())
+	must(t, WriteCheckpoint(dir, OSFS(), cut, []byte("the aggregate state")))
+	names := checkpointFiles(t, dir)
+	if len(names) != 1 {
+		t.Fatalf("checkpoint files %v", names)
+	}
+	p := filepath.Join(dir, names[0])
+	b, err := os.ReadFile(p)
+	must(t, err)
+	b[len(b)/2] ^= 0xff
+	must(t, os.WriteFile(p, b, 0o666))
+	w = openT(t, dir, OSFS(), Options{})
+	if got := value(w.m.corruptions); got != 1 {
+		t.Fatalf("corruptions_repaired_total %v, want 1 for the corrupt checkpoint", got)
+	}
+}

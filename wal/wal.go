@@ -304,7 +304,15 @@ func (w *WAL) recover() error {
 		return err
 	}
 	for _, e := range cp.Skipped {
-		w.logger.Warn("WAL: ignoring an unusable checkpoint", "err", e)
+		// The log before a checkpoint is deleted once it is written, so
+		// without an older checkpoint to fall back to, the state it held
+		// is gone: counted and logged as an error, not a warning.
+		w.m.corruptions.Inc()
+		if haveCP {
+			w.logger.Error("WAL: ignoring an unusable checkpoint; starting from an older one", "err", e)
+		} else {
+			w.logger.Error("WAL: ignoring an unusable checkpoint; no older one is left, so the aggregate state it held is lost and only the log after it is replayed", "err", e)
+		}
 	}
 	checkFrom := 0
 	if haveCP {

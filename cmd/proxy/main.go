@@ -138,8 +138,10 @@ func parseFlags(args []string) (*flags, *kingpin.Application, error) {
 	if _, err := app.Parse(args); err != nil {
 		return nil, nil, err
 	}
-	if f.interval <= 0 {
-		return nil, nil, fmt.Errorf("--aggregation.interval must be positive, got %s", f.interval)
+	if f.interval < time.Second {
+		// Each window waits up to an interval for the log; below a
+		// second a busy disk would skip every window.
+		return nil, nil, fmt.Errorf("--aggregation.interval must be at least 1s, got %s", f.interval)
 	}
 	if f.seriesTTL <= 0 {
 		return nil, nil, fmt.Errorf("--series.ttl must be positive, got %s", f.seriesTTL)
