@@ -192,7 +192,12 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 			continue
 		}
 		if !model.LegacyValidation.IsValidMetricName(name) {
-			return nil, invalid(ReasonBadMetricName, "invalid metric name %q", name)
+			return nil, invalid(ReasonBadMetricName, "invalid metric name %q", truncateName(name))
+		}
+		if len(name) > lim.MaxLabelValueLength && p.Modes == nil {
+			// The name is the value of __name__, as remote_write sees it.
+			return nil, &Error{Kind: KindTooLarge, Reason: ReasonLimitLabelSize, Limit: "max_label_value_length", Msg: "metric name " +
+				quote(truncateName(name)) + " is longer than " + itoa(lim.MaxLabelValueLength) + " bytes (limits.max_label_value_length)"}
 		}
 		if strings.HasPrefix(name, reservedPrefix) {
 			return nil, invalid(ReasonReservedName, "metric name %q uses the prefix %q reserved for Sluice's own metrics", name, reservedPrefix)

@@ -211,8 +211,17 @@ func (s *server) errorHandler(c *fiber.Ctx, err error) error {
 		msg = "request body too large (limits.max_body_bytes)"
 		s.limits.countLimit("max_body_bytes")
 	}
+	reason := "body_too_large"
 	if m := httpServerLimitMessage(code); m != "" {
 		msg = m
+		reason = "headers_too_large"
+		if code == http.StatusRequestTimeout {
+			reason = "request_timeout"
+		}
+		s.limits.countLimit(httpServerLimitName(code))
+	}
+	if code == http.StatusRequestEntityTooLarge || reason != "body_too_large" {
+		s.countServerRejection(c, code, reason)
 	}
 	if v, _ := rwVersionOf(c.Get(fiber.HeaderContentType)); v == rwV2 && c.Path() == "/api/v1/write" {
 		// Remote-Write 2.0 answers always say what was written.
@@ -222,6 +231,23 @@ func (s *server) errorHandler(c *fiber.Ctx, err error) error {
 	}
 	c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
 	return c.Status(code).SendString(msg)
+}
+
+// countServerRejection counts a request the HTTP server refused before
+// its handler ran (413 for the body, 431, 408) in the outcome metrics of
+// the endpoint it was for, when its request line was read: pushes by
+// method, remote_write by version. The limit metric counts it anyway.
+func (s *server) countServerRejection(c *fiber.Ctx, code int, reason string) {
+	path, method := c.Path(), c.Method()
+	switch {
+	case path == "/api/v1/write" && method == fiber.MethodPost:
+		v, _ := rwVersionOf(c.Get(fiber.HeaderContentType))
+		s.rw.requests.WithLabelValues(v.String(), strconv.Itoa(code)).Inc()
+		s.rw.rejected.WithLabelValues(reason).Inc()
+	case (path == "/metrics" || strings.HasPrefix(path, "/metrics/")) && (method == fiber.MethodPut || method == fiber.MethodPost):
+		s.metrics.requests.WithLabelValues(methodName(method), strconv.Itoa(code)).Inc()
+		s.metrics.rejected.WithLabelValues(reason).Inc()
+	}
 }
 
 // allowOnly answers 405 with an Allow header naming methods.

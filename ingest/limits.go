@@ -162,6 +162,18 @@ func (s *server) initHardening(bodyLimit int) {
 	s.limits = newLimitMetrics(s.opts.Registerer, s.opts.Limits, bodyLimit)
 }
 
+// httpServerLimitName is the sluice_limit_exceeded_total label of an
+// error fasthttp answers itself.
+func httpServerLimitName(code int) string {
+	switch code {
+	case http.StatusRequestHeaderFieldsTooLarge:
+		return "max_header_bytes"
+	case http.StatusRequestTimeout:
+		return "read_timeout"
+	}
+	return ""
+}
+
 // httpServerLimitMessage names the web.http_server_config field behind
 // an error fasthttp answers itself, or returns "".
 func httpServerLimitMessage(code int) string {

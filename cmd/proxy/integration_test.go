@@ -281,6 +281,29 @@ func TestConfigReloadKeepsOldConfigOnError(t *testing.T) {
 	if _, body := p.get(t, "/metrics"); !strings.Contains(body, `k{instance="",job="r"} 6`) {
 		t.Fatalf("SIGHUP reload not applied:\n%s", body)
 	}
+
+	// What changes only on restart is compared with what the process
+	// started with, reload after reload.
+	reload := func() {
+		t.Helper()
+		r, err := http.Post(p.url+"/-/reload", "", nil)
+		if err != nil || r.StatusCode != 200 {
+			t.Fatalf("reload: %v %v", err, r)
+		}
+		r.Body.Close()
+	}
+	write("limits:\n  max_body_bytes: 1000000\nweb:\n  http_server_config:\n    read_timeout: 7s\n")
+	reload()
+	write("limits:\n  max_body_bytes: 2000000\nweb:\n  http_server_config:\n    read_timeout: 8s\n")
+	reload()
+	p.stop(t)
+	logs := p.stderr.String()
+	if n := strings.Count(logs, "limits.max_body_bytes changes only on restart"); n != 2 || strings.Contains(logs, "running=1000000") {
+		t.Errorf("max_body_bytes warnings: %d, want 2, each with the running value:\n%s", n, logs)
+	}
+	if n := strings.Count(logs, "web.http_server_config change only on restart"); n != 2 {
+		t.Errorf("http_server_config warnings: %d, want 2:\n%s", n, logs)
+	}
 }
 
 func TestNoTargetSaysNothingIsForwarded(t *testing.T) {

@@ -257,7 +257,9 @@ func run(args []string) error {
 	flusher := aggregate.NewFlusher(f.interval, time.Now, fwd, sources, reg, logger.With("component", "flush"))
 
 	var cfgMu sync.Mutex // serialises reloads
-	current := cfg
+	// started is the config the process started with: what changes only
+	// on restart is compared with it.
+	started := cfg
 	var ingestCfg atomic.Pointer[configs.IngestConfig]
 	ingestCfg.Store(&cfg.Ingest)
 	var webCfg atomic.Pointer[configs.WebConfig] // credentials and TLS files reload; the rest needs a restart
@@ -280,13 +282,12 @@ func run(args []string) error {
 			logger.Error("reload config rejected; the old config stays in force", "file", f.configFile, "err", err)
 			return err
 		}
-		if c.Limits.MaxBodyBytes != current.Limits.MaxBodyBytes {
-			logger.Warn("limits.max_body_bytes changes only on restart", "running", current.Limits.MaxBodyBytes, "file", c.Limits.MaxBodyBytes)
+		if c.Limits.MaxBodyBytes != started.Limits.MaxBodyBytes {
+			logger.Warn("limits.max_body_bytes changes only on restart", "running", started.Limits.MaxBodyBytes, "file", c.Limits.MaxBodyBytes)
 		}
-		current = c
 		store.SetSettings(settings(c))
 		ingestCfg.Store(&c.Ingest)
-		if c.Web.TLSServerConfig.Enabled() != current.Web.TLSServerConfig.Enabled() || c.Web.HTTPServerConfig != current.Web.HTTPServerConfig {
+		if c.Web.TLSServerConfig.Enabled() != started.Web.TLSServerConfig.Enabled() || c.Web.HTTPServerConfig != started.Web.HTTPServerConfig {
 			logger.Warn("turning TLS on or off and web.http_server_config change only on restart")
 		}
 		webCfg.Store(&c.Web)

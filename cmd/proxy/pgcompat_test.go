@@ -1,10 +1,13 @@
 package main
 
 import (
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -111,6 +114,46 @@ func TestPushgatewayCompatDetails(t *testing.T) {
 		}
 	})
 
+	t.Run("requests the server refuses are counted", func(t *testing.T) {
+		raw := func(req string) string {
+			t.Helper()
+			conn, err := net.Dial("tcp", strings.TrimPrefix(p.url, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.WriteString(conn, req); err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(io.LimitReader(conn, 4096))
+			return string(b)
+		}
+		big := fmt.Sprintf("Content-Length: %d\r\n\r\n", 17<<20)
+		if r := raw("POST /metrics/job/big HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n" + big); !strings.HasPrefix(r, "HTTP/1.1 413") {
+			t.Fatalf("oversized push: %q", r)
+		}
+		if r := raw("POST /api/v1/write HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\n" + big); !strings.HasPrefix(r, "HTTP/1.1 413") {
+			t.Fatalf("oversized remote write: %q", r)
+		}
+		if r := raw("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("h", 1<<20) + "\r\n\r\n"); !strings.HasPrefix(r, "HTTP/1.1 431") {
+			t.Fatalf("oversized headers: %q", r[:min(len(r), 200)])
+		}
+		_, body := p.get(t, "/metrics")
+		for _, want := range []string{
+			`sluice_push_requests_total{code="413",method="POST"} 1`,
+			`sluice_rejected_pushes_total{reason="body_too_large"} 1`,
+			`sluice_remote_write_requests_total{code="413",version="1.0"} 1`,
+			`sluice_remote_write_rejected_total{reason="body_too_large"} 1`,
+			`sluice_limit_exceeded_total{limit="max_body_bytes"} 2`,
+			`sluice_limit_exceeded_total{limit="max_header_bytes"} 1`,
+		} {
+			if !strings.Contains(body, want) {
+				t.Errorf("GET /metrics lacks %s:\n%s", want, grepLines(body, "413")+"\n"+grepLines(body, "too_large")+"\n"+grepLines(body, "limit_exceeded"))
+			}
+		}
+	})
+
 	t.Run("path labels obey the label limits", func(t *testing.T) {
 		long := strings.Repeat("a", 2100)
 		code, msg := do("POST", "/metrics/job/g2/l/"+long, "lv 1\n")
@@ -119,6 +162,11 @@ func TestPushgatewayCompatDetails(t *testing.T) {
 		}
 		if _, body := p.get(t, "/metrics"); strings.Contains(body, "lv{") {
 			t.Error("the refused push was stored")
+		}
+		// The metric name is the value of __name__: the same limit.
+		code, msg = do("POST", "/metrics/job/g3", "m"+strings.Repeat("x", 3000)+" 1\n")
+		if code != 413 || !strings.Contains(msg, "max_label_value_length") {
+			t.Errorf("3001-byte metric name: %d %q, want 413 naming the limit", code, msg[:min(len(msg), 200)])
 		}
 	})
 }
