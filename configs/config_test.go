@@ -280,3 +280,43 @@ func TestConfigErrorsHideURLCredentials(t *testing.T) {
 		}
 	}
 }
+
+// TestPastedPrometheusRemoteWrite: a remote_write block as Prometheus
+// users have it loads; the settings Sluice does not use are named, and
+// authentication it does not implement is refused by name.
+func TestPastedPrometheusRemoteWrite(t *testing.T) {
+	y := `remote_write:
+  - url: http://127.0.0.1:1/api/v1/write
+    send_exemplars: false
+    send_native_histograms: true
+    round_robin_dns: false
+    metadata_config:
+      send: true
+      send_interval: 1m
+      max_samples_per_send: 500
+    queue_config:
+      min_shards: 2
+      max_shards: 10
+      sample_age_limit: 10m
+`
+	c, err := Parse([]byte(y))
+	if err != nil {
+		t.Fatalf("pasted block refused: %v", err)
+	}
+	got := strings.Join(c.RemoteWrite[0].IgnoredSettings(), "; ")
+	for _, want := range []string{"send_exemplars", "send_native_histograms", "metadata_config", "round_robin_dns", "min_shards", "sample_age_limit"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("ignored settings %q lack %s", got, want)
+		}
+	}
+	if c.RemoteWrite[0].QueueConfig.MaxShards != 10 {
+		t.Errorf("max_shards %d", c.RemoteWrite[0].QueueConfig.MaxShards)
+	}
+	for _, auth := range []string{"sigv4:\n      region: eu-west-1", "azuread:\n      cloud: AzurePublic", "google_iam:\n      credentials_file: x"} {
+		_, err := Parse([]byte("remote_write:\n  - url: http://127.0.0.1:1/w\n    " + auth + "\n"))
+		name := strings.SplitN(auth, ":", 2)[0]
+		if err == nil || !strings.Contains(err.Error(), "remote_write[0]") || !strings.Contains(err.Error(), name+" is a Prometheus setting Sluice does not support") {
+			t.Errorf("%s: %v, want a refusal naming it", name, err)
+		}
+	}
+}

@@ -51,6 +51,39 @@ type RemoteWriteConfig struct {
 	// HTTPClientConfig carries basic_auth (password_file too),
 	// authorization (credentials_file too), oauth2, tls_config, proxy_url.
 	HTTPClientConfig commoncfg.HTTPClientConfig `yaml:",inline"`
+
+	// Prometheus settings Sluice accepts and does not use, so that a
+	// pasted block loads (IgnoredSettings names them for a warning).
+	SendExemplars        *bool `yaml:"send_exemplars,omitempty"`
+	SendNativeHistograms *bool `yaml:"send_native_histograms,omitempty"`
+	MetadataConfig       any   `yaml:"metadata_config,omitempty"`
+	RoundRobinDNS        *bool `yaml:"round_robin_dns,omitempty"`
+	// Prometheus authentication Sluice does not implement: refused.
+	SigV4     any `yaml:"sigv4,omitempty"`
+	AzureAD   any `yaml:"azuread,omitempty"`
+	GoogleIAM any `yaml:"google_iam,omitempty"`
+}
+
+// IgnoredSettings names the Prometheus settings of c that Sluice accepts
+// and does not use.
+func (c *RemoteWriteConfig) IgnoredSettings() []string {
+	var out []string
+	for _, s := range []struct {
+		name string
+		set  bool
+	}{
+		{"send_exemplars (Sluice forwards no exemplars)", c.SendExemplars != nil},
+		{"send_native_histograms (native histograms are always sent)", c.SendNativeHistograms != nil},
+		{"metadata_config (metadata goes with every request)", c.MetadataConfig != nil},
+		{"round_robin_dns", c.RoundRobinDNS != nil},
+		{"queue_config.min_shards (shards are fixed)", c.QueueConfig.MinShards != 0},
+		{"queue_config.sample_age_limit", c.QueueConfig.SampleAgeLimit != 0},
+	} {
+		if s.set {
+			out = append(out, s.name)
+		}
+	}
+	return out
 }
 
 // QueueConfig tunes one target's queue, with Prometheus' names.
@@ -71,6 +104,9 @@ type QueueConfig struct {
 	// are coalesced (resolution lost, totals kept), then the oldest are
 	// dropped. Not a Prometheus setting.
 	MaxBacklogBytes int64 `yaml:"max_backlog_bytes,omitempty"`
+	// Prometheus settings accepted and not used (IgnoredSettings).
+	MinShards      int            `yaml:"min_shards,omitempty"`
+	SampleAgeLimit model.Duration `yaml:"sample_age_limit,omitempty"`
 }
 
 // DefaultQueueConfig mirrors Prometheus' defaults (config.DefaultQueueConfig)
@@ -156,6 +192,14 @@ func (c *RemoteWriteConfig) Validate() error {
 	}
 	if c.RemoteTimeout <= 0 {
 		return errors.New("remote_timeout must be positive")
+	}
+	for _, a := range []struct {
+		name string
+		set  bool
+	}{{"sigv4", c.SigV4 != nil}, {"azuread", c.AzureAD != nil}, {"google_iam", c.GoogleIAM != nil}} {
+		if a.set {
+			return fmt.Errorf("%s is a Prometheus setting Sluice does not support: authenticate with basic_auth, authorization, oauth2 or tls_config, or put a signing proxy in front (proxy_url)", a.name)
+		}
 	}
 	switch c.ProtobufMessage {
 	case ProtoMsgV1, ProtoMsgV2:

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -234,6 +235,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	warnIgnored(logger, tgts)
 	fwd := forward.NewManager(logger.With("component", "forward"), reg, "Sluice/"+version.Version, filepath.Join(f.walDir, "queues"))
 	if err := fwd.ApplyConfig(tgts, cfg.Global.ExternalLabels); err != nil {
 		return fmt.Errorf("start forwarding: %w", err)
@@ -276,6 +278,9 @@ func run(args []string) error {
 		t, err := targets(c, f.remoteWriteURLs)
 		if err == nil {
 			err = fwd.ApplyConfig(t, c.Global.ExternalLabels)
+		}
+		if err == nil {
+			warnIgnored(logger, t)
 		}
 		if err != nil {
 			reloads.failure()
@@ -487,6 +492,16 @@ func targets(c *configs.Config, urls []string) ([]configs.RemoteWriteConfig, err
 		out = append(out, rw)
 	}
 	return out, nil
+}
+
+// warnIgnored logs the Prometheus settings each target has that Sluice
+// accepts and does not use.
+func warnIgnored(logger *slog.Logger, tgts []configs.RemoteWriteConfig) {
+	for i := range tgts {
+		if ign := tgts[i].IgnoredSettings(); len(ign) > 0 {
+			logger.Warn("remote_write settings accepted and ignored", "target", tgts[i].DisplayName(), "settings", strings.Join(ign, ", "))
+		}
+	}
 }
 
 func selfInstance(c *configs.Config) string {
