@@ -193,7 +193,7 @@ func Default() Config {
 			MaxLabelValueLength: 2048,
 			// A group is one job (plus grouping labels); 10k series in one
 			// group is already a cardinality problem worth a loud 429.
-			MaxSeriesPerGroup: 10_000,
+			MaxSeriesPerGroup: defaultMaxSeriesPerGroup,
 			// SPEC 10 sizes Sluice for 1M live series.
 			MaxSeries: 1_000_000,
 			// Pushes mostly wait for the shared fsync (group commit), so
@@ -205,6 +205,10 @@ func Default() Config {
 		Web: defaultWeb(),
 	}
 }
+
+// defaultMaxSeriesPerGroup is limits.max_series_per_group's default, or
+// max_series if that is lower.
+const defaultMaxSeriesPerGroup = 10_000
 
 // Load reads and validates a configuration file. Unknown fields are errors,
 // ${VAR} references are expanded from the environment, and every value not
@@ -392,6 +396,11 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Aggregation.validate(); err != nil {
 		return fmt.Errorf("aggregation: %w", err)
+	}
+	if c.Limits.MaxSeriesPerGroup == defaultMaxSeriesPerGroup && c.Limits.MaxSeries > 0 && c.Limits.MaxSeries < defaultMaxSeriesPerGroup {
+		// The per-group default is 10,000 or max_series, whichever is
+		// lower: setting only max_series low must not stop the start.
+		c.Limits.MaxSeriesPerGroup = c.Limits.MaxSeries
 	}
 	if err := c.Limits.validate(); err != nil {
 		return fmt.Errorf("limits: %w", err)

@@ -320,3 +320,29 @@ func TestPastedPrometheusRemoteWrite(t *testing.T) {
 		}
 	}
 }
+
+func TestMaxSeriesAloneLowersThePerGroupDefault(t *testing.T) {
+	for _, tc := range []struct {
+		name                string
+		y                   string
+		wantMax, wantPerGrp int
+		wantErr             string
+	}{
+		{name: "only max_series", y: "limits:\n  max_series: 50\n", wantMax: 50, wantPerGrp: 50},
+		{name: "both, consistent", y: "limits:\n  max_series: 50\n  max_series_per_group: 20\n", wantMax: 50, wantPerGrp: 20},
+		{name: "per group over the total", y: "limits:\n  max_series: 50\n  max_series_per_group: 60\n", wantErr: "must not exceed max_series"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(tc.y))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || c.Limits.MaxSeries != tc.wantMax || c.Limits.MaxSeriesPerGroup != tc.wantPerGrp {
+				t.Fatalf("limits %+v, err %v", c.Limits, err)
+			}
+		})
+	}
+}
