@@ -204,6 +204,14 @@ func (s *server) errorHandler(c *fiber.Ctx, err error) error {
 		code = fe.Code
 	}
 	msg := err.Error()
+	if code == http.StatusBadRequest {
+		// fasthttp's own message for a request it cannot parse quotes
+		// every header back, credentials included: name the problem only.
+		msg = "malformed HTTP request"
+		if strings.Contains(err.Error(), "Content-Length") {
+			msg = "malformed HTTP request: bad Content-Length"
+		}
+	}
 	if code == http.StatusRequestEntityTooLarge {
 		if unread, err := s.rejectedUnread(c); unread {
 			return err // no valid credentials: 401, body not read

@@ -139,6 +139,11 @@ func TestPushgatewayCompatDetails(t *testing.T) {
 		if r := raw("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("h", 1<<20) + "\r\n\r\n"); !strings.HasPrefix(r, "HTTP/1.1 431") {
 			t.Fatalf("oversized headers: %q", r[:min(len(r), 200)])
 		}
+		// A Content-Length that overflows: 400, without the request's
+		// headers (and credentials) quoted back.
+		if r := raw("POST /metrics/job/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer TOKEN_S3cr3t\r\nContent-Length: 999999999999999999999999\r\n\r\n"); !strings.HasPrefix(r, "HTTP/1.1 400") || strings.Contains(r, "TOKEN_S3cr3t") {
+			t.Fatalf("overflowing Content-Length: %q", r)
+		}
 		_, body := p.get(t, "/metrics")
 		for _, want := range []string{
 			`sluice_push_requests_total{code="413",method="POST"} 1`,
