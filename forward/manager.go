@@ -132,8 +132,10 @@ func (m *Manager) ApplyConfig(cfgs []configs.RemoteWriteConfig, externalLabels m
 	}
 
 	running := make(map[string]*target, len(old))
+	wasRunning := make(map[string]bool, len(old))
 	for _, t := range old {
 		running[t.name] = t
+		wasRunning[t.name] = true
 	}
 	var (
 		next      = make([]*target, 0, len(cfgs))
@@ -149,6 +151,11 @@ func (m *Manager) ApplyConfig(cfgs []configs.RemoteWriteConfig, externalLabels m
 		for _, t := range created {
 			t.cancel()
 			t.client.close()
+			if !wasRunning[t.name] {
+				// A new name's metrics would stay behind on /metrics
+				// for a target that does not exist.
+				m.metrics.delete(t.name)
+			}
 		}
 		for _, q := range opened {
 			q.close()
@@ -174,6 +181,9 @@ func (m *Manager) ApplyConfig(cfgs []configs.RemoteWriteConfig, externalLabels m
 		}
 		t, err := newTarget(*cfg, externalLabels, m.userAgent, m.logger, m.metrics, m.now, nil)
 		if err != nil {
+			if !wasRunning[name] {
+				m.metrics.delete(name) // made before the client failed
+			}
 			return fail(err)
 		}
 		if prev != nil {

@@ -109,6 +109,17 @@ func TestApplyConfig(t *testing.T) {
 			if targetOf("a") != ta || targetOf("b") != nil || shardGoroutines() != 4 {
 				t.Error("a failed ApplyConfig changed the running targets")
 			}
+			if hasSeries("b") {
+				t.Error("metric series of target b, which a failed ApplyConfig did not start, remain")
+			}
+			// A valid new target next to the bad one leaves nothing either.
+			bad.Name = "c"
+			if err := h.m.ApplyConfig([]configs.RemoteWriteConfig{testConfig(ra.url(), "a"), testConfig(rb.url(), "b"), bad}, nil); err == nil {
+				t.Fatal("ApplyConfig with an unbuildable target c succeeded")
+			}
+			if hasSeries("b") || hasSeries("c") {
+				t.Error("metric series of targets of a failed ApplyConfig remain")
+			}
 		}},
 		{"duplicate names are refused", func(t *testing.T) {
 			err := h.m.ApplyConfig([]configs.RemoteWriteConfig{testConfig(ra.url(), "a"), testConfig(rb.url(), "a")}, nil)
