@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -63,6 +64,22 @@ type flags struct {
 	minProcs        int
 	extraProcs      int
 	log             promslog.Config
+}
+
+// nameFlag adds the flag to an error kingpin gives for a value that does
+// not parse ("time: invalid duration" says nothing of which flag).
+func nameFlag(app *kingpin.Application, args []string, err error) error {
+	ctx, cerr := app.ParseContext(args)
+	if cerr != nil || ctx == nil {
+		return err
+	}
+	for _, e := range ctx.Elements {
+		fc, ok := e.Clause.(*kingpin.FlagClause)
+		if ok && e.Value != nil && strings.Contains(err.Error(), strconv.Quote(*e.Value)) {
+			return fmt.Errorf("--%s: %w", fc.Model().Name, err)
+		}
+	}
+	return err
 }
 
 // ownFamilies returns the type of each metric family reg gathers now.
@@ -137,7 +154,10 @@ func parseFlags(args []string) (*flags, *kingpin.Application, error) {
 		Default("1").IntVar(&f.extraProcs)
 	promslogflag.AddFlags(app, &f.log)
 	if _, err := app.Parse(args); err != nil {
-		return nil, nil, err
+		return nil, nil, nameFlag(app, args, err)
+	}
+	if f.drainTimeout < 0 {
+		return nil, nil, fmt.Errorf("--forward.drain-timeout must not be negative, got %s", f.drainTimeout)
 	}
 	if f.interval < time.Second {
 		// Each window waits up to an interval for the log; below a

@@ -2,6 +2,7 @@ package main
 
 import (
 	"runtime/debug"
+	"strings"
 	"testing"
 )
 
@@ -29,6 +30,27 @@ func TestBuildVersion(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := buildVersion(tc.bi, tc.ok); got != tc.want {
 				t.Errorf("buildVersion = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestFlagErrorsNameTheFlag(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"duration with =", []string{"--aggregation.interval=abc"}, "--aggregation.interval: "},
+		{"duration as next argument", []string{"--series.ttl", "soon"}, "--series.ttl: "},
+		{"float", []string{"--auto-gomemlimit.ratio=abc"}, "--auto-gomemlimit.ratio: "},
+		{"interval under a second", []string{"--aggregation.interval=500ms"}, "--aggregation.interval must be at least 1s"},
+		{"negative drain timeout", []string{"--forward.drain-timeout=-1s"}, "--forward.drain-timeout must not be negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := parseFlags(tc.args)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("parseFlags(%q) = %v, want an error with %q", tc.args, err, tc.want)
 			}
 		})
 	}
