@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -261,6 +262,7 @@ func decode(b []byte, dir string) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(expanded))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		err = locate(expanded, err)
 		if changed {
 			return nil, fmt.Errorf("parse yaml (with ${VAR} expanded, so line numbers may be off): %w", err)
 		}
@@ -273,6 +275,56 @@ func decode(b []byte, dir string) (*Config, error) {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// locate names where in doc a decoding error is, when the error does not
+// say (a field's own parser, such as a duration's, returns a bare "not a
+// valid duration string: \"-1s\""): the first value quoted in the
+// message, found in the document, gives its line and its key path.
+func locate(doc []byte, err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		return err // yaml's own errors have their lines
+	}
+	var root yaml.Node
+	if yaml.Unmarshal(doc, &root) != nil {
+		return err
+	}
+	msg := err.Error()
+	var found error
+	var walk func(n *yaml.Node, path string)
+	walk = func(n *yaml.Node, path string) {
+		if found != nil {
+			return
+		}
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, path)
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				walk(c, fmt.Sprintf("%s[%d]", path, i))
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				key := n.Content[i].Value
+				if path != "" {
+					key = path + "." + key
+				}
+				walk(n.Content[i+1], key)
+			}
+		case yaml.ScalarNode:
+			if n.Value != "" && strings.Contains(msg, strconv.Quote(n.Value)) {
+				found = fmt.Errorf("line %d: %s: %w", n.Line, path, err)
+			}
+		}
+	}
+	walk(&root, "")
+	if found != nil {
+		return found
+	}
+	return err
 }
 
 // setDirectory joins the relative file paths of the config with dir.

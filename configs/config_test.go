@@ -346,3 +346,20 @@ func TestMaxSeriesAloneLowersThePerGroupDefault(t *testing.T) {
 		})
 	}
 }
+
+// TestDecodeErrorsNameTheField: a value a field's own parser refuses is
+// reported with its line and key path.
+func TestDecodeErrorsNameTheField(t *testing.T) {
+	for _, tc := range []struct{ name, y, want string }{
+		{"wal duration", "wal:\n  fsync_interval: -1s\n", "line 2: wal.fsync_interval: "},
+		{"remote_timeout", "remote_write:\n  - url: http://127.0.0.1:1/w\n    remote_timeout: -5s\n", "line 3: remote_write[0].remote_timeout: "},
+		{"type error keeps yaml's line", "limits:\n  max_series: lots\n", "line 2: cannot unmarshal"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.y))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Parse = %v, want an error with %q", err, tc.want)
+			}
+		})
+	}
+}
