@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -99,6 +100,9 @@ type server struct {
 	authm   *authMetrics
 	// pushes recycles what a push needs (*pushScratch) and its memory.
 	pushes sync.Pool
+	// freedAt is when memory was last handed back to the OS after a
+	// decompression bomb (Unix nanoseconds); see releaseAfterBomb.
+	freedAt atomic.Int64
 }
 
 // pushScratch is one push's memory: its body decoder, and the Push handed
@@ -241,6 +245,22 @@ func (s *server) errorHandler(c *fiber.Ctx, err error) error {
 	return c.Status(code).SendString(msg)
 }
 
+// releaseAfterBomb hands the memory of a refused decompression bomb (up
+// to limits.max_decompressed_body_bytes of buffer, now garbage) back to
+// the OS at once, at most once a second: left to the collector and the
+// scavenger, it stays resident until the heap grows again, so that a second
+// bomb right after the first found a process already twice as big
+// (TestHostileClients' peak RSS went past 200 MiB that way). The push's
+// decoder, which held the buffer, is released before this runs.
+func (s *server) releaseAfterBomb() {
+	now := time.Now().UnixNano()
+	last := s.freedAt.Load()
+	if now-last < int64(time.Second) || !s.freedAt.CompareAndSwap(last, now) {
+		return
+	}
+	debug.FreeOSMemory()
+}
+
 // countServerRejection counts a request the HTTP server refused before
 // its handler ran (413 for the body, 431, 408) in the outcome metrics of
 // the endpoint it was for, when its request line was read: pushes by
@@ -329,6 +349,9 @@ func (s *server) push(c *fiber.Ctx) error {
 		s.metrics.rejected.WithLabelValues(reason).Inc()
 		s.limits.countLimit(limit)
 		s.opts.Logger.Debug("push rejected", "path", c.Path(), "code", code, "reason", reason, "err", msg)
+	}
+	if limit == "max_decompressed_body_bytes" {
+		s.releaseAfterBomb()
 	}
 	if msg != "" {
 		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
