@@ -148,7 +148,7 @@ func parseFlags(args []string) (*flags, *kingpin.Application, error) {
 		Default("true").BoolVar(&f.autoMemLimit)
 	app.Flag("auto-gomemlimit.ratio", "The fraction of that memory that --auto-gomemlimit sets as the limit, in (0, 1].").
 		Default("0.9").Float64Var(&f.memLimitRatio)
-	app.Flag("runtime.min-gomaxprocs", "Raise the Go runtime's GOMAXPROCS to at least this when its default (the CPUs, or the container's CPU limit) is lower: a WAL fsync holds a Go processor while it runs, and with a single one no push is decoded meanwhile. Skipped when GOMAXPROCS is set; 1 keeps the Go default.").
+	app.Flag("runtime.min-gomaxprocs", "Raise the Go runtime's GOMAXPROCS to at least this when its default (the CPUs, or the container's CPU limit) is lower: a WAL fsync holds a Go processor while it runs, and with a single one no push is decoded meanwhile. Skipped when GOMAXPROCS is set; 1, with --runtime.extra-gomaxprocs=0, keeps the Go default.").
 		Default("2").IntVar(&f.minProcs)
 	app.Flag("runtime.extra-gomaxprocs", "Go processors to add to the Go runtime's default GOMAXPROCS (the CPUs, or the container's CPU limit): a WAL fsync keeps its processor while it runs, and one more lets the handlers use every CPU meanwhile. Skipped when GOMAXPROCS is set; 0 keeps the Go default.").
 		Default("1").IntVar(&f.extraProcs)
