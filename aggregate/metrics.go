@@ -46,7 +46,7 @@ func newStoreMetrics(reg prometheus.Registerer, s *Store) *storeMetrics {
 	m := &storeMetrics{
 		samplesIngested: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_samples_ingested_total",
-			Help: "Series values (a histogram or summary counts once) applied from accepted pushes.",
+			Help: "Series values (a histogram or summary counts once) aggregated: from accepted pushes, and from remote_write series with clear_mode.",
 		}),
 		timestampsIgnored: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_client_timestamps_ignored_total",
