@@ -227,7 +227,9 @@ func Load(path string) (*Config, error) {
 }
 
 // userinfo matches the user information of a URL in a message.
-var userinfo = regexp.MustCompile(`(://)[^/@\s"']*@`)
+// It runs to the last "@" before a blank, since a password may hold "@",
+// "/" or an escaped quote: over-redacting is the safe side.
+var userinfo = regexp.MustCompile(`(://)\S*@`)
 
 // scrubError is err with any user information of a URL in its message
 // replaced: a decoding error of a URL field (proxy_url, say) quotes the
@@ -346,62 +348,94 @@ func (c *Config) setDirectory(dir string) {
 	}
 }
 
-// expandEnvYAML expands ${VAR} (ExpandEnv) in the string values of a YAML
-// document, after it is parsed: a value from the environment is data, so
-// characters YAML would read (a leading "*", "&" or "!", " #") stay part of
-// it. Relabel rules are left alone: "${name}" there is a capture group, as
-// in Prometheus, which expands nothing. changed says whether anything was
+// expandEnvYAML expands ${VAR} (ExpandEnv) in a YAML document's scalars,
+// keys included, after it is parsed: a value from the environment is
+// data, so characters YAML would read (a leading "*", "&" or "!", " #")
+// stay part of it. Each ${VAR} is first replaced in the text by a
+// placeholder that is a plain scalar anywhere (so "{region: ${R}}" still
+// parses), then the placeholders are replaced in the parsed scalars. An
+// unset or empty variable that makes a whole plain value empty leaves it
+// null, so a typed field keeps its default, as when the text was expanded.
+// Relabel rules are left alone: "${name}" there is a capture group, as in
+// Prometheus, and gets its text back. changed says whether anything was
 // expanded; if not, b is returned as it is (so errors keep its line
 // numbers).
 func expandEnvYAML(b []byte) (_ []byte, changed bool, _ error) {
-	if !bytes.Contains(b, []byte("${")) {
+	var names []string
+	marked := envVarRef.ReplaceAllFunc(b, func(m []byte) []byte {
+		names = append(names, string(m[2:len(m)-1]))
+		return []byte(envPlaceholder + strconv.Itoa(len(names)-1) + "__")
+	})
+	if len(names) == 0 {
 		return b, false, nil
 	}
 	var root yaml.Node
-	if err := yaml.Unmarshal(b, &root); err != nil {
+	if err := yaml.Unmarshal(marked, &root); err != nil {
 		return nil, false, err
 	}
-	var walk func(n *yaml.Node)
-	walk = func(n *yaml.Node) {
-		switch n.Kind {
-		case yaml.DocumentNode, yaml.SequenceNode:
-			for _, c := range n.Content {
-				walk(c)
+	fill := func(n *yaml.Node, expand bool) {
+		if n.Kind != yaml.ScalarNode || !strings.Contains(n.Value, envPlaceholder) {
+			return
+		}
+		n.Value = envPlaceholderRef.ReplaceAllStringFunc(n.Value, func(m string) string {
+			i, _ := strconv.Atoi(m[len(envPlaceholder) : len(m)-2])
+			if i >= len(names) {
+				return m
 			}
-		case yaml.MappingNode:
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				switch n.Content[i].Value {
-				case "relabel_configs", "write_relabel_configs":
-					continue
-				}
-				walk(n.Content[i+1])
+			if !expand {
+				return "${" + names[i] + "}"
 			}
-		case yaml.ScalarNode:
-			if !strings.Contains(n.Value, "${") {
-				return
-			}
-			v := string(ExpandEnv([]byte(n.Value)))
-			if v == n.Value {
-				return
-			}
-			n.Value, changed = v, true
-			if n.Style == 0 {
-				// A plain value is typed by what it now says (a number
-				// for max_shards), but never null: it was text.
-				n.Tag = ""
-				if n.ShortTag() == "!!null" {
-					n.Tag = "!!str"
-				}
+			return os.Getenv(names[i])
+		})
+		if n.Style == 0 {
+			// A plain value is typed by what it now says (a number
+			// for max_shards); empty, it is null (the default); any
+			// other text that reads as null stays text.
+			n.Tag = ""
+			switch {
+			case n.Value == "":
+				n.Tag = "!!null"
+			case n.ShortTag() == "!!null":
+				n.Tag = "!!str"
 			}
 		}
 	}
-	walk(&root)
-	if !changed {
-		return b, false, nil
+	var walk func(n *yaml.Node, expand bool)
+	walk = func(n *yaml.Node, expand bool) {
+		switch n.Kind {
+		case yaml.DocumentNode, yaml.SequenceNode:
+			for _, c := range n.Content {
+				walk(c, expand)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				fill(k, expand)
+				switch k.Value {
+				case "relabel_configs", "write_relabel_configs":
+					walk(v, false)
+				default:
+					walk(v, expand)
+				}
+			}
+		case yaml.ScalarNode:
+			fill(n, expand)
+		}
 	}
+	walk(&root, true)
 	out, err := yaml.Marshal(&root)
 	return out, true, err
 }
+
+// envPlaceholder starts the text that stands for a ${VAR} while the
+// document is parsed; envVarRef finds a ${VAR} (the braced form, a valid
+// name: ExpandEnv's rule), envPlaceholderRef a placeholder.
+const envPlaceholder = "__sluice_env_"
+
+var (
+	envVarRef         = regexp.MustCompile(`\$\{[A-Za-z_][A-Za-z0-9_]*\}`)
+	envPlaceholderRef = regexp.MustCompile(envPlaceholder + `[0-9]+__`)
+)
 
 // ExpandEnv replaces every ${VAR} with the environment variable's value
 // (empty when unset). Only the braced form is expanded, so a regular

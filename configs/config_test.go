@@ -245,6 +245,33 @@ func TestExpandEnvValues(t *testing.T) {
 	}
 }
 
+// TestExpandEnvWhereTextExpansionWorked: what loaded when ${VAR} was
+// expanded in the text still loads: a reference in a flow collection, an
+// unset variable in a typed field (its default), a variable in a key.
+func TestExpandEnvWhereTextExpansionWorked(t *testing.T) {
+	t.Setenv("SLUICE_R", "eu-1")
+	t.Setenv("SLUICE_P", "*pw #x")
+	t.Setenv("SLUICE_HDR", "X-Scope-OrgID")
+	y := "global:\n  external_labels: {region: ${SLUICE_R}}\n" +
+		"remote_write:\n  - url: http://127.0.0.1:1/w\n    basic_auth: {username: u, password: ${SLUICE_P}}\n" +
+		"    remote_timeout: ${SLUICE_UNSET}\n    headers: {${SLUICE_HDR}: team-a}\n"
+	c, err := Parse([]byte(y))
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	rw := c.RemoteWrite[0]
+	switch {
+	case c.Global.ExternalLabels["region"] != "eu-1":
+		t.Errorf("external label %q", c.Global.ExternalLabels["region"])
+	case string(rw.HTTPClientConfig.BasicAuth.Password) != "*pw #x":
+		t.Errorf("password %q", rw.HTTPClientConfig.BasicAuth.Password)
+	case rw.RemoteTimeout != defaultRemoteTimeout:
+		t.Errorf("remote_timeout %v, want the default for an unset variable", rw.RemoteTimeout)
+	case rw.Headers["X-Scope-OrgID"] != "team-a":
+		t.Errorf("headers %v, want the key expanded", rw.Headers)
+	}
+}
+
 // TestRelativePathsFollowTheConfigFile: as in Prometheus, relative file
 // paths in a loaded file are relative to its directory.
 func TestRelativePathsFollowTheConfigFile(t *testing.T) {
@@ -273,6 +300,10 @@ func TestConfigErrorsHideURLCredentials(t *testing.T) {
 	for _, y := range []string{
 		"remote_write:\n  - url: http://user:p%zzSECRET@127.0.0.1:1/w\n",
 		"remote_write:\n  - url: http://127.0.0.1:1/w\n    proxy_url: http://pu:PROXY%zzSECRET@127.0.0.1:2\n",
+		"remote_write:\n  - url: 'https://user:pa#SECRET%zz@127.0.0.1:1/x'\n",
+		"remote_write:\n  - url: 'https://user:pa/SECRET%zz@127.0.0.1:1/x'\n",
+		"remote_write:\n  - url: http://127.0.0.1:1/w\n    proxy_url: 'http://u:p@SECRET@127.0.0.1:bad'\n",
+		"remote_write:\n  - url: http://127.0.0.1:1/w\n    proxy_url: 'http://u:p\"SECRET%zz@127.0.0.1:2'\n",
 	} {
 		_, err := Parse([]byte(y))
 		if err == nil || strings.Contains(err.Error(), "SECRET") {

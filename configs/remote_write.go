@@ -254,11 +254,13 @@ func RedactURL(s string) string {
 		if i := strings.Index(s, "://"); i >= 0 {
 			scheme, rest = s[:i+3], s[i+3:]
 		}
-		if i := strings.IndexAny(rest, "/?#"); i >= 0 {
-			rest = rest[:i]
-		}
+		// A password may hold "/", "?", "#" or "@": drop everything up
+		// to the last "@" first (over-redacting a path with one is safe).
 		if i := strings.LastIndexByte(rest, '@'); i >= 0 {
 			rest = rest[i+1:]
+		}
+		if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+			rest = rest[:i]
 		}
 		return scheme + rest + "/..."
 	}
