@@ -157,12 +157,30 @@ func (s *Store) GatherDurable(ctx context.Context) ([]*dto.MetricFamily, error) 
 		return nil, err
 	}
 	if s.journal != nil {
-		if err := s.journal.Barrier(ctx); err != nil {
-			s.failUnlessWait(err)
+		if err := s.waitLog(ctx); err != nil {
 			return nil, err
 		}
 	}
 	return fams, nil
+}
+
+// maxSlowWaits is how many waits for the log in a row may run out of time
+// before the log counts as stuck rather than slow: then Sluice fails (503
+// and not ready, so that an orchestrator restarts it) as on a write error.
+// Windows wait an aggregation interval each, so at least 3 s, 45 s with
+// the default 15 s.
+const maxSlowWaits = 3
+
+// waitLog waits until every operation enqueued so far is durable. A wait
+// that runs out of time skips only what waited (failUnlessWait), unless
+// the log made no progress through maxSlowWaits of them in a row.
+func (s *Store) waitLog(ctx context.Context) error {
+	if err := s.journal.Barrier(ctx); err != nil {
+		s.failUnlessWait(err)
+		return err
+	}
+	s.slowWaits.Store(0)
+	return nil
 }
 
 // failUnlessWait fails the Store for a barrier's error, unless the barrier
@@ -171,7 +189,14 @@ func (s *Store) GatherDurable(ctx context.Context) ([]*dto.MetricFamily, error) 
 // Whatever the log has not written yet is still queued and is written once
 // the disk catches up; the pushes it holds were not acknowledged before.
 func (s *Store) failUnlessWait(err error) {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return // shutting down
+	case errors.Is(err, context.DeadlineExceeded):
+		if n := s.slowWaits.Add(1); n >= maxSlowWaits {
+			s.fail(fmt.Errorf("the write-ahead log made no progress through %d waits in a row: %w", n, err))
+			return
+		}
 		s.logger.Warn("the write-ahead log is slow: skipping what waited for it", "err", err)
 		return
 	}
@@ -215,8 +240,7 @@ func (d Durable) gatherChunks(size int, fn func(*flushChunk) error) error {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), d.Timeout)
 		defer cancel()
-		if err := s.journal.Barrier(ctx); err != nil {
-			s.failUnlessWait(err)
+		if err := s.waitLog(ctx); err != nil {
 			return fmt.Errorf("wait for the write-ahead log: %w", err)
 		}
 		return nil
@@ -243,6 +267,10 @@ type CheckpointLog interface {
 	CreateCheckpoint(pos wal.Position) (wal.CheckpointFile, error)
 }
 
+// checkpointWait bounds a checkpoint's wait for the log, during which
+// every operation waits too.
+const checkpointWait = 30 * time.Second
+
 // Checkpoint writes the durable state so the log before it can go.
 //
 // Operations stop only while it waits for the journal and cuts the log:
@@ -261,9 +289,13 @@ func (s *Store) Checkpoint(ctx context.Context, log CheckpointLog) error {
 	start := time.Now()
 	s.stateMu.Lock()
 	if s.journal != nil {
-		if err := s.journal.Barrier(ctx); err != nil {
+		// Operations are stopped meanwhile: a stuck disk must not hold
+		// them for longer than checkpointWait.
+		wctx, cancel := context.WithTimeout(ctx, checkpointWait)
+		err := s.waitLog(wctx)
+		cancel()
+		if err != nil {
 			s.stateMu.Unlock()
-			s.failUnlessWait(err)
 			return err
 		}
 	}

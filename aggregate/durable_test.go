@@ -530,3 +530,29 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// TestStuckLogFails: a log that makes no progress through maxSlowWaits
+// waits in a row is stuck, not slow: the Store fails (503 and not ready),
+// so that an orchestrator restarts it, as on a write error.
+func TestStuckLogFails(t *testing.T) {
+	j := &slowJournal{release: make(chan struct{})} // never released
+	defer close(j.release)
+	clk := newClock()
+	s := New(testSettings(), clk.now, j, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	s.SetReady()
+	d := Durable{Store: s, Timeout: 10 * time.Millisecond}
+	for i := 1; i < maxSlowWaits; i++ {
+		if _, err := d.Gather(); err == nil {
+			t.Fatal("a window did not wait")
+		}
+		if err := s.unavailable(); err != nil {
+			t.Fatalf("failed after %d slow waits: %v", i, err)
+		}
+	}
+	if _, err := d.Gather(); err == nil {
+		t.Fatal("a window did not wait")
+	}
+	if err := s.unavailable(); err == nil || !strings.Contains(err.Error(), "no progress") {
+		t.Fatalf("after %d waits in a row: %v, want the Store failed", maxSlowWaits, err)
+	}
+}

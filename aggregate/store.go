@@ -118,7 +118,10 @@ type Store struct {
 	snapshotLayout uint64
 	relay          Appender // where relayed remote_write series go; nil: nowhere
 	broken         atomic.Pointer[error]
-	ready          atomic.Bool // with a journal: recovery is done
+	// slowWaits counts the waits for the log in a row that ran out of
+	// time (waitLog).
+	slowWaits atomic.Int32
+	ready     atomic.Bool // with a journal: recovery is done
 	// stateMu orders operations against durable snapshots: every
 	// operation holds it for reading while it validates, enqueues its
 	// record and mutates; a checkpoint holds it for writing while it waits
