@@ -9,6 +9,7 @@ import (
 	"math"
 	"mime"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/golang/snappy"
@@ -331,8 +332,74 @@ func decodeText(body []byte, tp *textParser) ([]*dto.MetricFamily, error) {
 	for _, mf := range byName {
 		out = append(out, mf)
 	}
+	if err := checkSummaryCounts(body, byName); err != nil {
+		return nil, err
+	}
 	slices.SortFunc(out, func(a, b *dto.MetricFamily) int { return strings.Compare(a.GetName(), b.GetName()) })
 	return out, nil
+}
+
+// checkSummaryCounts finds, in a text body expfmt accepted, the _count
+// sample of every summary and rejects one that is not a count, as the fast
+// parser does: expfmt converts it to an integer unchecked, to 2^63 on
+// amd64 and to 0 on arm64, so the families cannot tell.
+func checkSummaryCounts(body []byte, byName map[string]*dto.MetricFamily) error {
+	counts := map[string]string{}
+	for name, mf := range byName {
+		if mf.GetType() == dto.MetricType_SUMMARY {
+			counts[name+"_count"] = name
+		}
+	}
+	if len(counts) == 0 {
+		return nil
+	}
+	for _, line := range bytes.Split(body, []byte("\n")) {
+		line = bytes.TrimLeft(line, " \t")
+		if len(line) == 0 || line[0] == '#' {
+			continue
+		}
+		end := bytes.IndexAny(line, "{ \t")
+		if end < 0 {
+			continue
+		}
+		summary, ok := counts[string(line[:end])]
+		if !ok {
+			continue
+		}
+		rest := line[end:]
+		if rest[0] == '{' {
+			rest = rest[labelsEnd(rest):]
+		}
+		fields := bytes.Fields(rest)
+		if len(fields) == 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(string(fields[0]), 64)
+		if err != nil {
+			continue // expfmt read it; not a case this check is for
+		}
+		if !(v >= 0 && v <= maxExactCount) {
+			return fmt.Errorf("summary %q: _count %v is not a count (a non-negative number up to 2^53)", summary, v)
+		}
+	}
+	return nil
+}
+
+// labelsEnd returns the index just past the "}" that closes the label set
+// b starts with, quoted values (and their escapes) skipped; len(b) if none.
+func labelsEnd(b []byte) int {
+	quoted := false
+	for i := 1; i < len(b); i++ {
+		switch {
+		case quoted && b[i] == '\\':
+			i++
+		case b[i] == '"':
+			quoted = !quoted
+		case !quoted && b[i] == '}':
+			return i + 1
+		}
+	}
+	return len(b)
 }
 
 // decodeProtoDelimited parses a stream of varint-length-delimited

@@ -40,6 +40,7 @@ func fastText(body []byte) (fams []*dto.MetricFamily, ok bool) {
 // parseBody is fastText with p's memory: what it returns is valid until
 // p's next parseBody or reset. A parser can be reused after reset.
 func (p *textParser) parseBody(body []byte) (fams []*dto.MetricFamily, ok bool) {
+	p.badCount = nil // not the previous body's
 	if len(body) == 0 || body[len(body)-1] != '\n' {
 		return nil, false
 	}
