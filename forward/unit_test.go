@@ -258,6 +258,7 @@ func TestSameConfig(t *testing.T) {
 		{"other regex", strings.Replace(base, "x.*", "y.*", 1), map[string]string{"e": "1"}, false},
 		{"other external labels", base, map[string]string{"e": "2"}, false},
 		{"other timeout", base + "remote_timeout: 10s\n", map[string]string{"e": "1"}, false},
+		{"an ignored Prometheus setting", base + "send_exemplars: true\nmetadata_config:\n  send: false\n", map[string]string{"e": "1"}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := parse(tc.yaml)

@@ -155,7 +155,7 @@ func NewApp(opts Options, bodyLimit int) *fiber.App {
 	app.Put("/metrics/*", s.push)
 	app.Post("/metrics/*", s.push)
 	app.Delete("/metrics/*", s.deleteGroup)
-	app.All("/metrics/*", allowOnly("DELETE, OPTIONS, POST, PUT"))
+	app.All("/metrics/*", allowOnly("DELETE, POST, PUT"))
 
 	app.Get("/-/healthy", func(c *fiber.Ctx) error { return c.SendString("OK") })
 	app.Head("/-/healthy", func(c *fiber.Ctx) error { return c.SendStatus(http.StatusOK) })
@@ -173,9 +173,9 @@ func NewApp(opts Options, bodyLimit int) *fiber.App {
 	app.Post("/api/v1/write", s.remoteWrite)
 	app.All("/api/v1/write", allowOnly("OPTIONS, POST"))
 	app.Get("/api/v1/status", s.status)
-	app.All("/api/v1/status", allowOnly("GET, OPTIONS"))
+	app.All("/api/v1/status", allowOnly("GET, HEAD, OPTIONS"))
 	app.Get("/api/v1/metrics", s.apiMetrics)
-	app.All("/api/v1/metrics", allowOnly("GET, OPTIONS"))
+	app.All("/api/v1/metrics", allowOnly("GET, HEAD, OPTIONS"))
 	if opts.EnableAdminAPI {
 		app.Put("/api/v1/admin/wipe", s.wipe)
 		app.All("/api/v1/admin/wipe", allowOnly("OPTIONS, PUT"))

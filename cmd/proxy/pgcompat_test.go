@@ -96,11 +96,13 @@ func TestPushgatewayCompatDetails(t *testing.T) {
 			code         int
 			allow        string
 		}{
-			{"GET", "/metrics/job/x", 405, "DELETE, OPTIONS, POST, PUT"},
+			{"GET", "/metrics/job/x", 405, "DELETE, POST, PUT"},
 			{"GET", "/api/v1/write", 405, "OPTIONS, POST"},
-			{"POST", "/api/v1/status", 405, "GET, OPTIONS"},
+			{"POST", "/api/v1/status", 405, "GET, HEAD, OPTIONS"},
 			{"GET", "/api/v1/nonexist", 404, ""},
-			{"OPTIONS", "/api/v1/nonexist", 200, ""}, // CORS preflight
+			{"OPTIONS", "/api/v1/nonexist", 200, ""},                // CORS preflight
+			{"OPTIONS", "/metrics/job/x", 405, "DELETE, POST, PUT"}, // no CORS on pushes (README)
+			{"HEAD", "/api/v1/status", 200, ""},
 		} {
 			req, _ := http.NewRequest(c.method, p.url+c.path, nil)
 			r, err := http.DefaultClient.Do(req)
