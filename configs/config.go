@@ -227,9 +227,9 @@ func Load(path string) (*Config, error) {
 }
 
 // userinfo matches the user information of a URL in a message.
-// It runs to the last "@" before a blank, since a password may hold "@",
-// "/" or an escaped quote: over-redacting is the safe side.
-var userinfo = regexp.MustCompile(`(://)\S*@`)
+// It runs to the last "@" of the line, since a password may hold "@",
+// "/", a blank or an escaped quote: over-redacting is the safe side.
+var userinfo = regexp.MustCompile(`(://)[^\n]*@`)
 
 // scrubError is err with any user information of a URL in its message
 // replaced: a decoding error of a URL field (proxy_url, say) quotes the
@@ -373,6 +373,7 @@ func expandEnvYAML(b []byte) (_ []byte, changed bool, _ error) {
 	if err := yaml.Unmarshal(marked, &root); err != nil {
 		return nil, false, err
 	}
+	expanded := false
 	fill := func(n *yaml.Node, expand bool) {
 		if n.Kind != yaml.ScalarNode || !strings.Contains(n.Value, envPlaceholder) {
 			return
@@ -385,6 +386,7 @@ func expandEnvYAML(b []byte) (_ []byte, changed bool, _ error) {
 			if !expand {
 				return "${" + names[i] + "}"
 			}
+			expanded = true
 			return os.Getenv(names[i])
 		})
 		if n.Style == 0 {
@@ -423,6 +425,11 @@ func expandEnvYAML(b []byte) (_ []byte, changed bool, _ error) {
 		}
 	}
 	walk(&root, true)
+	if !expanded {
+		// Only in comments or relabel rules: the text as it is, so
+		// errors keep its line numbers.
+		return b, false, nil
+	}
 	out, err := yaml.Marshal(&root)
 	return out, true, err
 }
@@ -430,7 +437,7 @@ func expandEnvYAML(b []byte) (_ []byte, changed bool, _ error) {
 // envPlaceholder starts the text that stands for a ${VAR} while the
 // document is parsed; envVarRef finds a ${VAR} (the braced form, a valid
 // name: ExpandEnv's rule), envPlaceholderRef a placeholder.
-const envPlaceholder = "__sluice_env_"
+const envPlaceholder = "__sluice_env_b5d2c8_"
 
 var (
 	envVarRef         = regexp.MustCompile(`\$\{[A-Za-z_][A-Za-z0-9_]*\}`)

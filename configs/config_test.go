@@ -272,6 +272,30 @@ func TestExpandEnvWhereTextExpansionWorked(t *testing.T) {
 	}
 }
 
+// TestRedactURLWithAtPastTheHost: a URL that parses with a password in
+// its path or fragment (an "@" past what parses as the host) is cut at its
+// last "@" too.
+func TestRedactURLWithAtPastTheHost(t *testing.T) {
+	for _, u := range []string{"https://user:123/SECRET@host/x", "https://tok#SECRET@host/x", "https://host/x#SECRET"} {
+		if got := RedactURL(u); strings.Contains(got, "SECRET") {
+			t.Errorf("RedactURL(%q) = %q", u, got)
+		}
+	}
+	if got := RedactURL("https://u:p@host:1/api?key=k"); got != "https://host:1/api?redacted" {
+		t.Errorf("plain case: %q", got)
+	}
+}
+
+// TestExpandEnvOnlyInCommentsKeepsLines: a ${VAR} only in a comment or a
+// relabel rule expands nothing, and errors keep the file's line numbers.
+func TestExpandEnvOnlyInCommentsKeepsLines(t *testing.T) {
+	y := "# the token comes from ${TOKEN}\n\n\nremote_write:\n  - url: http://127.0.0.1:1/w\n    write_relabel_configs:\n      - {source_labels: [a], target_label: b, replacement: \"${1}\"}\n    remote_timeout: 5\n"
+	_, err := Parse([]byte(y))
+	if err == nil || !strings.Contains(err.Error(), "line 8") || strings.Contains(err.Error(), "may be off") {
+		t.Fatalf("Parse = %v, want an error at line 8", err)
+	}
+}
+
 // TestRelativePathsFollowTheConfigFile: as in Prometheus, relative file
 // paths in a loaded file are relative to its directory.
 func TestRelativePathsFollowTheConfigFile(t *testing.T) {
@@ -304,6 +328,7 @@ func TestConfigErrorsHideURLCredentials(t *testing.T) {
 		"remote_write:\n  - url: 'https://user:pa/SECRET%zz@127.0.0.1:1/x'\n",
 		"remote_write:\n  - url: http://127.0.0.1:1/w\n    proxy_url: 'http://u:p@SECRET@127.0.0.1:bad'\n",
 		"remote_write:\n  - url: http://127.0.0.1:1/w\n    proxy_url: 'http://u:p\"SECRET%zz@127.0.0.1:2'\n",
+		"remote_write:\n  - url: http://127.0.0.1:1/w\n    proxy_url: 'http://u:pa SECRET@127.0.0.1:2'\n",
 	} {
 		_, err := Parse([]byte(y))
 		if err == nil || strings.Contains(err.Error(), "SECRET") {

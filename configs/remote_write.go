@@ -247,6 +247,14 @@ func (c *RemoteWriteConfig) DisplayName() string {
 // from a URL for display.
 func RedactURL(s string) string {
 	u, err := url.Parse(s)
+	if err == nil && u.User == nil {
+		if rest, ok := strings.CutPrefix(s, u.Scheme+"://"); ok && strings.Contains(rest, "@") {
+			// "@" past the host ("https://user:1/SECRET@host/x" parses
+			// with the password in the path): treat it as user
+			// information, as the fallback below does.
+			err = errors.New("user information in the path or fragment")
+		}
+	}
 	if err != nil {
 		// Unparsable (a bad escape, say): keep the scheme and the host,
 		// never what came before an "@" or after the path.
@@ -265,6 +273,7 @@ func RedactURL(s string) string {
 		return scheme + rest + "/..."
 	}
 	u.User = nil
+	u.Fragment, u.RawFragment = "", ""
 	if u.RawQuery != "" {
 		u.RawQuery = "redacted"
 	}

@@ -353,17 +353,29 @@ func checkSummaryCounts(body []byte, byName map[string]*dto.MetricFamily) error 
 	if len(counts) == 0 {
 		return nil
 	}
+	// A _count line is the summary's only inside its family: after its
+	// "# TYPE <name> summary" line and before the next TYPE line (a
+	// gauge named foo_count before summary foo is not foo's).
+	current := ""
 	for _, line := range bytes.Split(body, []byte("\n")) {
 		line = bytes.TrimLeft(line, " \t")
-		if len(line) == 0 || line[0] == '#' {
+		if len(line) == 0 {
+			continue
+		}
+		if line[0] == '#' {
+			if f := bytes.Fields(line); len(f) >= 4 && string(f[1]) == "TYPE" {
+				current = ""
+				if strings.EqualFold(string(f[3]), "summary") {
+					current = string(f[2])
+				}
+			}
+			continue
+		}
+		if current == "" {
 			continue
 		}
 		end := bytes.IndexAny(line, "{ \t")
-		if end < 0 {
-			continue
-		}
-		summary, ok := counts[string(line[:end])]
-		if !ok {
+		if end < 0 || string(line[:end]) != current+"_count" || counts[current+"_count"] == "" {
 			continue
 		}
 		rest := line[end:]
@@ -379,7 +391,7 @@ func checkSummaryCounts(body []byte, byName map[string]*dto.MetricFamily) error 
 			continue // expfmt read it; not a case this check is for
 		}
 		if !(v >= 0 && v <= maxExactCount) {
-			return fmt.Errorf("summary %q: _count %v is not a count (a non-negative number up to 2^53)", summary, v)
+			return fmt.Errorf("summary %q: _count %v is not a count (a non-negative number up to 2^53)", current, v)
 		}
 	}
 	return nil
