@@ -362,9 +362,9 @@ func (c *Config) setDirectory(dir string) {
 // numbers).
 func expandEnvYAML(b []byte) (_ []byte, changed bool, _ error) {
 	var names []string
-	marked := envVarRef.ReplaceAllFunc(b, func(m []byte) []byte {
-		names = append(names, string(m[2:len(m)-1]))
-		return []byte(envPlaceholder + strconv.Itoa(len(names)-1) + "__")
+	marked := replaceEnvRefs(b, func(name string) string {
+		names = append(names, name)
+		return envPlaceholder + strconv.Itoa(len(names)-1) + "__"
 	})
 	if len(names) == 0 {
 		return b, false, nil
@@ -378,17 +378,18 @@ func expandEnvYAML(b []byte) (_ []byte, changed bool, _ error) {
 		if n.Kind != yaml.ScalarNode || !strings.Contains(n.Value, envPlaceholder) {
 			return
 		}
+		// The text as written, then expanded as ExpandEnv expands it.
 		n.Value = envPlaceholderRef.ReplaceAllStringFunc(n.Value, func(m string) string {
 			i, _ := strconv.Atoi(m[len(envPlaceholder) : len(m)-2])
 			if i >= len(names) {
 				return m
 			}
-			if !expand {
-				return "${" + names[i] + "}"
-			}
-			expanded = true
-			return os.Getenv(names[i])
+			return "${" + names[i] + "}"
 		})
+		if !expand {
+			return
+		}
+		n.Value, expanded = string(ExpandEnv([]byte(n.Value))), true
 		if n.Style == 0 {
 			// A plain value is typed by what it now says (a number
 			// for max_shards); empty, it is null (the default); any
@@ -435,19 +436,19 @@ func expandEnvYAML(b []byte) (_ []byte, changed bool, _ error) {
 }
 
 // envPlaceholder starts the text that stands for a ${VAR} while the
-// document is parsed; envVarRef finds a ${VAR} (the braced form, a valid
-// name: ExpandEnv's rule), envPlaceholderRef a placeholder.
+// document is parsed; envPlaceholderRef finds one.
 const envPlaceholder = "__sluice_env_b5d2c8_"
 
-var (
-	envVarRef         = regexp.MustCompile(`\$\{[A-Za-z_][A-Za-z0-9_]*\}`)
-	envPlaceholderRef = regexp.MustCompile(envPlaceholder + `[0-9]+__`)
-)
+var envPlaceholderRef = regexp.MustCompile(envPlaceholder + `[0-9]+__`)
 
 // ExpandEnv replaces every ${VAR} with the environment variable's value
 // (empty when unset). Only the braced form is expanded, so a regular
 // expression ending in "$" in a match rule is left alone.
-func ExpandEnv(b []byte) []byte {
+func ExpandEnv(b []byte) []byte { return replaceEnvRefs(b, os.Getenv) }
+
+// replaceEnvRefs replaces every ${NAME} in b (the braced form, a valid
+// name) with value(NAME).
+func replaceEnvRefs(b []byte, value func(name string) string) []byte {
 	var out []byte
 	for {
 		i := bytes.Index(b, []byte("${"))
@@ -461,7 +462,7 @@ func ExpandEnv(b []byte) []byte {
 			continue
 		}
 		out = append(out, b[:i]...)
-		out = append(out, os.Getenv(string(b[i+2:i+j]))...)
+		out = append(out, value(string(b[i+2:i+j]))...)
 		b = b[i+j+1:]
 	}
 }
