@@ -159,40 +159,26 @@ func familyJSON(f *dto.MetricFamily, pushed time.Time, modes []string) map[strin
 
 func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 
-// nativeFromDTO is the native part of a histogram as a float histogram,
-// whether its counts are absolute floats or integer deltas.
+// nativeFromDTO is the native part of a histogram the Store rendered, as a
+// float histogram: the Store writes native counts as floats (count, zero
+// bucket and absolute bucket counts).
 func nativeFromDTO(h *dto.Histogram) *histogram.FloatHistogram {
-	fh := &histogram.FloatHistogram{
-		Schema:        h.GetSchema(),
-		ZeroThreshold: h.GetZeroThreshold(),
-		ZeroCount:     h.GetZeroCountFloat(),
-		Count:         h.GetSampleCountFloat(),
-		Sum:           h.GetSampleSum(),
+	spans := func(ss []*dto.BucketSpan) []histogram.Span {
+		out := make([]histogram.Span, len(ss))
+		for i, s := range ss {
+			out[i] = histogram.Span{Offset: s.GetOffset(), Length: s.GetLength()}
+		}
+		return out
 	}
-	if h.ZeroCountFloat == nil {
-		fh.ZeroCount = float64(h.GetZeroCount())
+	return &histogram.FloatHistogram{
+		Schema:          h.GetSchema(),
+		ZeroThreshold:   h.GetZeroThreshold(),
+		ZeroCount:       h.GetZeroCountFloat(),
+		Count:           h.GetSampleCountFloat(),
+		Sum:             h.GetSampleSum(),
+		PositiveSpans:   spans(h.GetPositiveSpan()),
+		PositiveBuckets: h.GetPositiveCount(),
+		NegativeSpans:   spans(h.GetNegativeSpan()),
+		NegativeBuckets: h.GetNegativeCount(),
 	}
-	if h.SampleCountFloat == nil {
-		fh.Count = float64(h.GetSampleCount())
-	}
-	fh.PositiveSpans, fh.PositiveBuckets = nativeSide(h.GetPositiveSpan(), h.GetPositiveCount(), h.GetPositiveDelta())
-	fh.NegativeSpans, fh.NegativeBuckets = nativeSide(h.GetNegativeSpan(), h.GetNegativeCount(), h.GetNegativeDelta())
-	return fh
-}
-
-func nativeSide(spans []*dto.BucketSpan, counts []float64, deltas []int64) ([]histogram.Span, []float64) {
-	out := make([]histogram.Span, len(spans))
-	for i, s := range spans {
-		out[i] = histogram.Span{Offset: s.GetOffset(), Length: s.GetLength()}
-	}
-	if len(counts) > 0 {
-		return out, counts
-	}
-	abs := make([]float64, len(deltas))
-	var c int64
-	for i, d := range deltas {
-		c += d
-		abs[i] = float64(c)
-	}
-	return out, abs
 }

@@ -344,13 +344,11 @@ func decodeText(body []byte, tp *textParser) ([]*dto.MetricFamily, error) {
 // parser does: expfmt converts it to an integer unchecked, to 2^63 on
 // amd64 and to 0 on arm64, so the families cannot tell.
 func checkSummaryCounts(body []byte, byName map[string]*dto.MetricFamily) error {
-	counts := map[string]string{}
-	for name, mf := range byName {
-		if mf.GetType() == dto.MetricType_SUMMARY {
-			counts[name+"_count"] = name
-		}
+	summaries := false
+	for _, mf := range byName {
+		summaries = summaries || mf.GetType() == dto.MetricType_SUMMARY
 	}
-	if len(counts) == 0 {
+	if !summaries {
 		return nil
 	}
 	// A _count line is the summary's only inside its family: after its
@@ -365,17 +363,14 @@ func checkSummaryCounts(body []byte, byName map[string]*dto.MetricFamily) error 
 		if line[0] == '#' {
 			if f := bytes.Fields(line); len(f) >= 4 && string(f[1]) == "TYPE" {
 				current = ""
-				if strings.EqualFold(string(f[3]), "summary") {
+				if byName[string(f[2])].GetType() == dto.MetricType_SUMMARY {
 					current = string(f[2])
 				}
 			}
 			continue
 		}
-		if current == "" {
-			continue
-		}
 		end := bytes.IndexAny(line, "{ \t")
-		if end < 0 || string(line[:end]) != current+"_count" || counts[current+"_count"] == "" {
+		if current == "" || end < 0 || string(line[:end]) != current+"_count" {
 			continue
 		}
 		rest := line[end:]
@@ -386,12 +381,10 @@ func checkSummaryCounts(body []byte, byName map[string]*dto.MetricFamily) error 
 		if len(fields) == 0 {
 			continue
 		}
-		v, err := strconv.ParseFloat(string(fields[0]), 64)
-		if err != nil {
-			continue // expfmt read it; not a case this check is for
-		}
-		if !(v >= 0 && v <= maxExactCount) {
-			return fmt.Errorf("summary %q: _count %v is not a count (a non-negative number up to 2^53)", current, v)
+		if v, err := strconv.ParseFloat(string(fields[0]), 64); err == nil {
+			if err := summaryCountErr(current, v); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -216,23 +216,19 @@ func (s *server) errorHandler(c *fiber.Ctx, err error) error {
 			msg = "malformed HTTP request: bad Content-Length"
 		}
 	}
+	reason := ""
 	if code == http.StatusRequestEntityTooLarge {
 		if unread, err := s.rejectedUnread(c); unread {
 			return err // no valid credentials: 401, body not read
 		}
-		msg = "request body too large (limits.max_body_bytes)"
+		msg, reason = "request body too large (limits.max_body_bytes)", "body_too_large"
 		s.limits.countLimit("max_body_bytes")
 	}
-	reason := "body_too_large"
-	if m := httpServerLimitMessage(code); m != "" {
-		msg = m
-		reason = "headers_too_large"
-		if code == http.StatusRequestTimeout {
-			reason = "request_timeout"
-		}
-		s.limits.countLimit(httpServerLimitName(code))
+	if limit, m, r := httpServerLimit(code); limit != "" {
+		msg, reason = m, r
+		s.limits.countLimit(limit)
 	}
-	if code == http.StatusRequestEntityTooLarge || reason != "body_too_large" {
+	if reason != "" {
 		s.countServerRejection(c, code, reason)
 	}
 	if v, _ := rwVersionOf(c.Get(fiber.HeaderContentType)); v == rwV2 && c.Path() == "/api/v1/write" {

@@ -162,26 +162,15 @@ func (s *server) initHardening(bodyLimit int) {
 	s.limits = newLimitMetrics(s.opts.Registerer, s.opts.Limits, bodyLimit)
 }
 
-// httpServerLimitName is the sluice_limit_exceeded_total label of an
-// error fasthttp answers itself.
-func httpServerLimitName(code int) string {
+// httpServerLimit describes an error fasthttp answers itself: the
+// sluice_limit_exceeded_total label, the message naming the
+// web.http_server_config field, and the rejection reason; "" for others.
+func httpServerLimit(code int) (limit, msg, reason string) {
 	switch code {
 	case http.StatusRequestHeaderFieldsTooLarge:
-		return "max_header_bytes"
+		return "max_header_bytes", "request line and headers too large (web.http_server_config.max_header_bytes)", "headers_too_large"
 	case http.StatusRequestTimeout:
-		return "read_timeout"
+		return "read_timeout", "request not received in time (web.http_server_config.read_timeout)", "request_timeout"
 	}
-	return ""
-}
-
-// httpServerLimitMessage names the web.http_server_config field behind
-// an error fasthttp answers itself, or returns "".
-func httpServerLimitMessage(code int) string {
-	switch code {
-	case http.StatusRequestHeaderFieldsTooLarge:
-		return "request line and headers too large (web.http_server_config.max_header_bytes)"
-	case http.StatusRequestTimeout:
-		return "request not received in time (web.http_server_config.read_timeout)"
-	}
-	return ""
+	return "", "", ""
 }

@@ -798,24 +798,16 @@ func (d *rwDecoder) addAgg(out *rwDecoded, ls []prompb.Label, name string, md se
 	// are left out, and count as written, rather than failing the whole
 	// request with 400 (which a Prometheus sender drops, relayed series
 	// included).
-	stale := 0
-	for i := range floats {
-		if value.IsStaleNaN(floats[i].Value) {
-			stale++
-		}
-	}
-	for i := range hists {
-		if value.IsStaleNaN(hists[i].Sum) {
-			stale++
-		}
-	}
-	if stale > 0 {
-		floats = slices.DeleteFunc(slices.Clone(floats), func(s prompb.Sample) bool { return value.IsStaleNaN(s.Value) })
-		n := len(hists)
-		hists = slices.DeleteFunc(slices.Clone(hists), func(h prompb.Histogram) bool { return value.IsStaleNaN(h.Sum) })
-		out.staleMarkers += stale
-		out.droppedHists += n - len(hists)
-		out.droppedFloats += stale - (n - len(hists))
+	staleFloat := func(s prompb.Sample) bool { return value.IsStaleNaN(s.Value) }
+	staleHist := func(h prompb.Histogram) bool { return value.IsStaleNaN(h.Sum) }
+	if slices.ContainsFunc(floats, staleFloat) || slices.ContainsFunc(hists, staleHist) {
+		// Clones: the request's own samples stay as they came.
+		nf, nh := len(floats), len(hists)
+		floats = slices.DeleteFunc(slices.Clone(floats), staleFloat)
+		hists = slices.DeleteFunc(slices.Clone(hists), staleHist)
+		out.droppedFloats += nf - len(floats)
+		out.droppedHists += nh - len(hists)
+		out.staleMarkers += nf - len(floats) + nh - len(hists)
 		if len(floats) == 0 && len(hists) == 0 {
 			return nil
 		}

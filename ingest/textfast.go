@@ -15,6 +15,14 @@ import (
 // maxExactCount is the largest count a float64 holds exactly (2^53).
 const maxExactCount = 1 << 53
 
+// summaryCountErr rejects a summary's _count v that is not a count.
+func summaryCountErr(summary string, v float64) error {
+	if v >= 0 && v <= maxExactCount { // NaN fails
+		return nil
+	}
+	return fmt.Errorf("summary %q: _count %v is not a count (a non-negative number up to 2^53)", summary, v)
+}
+
 // fastText parses the Prometheus text format 0.0.4 straight into metric
 // families, with a handful of allocations per body instead of several per
 // line: the body is copied into one string that names and label values
@@ -653,8 +661,8 @@ func (p *textParser) sample() bool {
 		}
 		switch {
 		case isCount:
-			if !(v >= 0 && v <= maxExactCount) { // NaN too
-				p.badCount = fmt.Errorf("summary %q: _count %v is not a count (a non-negative number up to 2^53)", mf.GetName(), v)
+			if err := summaryCountErr(mf.GetName(), v); err != nil {
+				p.badCount = err
 				return false
 			}
 			c := uint64(v)
