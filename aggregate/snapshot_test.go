@@ -78,12 +78,18 @@ func TestCheckpointInParts(t *testing.T) {
 	if got := testutilGauge(s.metrics.checkpointBytes); got != float64(len(l.committed)) {
 		t.Fatalf("sluice_checkpoint_bytes %v, want %d", got, len(l.committed))
 	}
+	assertRestores(t, s, l.committed, "restored state")
+}
+
+// assertRestores restores data into a new Store and expects s's state.
+func assertRestores(t *testing.T, s *Store, data []byte, what string) {
+	t.Helper()
 	r, _ := newTestStore(t, testSettings())
-	if err := r.Restore(l.committed); err != nil {
+	if err := r.Restore(data); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := expose(t, r), expose(t, s); got != want {
-		t.Fatalf("restored state differs:\n got:\n%s\nwant:\n%s", got, want)
+		t.Fatalf("%s differs:\n got:\n%s\nwant:\n%s", what, got, want)
 	}
 }
 
@@ -130,13 +136,7 @@ func TestRestoreVersion1(t *testing.T) {
 	if err := s.Checkpoint(context.Background(), l); err != nil {
 		t.Fatal(err)
 	}
-	r, _ := newTestStore(t, testSettings())
-	if err := r.Restore(toVersion1(t, l.committed)); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := expose(t, r), expose(t, s); got != want {
-		t.Fatalf("version 1 restore differs:\n got:\n%s\nwant:\n%s", got, want)
-	}
+	assertRestores(t, s, toVersion1(t, l.committed), "version 1 restore")
 }
 
 // TestRestoreBadSnapshot: damaged snapshots are refused with an error.
@@ -242,13 +242,7 @@ func TestRestoreVersion2(t *testing.T) {
 	if l.committed[len(snapshotMagic)] != 2 {
 		t.Fatalf("written as version %d", l.committed[len(snapshotMagic)])
 	}
-	r, _ := newTestStore(t, testSettings())
-	if err := r.Restore(l.committed); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := expose(t, r), expose(t, s); got != want {
-		t.Fatalf("version 2 restore differs:\n got:\n%s\nwant:\n%s", got, want)
-	}
+	assertRestores(t, s, l.committed, "version 2 restore")
 }
 
 // TestUnitIsKept: a family's unit (OpenMetrics # UNIT, remote_write

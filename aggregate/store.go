@@ -327,11 +327,10 @@ func (s *Store) applyPrepared(pr *prepared, rec []byte, now int64, set *Settings
 	g := s.lockGroup(pr)
 	s.beforeChange(g)
 	err := s.applyLocked(g, pr, set, now, func() {
-		if rec != nil && pr.remoded {
-			rec = pr.rec // encoded again with the modes applied (applyLocked)
-		}
 		if rec != nil {
-			wait = j.Enqueue(RecordPush, rec)
+			// pr.rec is rec, unless applyLocked encoded it again with
+			// the modes it applied.
+			wait = j.Enqueue(RecordPush, pr.rec)
 		}
 	})
 	if err != nil {
