@@ -64,6 +64,14 @@ type RemoteWriteConfig struct {
 	GoogleIAM any `yaml:"google_iam,omitempty"`
 }
 
+// WithoutIgnored is c with the Prometheus settings Sluice ignores
+// (IgnoredSettings) zeroed: what decides how a target behaves.
+func (c RemoteWriteConfig) WithoutIgnored() RemoteWriteConfig {
+	c.SendExemplars, c.SendNativeHistograms, c.MetadataConfig, c.RoundRobinDNS = nil, nil, nil, nil
+	c.QueueConfig.MinShards, c.QueueConfig.SampleAgeLimit = 0, 0
+	return c
+}
+
 // IgnoredSettings names the Prometheus settings of c that Sluice accepts
 // and does not use.
 func (c *RemoteWriteConfig) IgnoredSettings() []string {

@@ -234,17 +234,13 @@ func (t *target) sameConfig(cfg *configs.RemoteWriteConfig, ext map[string]strin
 			return false
 		}
 	}
-	a, b := t.cfg, *cfg
+	// The Prometheus settings Sluice ignores change nothing: no restart
+	// (which would send a batch in flight again) for them.
+	a, b := t.cfg.WithoutIgnored(), cfg.WithoutIgnored()
 	a.WriteRelabelConfigs, b.WriteRelabelConfigs = nil, nil
 	// ProxyConfig caches a func once used; compare what the user wrote.
 	a.HTTPClientConfig.ProxyConfig = proxyFields(a.HTTPClientConfig.ProxyConfig)
 	b.HTTPClientConfig.ProxyConfig = proxyFields(b.HTTPClientConfig.ProxyConfig)
-	// The Prometheus settings Sluice ignores change nothing: no restart
-	// (which would send a batch in flight again) for them.
-	for _, c := range []*configs.RemoteWriteConfig{&a, &b} {
-		c.SendExemplars, c.SendNativeHistograms, c.MetadataConfig, c.RoundRobinDNS = nil, nil, nil, nil
-		c.QueueConfig.MinShards, c.QueueConfig.SampleAgeLimit = 0, 0
-	}
 	return reflect.DeepEqual(a, b)
 }
 
