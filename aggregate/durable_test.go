@@ -121,6 +121,54 @@ func TestReplayRebuildsState(t *testing.T) {
 	}
 }
 
+// TestReplayFamilyChanges: with Pushgateway semantics, pushes that change
+// a metric's type or HELP in the one group that has it, and one refused
+// while another group has it, replay to the same state, also into a Store
+// started with the default semantics.
+func TestReplayFamilyChanges(t *testing.T) {
+	set := testSettings()
+	set.Semantics = SemanticsPushgateway
+	j := &memJournal{}
+	clk := newClock()
+	s := New(set, clk.now, j, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	s.SetReady()
+	steps := []struct {
+		group, body string
+		method      Method
+		ok          bool
+	}{
+		{"job=a", "# HELP x First.\n# TYPE x counter\nx{clear_mode=\"sum\"} 5\n", MethodPut, true},
+		{"job=a", "# HELP x Second.\n# TYPE x counter\nx{clear_mode=\"sum\"} 5\n", MethodPut, true},
+		{"job=b", "# TYPE y counter\ny 1\n", MethodPut, true},
+		{"job=a", "# HELP y Gauge.\n# TYPE y gauge\ny 2\n", MethodPost, false}, // b has y
+		{"job=a", "# TYPE x gauge\nx 7\n", MethodPost, true},
+		{"job=b", "# TYPE y gauge\ny 3\n", MethodPut, true},
+	}
+	for i, st := range steps {
+		if err := push(t, s, st.group, st.method, st.body); (err == nil) != st.ok {
+			t.Fatalf("step %d: error %v, want success %v", i, err, st.ok)
+		}
+		clk.advance(time.Second)
+	}
+	want := expose(t, s)
+	if w := "# TYPE x gauge\nx{instance=\"\",job=\"a\"} 7\n# TYPE y gauge\ny{instance=\"\",job=\"b\"} 3\n"; want != w {
+		t.Fatalf("test history did not produce the expected state\n got:\n%s\nwant:\n%s", want, w)
+	}
+	r := New(testSettings(), clk.now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	for i, rec := range j.recs {
+		op, err := DecodeOp(rec.typ, rec.data)
+		if err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+		if err := r.Replay(op); err != nil {
+			t.Fatalf("replay record %d: %v", i, err)
+		}
+	}
+	if got := expose(t, r); got != want {
+		t.Fatalf("replayed state differs\n got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
 func TestJournalFailureRefusesAndSkipsWindows(t *testing.T) {
 	j := &memJournal{}
 	s, _ := newTestStore(t, testSettings())

@@ -425,7 +425,9 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 		// A series keeps its mode: a push that names none (its mode is
 		// the default) is applied with the mode of the series it
 		// updates, which a config reload may have made another default.
-		if u.defaulted && se.mode != u.mode && se.mode.Kind != configs.ModeFamily && u.mode.Kind != configs.ModeFamily {
+		// (A series of another type is not remoded: the push either
+		// replaces its family, below, or is refused for the type.)
+		if u.defaulted && se.mode != u.mode && se.typ == u.typ && se.mode.Kind != configs.ModeFamily && u.mode.Kind != configs.ModeFamily {
 			if err := pr.remode(g, i, se.mode); err != nil {
 				return err
 			}
@@ -442,7 +444,9 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 	// Claim the families so their types cannot change underneath us.
 	// The list is the pooled prepared's, so that it costs no allocation.
 	claimed := claimSet{list: pr.claimed[:0]}
+	var fc famChanges
 	defer func() {
+		fc.unlock(s) // before the releases, which take famMu
 		for _, f := range claimed.list {
 			s.release(f)
 		}
@@ -456,11 +460,33 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 			}
 			continue
 		}
-		f, err := s.claim(u)
+		if c := fc.candidate(u.name); c != nil {
+			if c.u.outType != u.outType {
+				return invalid(ReasonTypeConflict, "metric %q is pushed as both %s and %s", u.name, typeName(c.u.outType), typeName(u.outType))
+			}
+			continue
+		}
+		f, changes, err := s.claimFor(pr, u)
 		if err != nil {
 			return err
 		}
+		if changes {
+			fc.cands = append(fc.cands, famCandidate{u: u, old: f})
+			continue
+		}
 		claimed.add(f)
+	}
+	// The series of a family the push gives another type are replaced,
+	// not updated: they are removed below and pushed anew. (If the
+	// family turns out not to be the group's alone, resolve refuses the
+	// push.)
+	if len(fc.cands) > 0 {
+		for i, se := range found {
+			if se != nil && fc.swapped(se.fam) {
+				found[i] = nil
+				inGroup--
+			}
+		}
 	}
 
 	// Series the push removes: the whole group (PUT, Pushgateway
@@ -474,7 +500,7 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 			keys[pr.updates[i].key] = struct{}{}
 		}
 		for k, se := range g.series {
-			if _, ok := keys[k]; ok {
+			if _, ok := keys[k]; ok && !fc.swapped(se.fam) {
 				continue
 			}
 			if pr.replaceAll || pr.replaceNames[se.name] {
@@ -511,6 +537,10 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 		}
 	}()
 
+	if err := fc.resolve(s, g, &claimed); err != nil {
+		return err
+	}
+
 	// Check every update against the stored state; mutate nothing yet.
 	pend := slices.Grow(pr.pend[:0], len(pr.updates))[:len(pr.updates)]
 	pr.pend = pend
@@ -522,6 +552,9 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 		existing := found[i]
 		if existing == nil {
 			existing = s.shards[u.shard].series[u.key]
+			if existing != nil && fc.swapped(existing.fam) {
+				existing = nil // removed below
+			}
 		}
 		if existing != nil && existing.group != g {
 			return invalid(ReasonOtherGroup, "series %s was already pushed by group %s; a series belongs to one grouping key",
@@ -553,6 +586,7 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 	// Commit: the record goes to the journal first, in the order the
 	// locks give conflicting operations.
 	enqueue()
+	fc.commit(s)
 	for _, se := range removed {
 		s.removeSeriesLocked(g, se)
 	}
@@ -682,9 +716,7 @@ func (s *Store) claim(u *update) (*family, error) {
 	defer s.famMu.Unlock()
 	f = s.families[u.name]
 	if f == nil {
-		// Clone: the push's strings may share memory with its whole body
-		// (see ingest's text decoder), which the family must not keep.
-		f = &family{name: strings.Clone(u.name), typ: u.outType, pushedType: u.typ, mode: u.mode, help: strings.Clone(u.help), unit: strings.Clone(u.unit)}
+		f = newFamily(u)
 		s.families[f.name] = f
 	}
 	if f.typ != u.outType {
@@ -692,6 +724,165 @@ func (s *Store) claim(u *update) (*family, error) {
 	}
 	f.refs.Add(1)
 	return f, nil
+}
+
+// newFamily is the family of u's metric as u gives it, with no reference.
+func newFamily(u *update) *family {
+	// Clone: the push's strings may share memory with its whole body
+	// (see ingest's text decoder), which the family must not keep.
+	return &family{name: strings.Clone(u.name), typ: u.outType, pushedType: u.typ, mode: u.mode, help: strings.Clone(u.help), unit: strings.Clone(u.unit)}
+}
+
+// claimFor claims u's family, or, when the push may replace it whole
+// (see famChanges) and the stored one is not as u gives it, returns it
+// (nil if there is none) unclaimed, with changes set.
+func (s *Store) claimFor(pr *prepared, u *update) (f *family, changes bool, err error) {
+	if pr.semantics != SemanticsPushgateway || !(pr.replaceAll || pr.replaceNames[u.name]) {
+		f, err = s.claim(u)
+		return f, false, err
+	}
+	s.famMu.RLock()
+	defer s.famMu.RUnlock()
+	f = s.families[u.name]
+	if f != nil && f.sameAs(u) {
+		f.refs.Add(1)
+		return f, false, nil
+	}
+	return f, true, nil
+}
+
+// sameAs reports whether u gives f's metric as f has it: the same type,
+// HELP and unit.
+func (f *family) sameAs(u *update) bool {
+	return f.typ == u.outType && f.pushedType == u.typ && f.help == u.help && f.unit == u.unit
+}
+
+// seriesOf counts g's series of family f. The caller holds g.mu.
+func (g *group) seriesOf(f *family) int {
+	n := 0
+	for _, se := range g.series {
+		if se.fam == f {
+			n++
+		}
+	}
+	return n
+}
+
+// famChanges are the families a push may change. With Pushgateway
+// semantics a push that replaces a family in its group (a PUT, or a POST
+// of that name) replaces it whole when the group alone holds it, as on a
+// Pushgateway, whose consistency check then finds nothing else of that
+// name: it may give the metric another type (the group's series of it are
+// then pushed anew), another HELP or another unit. While other groups
+// hold it, its type stays (the push is refused), and so do its HELP and
+// unit (the first stays, as the Pushgateway keeps one of the HELP texts
+// its groups disagree on).
+//
+// Whether the group alone holds a family is settled by resolve, which
+// takes famMu for writing (after the shard locks, the order in which
+// release takes them) and keeps it until the push commits or fails, so
+// that no other push claims the family in between.
+type famChanges struct {
+	cands  []famCandidate
+	locked bool
+	swaps  []famChange // another type: new takes old's name
+	texts  []famChange // the same type: old takes new's HELP and unit
+	added  []*family   // families new to the Store
+}
+
+// famCandidate is a family the push may change: old is the one stored
+// when it was claimed (nil if none), u the push's first series of it.
+type famCandidate struct {
+	u   *update
+	old *family
+}
+
+// famChange is a family a push replaces: old by new (another type), or
+// old's HELP and unit by new's.
+type famChange struct{ old, new *family }
+
+func (fc *famChanges) candidate(name string) *famCandidate {
+	for i := range fc.cands {
+		if fc.cands[i].u.name == name {
+			return &fc.cands[i]
+		}
+	}
+	return nil
+}
+
+// swapped reports whether f is a family the push may give another type.
+func (fc *famChanges) swapped(f *family) bool {
+	for _, c := range fc.cands {
+		if c.old == f && f != nil && (f.typ != c.u.outType || f.pushedType != c.u.typ) {
+			return true
+		}
+	}
+	for _, c := range fc.swaps {
+		if c.old == f {
+			return true
+		}
+	}
+	return false
+}
+
+// resolve decides each candidate under famMu, held for writing from here
+// on, and adds what the push claims to claimed. A family replaced since
+// the candidate was taken had no series in g (g's lock is held, and a
+// family with series in g changes only by a push to g), so the series
+// swapped marked are the same either way.
+func (fc *famChanges) resolve(s *Store, g *group, claimed *claimSet) error {
+	if len(fc.cands) == 0 {
+		return nil
+	}
+	s.famMu.Lock()
+	fc.locked = true
+	for _, c := range fc.cands {
+		u := c.u
+		f := s.families[u.name]
+		switch {
+		case f == nil:
+			f = newFamily(u)
+			fc.added = append(fc.added, f)
+		case f.sameAs(u):
+		case f.refs.Load() != int64(g.seriesOf(f)):
+			// Other groups hold it, or pushes to them are claiming it.
+			if f.typ != u.outType {
+				return typeConflictShared(u, f)
+			}
+		case f.typ != u.outType || f.pushedType != u.typ:
+			nf := newFamily(u)
+			fc.swaps = append(fc.swaps, famChange{old: f, new: nf})
+			f = nf
+		default:
+			fc.texts = append(fc.texts, famChange{old: f, new: newFamily(u)})
+		}
+		f.refs.Add(1)
+		claimed.add(f)
+	}
+	return nil
+}
+
+// commit makes the changes and lets other pushes claim families again.
+// Nothing else reads a changed family meanwhile: its only series are the
+// group's, whose lock the push holds, and no push can claim it.
+func (fc *famChanges) commit(s *Store) {
+	for _, f := range fc.added {
+		s.families[f.name] = f
+	}
+	for _, c := range fc.swaps {
+		s.families[c.new.name] = c.new
+	}
+	for _, c := range fc.texts {
+		c.old.help, c.old.unit = c.new.help, c.new.unit
+	}
+	fc.unlock(s)
+}
+
+func (fc *famChanges) unlock(s *Store) {
+	if fc.locked {
+		fc.locked = false
+		s.famMu.Unlock()
+	}
 }
 
 func (s *Store) release(f *family) {
@@ -705,7 +896,15 @@ func (s *Store) release(f *family) {
 	s.famMu.Unlock()
 }
 
-func typeConflict(u *update, f *family) error {
+// typeConflictShared is typeConflict for a push that would replace the
+// family if its group alone held it.
+func typeConflictShared(u *update, f *family) error {
+	e := typeConflict(u, f)
+	e.Msg += " and other groups have series of it (a PUT or POST may change a metric's type only in the one group that has it)"
+	return e
+}
+
+func typeConflict(u *update, f *family) *Error {
 	how := func(t dto.MetricType, pushed dto.MetricType, m configs.Mode) string {
 		if m.Windowed() {
 			return typeName(pushed) + " with windowed clear_mode=" + m.String() + " (exposed as gauge)"

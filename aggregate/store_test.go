@@ -518,9 +518,10 @@ func TestPushgatewaySemantics(t *testing.T) {
 	set := testSettings()
 	set.Semantics = SemanticsPushgateway
 	cases := []struct {
-		name  string
-		steps []step
-		want  string
+		name   string
+		steps  []step
+		want   string
+		groups int // 1 if 0
 	}{
 		{
 			name: "put_replaces_group",
@@ -562,6 +563,99 @@ func TestPushgatewaySemantics(t *testing.T) {
 			},
 			want: "",
 		},
+		// A push that replaces a family its group alone holds replaces it
+		// whole, type and HELP included, as on a Pushgateway.
+		{
+			name: "put_changes_the_type_of_a_metric_only_its_group_has",
+			steps: []step{
+				{method: MethodPut, push: "# TYPE x counter\nx{a=\"1\"} 1\nx{a=\"2\"} 2\n"},
+				{method: MethodPut, push: "# TYPE x gauge\nx{a=\"1\"} 5\n"},
+			},
+			want: "# TYPE x gauge\nx{a=\"1\",instance=\"\",job=\"f\"} 5\n",
+		},
+		{
+			name: "post_changes_the_type_and_keeps_other_families",
+			steps: []step{
+				{method: MethodPut, push: "# TYPE x counter\nx 1\ny 2\n"},
+				{method: MethodPost, push: "# TYPE x histogram\nx_bucket{le=\"+Inf\"} 3\nx_sum 4\nx_count 3\n"},
+			},
+			want: "# TYPE x histogram\nx_bucket{instance=\"\",job=\"f\",le=\"+Inf\"} 3\nx_sum{instance=\"\",job=\"f\"} 4\nx_count{instance=\"\",job=\"f\"} 3\n" +
+				"# TYPE y untyped\ny{instance=\"\",job=\"f\"} 2\n",
+		},
+		{
+			name: "a_summed_series_of_another_type_starts_again",
+			steps: []step{
+				{method: MethodPut, push: "# TYPE c counter\nc{clear_mode=\"sum\"} 5\n"},
+				{method: MethodPut, push: "# TYPE c counter\nc{clear_mode=\"sum\"} 5\n"},
+				{method: MethodPut, push: "# TYPE c gauge\nc{clear_mode=\"sum\"} 7\n"},
+			},
+			want: "# TYPE c gauge\nc{instance=\"\",job=\"f\"} 7\n",
+		},
+		{
+			name: "put_changes_help",
+			steps: []step{
+				{method: MethodPut, push: "# HELP x First.\nx 1\n"},
+				{method: MethodPut, push: "# HELP x Second.\nx 2\n"},
+			},
+			want: "# HELP x Second.\n# TYPE x untyped\nx{instance=\"\",job=\"f\"} 2\n",
+		},
+		{
+			name: "help_change_keeps_a_sum",
+			steps: []step{
+				{method: MethodPut, push: "# HELP c First.\n# TYPE c counter\nc{clear_mode=\"sum\"} 5\n"},
+				{method: MethodPut, push: "# HELP c Second.\n# TYPE c counter\nc{clear_mode=\"sum\"} 5\n"},
+			},
+			want: "# HELP c Second.\n# TYPE c counter\nc{instance=\"\",job=\"f\"} 10\n",
+		},
+		{
+			name: "put_without_help_drops_it",
+			steps: []step{
+				{method: MethodPut, push: "# HELP x First.\nx 1\n"},
+				{method: MethodPut, push: "x 2\n"},
+			},
+			want: "# TYPE x untyped\nx{instance=\"\",job=\"f\"} 2\n",
+		},
+		{
+			name: "the_type_stays_while_another_group_has_the_metric",
+			steps: []step{
+				{group: "job=a", method: MethodPut, push: "# TYPE x counter\nx 1\n"},
+				{group: "job=b", method: MethodPut, push: "# TYPE x counter\nx 2\n"},
+				{group: "job=a", method: MethodPut, push: "# TYPE x gauge\nx 3\n", wantErr: "other groups have series of it"},
+				{group: "job=b", method: MethodPost, push: "# TYPE x gauge\nx 3\n", wantErr: "other groups have series of it"},
+			},
+			want:   "# TYPE x counter\nx{instance=\"\",job=\"a\"} 1\nx{instance=\"\",job=\"b\"} 2\n",
+			groups: 2,
+		},
+		{
+			name: "the_first_help_stays_while_another_group_has_the_metric",
+			steps: []step{
+				{group: "job=a", method: MethodPut, push: "# HELP x First.\nx 1\n"},
+				{group: "job=b", method: MethodPut, push: "# HELP x Second.\nx 2\n"},
+				{group: "job=a", method: MethodPut, push: "# HELP x Third.\nx 3\n"},
+			},
+			want:   "# HELP x First.\n# TYPE x untyped\nx{instance=\"\",job=\"a\"} 3\nx{instance=\"\",job=\"b\"} 2\n",
+			groups: 2,
+		},
+		{
+			name: "the_type_changes_once_the_other_group_lets_go",
+			steps: []step{
+				{group: "job=a", method: MethodPut, push: "# TYPE x counter\nx 1\n"},
+				{group: "job=b", method: MethodPut, push: "# TYPE x counter\nx 2\n"},
+				{group: "job=b", method: MethodPut, push: "y 1\n"},
+				{group: "job=a", method: MethodPut, push: "# HELP x Now a gauge.\n# TYPE x gauge\nx 3\n"},
+				{group: "job=b", method: MethodPost, push: "# TYPE x counter\nx 4\n", wantErr: "stored as gauge"},
+			},
+			want:   "# HELP x Now a gauge.\n# TYPE x gauge\nx{instance=\"\",job=\"a\"} 3\n# TYPE y untyped\ny{instance=\"\",job=\"b\"} 1\n",
+			groups: 2,
+		},
+		{
+			name: "a_rejected_type_change_changes_nothing",
+			steps: []step{
+				{method: MethodPut, push: "# HELP x First.\n# TYPE x counter\nx 1\n"},
+				{method: MethodPut, push: "# HELP x Second.\n# TYPE x gauge\nx 2\n# TYPE sluice_x gauge\nsluice_x 1\n", wantErr: "sluice_"},
+			},
+			want: "# HELP x First.\n# TYPE x counter\nx{instance=\"\",job=\"f\"} 1\n",
+		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -570,10 +664,25 @@ func TestPushgatewaySemantics(t *testing.T) {
 			if got := expose(t, s); got != tc.want {
 				t.Errorf("exposition mismatch\n got:\n%s\nwant:\n%s", got, tc.want)
 			}
-			if len(s.Groups()) != 1 {
-				t.Errorf("want the group to exist, got %d groups", len(s.Groups()))
+			if want := max(tc.groups, 1); len(s.Groups()) != want {
+				t.Errorf("want %d groups, got %d", want, len(s.Groups()))
 			}
 		})
+	}
+}
+
+// TestAggregateSemanticsKeepTypeAndHelp: with the default semantics a
+// metric keeps its type and first HELP text, even in the one group that
+// has it.
+func TestAggregateSemanticsKeepTypeAndHelp(t *testing.T) {
+	s, clk := newTestStore(t, testSettings())
+	runSteps(t, s, clk, []step{
+		{method: MethodPut, push: "# HELP x First.\n# TYPE x gauge\nx 1\n"},
+		{method: MethodPut, push: "# TYPE x counter\nx 2\n", wantErr: "a metric name has one type"},
+		{method: MethodPut, push: "# HELP x Second.\n# TYPE x gauge\nx 3\n"},
+	})
+	if got, want := expose(t, s), "# HELP x First.\n# TYPE x gauge\nx{instance=\"\",job=\"f\"} 3\n"; got != want {
+		t.Errorf("exposition mismatch\n got:\n%s\nwant:\n%s", got, want)
 	}
 }
 

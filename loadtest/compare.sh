@@ -470,7 +470,9 @@ if [ "$SKIP_PUSH" != 1 ]; then
 
 	if [ -x "$PUSHGATEWAY" ]; then
 		p=$(port)
-		start_bg pushgateway "$PUSHGATEWAY" --web.listen-address="127.0.0.1:$p" --log.level=warn
+		# No --persistence.file: Debian's default would load (and slow the
+		# run with) the groups earlier runs left.
+		start_bg pushgateway "$PUSHGATEWAY" --web.listen-address="127.0.0.1:$p" --persistence.file= --log.level=warn
 		PG_PID=$LAST_PID
 		wait_ready "http://127.0.0.1:$p/-/ready"
 		warm_up pushgateway "http://127.0.0.1:$p"

@@ -34,7 +34,7 @@ func needBinary(t *testing.T, name string) string {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("%s not installed; .ci/run must install it", name)
 		}
-		t.Skipf("%s not installed (apt-get install victoria-metrics prometheus)", name)
+		t.Skipf("%s not installed (apt-get install victoria-metrics prometheus prometheus-pushgateway)", name)
 	}
 	return p
 }
