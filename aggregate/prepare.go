@@ -653,8 +653,8 @@ func observe(name string, lset func() labels.Labels, typ dto.MetricType, mode co
 		if err != nil {
 			return observation{}, 0, invalid(ReasonBadHistogram, "series %s: %v", id(), err)
 		}
-		if mode.Kind == configs.ModeSum && (h.count < 0 || math.IsNaN(h.sum) || math.IsInf(h.sum, 0)) {
-			return observation{}, 0, invalid(ReasonNonFinite, "series %s: a histogram summed with clear_mode=sum needs a non-negative count and a finite sum", id())
+		if mode.Kind == configs.ModeSum && !h.summable() {
+			return observation{}, 0, invalid(ReasonNonFinite, "series %s: a histogram summed with clear_mode=sum needs finite, non-negative counts and a finite sum", id())
 		}
 		return observation{hist: h}, 0, nil
 	case dto.MetricType_SUMMARY:
@@ -695,8 +695,10 @@ func observe(name string, lset func() labels.Labels, typ dto.MetricType, mode co
 
 // histFromDTO converts a pushed histogram, checking that it is well formed.
 func histFromDTO(d *dto.Histogram) (*histState, error) {
+	// A float count, when there is one (a NaN or negative one too, for
+	// summable to refuse rather than read as the integer count, 0).
 	h := &histState{count: float64(d.GetSampleCount()), sum: d.GetSampleSum()}
-	if c := d.GetSampleCountFloat(); c > 0 {
+	if c := d.GetSampleCountFloat(); c != 0 {
 		h.count = c
 	}
 	if n := len(d.GetBucket()); n > 0 {
@@ -709,7 +711,7 @@ func histFromDTO(d *dto.Histogram) (*histState, error) {
 	for _, b := range d.GetBucket() {
 		ub := b.GetUpperBound()
 		c := float64(b.GetCumulativeCount())
-		if cf := b.GetCumulativeCountFloat(); cf > 0 {
+		if cf := b.GetCumulativeCountFloat(); cf != 0 {
 			c = cf
 		}
 		if math.IsNaN(ub) || ub <= prevBound {
@@ -736,6 +738,29 @@ func histFromDTO(d *dto.Histogram) (*histState, error) {
 		h.native = n
 	}
 	return h, nil
+}
+
+// summable reports whether h can be added to a total: finite counts that
+// are not negative (NaN would turn into 0 or poison the total, +Inf stay
+// for good) and a finite sum (negative observations make a negative sum).
+func (h *histState) summable() bool {
+	ok := func(c float64) bool { return c >= 0 && !math.IsInf(c, 1) } // false for NaN
+	if !ok(h.count) || math.IsNaN(h.sum) || math.IsInf(h.sum, 0) || !all(h.cum, ok) {
+		return false
+	}
+	if n := h.native; n != nil {
+		return ok(n.ZeroCount) && all(n.PositiveBuckets, ok) && all(n.NegativeBuckets, ok)
+	}
+	return true
+}
+
+func all(s []float64, f func(float64) bool) bool {
+	for _, v := range s {
+		if !f(v) {
+			return false
+		}
+	}
+	return true
 }
 
 func isNative(d *dto.Histogram) bool {

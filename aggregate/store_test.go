@@ -361,6 +361,9 @@ func TestRejectedPushChangesNothing(t *testing.T) {
 		{name: "reserved_prefix", push: "sluice_x 1\n", wantErr: "reserved for Sluice's own metrics", kind: KindInvalid},
 		{name: "windowed_histogram", push: "# TYPE h2 histogram\nh2_bucket{le=\"+Inf\",clear_mode=\"mean1m\"} 1\nh2_sum{clear_mode=\"mean1m\"} 1\nh2_count{clear_mode=\"mean1m\"} 1\n", wantErr: "is for counters, gauges and untyped metrics, not histogram", kind: KindInvalid},
 		{name: "nan_delta", push: "x NaN\n", wantErr: "must be finite", kind: KindInvalid},
+		{name: "histogram_nan_count", push: "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} NaN\nh_sum 1\nh_count NaN\n", wantErr: "finite, non-negative counts", kind: KindInvalid},
+		{name: "histogram_inf_count", push: "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} +Inf\nh_sum 1\nh_count +Inf\n", wantErr: "finite, non-negative counts", kind: KindInvalid},
+		{name: "histogram_nan_bucket", push: "# TYPE h histogram\nh_bucket{le=\"1\"} NaN\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n", wantErr: "finite, non-negative counts", kind: KindInvalid},
 		{name: "reserved_label", push: "x{__y=\"1\"} 1\n", wantErr: `label name "__y" is reserved`, kind: KindInvalid},
 	}
 	for _, tc := range cases {
@@ -716,6 +719,10 @@ func TestQuantileAccuracy(t *testing.T) {
 		{name: "median_uniform", mode: "median5m", q: 0.5, gen: func(r *rand.Rand) float64 { return r.Float64() * 1000 }},
 		{name: "p50_1m_exponential", mode: "p50_1m", q: 0.5, gen: func(r *rand.Rand) float64 { return r.ExpFloat64() }},
 		{name: "p99_9_heavy_tail", mode: "p99.9_5m", q: 0.999, gen: func(r *rand.Rand) float64 { return 1 / (r.Float64() + 1e-3) }},
+		// Negative values: the sketch keeps them mirrored.
+		{name: "p10_negative", mode: "p10_5m", q: 0.1, gen: func(r *rand.Rand) float64 { return -1 - r.Float64()*1000 }},
+		{name: "median_mixed_signs", mode: "median5m", q: 0.5, gen: func(r *rand.Rand) float64 { return r.NormFloat64()*100 - 30 }},
+		{name: "p90_negative", mode: "p90_5m", q: 0.9, gen: func(r *rand.Rand) float64 { return -math.Exp(r.NormFloat64()) }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -731,11 +738,58 @@ func TestQuantileAccuracy(t *testing.T) {
 			sort.Float64s(vals)
 			exact := vals[int(math.Ceil(tc.q*float64(len(vals))-1e-9))-1] // nearest rank
 			got := gatherOne(t, s, "lat").GetGauge().GetValue()
-			if rel := math.Abs(got-exact) / exact; rel > 0.01 {
+			if rel := math.Abs((got - exact) / exact); rel > 0.01 {
 				t.Fatalf("%s = %v, exact %v: relative error %.4f > 1%%", tc.mode, got, exact, rel)
 			}
 		})
 	}
+}
+
+// TestQuantileNearestRank checks windowed quantiles of a few values, where
+// being one rank off is far more than the sketch's 1%: the nearest rank of
+// negative, zero and positive values.
+func TestQuantileNearestRank(t *testing.T) {
+	cases := []struct {
+		name   string
+		values []float64
+		mode   string
+		want   float64
+	}{
+		{name: "p10_of_three_negative", values: []float64{-10, -20, -30}, mode: "p10_1m", want: -30},
+		{name: "p50_of_three_negative", values: []float64{-10, -20, -30}, mode: "p50_1m", want: -20},
+		{name: "p90_of_three_negative", values: []float64{-10, -20, -30}, mode: "p90_1m", want: -10},
+		{name: "p50_of_three_positive", values: []float64{10, 20, 30}, mode: "p50_1m", want: 20},
+		{name: "p99_of_two", values: []float64{10, 30}, mode: "p99_1m", want: 30},
+		{name: "p50_of_two", values: []float64{10, 30}, mode: "p50_1m", want: 10},
+		{name: "p50_across_zero", values: []float64{-5, 0, 5, 7}, mode: "p50_1m", want: 0},
+		{name: "p75_across_zero", values: []float64{-5, 0, 5, 7}, mode: "p75_1m", want: 5},
+		{name: "p25_across_zero", values: []float64{-5, -3, 0, 7}, mode: "p25_1m", want: -5},
+		{name: "p50_negative_of_four", values: []float64{-1, -2, -3, -4}, mode: "p50_1m", want: -3},
+		{name: "p75_negative_of_four", values: []float64{-1, -2, -3, -4}, mode: "p75_1m", want: -2},
+		{name: "p99.9_of_1000_negative", values: negRange(1000), mode: "p99.9_1m", want: -2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s, clk := newTestStore(t, testSettings())
+			for _, v := range tc.values {
+				mustPush(t, s, "job=f", fmt.Sprintf("lat{clear_mode=%q} %v\n", tc.mode, v))
+				clk.advance(time.Millisecond)
+			}
+			got := gatherOne(t, s, "lat").GetGauge().GetValue()
+			if tol := math.Abs(tc.want) * 0.01; math.Abs(got-tc.want) > tol {
+				t.Fatalf("%s of %d values = %v, want %v (within 1%%)", tc.mode, len(tc.values), got, tc.want)
+			}
+		})
+	}
+}
+
+// negRange is -1000 ... -1 for n = 1000, in pushing order -1, -2, ...
+func negRange(n int) []float64 {
+	v := make([]float64, n)
+	for i := range v {
+		v[i] = -float64(i + 1)
+	}
+	return v
 }
 
 // manySeries is a push of n distinct untyped series y{i="0"} ... .

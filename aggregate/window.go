@@ -114,20 +114,32 @@ func (w *window) result(nowNanos int64) (float64, bool) {
 		}
 		// Nearest rank: p99 is the smallest pushed value with at least 99%
 		// of the pushes at or below it (so p99 of {10, 30} is 30, not 10).
-		// The sketch indexes ranks from 0 to n-1.
-		q := w.mode.Quantile
-		if count > 1 {
-			// -1e-9: 0.999 is stored as 0.99900000000000011, which must not
-			// move the rank up; +1e-6: the rank must not round a rank short.
-			q = (math.Ceil(q*count-1e-9) - 1 + 1e-6) / (count - 1)
-		}
-		v, err := merged.GetValueAtQuantile(math.Max(0, math.Min(1, q)))
-		if err != nil {
-			return 0, false
-		}
+		// -1e-9: 0.999 is stored as 0.99900000000000011, which must not
+		// move the rank up.
+		rank := max(0, math.Ceil(w.mode.Quantile*count-1e-9)-1)
+		v := valueAtRank(merged, min(rank, count-1))
 		// The sketch's answer is within 1% of a pushed value; clamping to
 		// the exact extremes keeps p99 of [1,2,3] from reading 3.02.
 		return math.Max(lo, math.Min(hi, v)), true
 	}
 	return 0, false
+}
+
+// valueAtRank is the value of rank k (0 for the smallest) in a sketch of
+// unit counts, to the sketch's accuracy; k is a whole number below the
+// count. The sketch's own GetValueAtQuantile takes a quantile and finds
+// the rank from it with floating-point error, which it rounds one way for
+// positive values and the other way for negative ones (kept mirrored), so
+// that no nudge of the quantile is right for both.
+func valueAtRank(s *ddsketch.DDSketch, k float64) float64 {
+	neg := s.GetNegativeValueStore().TotalCount()
+	switch {
+	case k < neg:
+		// Mirrored: the largest magnitudes have the smallest ranks.
+		return -s.Value(s.GetNegativeValueStore().KeyAtRank(neg - 1 - k))
+	case k < neg+s.GetZeroCount():
+		return 0
+	default:
+		return s.Value(s.GetPositiveValueStore().KeyAtRank(k - neg - s.GetZeroCount()))
+	}
 }

@@ -160,8 +160,10 @@ func ParseMode(s string) (Mode, error) {
 		if !ok {
 			return bad("a quantile mode is p<NN>_<D>, e.g. p99_5m")
 		}
+		// Plain decimals only: ParseFloat also takes NaN (a mode never
+		// equal to itself), Inf, exponents and hexadecimal.
 		f, err := strconv.ParseFloat(num, 64)
-		if err != nil || f < 0 || f > 100 || num == "" || num[0] == '+' || num[0] == '-' {
+		if err != nil || !plainDecimal(num) || f > 100 {
 			return bad("quantile must be a number from 0 to 100")
 		}
 		kind, q, pct, rest = ModeWindowQuantile, f/100, f, "_"+dur
@@ -181,4 +183,20 @@ func ParseMode(s string) (Mode, error) {
 		return bad("window must be at most 24h")
 	}
 	return Mode{Kind: kind, Window: d, Quantile: q, Percent: pct}, nil
+}
+
+// plainDecimal reports whether s is digits with at most one inner '.'.
+func plainDecimal(s string) bool {
+	digits, dot := 0, false
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c >= '0' && c <= '9':
+			digits++
+		case c == '.' && !dot && digits > 0 && i < len(s)-1:
+			dot = true
+		default:
+			return false
+		}
+	}
+	return digits > 0
 }

@@ -69,6 +69,13 @@ func TestParseModeErrors(t *testing.T) {
 		{"quantile_out_of_range", "p101_1m", "from 0 to 100"},
 		{"quantile_negative", "p-1_1m", "from 0 to 100"},
 		{"p_without_window", "p99", "p<NN>_<D>"},
+		{"quantile_nan", "pNaN_5m", "from 0 to 100"},
+		{"quantile_nan_lower", "pnan_1m", "from 0 to 100"},
+		{"quantile_inf", "pInf_1m", "from 0 to 100"},
+		{"quantile_exponent", "p1e1_1m", "from 0 to 100"},
+		{"quantile_hex", "p0x1p4_1m", "from 0 to 100"},
+		{"quantile_trailing_dot", "p99._1m", "from 0 to 100"},
+		{"quantile_leading_dot", "p.5_1m", "from 0 to 100"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -81,7 +88,7 @@ func TestParseModeErrors(t *testing.T) {
 }
 
 func FuzzParseMode(f *testing.F) {
-	for _, s := range []string{"sum", "p99_5m", "median1m", "mean1h30m", "p0_1s", "count", "p1e2_1m"} {
+	for _, s := range []string{"sum", "p99_5m", "median1m", "mean1h30m", "p0_1s", "count", "p1e2_1m", "pNaN_1m", "p99.90_1m"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
