@@ -71,6 +71,7 @@ type prepared struct {
 	// write-ahead log records them so replay does not depend on the config.
 	modes     []configs.Mode
 	semantics Semantics
+	typeHint  bool // Push.TypeHint
 
 	timestamps    int // samples whose client timestamp was ignored
 	droppedQuants int // summary quantiles dropped in sum mode
@@ -143,7 +144,7 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 	if pr == nil {
 		pr = &prepared{}
 	}
-	pr.groupKey, pr.group, pr.semantics = groupKey(p.Group, s.keysInLabels), p.Group, sem
+	pr.groupKey, pr.group, pr.semantics, pr.typeHint = groupKey(p.Group, s.keysInLabels), p.Group, sem, p.TypeHint
 	if sem == SemanticsPushgateway && p.Method == MethodPut {
 		pr.replaceAll = true
 	}
@@ -324,7 +325,7 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 // value against that mode. The group's lock is held.
 func (pr *prepared) remode(g *group, i int, mode configs.Mode) error {
 	u := &pr.updates[i]
-	obs, quants, err := observe(u.name, func() labels.Labels { return u.labelSet(g.labels) }, u.typ, mode, u.m)
+	obs, quants, err := observe(u.name, func() labels.Labels { return u.labelSet(g.labels) }, u.typ, mode, typedMetric(u.m, u.typ))
 	if err != nil {
 		return err
 	}
@@ -336,6 +337,64 @@ func (pr *prepared) remode(g *group, i int, mode configs.Mode) error {
 	pr.modes[i] = mode
 	pr.remoded = true
 	return nil
+}
+
+// adoptable reports whether update u of a push whose types are hints can
+// take the type of family f: both float types, and f's type what u's
+// mode makes of it (a windowed mode makes a gauge of anything).
+func (pr *prepared) adoptable(u *update, f *family) bool {
+	return pr.typeHint && floatType(u.typ) && floatType(f.pushedType) && outputType(f.pushedType, u.mode) == f.typ
+}
+
+// adopt gives update i, of a push whose types are hints, the type typ of
+// the metric or series it updates, checking its value against it (a
+// counter summed with clear_mode=sum must not go down). The pushed metric
+// stays as it came: the push's record holds what was sent, and replay
+// adopts the same types again. The group's lock is held.
+func (pr *prepared) adopt(g *group, i int, typ dto.MetricType) error {
+	u := &pr.updates[i]
+	obs, _, err := observe(u.name, func() labels.Labels { return u.labelSet(g.labels) }, typ, u.mode, typedMetric(u.m, typ))
+	if err != nil {
+		return err
+	}
+	u.typ, u.outType, u.obs = typ, outputType(typ, u.mode), obs
+	return nil
+}
+
+// typedMetric is m, or for a float metric whose value is in another type's
+// field (an update that adopted a type), a copy with it in typ's.
+func typedMetric(m *dto.Metric, typ dto.MetricType) *dto.Metric {
+	if !floatType(typ) || (typ == dto.MetricType_COUNTER) == (m.Counter != nil) && (typ == dto.MetricType_GAUGE) == (m.Gauge != nil) {
+		return m
+	}
+	v := floatValue(m)
+	c := &dto.Metric{Label: m.Label, TimestampMs: m.TimestampMs}
+	switch typ {
+	case dto.MetricType_COUNTER:
+		c.Counter = &dto.Counter{Value: &v}
+	case dto.MetricType_GAUGE:
+		c.Gauge = &dto.Gauge{Value: &v}
+	default:
+		c.Untyped = &dto.Untyped{Value: &v}
+	}
+	return c
+}
+
+// floatType reports whether t is a type of one float value.
+func floatType(t dto.MetricType) bool {
+	return t == dto.MetricType_COUNTER || t == dto.MetricType_GAUGE || t == dto.MetricType_UNTYPED
+}
+
+// floatValue is the value of a counter, gauge or untyped metric.
+func floatValue(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	default:
+		return m.Untyped.GetValue()
+	}
 }
 
 // smallPush is the number of series up to which prepare finds duplicate

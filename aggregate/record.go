@@ -66,6 +66,12 @@ const pushgatewayBit = 0x80
 // the push's body as it came (Push.Body) rather than its families encoded.
 const bodyBit = 0x40
 
+// typeHintBit in the method byte of a push record marks a push whose
+// types are hints (Push.TypeHint, a remote_write request's): replay must
+// let its series take the types the metrics already have, as the live
+// push did.
+const typeHintBit = 0x20
+
 // EncodeOp serialises an op. Layout (all integers varint unless noted):
 //
 //	time      8 bytes, big-endian Unix nanoseconds
@@ -139,6 +145,9 @@ func appendPushOp(dst []byte, at time.Time, p *Push, spell func(configs.Mode) st
 	if withBody {
 		m |= bodyBit
 	}
+	if p.TypeHint {
+		m |= typeHintBit
+	}
 	b = append(b, m)
 	b = appendLabels(b, p.Group)
 	b = binary.AppendUvarint(b, uint64(len(p.Modes)))
@@ -203,7 +212,8 @@ func DecodeOp(typ uint8, b []byte) (*Op, error) {
 			m &^= pushgatewayBit
 		}
 		hasBody := m&bodyBit != 0
-		m &^= bodyBit
+		hint := m&typeHintBit != 0
+		m &^= bodyBit | typeHintBit
 		if Method(m) != MethodPost && Method(m) != MethodPut {
 			return nil, fmt.Errorf("decode push record: unknown method %d", m)
 		}
@@ -211,7 +221,7 @@ func DecodeOp(typ uint8, b []byte) (*Op, error) {
 		if err != nil {
 			return nil, err
 		}
-		p := &Push{Group: g, Method: Method(m), Semantics: &sem, Modes: []configs.Mode{}}
+		p := &Push{Group: g, Method: Method(m), Semantics: &sem, Modes: []configs.Mode{}, TypeHint: hint}
 		n, err := r.count()
 		if err != nil {
 			return nil, err

@@ -27,6 +27,8 @@ func TestOpRoundTrip(t *testing.T) {
 			Modes: []configs.Mode{{Kind: configs.ModeSum}, {Kind: configs.ModeWindowQuantile, Window: time.Minute, Quantile: 0.99, Percent: 99}}, Semantics: ptr(SemanticsPushgateway)}}},
 		{"push_body", Op{Type: RecordPush, Time: at, Push: &Push{Group: groupLabels("job=f"), Method: MethodPost,
 			Modes: []configs.Mode{{Kind: configs.ModeSum}}, Body: []byte("c_total{clear_mode=\"sum\"} 2.5\n"), BodyFormat: BodyText}}},
+		{"push_type_hint", Op{Type: RecordPush, Time: at, Push: &Push{Group: groupLabels("job=f"), Method: MethodPost, Families: fams[len(fams)-1:],
+			Modes: []configs.Mode{{Kind: configs.ModeSum}}, Semantics: ptr(SemanticsAggregate), TypeHint: true}}},
 		{"push_empty_group_and_body", Op{Type: RecordPush, Time: at, Push: &Push{Group: labels.EmptyLabels(), Method: MethodPost}}},
 		{"push_empty_label_value", Op{Type: RecordPush, Time: at, Push: &Push{Group: groupLabels("job=f,e="), Method: MethodPost}}},
 		{"delete", Op{Type: RecordDelete, Time: at, Group: groupLabels("job=f")}},
@@ -48,7 +50,8 @@ func TestOpRoundTrip(t *testing.T) {
 				t.Fatalf("header: %v %d", got.Time, got.Type)
 			}
 			if tc.op.Push != nil {
-				if labels.Compare(got.Push.Group, tc.op.Push.Group) != 0 || got.Push.Method != tc.op.Push.Method || len(got.Push.Families) != len(tc.op.Push.Families) {
+				if labels.Compare(got.Push.Group, tc.op.Push.Group) != 0 || got.Push.Method != tc.op.Push.Method || len(got.Push.Families) != len(tc.op.Push.Families) ||
+					got.Push.TypeHint != tc.op.Push.TypeHint {
 					t.Fatalf("push: %+v", got.Push)
 				}
 				if len(got.Push.Modes) != len(tc.op.Push.Modes) || (tc.op.Push.Semantics != nil && *got.Push.Semantics != *tc.op.Push.Semantics) {

@@ -71,6 +71,13 @@ type Push struct {
 	// every series in push order, and the semantics in force.
 	Modes     []configs.Mode
 	Semantics *Semantics
+	// TypeHint: the families' types are a guess, not the sender's word
+	// (a remote_write request's: from metadata that may come only later,
+	// or not again after a restart, else from the name). A float series
+	// of a metric that exists then takes the metric's type instead of
+	// being refused for another, so that metadata arriving a minute late
+	// does not turn every request into a 400.
+	TypeHint bool
 
 	// Body, if set, is the decompressed body Families were decoded from,
 	// in BodyFormat. The write-ahead log then records it as it is instead
@@ -315,7 +322,7 @@ func (s *Store) encodePush(pr *prepared) ([]byte, error) {
 	p := pr.src
 	return appendPushOp(pr.rec[:0], pr.at, &Push{
 		Group: p.Group, Method: p.Method, Families: p.Families, Modes: pr.modes, Semantics: &pr.semantics,
-		Body: p.Body, BodyFormat: p.BodyFormat}, s.modes.spell)
+		TypeHint: p.TypeHint, Body: p.Body, BodyFormat: p.BodyFormat}, s.modes.spell)
 }
 
 // applyPrepared checks a prepared push against the stored state and
@@ -422,6 +429,11 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 			continue
 		}
 		inGroup++
+		if pr.typeHint && se.typ != u.typ && floatType(se.typ) && floatType(u.typ) {
+			if err := pr.adopt(g, i, se.typ); err != nil {
+				return err
+			}
+		}
 		// A series keeps its mode: a push that names none (its mode is
 		// the default) is applied with the mode of the series it
 		// updates, which a config reload may have made another default.
@@ -455,6 +467,11 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 	for i := range pr.updates {
 		u := &pr.updates[i]
 		if f := claimed.get(u.name); f != nil {
+			if f.typ != u.outType && pr.adoptable(u, f) {
+				if err := pr.adopt(g, i, f.pushedType); err != nil {
+					return err
+				}
+			}
 			if f.typ != u.outType {
 				return typeConflict(u, f)
 			}
@@ -465,6 +482,13 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 				return invalid(ReasonTypeConflict, "metric %q is pushed as both %s and %s", u.name, typeName(c.u.outType), typeName(u.outType))
 			}
 			continue
+		}
+		if pr.typeHint {
+			if f := s.family(u.name); f != nil && f.typ != u.outType && pr.adoptable(u, f) {
+				if err := pr.adopt(g, i, f.pushedType); err != nil {
+					return err
+				}
+			}
 		}
 		f, changes, err := s.claimFor(pr, u)
 		if err != nil {
@@ -724,6 +748,13 @@ func (s *Store) claim(u *update) (*family, error) {
 	}
 	f.refs.Add(1)
 	return f, nil
+}
+
+// family returns the family of that name, unclaimed, or nil.
+func (s *Store) family(name string) *family {
+	s.famMu.RLock()
+	defer s.famMu.RUnlock()
+	return s.families[name]
 }
 
 // newFamily is the family of u's metric as u gives it, with no reference.

@@ -45,6 +45,11 @@ type Write struct {
 	// Pushes are applied in order; a series with several samples in the
 	// request is in several of them, one sample each, oldest first.
 	Pushes []*Push
+	// DroppedQuantiles is the number of summary quantile samples the
+	// caller left out of Pushes because they would have been summed
+	// (clear_mode=sum), as a push's are; they count in
+	// sluice_summary_quantiles_dropped_total once every push is applied.
+	DroppedQuantiles int
 }
 
 // WriteResult says what of a Write was applied.
@@ -157,6 +162,9 @@ func (s *Store) Write(ctx context.Context, w *Write) (WriteResult, error) {
 		}
 		s.countApplied(prs[i])
 		res.Pushes++
+	}
+	if applyErr == nil {
+		s.metrics.quantilesDropped.Add(float64(w.DroppedQuantiles))
 	}
 	return res, applyErr
 }

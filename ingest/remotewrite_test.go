@@ -484,8 +484,9 @@ func TestRemoteWriteErrors(t *testing.T) {
 }
 
 // TestRemoteWritePartialWrite: a clear_mode series the stored state
-// rejects (a type conflict) after the relay and an earlier push went
-// through: 400 naming the problem, and RW2 headers with what was written.
+// rejects (a mode conflict: the pushed gauge is kept with replace) after
+// the relay and an earlier push went through: 400 naming the problem, and
+// RW2 headers with what was written.
 func TestRemoteWritePartialWrite(t *testing.T) {
 	env := newTestEnv(t, false, false, nil)
 	if r := env.do(t, "POST", "/metrics/job/f", []byte("# TYPE b_total gauge\nb_total 1\n")); r.code != 200 {
@@ -497,7 +498,7 @@ func TestRemoteWritePartialWrite(t *testing.T) {
 		add([]string{"__name__", "b_total", "clear_mode", "sum", "job", "f"}, 0, "", []writev2.Sample{{Value: 1, Timestamp: 1}}, nil).
 		build()
 	r := env.rw(t, ctV2, rw2Body(t, req))
-	if r.code != 400 || !strings.Contains(r.body, "partly written (2 samples") || !strings.Contains(r.body, "a metric name has one type") ||
+	if r.code != 400 || !strings.Contains(r.body, "partly written (2 samples") || !strings.Contains(r.body, "clear_mode=replace, this push says sum") ||
 		r.header.Get(headerSamplesWritten) != "2" {
 		t.Fatalf("%d %q %v", r.code, r.body, r.header)
 	}
@@ -720,5 +721,100 @@ func TestRemoteWriteAggregatedUnit(t *testing.T) {
 				t.Errorf("family %s: unit %q help %q type %v", f.GetName(), f.GetUnit(), f.GetHelp(), f.GetType())
 			}
 		})
+	}
+}
+
+// TestRemoteWriteClassicSummedLikePushes: the float series of a classic
+// summary or histogram summed with clear_mode=sum add up as a push of
+// them would: quantiles are dropped and counted (not summed), and a sum
+// of observations may go down (negative observations).
+func TestRemoteWriteClassicSummedLikePushes(t *testing.T) {
+	env := newTestEnv(t, false, false, nil)
+	series := func(name string, v float64, kv ...string) prompb.TimeSeries {
+		return prompb.TimeSeries{Labels: lbls(append([]string{"__name__", name, "clear_mode", "sum", "job", "j"}, kv...)...),
+			Samples: []prompb.Sample{{Value: v, Timestamp: 1}}}
+	}
+	for range 2 {
+		req := &prompb.WriteRequest{
+			Timeseries: []prompb.TimeSeries{
+				series("rq", 3, "quantile", "0.5"),
+				series("rq_sum", 4),
+				series("rq_count", 2),
+				series("temp_delta_bucket", 1, "le", "0"),
+				series("temp_delta_bucket", 2, "le", "+Inf"),
+				series("temp_delta_sum", -3),
+				series("temp_delta_count", 2),
+			},
+			Metadata: []prompb.MetricMetadata{
+				{Type: prompb.MetricMetadata_SUMMARY, MetricFamilyName: "rq"},
+				{Type: prompb.MetricMetadata_HISTOGRAM, MetricFamilyName: "temp_delta"},
+			},
+		}
+		if r := env.rw(t, ctV1, rw1Body(t, req)); r.code != 204 {
+			t.Fatalf("%d %s", r.code, r.body)
+		}
+	}
+	got := env.scrape(t)
+	for _, want := range []string{
+		`rq_sum{instance="",job="j"} 8`,
+		`rq_count{instance="",job="j"} 4`,
+		`temp_delta_sum{instance="",job="j"} -6`,
+		`temp_delta_count{instance="",job="j"} 4`,
+		`temp_delta_bucket{instance="",job="j",le="+Inf"} 4`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("scrape lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "rq{") {
+		t.Errorf("summary quantiles summed:\n%s", got)
+	}
+	if m := env.do(t, "GET", "/metrics", nil).body; !strings.Contains(m, "sluice_summary_quantiles_dropped_total 2\n") {
+		t.Errorf("want 2 dropped quantiles counted:\n%s", m)
+	}
+}
+
+// TestRemoteWriteTypesAreHints: a remote-written series' type is a guess
+// where the sender's metadata is missing (Prometheus sends it a minute
+// after it starts, and not again at once after Sluice restarts), so a
+// series of a metric that exists takes the metric's type instead of
+// failing every request with a type conflict, which a sender drops.
+func TestRemoteWriteTypesAreHints(t *testing.T) {
+	env := newTestEnv(t, false, false, nil)
+	send := func(ct string, body []byte, wantCode int) {
+		t.Helper()
+		if r := env.rw(t, ct, body); r.code != wantCode {
+			t.Fatalf("want %d, got %d %s", wantCode, r.code, r.body)
+		}
+	}
+	// Before the metadata: untyped by its name.
+	req := &prompb.WriteRequest{Timeseries: []prompb.TimeSeries{counterV1("temp", "replace", "t", 1, 1)}}
+	send(ctV1, rw1Body(t, req), 204)
+	send(ctV1, rw1Body(t, &prompb.WriteRequest{Metadata: []prompb.MetricMetadata{{Type: prompb.MetricMetadata_GAUGE, MetricFamilyName: "temp"}}}), 204)
+	req.Timeseries[0].Samples[0].Value = 2
+	send(ctV1, rw1Body(t, req), 204)
+
+	// Typed by metadata first, then sent without (as after a restart).
+	typed := func(typ writev2.Metadata_MetricType, v float64) []byte {
+		return rw2Body(t, newRW2().add([]string{"__name__", "depth", "clear_mode", "sum", "job", "t"}, typ, "", []writev2.Sample{{Value: v, Timestamp: 1}}, nil).build())
+	}
+	send(ctV2, typed(writev2.Metadata_METRIC_TYPE_COUNTER, 5), 204)
+	send(ctV2, typed(writev2.Metadata_METRIC_TYPE_UNSPECIFIED, 3), 204)
+	// Taking the counter's type, a negative delta is still refused.
+	send(ctV2, typed(writev2.Metadata_METRIC_TYPE_GAUGE, -1), 400)
+
+	got := env.scrape(t)
+	for _, want := range []string{
+		"# TYPE temp untyped\ntemp{instance=\"\",job=\"t\"} 2",
+		"# TYPE depth counter\ndepth{instance=\"\",job=\"t\"} 8\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("scrape lacks %q:\n%s", want, got)
+		}
+	}
+
+	// Pushes are not remote_write: their types are the sender's word.
+	if r := env.do(t, "POST", "/metrics/job/t", []byte("# TYPE depth gauge\ndepth{clear_mode=\"sum\"} 1\n")); r.code != 400 {
+		t.Errorf("a push of another type: %d %s, want 400", r.code, r.body)
 	}
 }

@@ -852,6 +852,20 @@ func (d *rwDecoder) addAgg(out *rwDecoded, ls []prompb.Label, name string, md se
 // with several samples is pushed once per sample, oldest first (one push
 // per group for each round of samples).
 func (d *rwDecoder) buildPushes(out *rwDecoded) *rwError {
+	// The quantiles of a summary summed with clear_mode=sum are dropped,
+	// as a push's are: a quantile is no count that adds up. (A gauge's
+	// default mode is not sum, so only an explicit clear_mode=sum is
+	// looked for.) They count as written.
+	kept := d.aggOrder[:0]
+	for _, s := range d.aggOrder {
+		if summedQuantile(s) {
+			out.droppedFloats += len(s.floats)
+			out.write.DroppedQuantiles += len(s.floats)
+			continue
+		}
+		kept = append(kept, s)
+	}
+	d.aggOrder = kept
 	if len(d.aggOrder) == 0 {
 		return nil
 	}
@@ -884,7 +898,7 @@ func (d *rwDecoder) buildPushes(out *rwDecoded) *rwError {
 			gk := group.String()
 			gp := byGroup[gk]
 			if gp == nil {
-				gp = &groupPush{push: &aggregate.Push{Group: group, Method: aggregate.MethodPost, Semantics: &sem}, fams: map[string]*dto.MetricFamily{}}
+				gp = &groupPush{push: &aggregate.Push{Group: group, Method: aggregate.MethodPost, Semantics: &sem, TypeHint: true}, fams: map[string]*dto.MetricFamily{}}
 				byGroup[gk] = gp
 				keys = append(keys, gk)
 			}
@@ -941,10 +955,33 @@ func (d *rwDecoder) buildPushes(out *rwDecoded) *rwError {
 	return nil
 }
 
+// summedQuantile reports whether s is a quantile series of a summary (by
+// its metadata) with clear_mode=sum.
+func summedQuantile(s *aggSeries) bool {
+	if !s.meta.known || s.meta.typ != prompb.MetricMetadata_SUMMARY || len(s.hists) > 0 || isComponent(s.name) {
+		return false
+	}
+	for _, l := range s.lbls {
+		if l.Name == aggregate.ModeLabel || l.Name == aggregate.ModeLabelAlias {
+			m, err := configs.ParseMode(l.Value)
+			return err == nil && m.Kind == configs.ModeSum
+		}
+	}
+	return false
+}
+
+// isComponent reports whether name is that of a classic histogram's or
+// summary's _bucket, _count or _sum series.
+func isComponent(name string) bool {
+	return strings.HasSuffix(name, "_bucket") || strings.HasSuffix(name, "_count") || strings.HasSuffix(name, "_sum")
+}
+
 // aggType is the type a remote-written series is aggregated as: from the
 // sender's metadata, else from its name's suffix (_total, _count, _sum and
 // _bucket are counters), else untyped. The series of a classic histogram
-// or summary are counters (_bucket, _count, _sum) or gauges (quantiles).
+// or summary are counters (_bucket, _count), gauges (quantiles) or, for
+// _sum, a gauge: a sum of observations goes down when negative values are
+// observed, and summed with clear_mode=sum it adds up as a push's does.
 func aggType(name string, md seriesMeta, hist bool) dto.MetricType {
 	if hist {
 		if md.typ == prompb.MetricMetadata_GAUGEHISTOGRAM {
@@ -952,7 +989,7 @@ func aggType(name string, md seriesMeta, hist bool) dto.MetricType {
 		}
 		return dto.MetricType_HISTOGRAM
 	}
-	component := strings.HasSuffix(name, "_bucket") || strings.HasSuffix(name, "_count") || strings.HasSuffix(name, "_sum")
+	component := isComponent(name)
 	if md.known {
 		switch md.typ {
 		case prompb.MetricMetadata_COUNTER:
@@ -960,7 +997,7 @@ func aggType(name string, md seriesMeta, hist bool) dto.MetricType {
 		case prompb.MetricMetadata_GAUGE, prompb.MetricMetadata_GAUGEHISTOGRAM, prompb.MetricMetadata_INFO, prompb.MetricMetadata_STATESET:
 			return dto.MetricType_GAUGE
 		case prompb.MetricMetadata_HISTOGRAM, prompb.MetricMetadata_SUMMARY:
-			if component {
+			if component && !strings.HasSuffix(name, "_sum") {
 				return dto.MetricType_COUNTER
 			}
 			return dto.MetricType_GAUGE
