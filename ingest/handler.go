@@ -311,6 +311,13 @@ func splitGroupMode(group labels.Labels) (labels.Labels, string, error) {
 	if mode != "" && alias != "" {
 		return group, "", fmt.Errorf("grouping key has both %s and %s; use one", aggregate.ModeLabel, aggregate.ModeLabelAlias)
 	}
+	// Checked here, not only where a series applies it: a push without
+	// series, or a DELETE, must not take a mode no push could use.
+	if mode+alias != "" {
+		if _, err := configs.ParseMode(mode + alias); err != nil {
+			return group, "", fmt.Errorf("grouping key: %w", err)
+		}
+	}
 	b := labels.NewBuilder(group)
 	b.Del(aggregate.ModeLabel, aggregate.ModeLabelAlias)
 	return b.Labels(), mode + alias, nil

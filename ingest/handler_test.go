@@ -452,6 +452,10 @@ func TestModeInGroupingKey(t *testing.T) {
 			pushes: []push{{"/metrics/job/g/clear_mode/sum/clearmode/replace", "v 1\n", 400}},
 			absent: []string{`v{`},
 		},
+		{
+			name:   "unknown mode in the path of an empty push",
+			pushes: []push{{"/metrics/job/g2/clear_mode/sometimes", "", 400}},
+		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -482,6 +486,14 @@ func TestModeInGroupingKey(t *testing.T) {
 	}
 	if got := env.scrape(t); strings.Contains(got, `w{`) {
 		t.Errorf("group not deleted:\n%s", got)
+	}
+	// A DELETE with a mode no push could use is refused, as the push.
+	env.do(t, "POST", "/metrics/job/h", []byte("w 1\n"))
+	if r := env.do(t, "DELETE", "/metrics/job/h/clear_mode/bogus", nil); r.code != 400 || !strings.Contains(r.body, `unknown clear_mode "bogus"`) {
+		t.Fatalf("delete with a bad mode: %d %s, want 400", r.code, r.body)
+	}
+	if got := env.scrape(t); !strings.Contains(got, `w{`) {
+		t.Errorf("a refused DELETE deleted the group:\n%s", got)
 	}
 }
 
