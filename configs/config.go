@@ -515,6 +515,7 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("global.external_labels: invalid label name %q", name)
 		}
 	}
+	nameAmbiguousTargets(c.RemoteWrite)
 	names := map[string]bool{}
 	for i := range c.RemoteWrite {
 		rw := &c.RemoteWrite[i]

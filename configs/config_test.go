@@ -419,3 +419,56 @@ func TestDecodeErrorsNameTheField(t *testing.T) {
 		})
 	}
 }
+
+// TestTargetsToldApartByHeadersOrQuery: unnamed targets that share a URL
+// but not their tenant (a header, a query parameter) load, as in
+// Prometheus, each under a stable name of its own; identical ones are
+// refused.
+func TestTargetsToldApartByHeadersOrQuery(t *testing.T) {
+	cases := []struct {
+		name, yaml string
+		wantErr    string
+	}{
+		{name: "tenant_headers", yaml: `
+remote_write:
+  - url: http://127.0.0.1:9009/api/v1/push
+    headers: {X-Scope-OrgID: a}
+  - url: http://127.0.0.1:9009/api/v1/push
+    headers: {X-Scope-OrgID: b}
+`},
+		{name: "tenant_query", yaml: `
+remote_write:
+  - url: http://127.0.0.1:9009/api/v1/push?tenant=a
+  - url: http://127.0.0.1:9009/api/v1/push?tenant=b
+`},
+		{name: "identical", yaml: `
+remote_write:
+  - url: http://127.0.0.1:9009/api/v1/push
+    headers: {X-Scope-OrgID: a}
+  - url: http://127.0.0.1:9009/api/v1/push
+    headers: {X-Scope-OrgID: a}
+`, wantErr: "duplicate target"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(tc.yaml))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("want an error containing %q, got %v", tc.wantErr, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, b := c.RemoteWrite[0].DisplayName(), c.RemoteWrite[1].DisplayName()
+			if a == b || !strings.HasPrefix(a, "http://127.0.0.1:9009/api/v1/push") || !strings.Contains(a, "#") || strings.Contains(a, "tenant=") {
+				t.Fatalf("names %q and %q: want distinct, the redacted URL and a hash", a, b)
+			}
+			again, err := Parse([]byte(tc.yaml))
+			if err != nil || again.RemoteWrite[0].DisplayName() != a || again.RemoteWrite[1].DisplayName() != b {
+				t.Fatalf("names not stable across loads: %v", err)
+			}
+		})
+	}
+}

@@ -1,16 +1,21 @@
 package configs
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
 	commoncfg "github.com/prometheus/common/config"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/relabel"
+	"gopkg.in/yaml.v3"
 )
 
 // Remote-write protobuf messages (protobuf_message).
@@ -249,6 +254,44 @@ func (c *RemoteWriteConfig) DisplayName() string {
 		return c.Name
 	}
 	return RedactURL(c.URL)
+}
+
+// nameAmbiguousTargets names each unnamed target whose display name (its
+// URL without user information and query) another unnamed target shares,
+// such as two tenants of one Mimir told apart by an X-Scope-OrgID header
+// or a query parameter: the display name, '#' and a short hash of what
+// tells them apart (the whole URL, the headers, the HTTP client settings
+// with secrets left out), as Prometheus names unnamed queues by a hash of
+// their config. The name is stable across restarts and reloads, so each
+// keeps its backlog. Targets that nothing of that tells apart keep one
+// name, which Validate refuses as a duplicate.
+func nameAmbiguousTargets(rws []RemoteWriteConfig) {
+	count := map[string]int{}
+	for i := range rws {
+		if rws[i].Name == "" {
+			count[RedactURL(rws[i].URL)]++
+		}
+	}
+	for i := range rws {
+		rw := &rws[i]
+		if base := RedactURL(rw.URL); rw.Name == "" && count[base] > 1 {
+			rw.Name = base + "#" + rw.identityHash()
+		}
+	}
+}
+
+// identityHash is 6 hex digits of a hash of c's URL, headers and HTTP
+// client settings (secrets marshal as "<secret>").
+func (c *RemoteWriteConfig) identityHash() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n", c.URL)
+	for _, k := range slices.Sorted(maps.Keys(c.Headers)) {
+		fmt.Fprintf(h, "%s: %s\n", k, c.Headers[k])
+	}
+	if b, err := yaml.Marshal(c.HTTPClientConfig); err == nil {
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:6]
 }
 
 // RedactURL drops user information and the query (which may hold API keys)
