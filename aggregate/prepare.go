@@ -297,7 +297,7 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 			u := update{
 				hash: hash, k0: int32(k0), k1: int32(len(keyArena)), m: m,
 				name: name, typ: typ, outType: outputType(typ, mode),
-				help: fam.GetHelp(), unit: fam.GetUnit(), mode: mode, defaulted: defaulted, obs: obs, shard: s.shardOfHash(hash),
+				help: cutText(fam.GetHelp(), lim.MaxMetadataLength), unit: cutText(fam.GetUnit(), lim.MaxMetadataLength), mode: mode, defaulted: defaulted, obs: obs, shard: s.shardOfHash(hash),
 			}
 			pr.modes = append(pr.modes, mode)
 			if mode.Kind == configs.ModeFamily || (sem == SemanticsPushgateway && p.Method == MethodPost) {
@@ -395,6 +395,19 @@ func floatValue(m *dto.Metric) float64 {
 	default:
 		return m.Untyped.GetValue()
 	}
+}
+
+// cutText is s cut to at most n bytes, at a character boundary: a HELP
+// text or unit the Store keeps, and sends with every window, is bounded
+// by limits.max_metadata_length.
+func cutText(s string, n int) string {
+	if n <= 0 || len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // smallPush is the number of series up to which prepare finds duplicate

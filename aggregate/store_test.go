@@ -674,6 +674,18 @@ func TestPushgatewaySemantics(t *testing.T) {
 	}
 }
 
+// TestLongHelpIsCut: a HELP text the Store keeps, and sends with every
+// window, is cut to limits.max_metadata_length, at a character boundary.
+func TestLongHelpIsCut(t *testing.T) {
+	set := testSettings()
+	set.Limits.MaxMetadataLength = 3 // "Gr" and the first byte of "ü"
+	s, _ := newTestStore(t, set)
+	mustPush(t, s, "job=f", "# HELP x Grüße.\nx 1\n")
+	if got, want := expose(t, s), "# HELP x Gr\n# TYPE x untyped\n"; !strings.HasPrefix(got, want) {
+		t.Errorf("want the HELP cut to %q:\n%s", want, got)
+	}
+}
+
 // TestAggregateSemanticsKeepTypeAndHelp: with the default semantics a
 // metric keeps its type and first HELP text, even in the one group that
 // has it.

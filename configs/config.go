@@ -146,6 +146,11 @@ type LimitsConfig struct {
 	// MaxLabelNameLength and MaxLabelValueLength cap each label, in bytes.
 	MaxLabelNameLength  int `yaml:"max_label_name_length"`
 	MaxLabelValueLength int `yaml:"max_label_value_length"`
+	// MaxMetadataLength caps a metric's HELP text and unit, in bytes: the
+	// ones Sluice keeps (an aggregated metric's, a remote_write sender's
+	// metadata cached for the series it relays) and sends with every
+	// window or relayed request.
+	MaxMetadataLength int `yaml:"max_metadata_length"`
 	// MaxSeriesPerGroup caps the live series of one grouping key.
 	MaxSeriesPerGroup int `yaml:"max_series_per_group"`
 	// MaxSeries caps the live aggregated series in total.
@@ -192,6 +197,9 @@ func Default() Config {
 			// Mimir's defaults: 1 KiB names, 2 KiB values.
 			MaxLabelNameLength:  1024,
 			MaxLabelValueLength: 2048,
+			// Mimir's max_metadata_length: longer texts a store behind
+			// Mimir would refuse anyway.
+			MaxMetadataLength: 1024,
 			// A group is one job (plus grouping labels); 10k series in one
 			// group is already a cardinality problem worth a loud 429.
 			MaxSeriesPerGroup: defaultMaxSeriesPerGroup,
@@ -576,6 +584,7 @@ func (l LimitsConfig) validate() error {
 		{"max_labels_per_series", int64(l.MaxLabelsPerSeries)},
 		{"max_label_name_length", int64(l.MaxLabelNameLength)},
 		{"max_label_value_length", int64(l.MaxLabelValueLength)},
+		{"max_metadata_length", int64(l.MaxMetadataLength)},
 		{"max_series_per_group", int64(l.MaxSeriesPerGroup)},
 		{"max_series", int64(l.MaxSeries)},
 		{"max_inflight_requests", int64(l.MaxInflightRequests)},

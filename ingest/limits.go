@@ -22,6 +22,7 @@ var limitFields = [...]string{
 	"max_labels_per_series",
 	"max_label_name_length",
 	"max_label_value_length",
+	"max_metadata_length",
 	"max_series_per_group",
 	"max_series",
 	"max_inflight_requests",
@@ -41,6 +42,8 @@ func limitValue(l configs.LimitsConfig, field string) float64 {
 		return float64(l.MaxLabelNameLength)
 	case "max_label_value_length":
 		return float64(l.MaxLabelValueLength)
+	case "max_metadata_length":
+		return float64(l.MaxMetadataLength)
 	case "max_series_per_group":
 		return float64(l.MaxSeriesPerGroup)
 	case "max_series":

@@ -39,6 +39,7 @@ type rwMetrics struct {
 	relabelDropped   prometheus.Counter
 	exemplarsDropped prometheus.Counter
 	staleIgnored     prometheus.Counter
+	metadataSkipped  prometheus.Counter
 }
 
 func newRWMetrics(reg prometheus.Registerer) *rwMetrics {
@@ -76,7 +77,11 @@ func newRWMetrics(reg prometheus.Registerer) *rwMetrics {
 			Name: "sluice_remote_write_stale_markers_ignored_total",
 			Help: "Staleness markers received over remote_write for clear_mode series and ignored: Sluice ends aggregated series itself, after their TTL.",
 		}),
+		metadataSkipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_remote_write_metadata_skipped_total",
+			Help: "Remote-Write 1.0 metadata entries not kept for the series Sluice relays: a family name, HELP or unit longer than limits.max_metadata_length.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.samples, m.histograms, m.rejected, m.duration, m.relabelDropped, m.exemplarsDropped, m.staleIgnored)
+	reg.MustRegister(m.requests, m.samples, m.histograms, m.rejected, m.duration, m.relabelDropped, m.exemplarsDropped, m.staleIgnored, m.metadataSkipped)
 	return m
 }

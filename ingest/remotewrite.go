@@ -109,6 +109,9 @@ func (s *server) doRemoteWrite(c *fiber.Ctx) rwResult {
 	if dec.staleMarkers > 0 {
 		s.rw.staleIgnored.Add(float64(dec.staleMarkers))
 	}
+	if dec.metadataSkipped > 0 {
+		s.rw.metadataSkipped.Add(float64(dec.metadataSkipped))
+	}
 	res := rwResult{version: v, code: http.StatusNoContent, samples: dec.droppedFloats, histograms: dec.droppedHists}
 	if dec.write.Relay == nil && len(dec.write.Pushes) == 0 {
 		return res // metadata only, or everything relabelled away

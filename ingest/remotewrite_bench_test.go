@@ -89,7 +89,7 @@ func BenchmarkRemoteWriteDecode(b *testing.B) {
 			meta := newMetadataCache()
 			if bc.meta {
 				for i := range 50 {
-					meta.update([]prompb.MetricMetadata{{Type: prompb.MetricMetadata_COUNTER, MetricFamilyName: fmt.Sprintf("node_metric_%d_total", i), Help: "Node metric."}})
+					meta.update([]prompb.MetricMetadata{{Type: prompb.MetricMetadata_COUNTER, MetricFamilyName: fmt.Sprintf("node_metric_%d_total", i), Help: "Node metric."}}, 1024)
 				}
 			}
 			b.SetBytes(int64(len(body)))

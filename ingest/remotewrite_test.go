@@ -219,6 +219,27 @@ func TestRemoteWriteMetadataOnItsOwn(t *testing.T) {
 	if md := env.relay.metadata(); len(md) != 1 || md[0].MetricFamilyName != "lat_seconds" || md[0].Type != prompb.MetricMetadata_HISTOGRAM {
 		t.Fatalf("relayed metadata: %+v", md)
 	}
+
+	// A HELP longer than limits.max_metadata_length (1024) is not kept:
+	// relayed series of the family go without it, and it is counted.
+	long := &prompb.WriteRequest{Metadata: []prompb.MetricMetadata{
+		{Type: prompb.MetricMetadata_GAUGE, MetricFamilyName: "wordy", Help: strings.Repeat("w", 1025)},
+	}}
+	if r := env.rw(t, ctV1, rw1Body(t, long)); r.code != 204 {
+		t.Fatalf("long metadata: %d %s", r.code, r.body)
+	}
+	req = &prompb.WriteRequest{Timeseries: []prompb.TimeSeries{{Labels: lbls("__name__", "wordy"), Samples: []prompb.Sample{{Value: 1, Timestamp: 2000}}}}}
+	if r := env.rw(t, ctV1, rw1Body(t, req)); r.code != 204 {
+		t.Fatalf("samples: %d %s", r.code, r.body)
+	}
+	for _, md := range env.relay.metadata() {
+		if md.MetricFamilyName == "wordy" {
+			t.Fatalf("a HELP over the limit was kept and relayed (%d bytes)", len(md.Help))
+		}
+	}
+	if m := env.do(t, "GET", "/metrics", nil).body; !strings.Contains(m, "sluice_remote_write_metadata_skipped_total 1\n") {
+		t.Errorf("want one skipped metadata entry counted:\n%s", m)
+	}
 }
 
 func TestRemoteWriteRelayV2(t *testing.T) {

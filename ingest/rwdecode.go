@@ -255,6 +255,8 @@ type rwDecoded struct {
 	// aggregated series itself.
 	staleMarkers int
 	exemplars    int // received; Sluice does not carry them
+	// metadataSkipped counts metadata entries too long to cache.
+	metadataSkipped int
 
 	// The pooled request the relay points into; release gives it back.
 	pool *bufPool
@@ -325,7 +327,7 @@ func (d *rwDecoder) decodeV1(r *rwRequest, raw, body []byte) (*rwDecoded, *rwErr
 	req := &r.v1
 	out := &rwDecoded{exemplars: r.exemplars}
 	if d.meta != nil {
-		d.meta.update(req.Metadata)
+		out.metadataSkipped = d.meta.update(req.Metadata, d.lim.MaxMetadataLength)
 	}
 	var reqMeta map[string]*prompb.MetricMetadata // built on first need
 	lookup := func(name string) seriesMeta {
@@ -1073,9 +1075,13 @@ func newMetadataCache() *metadataCache {
 	return &metadataCache{m: make(map[string]prompb.MetricMetadata)}
 }
 
-func (c *metadataCache) update(mds []prompb.MetricMetadata) {
+// update caches mds, but for entries whose family name, HELP or unit is
+// longer than maxLen bytes (limits.max_metadata_length): they are not kept
+// (the cache would hold them, and every relayed request of the family
+// carry them, for good). It returns how many it left out.
+func (c *metadataCache) update(mds []prompb.MetricMetadata, maxLen int) (skipped int) {
 	if len(mds) == 0 {
-		return
+		return 0
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -1086,12 +1092,17 @@ func (c *metadataCache) update(mds []prompb.MetricMetadata) {
 		if md.MetricFamilyName == "" {
 			continue
 		}
+		if len(md.MetricFamilyName) > maxLen || len(md.Help) > maxLen || len(md.Unit) > maxLen {
+			skipped++
+			continue
+		}
 		if old, ok := c.m[md.MetricFamilyName]; !ok || old.Type != md.Type || old.Help != md.Help || old.Unit != md.Unit {
 			// Copies: mds points into a pooled request body.
 			md.MetricFamilyName, md.Help, md.Unit = strings.Clone(md.MetricFamilyName), strings.Clone(md.Help), strings.Clone(md.Unit)
 			c.m[md.MetricFamilyName] = md
 		}
 	}
+	return skipped
 }
 
 func (c *metadataCache) size() int {
