@@ -33,14 +33,19 @@ const ReasonUnavailable = "wal_unavailable"
 // waitDurable waits for an enqueued operation. A journal error is sticky:
 // the in-memory state may now hold an operation the log does not, so the
 // Store refuses everything until a restart rebuilds it from the log.
+//
+// It waits whatever ctx says: the operation is applied and its record
+// enqueued, and the log writes it even if the request went away. An
+// answer other than the outcome would be wrong: a 503 to a push that then
+// turns out durable (the HTTP server's shutdown cancels its requests'
+// contexts) makes a client that retries count it twice. The server's
+// shutdown waits for its requests, and the log runs until it is done.
 func (s *Store) waitDurable(ctx context.Context, wait func(context.Context) error) error {
 	if wait == nil {
 		return nil
 	}
-	if err := wait(ctx); err != nil {
-		if ctx.Err() == nil {
-			s.fail(err)
-		}
+	if err := wait(context.WithoutCancel(ctx)); err != nil {
+		s.fail(err)
 		return &Error{Kind: KindUnavailable, Reason: ReasonUnavailable, Msg: "not stored: write-ahead log: " + err.Error()}
 	}
 	return nil

@@ -44,6 +44,9 @@ type TargetStatus struct {
 	QueuedSamples int64 `json:"queuedSamples"`
 	// BacklogBytes is the size on disk of the backlog not yet sent.
 	BacklogBytes int64 `json:"backlogBytes"`
+	// BacklogFull: the backlog went over max_backlog_bytes (windows are
+	// coalesced or dropped) and has not yet come back to half of it.
+	BacklogFull bool `json:"backlogFull"`
 	// LastSend is when the target last accepted a batch; zero if never.
 	LastSend time.Time `json:"lastSend"`
 	// LastError is the most recent send error, empty if none yet. It is

@@ -77,6 +77,9 @@ type queue struct {
 	mtx sync.Mutex // guards every field down to the reader's; never held across reads
 	// limit is max_backlog_bytes; segSize derives from it.
 	limit, segSize int64
+	// full: the backlog went over its limit and has not come back to
+	// half of it since (updateGaugesLocked), the coalescing's target.
+	full bool
 	segs           []qseg   // ascending; appends go to the last one
 	f              wal.File // the last segment, open for appending; nil until the first append after open or after a seal
 	nextSeg        int      // index of the next segment created
@@ -558,8 +561,24 @@ func (q *queue) unsentLocked() int64 {
 }
 
 func (q *queue) updateGaugesLocked() {
-	q.m.backlogBytes.Set(float64(q.unsentLocked()))
+	unsent := q.unsentLocked()
+	switch {
+	case unsent > q.limit:
+		q.full = true
+	case unsent <= q.limit/2:
+		q.full = false
+	}
+	q.m.backlogBytes.Set(float64(unsent))
 	q.m.queueSamples.Set(float64(q.samples))
+}
+
+// isFull reports whether the backlog is full: it went over
+// max_backlog_bytes, so windows are being coalesced or dropped, and has
+// not yet come back to half of it.
+func (q *queue) isFull() bool {
+	q.mtx.Lock()
+	defer q.mtx.Unlock()
+	return q.full
 }
 
 // overLimit reports whether the backlog is over max_backlog_bytes.

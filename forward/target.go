@@ -641,6 +641,7 @@ func (t *target) status() TargetStatus {
 		Shards:          len(t.shards),
 		QueuedSamples:   samples,
 		BacklogBytes:    bytes,
+		BacklogFull:     t.q.isFull(),
 		LastSend:        t.lastSend,
 		LastError:       t.lastErr,
 		LastErrorTime:   t.lastErrAt,

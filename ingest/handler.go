@@ -65,6 +65,10 @@ type Options struct {
 	EnableLifecycle bool
 	// Ready reports whether Sluice is ready; a non-empty reason means not.
 	Ready func() (reason string)
+	// Healthy reports whether Sluice works at all (GET /-/healthy, what
+	// liveness probes ask); a non-empty reason means it needs a restart.
+	// Nil: always.
+	Healthy func() (reason string)
 	// Reload reloads the configuration file.
 	Reload func() error
 	// Quit asks the process to shut down gracefully.
@@ -157,8 +161,23 @@ func NewApp(opts Options, bodyLimit int) *fiber.App {
 	app.Delete("/metrics/*", s.deleteGroup)
 	app.All("/metrics/*", allowOnly("DELETE, POST, PUT"))
 
-	app.Get("/-/healthy", func(c *fiber.Ctx) error { return c.SendString("OK") })
-	app.Head("/-/healthy", func(c *fiber.Ctx) error { return c.SendStatus(http.StatusOK) })
+	healthy := func(c *fiber.Ctx) error {
+		if s.opts.Healthy != nil {
+			if reason := s.opts.Healthy(); reason != "" {
+				c.Status(http.StatusServiceUnavailable)
+				if c.Method() == fiber.MethodHead {
+					return nil
+				}
+				return c.SendString(reason + "\n")
+			}
+		}
+		if c.Method() == fiber.MethodHead {
+			return c.SendStatus(http.StatusOK)
+		}
+		return c.SendString("OK")
+	}
+	app.Get("/-/healthy", healthy)
+	app.Head("/-/healthy", healthy)
 	app.Get("/-/ready", s.ready)
 	app.Head("/-/ready", s.ready)
 	app.Post("/-/reload", s.reload)

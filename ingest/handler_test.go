@@ -382,8 +382,17 @@ func TestWALFailureAnswers503(t *testing.T) {
 			}
 			return ""
 		},
+		Healthy: func() string {
+			if err := store.Healthy(); err != nil {
+				return "write-ahead log failed; restart Sluice: " + err.Error()
+			}
+			return ""
+		},
 		Reload: func() error { return nil }, Quit: func() {},
 	}, int(cfg.Limits.MaxBodyBytes))
+	if r := env.do(t, "GET", "/-/healthy", nil); r.code != 200 {
+		t.Fatalf("healthy before the failure: %d %s", r.code, r.body)
+	}
 	for i, wantBody := range []string{"no space left on device", "accepts nothing until it is restarted"} {
 		r := env.do(t, "POST", "/metrics/job/f", []byte("x 1\n"))
 		if r.code != 503 || r.header.Get("Retry-After") == "" || !strings.Contains(r.body, wantBody) {
@@ -392,6 +401,13 @@ func TestWALFailureAnswers503(t *testing.T) {
 	}
 	if r := env.do(t, "GET", "/-/ready", nil); r.code != 503 {
 		t.Fatalf("ready after a WAL failure: %d", r.code)
+	}
+	// Nothing but a restart helps: the liveness probe must say so.
+	if r := env.do(t, "GET", "/-/healthy", nil); r.code != 503 || !strings.Contains(r.body, "restart Sluice") {
+		t.Fatalf("healthy after a WAL failure: %d %q, want 503", r.code, r.body)
+	}
+	if r := env.do(t, "HEAD", "/-/healthy", nil); r.code != 503 {
+		t.Fatalf("HEAD healthy after a WAL failure: %d, want 503", r.code)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -209,4 +210,84 @@ func TestEveryBodyFormatSurvivesKill9(t *testing.T) {
 	if log := p.stderr.String(); strings.Contains(log, "skipped a write-ahead log record") {
 		t.Errorf("recovery skipped records:\n%s", lastLines(log, 20))
 	}
+}
+
+// TestShutdownAnswersPushesByTheirOutcome: pushes in flight when Sluice
+// gets SIGTERM are answered by what happened to them. They used to get
+// 503 (the server's shutdown cancelled their wait for the log) although
+// they were applied and durable, so a client that retried a 503 counted
+// them twice. After each of five SIGTERMs under load and a restart on
+// the same WAL directory, the total is every acknowledged push and at most
+// the ones whose answer was lost, never a refused one.
+func TestShutdownAnswersPushesByTheirOutcome(t *testing.T) {
+	bin := buildBinary(t)
+	walDir := t.TempDir()
+	addr := freePort(t)
+	var acked, unknown, refused atomic.Int64
+	const rounds, clients = 5, 8
+	for round := 0; round < rounds; round++ {
+		p := startSluiceOn(t, bin, addr, "--wal.dir="+walDir)
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for c := 0; c < clients; c++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{}}
+				defer client.CloseIdleConnections()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					r, err := client.Post(p.url+"/metrics/job/term", "text/plain",
+						strings.NewReader("# TYPE term_total counter\nterm_total{clear_mode=\"sum\"} 1\n"))
+					if err != nil {
+						if !errors.Is(err, syscall.ECONNREFUSED) {
+							unknown.Add(1)
+						}
+						continue
+					}
+					_, _ = io.Copy(io.Discard, r.Body)
+					r.Body.Close()
+					switch {
+					case r.StatusCode == 200:
+						acked.Add(1)
+					case r.StatusCode == 503:
+						refused.Add(1)
+					default:
+						t.Errorf("push: status %d", r.StatusCode)
+					}
+				}
+			}()
+		}
+		time.Sleep(400 * time.Millisecond)
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(30 * time.Second):
+			t.Fatal("no exit within 30 s of SIGTERM")
+		}
+		close(stop)
+		wg.Wait()
+	}
+	p := startSluiceOn(t, bin, addr, "--wal.dir="+walDir)
+	defer p.stop(t)
+	_, body := p.get(t, "/metrics")
+	var got float64
+	for _, l := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(l, `term_total{instance="",job="term"} `); ok {
+			got, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	lo, hi := float64(acked.Load()), float64(acked.Load()+unknown.Load())
+	if lo < 100 {
+		t.Fatalf("only %v pushes were acknowledged; the test proved little", lo)
+	}
+	if got < lo || got > hi {
+		t.Fatalf("total %v after %d SIGTERMs: want between %v (acknowledged) and %v (plus lost answers); %d pushes were refused with 503",
+			got, rounds, lo, hi, refused.Load())
+	}
+	t.Logf("acknowledged %v, answers lost %v, refused %d, total %v", lo, hi-lo, refused.Load(), got)
 }

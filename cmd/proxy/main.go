@@ -355,6 +355,23 @@ func run(args []string) error {
 			if err := store.Healthy(); err != nil {
 				return "write-ahead log failed: " + err.Error()
 			}
+			// SPEC 2: not ready while a forward queue is full. Pushes are
+			// still taken (a full backlog coalesces windows, totals
+			// survive); this tells a load balancer to prefer another.
+			for _, t := range fwd.Targets() {
+				if t.BacklogFull {
+					return fmt.Sprintf("forward backlog of %s is full (%d bytes; queue_config.max_backlog_bytes): windows are being coalesced", t.Name, t.BacklogBytes)
+				}
+			}
+			return ""
+		},
+		// A failed log refuses everything until a restart rebuilds the
+		// state from it: a liveness probe must see that, or nothing ever
+		// restarts Sluice (Cloud Run has no readiness probe at all).
+		Healthy: func() string {
+			if err := store.Healthy(); err != nil {
+				return "write-ahead log failed; restart Sluice: " + err.Error()
+			}
 			return ""
 		},
 		Reload: reload,

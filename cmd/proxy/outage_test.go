@@ -119,9 +119,17 @@ remote_write:
 	time.Sleep(3 * time.Second)
 	vm.stop()
 	stopped := time.Now()
+	notReady := ""
 	for time.Since(stopped) < 30*time.Second {
 		push()
 		time.Sleep(500 * time.Millisecond)
+		if code, body := p.get(t, "/-/ready"); code == 503 {
+			notReady = body
+		}
+	}
+	// SPEC 2: not ready while a queue is full (the tiny one coalesces).
+	if !strings.Contains(notReady, "forward backlog of tiny is full") {
+		t.Errorf("/-/ready during the outage: want 503 naming the full backlog, last 503 body %q", notReady)
 	}
 	vm.start(t)
 	for i := 0; i < 6; i++ {
@@ -129,6 +137,9 @@ remote_write:
 		time.Sleep(500 * time.Millisecond)
 	}
 	time.Sleep(3 * time.Second) // backoff is at most 2 s
+	if code, body := p.get(t, "/-/ready"); code != 200 {
+		t.Errorf("/-/ready once the backlog is sent: %d %s", code, body)
+	}
 	ts := vm.export(t, `beat_total{job="outage",backlog=""}`)
 	if len(ts) < 36 {
 		t.Fatalf("only %d windows arrived", len(ts))
