@@ -79,12 +79,12 @@ type queue struct {
 	limit, segSize int64
 	// full: the backlog went over its limit and has not come back to
 	// half of it since (updateGaugesLocked), the coalescing's target.
-	full bool
-	segs           []qseg   // ascending; appends go to the last one
-	f              wal.File // the last segment, open for appending; nil until the first append after open or after a seal
-	nextSeg        int      // index of the next segment created
-	diskBytes      int64    // sum of the segments' sizes
-	samples        int64    // samples appended and not yet resolved (sent, dropped)
+	full      bool
+	segs      []qseg   // ascending; appends go to the last one
+	f         wal.File // the last segment, open for appending; nil until the first append after open or after a seal
+	nextSeg   int      // index of the next segment created
+	diskBytes int64    // sum of the segments' sizes
+	samples   int64    // samples appended and not yet resolved (sent, dropped)
 	// cursor: every frame before it is resolved; cursorSeen counts the
 	// samples of cursor.Segment's frames before it.
 	cursor     wal.Position
