@@ -234,6 +234,13 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 					return nil, invalid(ReasonDuplicate, "metric %q has label %q more than once", name, cur[i].Name)
 				}
 			}
+			// A histogram's buckets carry le, a summary's quantiles
+			// quantile: one of the series' own would make two (a scrape
+			// refuses the family, a store the whole request).
+			if r := reservedLabel(typ); r != "" && p.Modes == nil && slices.ContainsFunc(cur, func(l labels.Label) bool { return l.Name == r }) {
+				return nil, invalid(ReasonBadLabel, "%s %q must not have an explicit %q label (its %s carry one), in the body or the grouping key",
+					typeName(typ), name, r, map[string]string{"le": "buckets", "quantile": "quantiles"}[r])
+			}
 			// The key is the label set's own encoding (Labels.Bytes), as
 			// the checkpoint rebuilds it.
 			if s.directKeys {
@@ -397,6 +404,17 @@ func floatValue(m *dto.Metric) float64 {
 	}
 }
 
+// reservedLabel is the label a metric of type t must not have itself.
+func reservedLabel(t dto.MetricType) string {
+	switch t {
+	case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
+		return "le"
+	case dto.MetricType_SUMMARY:
+		return "quantile"
+	}
+	return ""
+}
+
 // cutText is s cut to at most n bytes, at a character boundary: a HELP
 // text or unit the Store keeps, and sends with every window, is bounded
 // by limits.max_metadata_length.
@@ -527,6 +545,12 @@ func seriesLabels(dst []labels.Label, name string, m *dto.Metric, group labels.L
 			if err := checkLabel(name, ln, lv, *lim); err != nil {
 				return nil, "", false, err
 			}
+		}
+		if lv == "" && ln != "instance" {
+			// An empty label is no label, as in Prometheus: {a=""} and {}
+			// are one series, which a store receives both as. (An empty
+			// instance stays, as Sluice adds one to every series.)
+			continue
 		}
 		if group.Has(ln) {
 			continue // grouping labels override body labels

@@ -177,7 +177,7 @@ func TestPushEndpoints(t *testing.T) {
 		{name: "gravel_bare", method: "POST", path: "/metrics", body: []byte("g 7\n"),
 			wantCode: 200, wantSeen: `g{instance=""} 7`},
 		{name: "base64_job", method: "POST", path: "/metrics/job@base64/L3Zhci90bXA/e@base64/=", body: []byte("g 8\n"),
-			wantCode: 200, wantSeen: `g{e="",instance="",job="/var/tmp"} 8`},
+			wantCode: 200, wantSeen: `g{instance="",job="/var/tmp"} 8`}, // an empty label is no label
 		{name: "bad_gzip", method: "POST", path: "/metrics/job/f", body: []byte("g 1\n"), headers: []string{"Content-Encoding", "gzip"},
 			wantCode: 400, wantBody: "gzip"},
 		{name: "unknown_encoding", method: "POST", path: "/metrics/job/f", body: []byte("g 1\n"), headers: []string{"Content-Encoding", "br"},

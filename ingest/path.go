@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -86,6 +87,10 @@ func ParseGroupingKey(rawPath string) (labels.Labels, error) {
 	if hasJob {
 		pairs = setPair(pairs, "job", job) // the path job overrides a job pair
 	}
+	// An empty label is no label, as in Prometheus: .../env@base64/= names
+	// the same group as no env at all (whose series a store receives as
+	// the same series).
+	pairs = slices.DeleteFunc(pairs, func(l labels.Label) bool { return l.Value == "" })
 	return labels.New(pairs...), nil // sorted by name
 }
 
