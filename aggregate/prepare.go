@@ -203,6 +203,11 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 		if strings.HasPrefix(name, reservedPrefix) {
 			return nil, invalid(ReasonReservedName, "metric name %q uses the prefix %q reserved for Sluice's own metrics", name, reservedPrefix)
 		}
+		// A scrape refuses the whole exposition over one such text (a
+		// Prometheus scraping Sluice loses every group).
+		if !utf8.ValidString(fam.GetHelp()) || !utf8.ValidString(fam.GetUnit()) {
+			return nil, invalid(ReasonBadMetricName, "metric %q: HELP text or unit is not valid UTF-8", name)
+		}
 		typ := fam.GetType()
 		// One of Sluice's own families (replay is exempt: accepted once)?
 		own, isOwn := set.OwnFamilies[name]

@@ -361,6 +361,7 @@ func TestRejectedPushChangesNothing(t *testing.T) {
 		{name: "reserved_prefix", push: "sluice_x 1\n", wantErr: "reserved for Sluice's own metrics", kind: KindInvalid},
 		{name: "windowed_histogram", push: "# TYPE h2 histogram\nh2_bucket{le=\"+Inf\",clear_mode=\"mean1m\"} 1\nh2_sum{clear_mode=\"mean1m\"} 1\nh2_count{clear_mode=\"mean1m\"} 1\n", wantErr: "is for counters, gauges and untyped metrics, not histogram", kind: KindInvalid},
 		{name: "nan_delta", push: "x NaN\n", wantErr: "must be finite", kind: KindInvalid},
+		{name: "help_not_utf8", push: "# HELP u bad \xff help\nu 1\n", wantErr: "not valid UTF-8", kind: KindInvalid},
 		{name: "le_label_on_histogram", group: "job=f,le=5", push: "# TYPE h3 histogram\nh3_bucket{le=\"+Inf\"} 1\nh3_sum 1\nh3_count 1\n", wantErr: `histogram "h3" must not have an explicit "le" label`, kind: KindInvalid},
 		{name: "quantile_label_on_summary", group: "job=f,quantile=0.5", push: "# TYPE s3 summary\ns3{quantile=\"0.9\"} 1\ns3_sum 1\ns3_count 1\n", wantErr: `summary "s3" must not have an explicit "quantile" label`, kind: KindInvalid},
 		{name: "empty_label_is_no_label", push: "e{a=\"\"} 5\ne 3\n", wantErr: "appears more than once", kind: KindInvalid},

@@ -178,6 +178,11 @@ func TestPushEndpoints(t *testing.T) {
 			wantCode: 200, wantSeen: `g{instance=""} 7`},
 		{name: "base64_job", method: "POST", path: "/metrics/job@base64/L3Zhci90bXA/e@base64/=", body: []byte("g 8\n"),
 			wantCode: 200, wantSeen: `g{instance="",job="/var/tmp"} 8`}, // an empty label is no label
+		{name: "help_not_utf8", method: "PUT", path: "/metrics/job/f", body: []byte("# HELP hu bad \xff help\nhu 1\n"),
+			wantCode: 400, wantBody: "not valid UTF-8"},
+		{name: "help_not_utf8_protobuf", method: "PUT", path: "/metrics/job/f", body: encodeDelimited(t, &dto.MetricFamily{Name: ptr("hu"), Help: ptr("bad \xff help"), Type: dto.MetricType_UNTYPED.Enum(),
+			Metric: []*dto.Metric{{Untyped: &dto.Untyped{Value: ptr(1.0)}}}}), headers: []string{"Content-Type", contentTypeProto},
+			wantCode: 400, wantBody: "not valid UTF-8"},
 		{name: "bad_gzip", method: "POST", path: "/metrics/job/f", body: []byte("g 1\n"), headers: []string{"Content-Encoding", "gzip"},
 			wantCode: 400, wantBody: "gzip"},
 		{name: "unknown_encoding", method: "POST", path: "/metrics/job/f", body: []byte("g 1\n"), headers: []string{"Content-Encoding", "br"},
