@@ -145,8 +145,16 @@ func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits
 	if len(data) == 0 {
 		return nil, Source{}, nil
 	}
-	f := detectFormat(contentType, data)
+	f, guessed := detectFormat(contentType, data)
 	fams, err := decodeFormat(f, data, limit, tp)
+	if err != nil && guessed {
+		// OpenMetrics guessed from a closing "# EOF" alone: the text
+		// format reads that line as a comment, as the Pushgateway does,
+		// and takes what OpenMetrics refuses (an untyped TYPE, say).
+		if tfams, terr := decodeFormat(aggregate.BodyText, data, limit, tp); terr == nil {
+			fams, f, err = tfams, aggregate.BodyText, nil
+		}
+	}
 	if err != nil {
 		return nil, Source{}, err
 	}
@@ -270,32 +278,37 @@ func fill(r io.Reader, buf []byte) (int, error) {
 }
 
 // detectFormat picks the parser for a non-empty, decompressed body.
-func detectFormat(contentType string, body []byte) aggregate.BodyFormat {
+//
+// guessed reports OpenMetrics guessed from a closing "# EOF" line of a body
+// whose Content-Type is not OpenMetrics: decodeBody then falls back to the
+// text format if it does not parse as OpenMetrics, as the Pushgateway
+// (which reads that line as a comment) would take it.
+func detectFormat(contentType string, body []byte) (_ aggregate.BodyFormat, guessed bool) {
 	if contentType == textContentType || contentType == "text/plain" || contentType == "" {
 		// What client_golang sends (and curl's default): no parameters
 		// to parse, so mime.ParseMediaType's allocations are skipped.
 		if endsWithEOFLine(body) {
-			return aggregate.BodyOpenMetrics
+			return aggregate.BodyOpenMetrics, true
 		}
-		return aggregate.BodyText
+		return aggregate.BodyText, false
 	}
 	if contentType == protoContentType {
-		return aggregate.BodyProtoDelimited
+		return aggregate.BodyProtoDelimited, false
 	}
 	if mediaType, params, err := mime.ParseMediaType(contentType); err == nil {
 		switch mediaType {
 		case protoMediaType:
 			if params["proto"] == protoParamProto && params["encoding"] == protoParamEncode {
-				return aggregate.BodyProtoDelimited
+				return aggregate.BodyProtoDelimited, false
 			}
 		case openMetricsType:
-			return aggregate.BodyOpenMetrics
+			return aggregate.BodyOpenMetrics, false
 		}
 	}
 	if endsWithEOFLine(body) {
-		return aggregate.BodyOpenMetrics
+		return aggregate.BodyOpenMetrics, true
 	}
-	return aggregate.BodyText
+	return aggregate.BodyText, false
 }
 
 // endsWithEOFLine reports whether the last non-empty line of body is exactly "# EOF".

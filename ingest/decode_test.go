@@ -217,6 +217,14 @@ func TestDecodeBodyOpenMetrics(t *testing.T) {
 		{name: "counter sniffed without content type", contentType: "", body: counterOM, want: []string{counterWant}},
 		{name: "counter sniffed despite unparsable content type", contentType: "garbage;;", body: counterOM, want: []string{counterWant}},
 		{name: "blank lines after eof", contentType: contentTypeOpenMetrics, body: counterOM + "\n\n", want: []string{counterWant}},
+		// Guessed from "# EOF" but not OpenMetrics: the text format takes
+		// it (the line is a comment there), as the Pushgateway does.
+		{name: "text with eof and declared text", contentType: contentTypeText, body: "# TYPE eofc counter\neofc 1\n# EOF\n",
+			want: []string{`name: "eofc" type: COUNTER metric { counter { value: 1 } }`}},
+		{name: "untyped with eof and no content type", contentType: "", body: "# TYPE eofu untyped\neofu 1\n# EOF\n",
+			want: []string{`name: "eofu" type: UNTYPED metric { untyped { value: 1 } }`}},
+		{name: "openmetrics type still refused when declared", contentType: contentTypeOpenMetrics, body: "# TYPE eofu untyped\neofu 1\n# EOF\n",
+			wantErr: []string{"untyped"}},
 		{
 			name:        "counter with help unit created and labels",
 			contentType: contentTypeOpenMetrics,
