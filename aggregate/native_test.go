@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -143,6 +144,35 @@ func TestNativeHistogramExposedAsPrometheusReadsIt(t *testing.T) {
 					t.Fatalf("read back count %v, %v in buckets; want %d: %v", fh.Count, inBuckets, len(tc.vals), fh)
 				}
 				return
+			}
+		})
+	}
+}
+
+// TestNativeHistogramCountMustMatchBuckets: an integer native histogram
+// whose count is not its buckets' total is refused, as the remote_write
+// receiver refuses it (a float one's is not checked: rounding).
+func TestNativeHistogramCountMustMatchBuckets(t *testing.T) {
+	cases := []struct {
+		name    string
+		count   uint64
+		wantErr bool
+	}{
+		{name: "matching", count: 3},
+		{name: "count_below_buckets", count: 1, wantErr: true},
+		{name: "count_above_buckets", count: 9, wantErr: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _ := newTestStore(t, testSettings())
+			f := nativeFamily(t, 2, 1, 1, 3) // three observations
+			f.Metric[0].Histogram.SampleCount = ptr(tc.count)
+			err := s.Apply(context.Background(), &Push{Group: groupLabels("job=f"), Families: []*dto.MetricFamily{f}})
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("error %v, want an error: %v", err, tc.wantErr)
+			}
+			if tc.wantErr && !strings.Contains(err.Error(), "invalid native histogram") {
+				t.Fatalf("error %q does not name the histogram", err)
 			}
 		})
 	}

@@ -893,6 +893,16 @@ func nativeFromDTO(d *dto.Histogram, count, sum float64) (*histogram.FloatHistog
 	if err := fh.Validate(); err != nil {
 		return nil, errorf("invalid native histogram: %w", err)
 	}
+	// A float histogram's count is not checked against its buckets
+	// (rounding); an integer one's is, as Prometheus' remote_write
+	// receiver (and Sluice's) checks it.
+	if d.GetSampleCountFloat() == 0 && d.GetZeroCountFloat() == 0 && len(d.GetPositiveCount()) == 0 && len(d.GetNegativeCount()) == 0 {
+		ih := &histogram.Histogram{Schema: schema, ZeroThreshold: fh.ZeroThreshold, ZeroCount: d.GetZeroCount(), Count: d.GetSampleCount(), Sum: sum,
+			PositiveSpans: fh.PositiveSpans, NegativeSpans: fh.NegativeSpans, PositiveBuckets: d.GetPositiveDelta(), NegativeBuckets: d.GetNegativeDelta()}
+		if err := ih.Validate(); err != nil {
+			return nil, errorf("invalid native histogram: %w", err)
+		}
+	}
 	return fh, nil
 }
 
