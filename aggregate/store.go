@@ -740,6 +740,9 @@ func (s *Store) claim(u *update) (*family, error) {
 	defer s.famMu.Unlock()
 	f = s.families[u.name]
 	if f == nil {
+		if err := s.suffixClash(u); err != nil {
+			return nil, err
+		}
 		f = newFamily(u)
 		s.families[f.name] = f
 	}
@@ -755,6 +758,42 @@ func (s *Store) family(name string) *family {
 	s.famMu.RLock()
 	defer s.famMu.RUnlock()
 	return s.families[name]
+}
+
+// suffixClash returns an error if u's metric, as a new family, would share
+// a series name with another: a histogram's or summary's _count and _sum
+// series (and a histogram's _bucket) with a metric of that name. A scrape
+// would drop one of them, and a store see two series as one. The caller
+// holds famMu.
+func (s *Store) suffixClash(u *update) error {
+	composite := func(t dto.MetricType) bool {
+		return t == dto.MetricType_HISTOGRAM || t == dto.MetricType_GAUGE_HISTOGRAM || t == dto.MetricType_SUMMARY
+	}
+	suffixes := func(t dto.MetricType) []string {
+		if t == dto.MetricType_SUMMARY {
+			return []string{"_count", "_sum"}
+		}
+		return []string{"_count", "_sum", "_bucket"}
+	}
+	if composite(u.outType) {
+		for _, sfx := range suffixes(u.outType) {
+			if f := s.families[u.name+sfx]; f != nil {
+				return invalid(ReasonTypeConflict, "%s %q would collide with metric %q (its %s series have that name); a name has one metric",
+					typeName(u.outType), u.name, f.name, sfx)
+			}
+		}
+	}
+	for _, sfx := range []string{"_count", "_sum", "_bucket"} {
+		base, ok := strings.CutSuffix(u.name, sfx)
+		if !ok {
+			continue
+		}
+		if f := s.families[base]; f != nil && composite(f.typ) && slices.Contains(suffixes(f.typ), sfx) {
+			return invalid(ReasonTypeConflict, "metric %q would collide with the %s series of %s %q; a name has one metric",
+				u.name, sfx, typeName(f.typ), f.name)
+		}
+	}
+	return nil
 }
 
 // newFamily is the family of u's metric as u gives it, with no reference.
@@ -872,6 +911,9 @@ func (fc *famChanges) resolve(s *Store, g *group, claimed *claimSet) error {
 		f := s.families[u.name]
 		switch {
 		case f == nil:
+			if err := s.suffixClash(u); err != nil {
+				return err
+			}
 			f = newFamily(u)
 			fc.added = append(fc.added, f)
 		case f.sameAs(u):
@@ -881,6 +923,9 @@ func (fc *famChanges) resolve(s *Store, g *group, claimed *claimSet) error {
 				return typeConflictShared(u, f)
 			}
 		case f.typ != u.outType || f.pushedType != u.typ:
+			if err := s.suffixClash(u); err != nil {
+				return err
+			}
 			nf := newFamily(u)
 			fc.swaps = append(fc.swaps, famChange{old: f, new: nf})
 			f = nf

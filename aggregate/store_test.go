@@ -361,6 +361,8 @@ func TestRejectedPushChangesNothing(t *testing.T) {
 		{name: "reserved_prefix", push: "sluice_x 1\n", wantErr: "reserved for Sluice's own metrics", kind: KindInvalid},
 		{name: "windowed_histogram", push: "# TYPE h2 histogram\nh2_bucket{le=\"+Inf\",clear_mode=\"mean1m\"} 1\nh2_sum{clear_mode=\"mean1m\"} 1\nh2_count{clear_mode=\"mean1m\"} 1\n", wantErr: "is for counters, gauges and untyped metrics, not histogram", kind: KindInvalid},
 		{name: "nan_delta", push: "x NaN\n", wantErr: "must be finite", kind: KindInvalid},
+		{name: "name_of_a_histograms_count", push: "# TYPE h_count gauge\nh_count 5\n", wantErr: `metric "h_count" would collide with the _count series of histogram "h"`, kind: KindInvalid},
+		{name: "name_of_a_histograms_bucket", group: "job=other", push: "h_bucket{le=\"1\"} 1\n", wantErr: `collide with the _bucket series of histogram "h"`, kind: KindInvalid},
 		{name: "help_not_utf8", push: "# HELP u bad \xff help\nu 1\n", wantErr: "not valid UTF-8", kind: KindInvalid},
 		{name: "le_label_on_histogram", group: "job=f,le=5", push: "# TYPE h3 histogram\nh3_bucket{le=\"+Inf\"} 1\nh3_sum 1\nh3_count 1\n", wantErr: `histogram "h3" must not have an explicit "le" label`, kind: KindInvalid},
 		{name: "quantile_label_on_summary", group: "job=f,quantile=0.5", push: "# TYPE s3 summary\ns3{quantile=\"0.9\"} 1\ns3_sum 1\ns3_count 1\n", wantErr: `summary "s3" must not have an explicit "quantile" label`, kind: KindInvalid},
@@ -676,6 +678,17 @@ func TestPushgatewaySemantics(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSummaryOverAMetricOfItsSeriesName: a summary whose _count series
+// would have the name of a metric that exists is refused, in any group.
+func TestSummaryOverAMetricOfItsSeriesName(t *testing.T) {
+	s, clk := newTestStore(t, testSettings())
+	runSteps(t, s, clk, []step{
+		{group: "job=a", push: "q_count 5\n"},
+		{group: "job=b", push: "# TYPE q summary\nq_sum 1\nq_count 1\n", wantErr: `summary "q" would collide with metric "q_count"`},
+		{group: "job=b", push: "# TYPE q_bucket histogram\nq_bucket_bucket{le=\"+Inf\"} 1\nq_bucket_sum 1\nq_bucket_count 1\n"},
+	})
 }
 
 // TestLongHelpIsCut: a HELP text the Store keeps, and sends with every

@@ -99,6 +99,7 @@ func TestPushgatewaySemanticsMatchPushgateway(t *testing.T) {
 		{"then the other may change the type", raw("PUT", "/metrics/job/other/instance/i1", "# TYPE temperature gauge\ntemperature 2\n")},
 		{"a histogram", pusher("hist", nil, true, histogram("dur_seconds", []float64{0.1, 1}, 0.05, 0.5, 2))},
 		{"POST with another bucket layout replaces it", pusher("hist", nil, false, histogram("dur_seconds", []float64{0.5}, 0.2))},
+		{"a metric named like the histogram's _count", raw("POST", "/metrics/job/hist", "# TYPE dur_seconds_count gauge\ndur_seconds_count 5\n")},
 		{"a series with an instance label in the body", raw("PUT", "/metrics/job/dup", "shared{instance=\"i1\",x=\"1\"} 1\n")},
 		// Rejected pushes go to groups that exist: a rejected push to a
 		// new group creates it on the Pushgateway, not on Sluice (README).
