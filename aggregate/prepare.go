@@ -160,6 +160,11 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 		if err != nil {
 			return nil, err
 		}
+		// The group's push_time_seconds carries them all, and instance.
+		if n := p.Group.Len() + boolInt(!p.Group.Has("instance")); n > lim.MaxLabelsPerSeries {
+			return nil, &Error{Kind: KindTooLarge, Reason: ReasonLimitLabels, Limit: "max_labels_per_series", Msg: "grouping key " + groupString(p.Group) +
+				" makes series of " + itoa(n) + " labels, more than " + itoa(lim.MaxLabelsPerSeries) + " (limits.max_labels_per_series)"}
+		}
 	}
 	total := 0
 	for _, fam := range p.Families {
@@ -493,6 +498,13 @@ func checkLabel(metric, name, value string, lim configs.LimitsConfig) error {
 			quote(name) + " is longer than " + itoa(lim.MaxLabelValueLength) + " bytes (limits.max_label_value_length)"}
 	}
 	return nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // checkGroupLabel checks a grouping key's label against the label length

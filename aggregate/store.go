@@ -416,6 +416,18 @@ type pending struct {
 }
 
 func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, enqueue func()) error {
+	if g.lastPush == 0 && len(g.series) == 0 && pr.src.Modes == nil {
+		// A new group: each shows push_time_seconds and
+		// push_failure_time_seconds, so groups count against max_series
+		// too (empty pushes would make them without bound otherwise).
+		s.groupsMu.Lock()
+		n := len(s.groups)
+		s.groupsMu.Unlock()
+		if n > set.Limits.MaxSeries {
+			return limited(ReasonLimitTotal, "max_series", "a new group would make %d groups, more than limits.max_series (%d): each group shows push_time_seconds; existing groups still accept pushes",
+				n, set.Limits.MaxSeries)
+		}
+	}
 	// The updates' series in the group (whose lock is held); a new one
 	// is looked for in its shard below.
 	found := slices.Grow(pr.found[:0], len(pr.updates))[:len(pr.updates)]

@@ -829,3 +829,23 @@ func manySeries(n int) string {
 	}
 	return b.String()
 }
+
+// TestEmptyPushesObeyTheLimits: a push without series still makes a group,
+// whose push_time_seconds series carry the grouping key: groups count
+// against max_series, and the grouping key against max_labels_per_series.
+func TestEmptyPushesObeyTheLimits(t *testing.T) {
+	set := testSettings()
+	set.Limits.MaxSeries, set.Limits.MaxSeriesPerGroup, set.Limits.MaxLabelsPerSeries = 3, 3, 3
+	s, clk := newTestStore(t, set)
+	runSteps(t, s, clk, []step{
+		{group: "job=a", push: ""},
+		{group: "job=b", push: ""},
+		{group: "job=c", push: ""},
+		{group: "job=d", push: "", wantErr: "a new group would make 4 groups, more than limits.max_series (3)"},
+		{group: "job=a", push: "x 1\n"}, // existing groups still take pushes
+		{group: "job=e,b=1,c=2", push: "", wantErr: "more than 3 (limits.max_labels_per_series)"},
+	})
+	if n := len(s.Groups()); n != 3 {
+		t.Fatalf("want 3 groups, got %d", n)
+	}
+}

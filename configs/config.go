@@ -141,7 +141,7 @@ type LimitsConfig struct {
 	// once) in one push.
 	MaxSeriesPerRequest int `yaml:"max_series_per_request"`
 	// MaxLabelsPerSeries caps the labels of one series, including the
-	// grouping labels and the metric name.
+	// grouping labels, not counting the metric name (__name__).
 	MaxLabelsPerSeries int `yaml:"max_labels_per_series"`
 	// MaxLabelNameLength and MaxLabelValueLength cap each label, in bytes.
 	MaxLabelNameLength  int `yaml:"max_label_name_length"`
