@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -261,6 +262,9 @@ func (s *authState) get() *authenticator {
 // valid credentials where they are required, and admits push and
 // remote_write requests only while fewer than the in-flight limit run.
 func (s *server) guard(c *fiber.Ctx) error {
+	if s.unread.Len() > 0 {
+		s.unread.forget(&c.Request().Header) // its body was read after all (none)
+	}
 	cls := classify(c.Method(), c.Path())
 	if a := s.auth.get(); a.required(cls) {
 		if res := a.check(c.Get(fiber.HeaderAuthorization)); res != authOK {
@@ -276,6 +280,11 @@ func (s *server) guard(c *fiber.Ctx) error {
 // unauthorized answers 401 and closes the connection, so that whatever
 // body the client still sends is never read.
 func (s *server) unauthorized(c *fiber.Ctx, a *authenticator, cls endpointClass, res authResult) error {
+	return s.unauthorizedFor(c, a, cls, res, c.Get(fiber.HeaderContentType))
+}
+
+// unauthorizedFor is unauthorized for a request of that Content-Type.
+func (s *server) unauthorizedFor(c *fiber.Ctx, a *authenticator, cls endpointClass, res authResult, contentType string) error {
 	reason, what := "invalid", "invalid credentials"
 	if res == authMissing {
 		reason, what = "missing", "no credentials"
@@ -285,7 +294,7 @@ func (s *server) unauthorized(c *fiber.Ctx, a *authenticator, cls endpointClass,
 	c.Set(fiber.HeaderWWWAuthenticate, a.challenge)
 	c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
 	if cls == classRemoteWrite {
-		if v, _ := rwVersionOf(c.Get(fiber.HeaderContentType)); v == rwV2 {
+		if v, _ := rwVersionOf(contentType); v == rwV2 {
 			c.Set(headerSamplesWritten, "0")
 			c.Set(headerHistogramsWritten, "0")
 			c.Set(headerExemplarsWritten, "0")
@@ -311,19 +320,70 @@ func (s *server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfi
 	if err := uri.Parse(h.Host(), h.RequestURI()); err != nil {
 		return fasthttp.RequestConfig{}
 	}
-	if !a.required(classify(string(h.Method()), string(uri.PathOriginal()))) {
+	cls := classify(string(h.Method()), string(uri.PathOriginal()))
+	if !a.required(cls) {
 		return fasthttp.RequestConfig{}
 	}
-	if a.check(string(h.Peek(fiber.HeaderAuthorization))) == authOK {
+	res := a.check(string(h.Peek(fiber.HeaderAuthorization)))
+	if res == authOK {
 		return fasthttp.RequestConfig{}
 	}
+	// fasthttp empties the request when its body fails to read, as it
+	// will here for a chunked one, before the error handler runs: keep
+	// what the 401 needs.
+	s.unread.keep(h, unreadRequest{cls: cls, res: res, contentType: string(h.ContentType())})
 	return fasthttp.RequestConfig{MaxRequestBodySize: 1}
 }
+
+// unreadRequest is what the 401 for a request refused unread needs.
+type unreadRequest struct {
+	cls         endpointClass
+	res         authResult
+	contentType string
+}
+
+// unreadRequests are the requests headerReceived refused, by their
+// header (which fasthttp keeps, emptied, when the body fails to read),
+// until the error handler (or, for a request whose body was read after
+// all, guard) takes them. Only refused requests are kept, so it stays
+// small.
+type unreadRequests struct {
+	mu sync.Mutex
+	m  map[*fasthttp.RequestHeader]unreadRequest
+	n  atomic.Int64
+}
+
+func (u *unreadRequests) keep(h *fasthttp.RequestHeader, r unreadRequest) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.m == nil {
+		u.m = make(map[*fasthttp.RequestHeader]unreadRequest)
+	}
+	u.m[h] = r
+	u.n.Store(int64(len(u.m)))
+}
+
+func (u *unreadRequests) take(h *fasthttp.RequestHeader) (unreadRequest, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	r, ok := u.m[h]
+	delete(u.m, h)
+	u.n.Store(int64(len(u.m)))
+	return r, ok
+}
+
+func (u *unreadRequests) forget(h *fasthttp.RequestHeader) { u.take(h) }
+
+// Len is how many are kept; cheap, for the common case of none.
+func (u *unreadRequests) Len() int64 { return u.n.Load() }
 
 // rejectedUnread reports whether fiber's 413 for c comes from
 // headerReceived (missing or invalid credentials) rather than from a body
 // over limits.max_body_bytes; if so it answers 401.
 func (s *server) rejectedUnread(c *fiber.Ctx) (bool, error) {
+	if r, ok := s.unread.take(&c.Request().Header); ok {
+		return true, s.unauthorizedFor(c, s.auth.get(), r.cls, r.res, r.contentType)
+	}
 	a := s.auth.get()
 	cls := classify(c.Method(), c.Path())
 	if !a.required(cls) {

@@ -284,6 +284,32 @@ func TestAuthRefusesBodyUnread(t *testing.T) {
 			t.Fatalf("auth %q: status %d, close %v; want 401 and the connection closed", auth, resp.StatusCode, resp.Close)
 		}
 	}
+	// A chunked body: refused after its first chunk's size line, and still
+	// a 401 (fasthttp empties the request when the body fails to read),
+	// with WWW-Authenticate; over remote_write 2.0 with the Written headers.
+	for _, c := range []struct{ path, ct string }{
+		{"/metrics/job/f", "text/plain"},
+		{"/api/v1/write", "application/x-protobuf;proto=io.prometheus.write.v2.Request"},
+	} {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: %s\r\nContent-Encoding: snappy\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n", c.path, c.ct)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("chunked %s: no answer: %v", c.path, err)
+		}
+		resp.Body.Close()
+		conn.Close()
+		if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") == "" {
+			t.Fatalf("chunked %s without credentials: %d %v; want 401 with WWW-Authenticate", c.path, resp.StatusCode, resp.Header)
+		}
+		if c.path == "/api/v1/write" && resp.Header.Get(headerSamplesWritten) != "0" {
+			t.Fatalf("chunked remote_write 2.0: no %s header: %v", headerSamplesWritten, resp.Header)
+		}
+	}
 	// A body over limits.max_body_bytes with valid credentials is still 413.
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {

@@ -101,6 +101,7 @@ type server struct {
 	meta    *metadataCache // Remote-Write 1.0 metadata sent on its own
 	limits  *limitMetrics  // limits.go
 	auth    *authState     // auth.go
+	unread  unreadRequests // auth.go: requests refused before their body
 	authm   *authMetrics
 	// pushes recycles what a push needs (*pushScratch) and its memory.
 	pushes sync.Pool

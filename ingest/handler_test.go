@@ -567,11 +567,12 @@ func TestSummaryCountMustBeACount(t *testing.T) {
 		}
 	}
 	// A gauge named like a summary's _count, before the summary, is not
-	// its count (both bodies go to expfmt: the capitalised type).
+	// its count (both bodies go to expfmt: the capitalised type): the
+	// push is refused for the names clashing, not for the count.
 	env := newTestEnv(t, false, false, nil)
 	body := "# TYPE foo_count Gauge\nfoo_count{x=\"1\"} -1\n# TYPE foo summary\nfoo{quantile=\"0.5\"} 1\nfoo_sum 1\nfoo_count 1\n"
-	if r := env.do(t, "POST", "/metrics/job/y", []byte(body)); r.code != 200 {
-		t.Errorf("a gauge foo_count beside summary foo: %d %s, want 200", r.code, r.body)
+	if r := env.do(t, "POST", "/metrics/job/y", []byte(body)); r.code != 400 || !strings.Contains(r.body, "would collide") {
+		t.Errorf("a gauge foo_count beside summary foo: %d %s, want 400 for the clashing names", r.code, r.body)
 	}
 	// A previous body's bad count does not stick to the parser.
 	var tp textParser
