@@ -335,6 +335,10 @@ func (s *server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfi
 	return fasthttp.RequestConfig{MaxRequestBodySize: 1}
 }
 
+// maxUnread bounds unreadRequests: requests are taken within
+// milliseconds, so more than this at once are mostly abandoned ones.
+const maxUnread = 1024
+
 // unreadRequest is what the 401 for a request refused unread needs.
 type unreadRequest struct {
 	cls         endpointClass
@@ -356,7 +360,10 @@ type unreadRequests struct {
 func (u *unreadRequests) keep(h *fasthttp.RequestHeader, r unreadRequest) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.m == nil {
+	if u.m == nil || len(u.m) >= maxUnread {
+		// Entries whose request was dropped without an answer (the
+		// client went away mid-body) are not taken: a bound keeps them
+		// from piling up. A request refused meanwhile gets 413, not 401.
 		u.m = make(map[*fasthttp.RequestHeader]unreadRequest)
 	}
 	u.m[h] = r
