@@ -471,8 +471,12 @@ func defaultMode(d configs.DefaultModes, typ dto.MetricType, sem Semantics) conf
 		return d.Counter
 	case dto.MetricType_GAUGE:
 		return d.Gauge
-	case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
+	case dto.MetricType_HISTOGRAM:
 		return d.Histogram
+	case dto.MetricType_GAUGE_HISTOGRAM:
+		// A snapshot, like a gauge's value: summing pushes of it means
+		// nothing. (default_modes has no field of its own for it.)
+		return configs.Mode{Kind: configs.ModeReplace}
 	case dto.MetricType_SUMMARY:
 		return d.Summary
 	}

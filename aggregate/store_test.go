@@ -849,3 +849,21 @@ func TestEmptyPushesObeyTheLimits(t *testing.T) {
 		t.Fatalf("want 3 groups, got %d", n)
 	}
 }
+
+// TestGaugeHistogramDefaultsToReplace: a gauge histogram is a snapshot, so
+// by default each push replaces it, as a gauge's value.
+func TestGaugeHistogramDefaultsToReplace(t *testing.T) {
+	s, _ := newTestStore(t, testSettings())
+	gh := func(count uint64, sum float64) *dto.MetricFamily {
+		return &dto.MetricFamily{Name: ptr("queue_age_seconds"), Type: dto.MetricType_GAUGE_HISTOGRAM.Enum(), Metric: []*dto.Metric{{
+			Histogram: &dto.Histogram{SampleCount: ptr(count), SampleSum: ptr(sum), Bucket: []*dto.Bucket{{UpperBound: ptr(1.0), CumulativeCount: ptr(count)}}}}}}
+	}
+	for _, f := range []*dto.MetricFamily{gh(2, 1), gh(3, 2)} {
+		if err := s.Apply(context.Background(), &Push{Group: groupLabels("job=f"), Families: []*dto.MetricFamily{f}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h := gatherOne(t, s, "queue_age_seconds").GetHistogram(); h.GetSampleCount() != 3 || h.GetSampleSum() != 2 {
+		t.Fatalf("want the last push (count 3, sum 2), got count %d sum %v", h.GetSampleCount(), h.GetSampleSum())
+	}
+}

@@ -461,14 +461,15 @@ func addFamily(out []*dto.MetricFamily, index map[string]int, mf *dto.MetricFami
 }
 
 // validateProtoFamily rejects families that the rest of the service cannot
-// make sense of: no name, no (known) type, or metrics whose value does not
-// match the family type.
+// make sense of: no name, an unknown type, or metrics whose value does not
+// match the family type. A family without a type is a counter, the field's
+// proto2 default, as the Pushgateway reads it.
 func validateProtoFamily(mf *dto.MetricFamily) error {
 	if mf.GetName() == "" {
 		return errors.New("metric family has no name")
 	}
 	if mf.Type == nil {
-		return fmt.Errorf("metric family %q has no type", mf.GetName())
+		mf.Type = dto.MetricType_COUNTER.Enum()
 	}
 	if _, known := dto.MetricType_name[int32(mf.GetType())]; !known {
 		return fmt.Errorf("metric family %q has unknown type %d", mf.GetName(), int32(mf.GetType()))

@@ -502,10 +502,16 @@ func TestDecodeBodyProtobuf(t *testing.T) {
 			wantErr:     []string{"metric family has no name"},
 		},
 		{
-			name:        "family without type",
+			name:        "family without type is a counter",
+			contentType: contentTypeProto,
+			body:        encodeDelimited(t, familyFromText(t, `name: "x" metric { counter { value: 1 } }`)),
+			want:        []*dto.MetricFamily{familyFromText(t, `name: "x" type: COUNTER metric { counter { value: 1 } }`)},
+		},
+		{
+			name:        "family without type and a gauge value",
 			contentType: contentTypeProto,
 			body:        encodeDelimited(t, familyFromText(t, `name: "x" metric { gauge { value: 1 } }`)),
-			wantErr:     []string{`metric family "x" has no type`},
+			wantErr:     []string{`"x"`},
 		},
 		{
 			name:        "metric value not matching the type",
