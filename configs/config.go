@@ -515,8 +515,13 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("wal.fsync: %q must be always or interval", c.WAL.Fsync)
 	}
-	if c.WAL.FsyncInterval <= 0 || c.WAL.CheckpointInterval < 0 || c.WAL.SegmentSize < 1<<20 {
-		return errors.New("wal: fsync_interval must be positive, checkpoint_interval not negative, segment_size at least 1 MiB")
+	switch {
+	case c.WAL.FsyncInterval <= 0:
+		return fmt.Errorf("wal.fsync_interval: must be positive, got %s", c.WAL.FsyncInterval)
+	case c.WAL.CheckpointInterval < 0:
+		return fmt.Errorf("wal.checkpoint_interval: must not be negative, got %s", c.WAL.CheckpointInterval)
+	case c.WAL.SegmentSize < 1<<20:
+		return fmt.Errorf("wal.segment_size: must be at least 1 MiB (1048576), got %d", c.WAL.SegmentSize)
 	}
 	for name := range c.Global.ExternalLabels {
 		if !model.LegacyValidation.IsValidLabelName(name) || strings.HasPrefix(name, "__") {

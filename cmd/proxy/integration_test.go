@@ -292,9 +292,9 @@ func TestConfigReloadKeepsOldConfigOnError(t *testing.T) {
 		}
 		r.Body.Close()
 	}
-	write("limits:\n  max_body_bytes: 1000000\nweb:\n  http_server_config:\n    read_timeout: 7s\n")
+	write("limits:\n  max_body_bytes: 1000000\nweb:\n  http_server_config:\n    read_timeout: 7s\nwal:\n  fsync: interval\n")
 	reload()
-	write("limits:\n  max_body_bytes: 2000000\nweb:\n  http_server_config:\n    read_timeout: 8s\n")
+	write("limits:\n  max_body_bytes: 2000000\nweb:\n  http_server_config:\n    read_timeout: 8s\nwal:\n  segment_size: 2097152\n")
 	reload()
 	p.stop(t)
 	logs := p.stderr.String()
@@ -303,6 +303,9 @@ func TestConfigReloadKeepsOldConfigOnError(t *testing.T) {
 	}
 	if n := strings.Count(logs, "web.http_server_config change only on restart"); n != 2 {
 		t.Errorf("http_server_config warnings: %d, want 2:\n%s", n, logs)
+	}
+	if n := strings.Count(logs, "wal settings change only on restart"); n != 2 {
+		t.Errorf("wal warnings: %d, want 2:\n%s", n, logs)
 	}
 }
 

@@ -75,7 +75,13 @@ func nameFlag(app *kingpin.Application, args []string, err error) error {
 	}
 	for _, e := range ctx.Elements {
 		fc, ok := e.Clause.(*kingpin.FlagClause)
-		if ok && e.Value != nil && strings.Contains(err.Error(), strconv.Quote(*e.Value)) {
+		if !ok || e.Value == nil || *e.Value == "" {
+			continue
+		}
+		// Parsers quote the value "so", 'so' (kingpin's enums), or end
+		// with it (promslog's "unrecognized log level trace").
+		msg, v := err.Error(), *e.Value
+		if strings.Contains(msg, strconv.Quote(v)) || strings.Contains(msg, "'"+v+"'") || strings.HasSuffix(msg, " "+v) {
 			return fmt.Errorf("--%s: %w", fc.Model().Name, err)
 		}
 	}
@@ -314,6 +320,9 @@ func run(args []string) error {
 		ingestCfg.Store(&c.Ingest)
 		if c.Web.TLSServerConfig.Enabled() != started.Web.TLSServerConfig.Enabled() || c.Web.HTTPServerConfig != started.Web.HTTPServerConfig {
 			logger.Warn("turning TLS on or off and web.http_server_config change only on restart")
+		}
+		if c.WAL != started.WAL {
+			logger.Warn("wal settings change only on restart", "running", fmt.Sprintf("%+v", started.WAL), "file", fmt.Sprintf("%+v", c.WAL))
 		}
 		webCfg.Store(&c.Web)
 		reloads.success()

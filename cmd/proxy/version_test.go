@@ -46,6 +46,8 @@ func TestFlagErrorsNameTheFlag(t *testing.T) {
 		{"float", []string{"--auto-gomemlimit.ratio=abc"}, "--auto-gomemlimit.ratio: "},
 		{"interval under a second", []string{"--aggregation.interval=500ms"}, "--aggregation.interval must be at least 1s"},
 		{"negative drain timeout", []string{"--forward.drain-timeout=-1s"}, "--forward.drain-timeout must not be negative"},
+		{"enum", []string{"--push.semantics=foo"}, "--push.semantics: "},
+		{"log level", []string{"--log.level=trace"}, "--log.level: "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := parseFlags(tc.args)
