@@ -995,7 +995,7 @@ func typeConflictShared(u *update, f *family) error {
 func typeConflict(u *update, f *family) *Error {
 	how := func(t dto.MetricType, pushed dto.MetricType, m configs.Mode) string {
 		if m.Windowed() {
-			return typeName(pushed) + " with windowed clear_mode=" + m.String() + " (exposed as gauge)"
+			return "gauge (windowed clear_mode=" + m.String() + " of " + typeName(pushed) + " values)"
 		}
 		return typeName(t)
 	}

@@ -19,7 +19,7 @@ func newMetrics() *metrics {
 	return &metrics{
 		bytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sluice_wal_bytes",
-			Help: "Size of the WAL's segment files.",
+			Help: "Bytes of log data in the WAL's segment files (the segment being written is zero-filled ahead, so on disk it is larger).",
 		}),
 		segments: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sluice_wal_segments",
