@@ -108,6 +108,18 @@ func NewFlusher(interval time.Duration, now func() time.Time, out Appender, sour
 	return f
 }
 
+// SetLastEmitted makes ms (Unix milliseconds) the last window end emitted:
+// no window at or before it is emitted. Call it before Run. A process that
+// stopped emitted its current window early, at its end (see Run); one that
+// starts again within that window must not emit the same timestamp with
+// other values (a store keeps both, or refuses the request), so its first
+// window is the next one, which carries the totals.
+func (f *Flusher) SetLastEmitted(ms int64) { f.lastTS = max(f.lastTS, ms) }
+
+// LastEmitted is the end of the last window emitted, in Unix
+// milliseconds; 0 if none. Call it after Run returned.
+func (f *Flusher) LastEmitted() int64 { return f.lastTS }
+
 // WindowEnd returns the end of the window containing t.
 func (f *Flusher) WindowEnd(t time.Time) time.Time {
 	iv := f.interval.Nanoseconds()

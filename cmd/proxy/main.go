@@ -283,6 +283,13 @@ func run(args []string) error {
 		sources = append(sources, aggregate.Source{Gatherer: reg, Labels: map[string]string{"job": "sluice", "instance": selfInstance(cfg)}})
 	}
 	flusher := aggregate.NewFlusher(f.interval, time.Now, fwd, sources, reg, logger.With("component", "flush"))
+	if ms, err := readEarlyWindow(f.walDir); err != nil {
+		logger.Warn("read the window emitted early at the last shutdown", "err", err)
+	} else if ms > time.Now().UnixMilli() {
+		// Restarted within the window the last shutdown emitted early.
+		flusher.SetLastEmitted(ms)
+		logger.Info("the current window was emitted at the last shutdown; the first window emitted is the next one", "window_end", time.UnixMilli(ms))
+	}
 
 	var cfgMu sync.Mutex // serialises reloads
 	// started is the config the process started with: what changes only
@@ -503,6 +510,11 @@ func run(args []string) error {
 	wg.Wait()
 	stopFlush()
 	<-flushDone
+	if ms := flusher.LastEmitted(); ms > time.Now().UnixMilli() {
+		if err := writeEarlyWindow(f.walDir, ms); err != nil {
+			logger.Error("record the window emitted early; a restart within it emits its end again", "err", err)
+		}
+	}
 	stopCheckpoints()
 	<-checkpointDone
 	if err := store.Checkpoint(context.Background(), checkpointLog); err != nil {
@@ -603,4 +615,48 @@ func targetInfos(ts []forward.TargetStatus) []ingest.TargetInfo {
 			LastError: t.LastError, LastErrorTime: t.LastErrorTime}
 	}
 	return out
+}
+
+// earlyWindowFile, in the WAL directory, holds the end of the window the
+// last shutdown emitted before its time (Unix milliseconds, decimal).
+const earlyWindowFile = "early_window_end"
+
+// writeEarlyWindow records ms durably: a restart within that window reads
+// it (readEarlyWindow) and emits that window end no more.
+func writeEarlyWindow(dir string, ms int64) error {
+	tmp := filepath.Join(dir, earlyWindowFile+".tmp")
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(strconv.FormatInt(ms, 10) + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(dir, earlyWindowFile))
+	}
+	if err == nil {
+		var d *os.File
+		if d, err = os.Open(dir); err == nil {
+			err = d.Sync()
+			d.Close()
+		}
+	}
+	return err
+}
+
+// readEarlyWindow returns what writeEarlyWindow recorded, 0 if nothing.
+func readEarlyWindow(dir string) (int64, error) {
+	b, err := os.ReadFile(filepath.Join(dir, earlyWindowFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 }

@@ -163,3 +163,42 @@ remote_write:
 	}
 	t.Logf("%d consecutive 1 s windows across a 30 s outage; the tiny backlog delivered %d windows and the exact total %d", len(ts), len(tiny), pushes)
 }
+
+// TestRestartWithinAWindowEmitsItsEndOnce: on SIGTERM Sluice emits the
+// current window early, at its end T. Started again within that window, it
+// used to emit T again with the pushes since, so VictoriaMetrics kept two
+// values at T (and Prometheus refused the request as a duplicate sample).
+// Now the restarted process emits the next window end first, with the
+// totals: every timestamp once, and the last value every push.
+func TestRestartWithinAWindowEmitsItsEndOnce(t *testing.T) {
+	t.Parallel()
+	bin := buildBinary(t)
+	vm := &vmProc{bin: needBinary(t, "victoria-metrics"), addr: freePort(t), data: t.TempDir()}
+	vm.start(t)
+	defer vm.stop()
+	walDir, addr := t.TempDir(), freePort(t)
+	args := []string{"--wal.dir=" + walDir, "--aggregation.interval=5s", "--remote-write.url=http://" + vm.addr + "/api/v1/write"}
+	// Start just after a window end, so that the restart fits in the window.
+	time.Sleep(time.Until(time.Now().Truncate(5 * time.Second).Add(5*time.Second + 200*time.Millisecond)))
+	p := startSluiceOn(t, bin, addr, args...)
+	pushText(t, p, "POST", "/metrics/job/restart", "# TYPE r_total counter\nr_total 1\n")
+	p.stop(t)
+	end := time.Now().Truncate(5 * time.Second).Add(5 * time.Second)
+	p = startSluiceOn(t, bin, addr, args...)
+	defer p.stop(t)
+	if time.Now().After(end) {
+		t.Skip("the restart took longer than the window; nothing to check")
+	}
+	pushText(t, p, "POST", "/metrics/job/restart", "# TYPE r_total counter\nr_total 1\n")
+	time.Sleep(time.Until(end.Add(5*time.Second + 2*time.Second)))
+	ts := vm.export(t, `r_total{job="restart"}`)
+	for i := 1; i < len(ts); i++ {
+		if ts[i] == ts[i-1] {
+			t.Fatalf("two samples at %d: %v", ts[i], ts)
+		}
+	}
+	res := (&store{name: "vm", base: "http://" + vm.addr, flush: func() {}}).query(t, `r_total{job="restart"}`, time.Time{})
+	if len(ts) < 2 || len(res) != 1 || res[0].value != 2 {
+		t.Fatalf("timestamps %v, latest %+v: want the early window and the next one, the latest 2", ts, res)
+	}
+}
