@@ -218,10 +218,10 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 		own, isOwn := set.OwnFamilies[name]
 		isOwn = isOwn && p.Modes == nil
 		for _, m := range fam.GetMetric() {
-			nSeries++
+			nSeries += exposedSeries(m)
 			if nSeries > lim.MaxSeriesPerRequest {
 				return nil, &Error{Kind: KindTooLarge, Reason: ReasonLimitRequest, Limit: "max_series_per_request", Msg: "push has more than " +
-					itoa(lim.MaxSeriesPerRequest) + " series (limits.max_series_per_request)"}
+					itoa(lim.MaxSeriesPerRequest) + " series (limits.max_series_per_request; each bucket of a classic histogram and each quantile of a summary counts)"}
 			}
 			if m.TimestampMs != nil {
 				pr.timestamps++
@@ -412,6 +412,27 @@ func floatValue(m *dto.Metric) float64 {
 	default:
 		return m.Untyped.GetValue()
 	}
+}
+
+// exposedSeries is how many series a pushed metric shows as, in a scrape
+// and in a store: a classic histogram one per bucket (+Inf included) and
+// _sum and _count, a summary one per quantile and _sum and _count, a native
+// histogram one.
+func exposedSeries(m *dto.Metric) int {
+	switch {
+	case m.Histogram != nil:
+		if isNative(m.Histogram) {
+			return 1
+		}
+		n := len(m.Histogram.GetBucket()) + 2
+		if k := len(m.Histogram.GetBucket()); k == 0 || !math.IsInf(m.Histogram.GetBucket()[k-1].GetUpperBound(), 1) {
+			n++ // the +Inf bucket, implicit in protobuf
+		}
+		return n
+	case m.Summary != nil:
+		return len(m.Summary.GetQuantile()) + 2
+	}
+	return 1
 }
 
 // reservedLabel is the label a metric of type t must not have itself.

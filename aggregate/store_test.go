@@ -867,3 +867,22 @@ func TestGaugeHistogramDefaultsToReplace(t *testing.T) {
 		t.Fatalf("want the last push (count 3, sum 2), got count %d sum %v", h.GetSampleCount(), h.GetSampleSum())
 	}
 }
+
+// TestSeriesPerRequestCountsBuckets: max_series_per_request counts the
+// series a push shows as, each bucket of a classic histogram and each
+// quantile of a summary, not one per histogram: one push of a histogram
+// with 200,000 buckets used to pass a limit of 5.
+func TestSeriesPerRequestCountsBuckets(t *testing.T) {
+	set := testSettings()
+	set.Limits.MaxSeriesPerRequest = 5
+	s, clk := newTestStore(t, set)
+	runSteps(t, s, clk, []step{
+		// le=1, le=2, +Inf, _sum, _count: 5.
+		{push: "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"2\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n"},
+		{push: "# TYPE h2 histogram\nh2_bucket{le=\"1\"} 1\nh2_bucket{le=\"2\"} 1\nh2_bucket{le=\"3\"} 1\nh2_bucket{le=\"+Inf\"} 1\nh2_sum 1\nh2_count 1\n",
+			wantErr: "more than 5 series (limits.max_series_per_request; each bucket"},
+		{push: "# TYPE s summary\ns{quantile=\"0.5\"} 1\ns{quantile=\"0.9\"} 1\ns{quantile=\"0.99\"} 1\ns_sum 1\ns_count 1\n"},
+		{push: "# TYPE s2 summary\ns2{quantile=\"0.5\"} 1\ns2{quantile=\"0.9\"} 1\ns2{quantile=\"0.99\"} 1\ns2{quantile=\"0.999\"} 1\ns2_sum 1\ns2_count 1\n",
+			wantErr: "max_series_per_request"},
+	})
+}

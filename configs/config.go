@@ -137,8 +137,9 @@ type LimitsConfig struct {
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 	// MaxDecompressedBodyBytes caps a body after gzip/snappy is undone.
 	MaxDecompressedBodyBytes int64 `yaml:"max_decompressed_body_bytes"`
-	// MaxSeriesPerRequest caps the series (histograms and summaries count
-	// once) in one push.
+	// MaxSeriesPerRequest caps the series one push shows as (each bucket of
+	// a classic histogram and each quantile of a summary counts, with
+	// their _sum and _count).
 	MaxSeriesPerRequest int `yaml:"max_series_per_request"`
 	// MaxLabelsPerSeries caps the labels of one series, including the
 	// grouping labels, not counting the metric name (__name__).
