@@ -907,6 +907,9 @@ func isNative(d *dto.Histogram) bool {
 
 func nativeFromDTO(d *dto.Histogram, count, sum float64) (*histogram.FloatHistogram, error) {
 	schema := d.GetSchema()
+	if schema == histogram.CustomBucketsSchema {
+		return nil, errorf("native histograms with custom buckets (schema %d) cannot be aggregated; send them without clear_mode to relay them", schema)
+	}
 	if schema < histogram.ExponentialSchemaMin || schema > histogram.ExponentialSchemaMax {
 		return nil, errorf("native histogram schema %d is not between %d and %d", schema, histogram.ExponentialSchemaMin, histogram.ExponentialSchemaMax)
 	}
