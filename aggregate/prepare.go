@@ -72,6 +72,7 @@ type prepared struct {
 	modes     []configs.Mode
 	semantics Semantics
 	typeHint  bool // Push.TypeHint
+	adopted   bool // an update took another type (adopt)
 
 	timestamps    int // samples whose client timestamp was ignored
 	droppedQuants int // summary quantiles dropped in sum mode
@@ -375,7 +376,33 @@ func (pr *prepared) adopt(g *group, i int, typ dto.MetricType) error {
 		return err
 	}
 	u.typ, u.outType, u.obs = typ, outputType(typ, u.mode), obs
+	pr.adopted = true
 	return nil
+}
+
+// adoptedFamilies is fams with the types updates took (adopt): what the
+// push's record holds, so that replay applies the types applied live.
+func adoptedFamilies(fams []*dto.MetricFamily, updates []update) []*dto.MetricFamily {
+	typ := make(map[string]dto.MetricType)
+	for i := range updates {
+		if u := &updates[i]; floatType(u.typ) {
+			typ[u.name] = u.typ
+		}
+	}
+	out := make([]*dto.MetricFamily, len(fams))
+	for i, f := range fams {
+		t, ok := typ[f.GetName()]
+		if !ok || t == f.GetType() {
+			out[i] = f
+			continue
+		}
+		nf := &dto.MetricFamily{Name: f.Name, Help: f.Help, Unit: f.Unit, Type: t.Enum(), Metric: make([]*dto.Metric, len(f.Metric))}
+		for j, m := range f.Metric {
+			nf.Metric[j] = typedMetric(m, t)
+		}
+		out[i] = nf
+	}
+	return out
 }
 
 // typedMetric is m, or for a float metric whose value is in another type's
@@ -908,7 +935,7 @@ func isNative(d *dto.Histogram) bool {
 func nativeFromDTO(d *dto.Histogram, count, sum float64) (*histogram.FloatHistogram, error) {
 	schema := d.GetSchema()
 	if schema == histogram.CustomBucketsSchema {
-		return nil, errorf("native histograms with custom buckets (schema %d) cannot be aggregated; send them without clear_mode to relay them", schema)
+		return nil, errorf("native histograms with custom buckets (schema %d) cannot be aggregated (over remote_write, send them without clear_mode to relay them)", schema)
 	}
 	if schema < histogram.ExponentialSchemaMin || schema > histogram.ExponentialSchemaMax {
 		return nil, errorf("native histogram schema %d is not between %d and %d", schema, histogram.ExponentialSchemaMin, histogram.ExponentialSchemaMax)

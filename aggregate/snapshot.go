@@ -463,7 +463,7 @@ func (s *Store) restore(data []byte) error {
 			return err
 		}
 		u := &update{name: se.name, typ: se.typ, outType: outputType(se.typ, se.mode), mode: se.mode, help: help, unit: unit}
-		f, err := s.claim(u)
+		f, err := s.claim(u, false) // restored: accepted once
 		if err != nil {
 			return fmt.Errorf("restore snapshot: %w", err)
 		}

@@ -320,8 +320,12 @@ func (s *Store) preparePush(p *Push, at time.Time, set *Settings, j Journal) (*p
 // pr.rec's array.
 func (s *Store) encodePush(pr *prepared) ([]byte, error) {
 	p := pr.src
+	fams := p.Families
+	if pr.adopted {
+		fams = adoptedFamilies(fams, pr.updates)
+	}
 	return appendPushOp(pr.rec[:0], pr.at, &Push{
-		Group: p.Group, Method: p.Method, Families: p.Families, Modes: pr.modes, Semantics: &pr.semantics,
+		Group: p.Group, Method: p.Method, Families: fams, Modes: pr.modes, Semantics: &pr.semantics,
 		TypeHint: p.TypeHint, Body: p.Body, BodyFormat: p.BodyFormat}, s.modes.spell)
 }
 
@@ -457,14 +461,6 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 			}
 		}
 	}
-	if pr.remoded && pr.rec != nil {
-		// The record must hold the modes applied, for replay.
-		rec, err := s.encodePush(pr)
-		if err != nil {
-			return fmt.Errorf("encode push for the write-ahead log: %w", err)
-		}
-		pr.rec = rec
-	}
 	// Claim the families so their types cannot change underneath us.
 	// The list is the pooled prepared's, so that it costs no allocation.
 	claimed := claimSet{list: pr.claimed[:0]}
@@ -511,6 +507,16 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 			continue
 		}
 		claimed.add(f)
+	}
+	if (pr.remoded || pr.adopted) && pr.rec != nil {
+		// The record must hold the modes and types applied, for replay:
+		// the families a type was taken from may not be there then (the
+		// push that made one failed, or is logged after this one).
+		rec, err := s.encodePush(pr)
+		if err != nil {
+			return fmt.Errorf("encode push for the write-ahead log: %w", err)
+		}
+		pr.rec = rec
 	}
 	// The series of a family the push gives another type are replaced,
 	// not updated: they are removed below and pushed anew. (If the
@@ -736,7 +742,13 @@ func next(g *group, u *update, se *series, keysInLabels bool) (pending, error) {
 	return p, nil
 }
 
-func (s *Store) claim(u *update) (*family, error) {
+// claim claims u's family, making it if there is none. clash says to
+// refuse a new family whose series names another family's would share
+// (suffixClash); remote_write pushes skip that: a native histogram x and
+// the classic x_count, x_sum and x_bucket series a Prometheus sends beside
+// it (always_scrape_classic_histograms) are separate series there, and a
+// 400 would drop every such request.
+func (s *Store) claim(u *update, clash bool) (*family, error) {
 	s.famMu.RLock()
 	f := s.families[u.name]
 	if f != nil && f.typ == u.outType {
@@ -752,8 +764,10 @@ func (s *Store) claim(u *update) (*family, error) {
 	defer s.famMu.Unlock()
 	f = s.families[u.name]
 	if f == nil {
-		if err := s.suffixClash(u); err != nil {
-			return nil, err
+		if clash {
+			if err := s.suffixClash(u); err != nil {
+				return nil, err
+			}
 		}
 		f = newFamily(u)
 		s.families[f.name] = f
@@ -820,7 +834,7 @@ func newFamily(u *update) *family {
 // (nil if there is none) unclaimed, with changes set.
 func (s *Store) claimFor(pr *prepared, u *update) (f *family, changes bool, err error) {
 	if pr.semantics != SemanticsPushgateway || !(pr.replaceAll || pr.replaceNames[u.name]) {
-		f, err = s.claim(u)
+		f, err = s.claim(u, !pr.typeHint)
 		return f, false, err
 	}
 	s.famMu.RLock()
@@ -1129,6 +1143,11 @@ func (s *Store) Expire(ctx context.Context) error {
 		s.stateMu.RUnlock()
 		if err := s.waitDurable(ctx, wait); err != nil {
 			return err
+		}
+		if ctx.Err() != nil {
+			// Shutting down: the rest expires at the next start. (The
+			// wait above does not end early: what is applied is logged.)
+			return nil
 		}
 	}
 	return nil

@@ -311,6 +311,12 @@ func (s *server) unauthorizedFor(c *fiber.Ctx, a *authenticator, cls endpointCla
 // handler answers 401 and closes the connection. Requests with valid
 // credentials, or needing none, keep the server's limits.
 func (s *server) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+	if s.unread.Len() > 0 {
+		// A request refused before on this header (fasthttp reuses them)
+		// whose body read ended without the error handler (the client
+		// went away, a bad chunk): its entry must not answer this one.
+		s.unread.forget(h)
+	}
 	a := s.auth.get()
 	if !a.cfg.AuthEnabled() {
 		return fasthttp.RequestConfig{}
