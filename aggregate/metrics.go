@@ -71,11 +71,13 @@ func newStoreMetrics(reg prometheus.Registerer, s *Store) *storeMetrics {
 	reg.MustRegister(m.checkpointBytes, m.checkpointDuration)
 	seriesDesc := prometheus.NewDesc("sluice_series", "Live aggregated series by clear_mode kind.", []string{"mode"}, nil)
 	groupsDesc := prometheus.NewDesc("sluice_groups", "Live push groups (grouping keys).", nil, nil)
+	countedDesc := prometheus.NewDesc("sluice_series_counted", "Live series as limits.max_series counts them: what a store sees, each bucket of a classic histogram and each quantile of a summary (with _sum and _count) one.", nil, nil)
 	for _, r := range []string{"expired", "deleted", "replaced"} {
 		m.seriesRemoved.WithLabelValues(r)
 	}
 	reg.MustRegister(m.samplesIngested, m.timestampsIgnored, m.quantilesDropped, m.seriesRemoved,
-		collectorFunc{descs: []*prometheus.Desc{seriesDesc, groupsDesc}, collect: func(ch chan<- prometheus.Metric) {
+		collectorFunc{descs: []*prometheus.Desc{seriesDesc, groupsDesc, countedDesc}, collect: func(ch chan<- prometheus.Metric) {
+			ch <- prometheus.MustNewConstMetric(countedDesc, prometheus.GaugeValue, float64(s.seriesCount.Load()+s.extraSeries.Load()))
 			for k := configs.ModeSum; k <= configs.ModeWindowQuantile; k++ {
 				ch <- prometheus.MustNewConstMetric(seriesDesc, prometheus.GaugeValue, float64(s.modeCounts[k].Load()), modeName(k))
 			}

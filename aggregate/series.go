@@ -85,6 +85,9 @@ type series struct {
 	name  string        // metric family name (histogram base name)
 	group *group
 	typ   dto.MetricType
+	// extra is how many series more than one it shows as (exposedExtra);
+	// guarded by the group's mutex.
+	extra int32
 	mode  configs.Mode
 	fam   *family // set when the series is inserted
 
@@ -95,6 +98,20 @@ type series struct {
 	win      *window
 	hist     *histState
 	summ     *summaryState
+}
+
+// exposedExtra is how many series beyond one a series of this state shows
+// as, in a scrape and in a store: a classic histogram one per bucket (+Inf
+// included) and _sum and _count, a summary one per quantile and _sum and
+// _count. The series limits count them.
+func exposedExtra(h *histState, sm *summaryState) int32 {
+	switch {
+	case h != nil && h.native == nil:
+		return int32(len(h.bounds)) + 2
+	case sm != nil:
+		return int32(len(sm.quantiles)) + 1
+	}
+	return 0
 }
 
 // outputType is the type Sluice exposes the series as: windowed statistics

@@ -485,12 +485,17 @@ func (s *Store) restore(data []byte) error {
 			s.shards[i].series = make(map[string]*series, perShard)
 		}
 	}
+	var extra int64
 	for _, se := range all {
 		s.shards[s.shardOf(se.key)].series[se.key] = se
 		se.group.series[se.key] = se
 		s.modeCounts[se.mode.Kind].Add(1)
+		se.extra = exposedExtra(se.hist, se.summ)
+		se.group.extra += int(se.extra)
+		extra += int64(se.extra)
 	}
 	s.seriesCount.Add(int64(len(all)))
+	s.extraSeries.Add(extra)
 	return nil
 }
 

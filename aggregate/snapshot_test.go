@@ -91,6 +91,10 @@ func assertRestores(t *testing.T, s *Store, data []byte, what string) {
 	if got, want := expose(t, r), expose(t, s); got != want {
 		t.Fatalf("%s differs:\n got:\n%s\nwant:\n%s", what, got, want)
 	}
+	// The series limits' count (buckets included) comes back too.
+	if got, want := r.seriesCount.Load()+r.extraSeries.Load(), s.seriesCount.Load()+s.extraSeries.Load(); got != want {
+		t.Fatalf("%s counts %d series for the limits, want %d", what, got, want)
+	}
 }
 
 // TestCheckpointWriteFailure: a checkpoint whose file cannot be written is

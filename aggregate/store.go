@@ -153,6 +153,9 @@ type Store struct {
 
 	shards      []shard
 	seriesCount atomic.Int64
+	// extraSeries sums the series' extra: seriesCount plus it is what
+	// the series show as (max_series counts that).
+	extraSeries atomic.Int64
 	// checkpointMu serialises checkpoints. capturing is the checkpoint
 	// being taken, nil between checkpoints; checkpoints counts them (a
 	// group whose captured field equals it is in the current one).
@@ -199,6 +202,8 @@ type group struct {
 	lastPush    int64 // Unix nanoseconds of the last successful push; 0 = never
 	lastFailure int64 // Unix nanoseconds of the last rejected push; 0 = never
 	deleted     bool  // removed from Store.groups; a push must look up again
+	// extra sums the series' extra (max_series_per_group counts it).
+	extra int
 	// captured is the last checkpoint that has this group's state (or
 	// that started after the group was created: nothing to copy).
 	captured int64
@@ -414,6 +419,7 @@ type pending struct {
 	u     *update
 	s     *series // existing, or new and not yet inserted
 	isNew bool
+	extra int32 // the series' extra after the update
 	value float64
 	hist  *histState
 	summ  *summaryState
@@ -611,18 +617,39 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 		}
 		pend[i] = p
 	}
-	if newCount > 0 {
-		if live := len(g.series) - len(removed) + newCount; live > set.Limits.MaxSeriesPerGroup {
-			return limited(ReasonLimitGroup, "max_series_per_group", "group %s would have %d series, more than %d (limits.max_series_per_group); existing series still accept pushes",
+	// The limits count the series a store sees: a classic histogram's
+	// buckets, a summary's quantiles (exposedExtra). growth is what the
+	// push adds to that beyond its new series, gone what it removes.
+	growth, gone := 0, len(removed)
+	for i := range pend {
+		p := &pend[i]
+		p.extra = exposedExtra(p.hist, p.summ)
+		if !p.isNew && p.hist == nil && p.summ == nil {
+			p.extra = p.s.extra // a float update: as it was
+		}
+		growth += int(p.extra)
+		if !p.isNew {
+			growth -= int(p.s.extra)
+		}
+	}
+	for _, se := range removed {
+		gone += int(se.extra)
+	}
+	if newCount > 0 || growth > 0 {
+		if live := len(g.series) + g.extra - gone + newCount + growth; live > set.Limits.MaxSeriesPerGroup {
+			return limited(ReasonLimitGroup, "max_series_per_group", "group %s would have %d series, more than %d (limits.max_series_per_group; each bucket of a classic histogram counts); existing series still accept pushes",
 				groupString(g.labels), live, set.Limits.MaxSeriesPerGroup)
 		}
 		// Reserve the new series; removals below give their slots back.
-		total := s.seriesCount.Add(int64(newCount))
-		if total-int64(len(removed)) > int64(set.Limits.MaxSeries) {
+		total := s.seriesCount.Add(int64(newCount)) + s.extraSeries.Add(int64(growth))
+		if total-int64(gone) > int64(set.Limits.MaxSeries) {
 			s.seriesCount.Add(-int64(newCount))
-			return limited(ReasonLimitTotal, "max_series", "sluice holds %d series, the limit is %d (limits.max_series); existing series still accept pushes",
-				total-int64(newCount), set.Limits.MaxSeries)
+			s.extraSeries.Add(-int64(growth))
+			return limited(ReasonLimitTotal, "max_series", "sluice holds %d series, the limit is %d (limits.max_series; each bucket of a classic histogram counts); existing series still accept pushes",
+				total-int64(newCount+growth), set.Limits.MaxSeries)
 		}
+	} else {
+		s.extraSeries.Add(int64(growth))
 	}
 
 	// Commit: the record goes to the journal first, in the order the
@@ -636,6 +663,8 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 	for i := range pend {
 		p := &pend[i]
 		se := p.s
+		g.extra += int(p.extra - se.extra) // se.extra is 0 for a new one
+		se.extra = p.extra
 		if p.isNew {
 			se.fam = claimed.get(se.name)
 			se.name = se.fam.name // the family's copy, not the push's
@@ -1023,6 +1052,8 @@ func (s *Store) removeSeriesLocked(g *group, se *series) {
 	delete(s.shards[s.shardOf(se.key)].series, se.key)
 	delete(g.series, se.key)
 	s.seriesCount.Add(-1)
+	s.extraSeries.Add(-int64(se.extra))
+	g.extra -= int(se.extra)
 	s.modeCounts[se.mode.Kind].Add(-1)
 	s.release(se.fam)
 }

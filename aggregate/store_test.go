@@ -886,3 +886,32 @@ func TestSeriesPerRequestCountsBuckets(t *testing.T) {
 			wantErr: "max_series_per_request"},
 	})
 }
+
+// TestSeriesLimitsCountBuckets: max_series and max_series_per_group count
+// the series a store sees, each bucket of a classic histogram (and _sum,
+// _count) and each quantile of a summary, and give them back when the
+// series go; a checkpoint restores the count.
+func TestSeriesLimitsCountBuckets(t *testing.T) {
+	set := testSettings()
+	set.Limits.MaxSeries, set.Limits.MaxSeriesPerGroup = 12, 8
+	hist := func(name string) string { // le=1, +Inf, _sum, _count: 4 series
+		return "# TYPE " + name + " histogram\n" + name + "_bucket{le=\"1\"} 1\n" + name + "_bucket{le=\"+Inf\"} 1\n" + name + "_sum 1\n" + name + "_count 1\n"
+	}
+	s, clk := newTestStore(t, set)
+	runSteps(t, s, clk, []step{
+		{group: "job=a", push: hist("h1") + hist("h2")}, // 8 in job=a
+		{group: "job=a", push: "x 1\n", wantErr: "group {job=\"a\"} would have 9 series, more than 8"},
+		{group: "job=a", push: hist("h1")},                 // an update adds nothing
+		{group: "job=b", push: hist("h3")},                 // 12 in all
+		{group: "job=c", push: "y 1\n", wantErr: "sluice holds 12 series, the limit is 12"},
+	})
+	if err := s.Delete(context.Background(), groupLabels("job=a")); err != nil {
+		t.Fatal(err)
+	}
+	runSteps(t, s, clk, []step{
+		{group: "job=c", push: hist("h4") + "y 1\n"}, // job=a's 8 were given back: 9 in all
+	})
+	if got := s.seriesCount.Load() + s.extraSeries.Load(); got != 9 {
+		t.Fatalf("counted %d series, want 9", got)
+	}
+}
