@@ -901,8 +901,8 @@ func TestSeriesLimitsCountBuckets(t *testing.T) {
 	runSteps(t, s, clk, []step{
 		{group: "job=a", push: hist("h1") + hist("h2")}, // 8 in job=a
 		{group: "job=a", push: "x 1\n", wantErr: "group {job=\"a\"} would have 9 series, more than 8"},
-		{group: "job=a", push: hist("h1")},                 // an update adds nothing
-		{group: "job=b", push: hist("h3")},                 // 12 in all
+		{group: "job=a", push: hist("h1")}, // an update adds nothing
+		{group: "job=b", push: hist("h3")}, // 12 in all
 		{group: "job=c", push: "y 1\n", wantErr: "sluice holds 12 series, the limit is 12"},
 	})
 	if err := s.Delete(context.Background(), groupLabels("job=a")); err != nil {
