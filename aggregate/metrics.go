@@ -77,7 +77,7 @@ func newStoreMetrics(reg prometheus.Registerer, s *Store) *storeMetrics {
 	}
 	reg.MustRegister(m.samplesIngested, m.timestampsIgnored, m.quantilesDropped, m.seriesRemoved,
 		collectorFunc{descs: []*prometheus.Desc{seriesDesc, groupsDesc, countedDesc}, collect: func(ch chan<- prometheus.Metric) {
-			ch <- prometheus.MustNewConstMetric(countedDesc, prometheus.GaugeValue, float64(s.seriesCount.Load()+s.extraSeries.Load()))
+			ch <- prometheus.MustNewConstMetric(countedDesc, prometheus.GaugeValue, float64(s.counted.Load()))
 			for k := configs.ModeSum; k <= configs.ModeWindowQuantile; k++ {
 				ch <- prometheus.MustNewConstMetric(seriesDesc, prometheus.GaugeValue, float64(s.modeCounts[k].Load()), modeName(k))
 			}

@@ -367,8 +367,8 @@ func (pr *prepared) adoptable(u *update, f *family) bool {
 // adopt gives update i, of a push whose types are hints, the type typ of
 // the metric or series it updates, checking its value against it (a
 // counter summed with clear_mode=sum must not go down). The pushed metric
-// stays as it came: the push's record holds what was sent, and replay
-// adopts the same types again. The group's lock is held.
+// stays as it came; the push's record is encoded again with the types
+// taken (adoptedFamilies). The group's lock is held.
 func (pr *prepared) adopt(g *group, i int, typ dto.MetricType) error {
 	u := &pr.updates[i]
 	obs, _, err := observe(u.name, func() labels.Labels { return u.labelSet(g.labels) }, typ, u.mode, typedMetric(u.m, typ))
@@ -448,12 +448,15 @@ func floatValue(m *dto.Metric) float64 {
 func exposedSeries(m *dto.Metric) int {
 	switch {
 	case m.Histogram != nil:
-		if isNative(m.Histogram) {
-			return 1
+		n, b := 0, m.Histogram.GetBucket()
+		if len(b) > 0 || !isNative(m.Histogram) {
+			n = len(b) + 2
+			if k := len(b); k == 0 || !math.IsInf(b[k-1].GetUpperBound(), 1) {
+				n++ // the +Inf bucket, implicit in protobuf
+			}
 		}
-		n := len(m.Histogram.GetBucket()) + 2
-		if k := len(m.Histogram.GetBucket()); k == 0 || !math.IsInf(m.Histogram.GetBucket()[k-1].GetUpperBound(), 1) {
-			n++ // the +Inf bucket, implicit in protobuf
+		if isNative(m.Histogram) {
+			n++ // the native sample, beside any classic buckets
 		}
 		return n
 	case m.Summary != nil:

@@ -95,7 +95,7 @@ func TestScaleMemoryPerSeries(t *testing.T) {
 		}
 	}
 	after := heapInUse()
-	live := s.seriesCount.Load()
+	live := s.counted.Load() // counters only: one each
 	perSeries := float64(after-before) / float64(live)
 	t.Logf("%d live series: %.0f bytes of heap per series (%d MiB in total)", live, perSeries, (after-before)>>20)
 	runtime.KeepAlive(s)
@@ -147,7 +147,7 @@ func TestScaleRestart(t *testing.T) {
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	want := s.seriesCount.Load()
+	want := s.counted.Load()
 	s = nil
 	runtime.GC()
 
@@ -161,7 +161,7 @@ func TestScaleRestart(t *testing.T) {
 	recoverTook := time.Since(start)
 	t.Logf("%d series: checkpoint of %d MiB written in %v; open + recover (load + replay of 1,000 pushes) in %v",
 		want, int64(size)>>20, checkpointTook.Round(time.Millisecond), recoverTook.Round(time.Millisecond))
-	if got := s2.seriesCount.Load(); got != want {
+	if got := s2.counted.Load(); got != want {
 		t.Fatalf("recovered %d series, want %d", got, want)
 	}
 	if recoverTook >= 10*time.Second {

@@ -106,8 +106,17 @@ type series struct {
 // _count. The series limits count them.
 func exposedExtra(h *histState, sm *summaryState) int32 {
 	switch {
-	case h != nil && h.native == nil:
-		return int32(len(h.bounds)) + 2
+	case h != nil:
+		// As shown (appendMetric): the classic series if there are
+		// buckets or nothing native, and the native sample if native.
+		e := int32(-1)
+		if len(h.bounds) > 0 || h.native == nil {
+			e += int32(len(h.bounds)) + 3 // finite buckets, +Inf, _sum, _count
+		}
+		if h.native != nil {
+			e++
+		}
+		return e
 	case sm != nil:
 		return int32(len(sm.quantiles)) + 1
 	}

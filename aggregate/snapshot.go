@@ -462,8 +462,8 @@ func (s *Store) restore(data []byte) error {
 		if err != nil {
 			return err
 		}
-		u := &update{name: se.name, typ: se.typ, outType: outputType(se.typ, se.mode), mode: se.mode, help: help, unit: unit}
-		f, err := s.claim(u, false) // restored: accepted once
+		u := &update{name: se.name, typ: se.typ, outType: outputType(se.typ, se.mode), mode: se.mode, help: help, unit: unit, obs: observation{hist: se.hist}}
+		f, err := s.claim(u, false, true) // restored: accepted once
 		if err != nil {
 			return fmt.Errorf("restore snapshot: %w", err)
 		}
@@ -494,8 +494,7 @@ func (s *Store) restore(data []byte) error {
 		se.group.extra += int(se.extra)
 		extra += int64(se.extra)
 	}
-	s.seriesCount.Add(int64(len(all)))
-	s.extraSeries.Add(extra)
+	s.counted.Add(int64(len(all)) + extra)
 	return nil
 }
 

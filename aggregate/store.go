@@ -151,11 +151,11 @@ type Store struct {
 	famMu    sync.RWMutex
 	families map[string]*family
 
-	shards      []shard
-	seriesCount atomic.Int64
-	// extraSeries sums the series' extra: seriesCount plus it is what
-	// the series show as (max_series counts that).
-	extraSeries atomic.Int64
+	shards []shard
+	// counted is what the series show as, in a scrape and in a store:
+	// one each, plus their extra (max_series counts that). One atomic,
+	// so that concurrent pushes reserve against the same total.
+	counted atomic.Int64
 	// checkpointMu serialises checkpoints. capturing is the checkpoint
 	// being taken, nil between checkpoints; checkpoints counts them (a
 	// group whose captured field equals it is in the current one).
@@ -214,10 +214,14 @@ type family struct {
 	name       string
 	typ        dto.MetricType // output type
 	pushedType dto.MetricType
-	mode       configs.Mode // mode of the first series; only for messages
-	help       string
-	unit       string       // from OpenMetrics # UNIT or remote_write metadata
-	refs       atomic.Int64 // live series plus in-flight pushes holding it
+	// classic: its series show as _bucket/_count/_sum (a summary, or a
+	// histogram with classic buckets when the family was made); only for
+	// suffixClash.
+	classic bool
+	mode    configs.Mode // mode of the first series; only for messages
+	help    string
+	unit    string       // from OpenMetrics # UNIT or remote_write metadata
+	refs    atomic.Int64 // live series plus in-flight pushes holding it
 }
 
 // New builds a Store. journal makes operations durable before they are
@@ -637,19 +641,18 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 	}
 	if newCount > 0 || growth > 0 {
 		if live := len(g.series) + g.extra - gone + newCount + growth; live > set.Limits.MaxSeriesPerGroup {
-			return limited(ReasonLimitGroup, "max_series_per_group", "group %s would have %d series, more than %d (limits.max_series_per_group; each bucket of a classic histogram counts); existing series still accept pushes",
+			return limited(ReasonLimitGroup, "max_series_per_group", "group %s would have %d series, more than %d (limits.max_series_per_group; each bucket of a classic histogram counts); pushes that add no series still pass",
 				groupString(g.labels), live, set.Limits.MaxSeriesPerGroup)
 		}
 		// Reserve the new series; removals below give their slots back.
-		total := s.seriesCount.Add(int64(newCount)) + s.extraSeries.Add(int64(growth))
+		total := s.counted.Add(int64(newCount + growth))
 		if total-int64(gone) > int64(set.Limits.MaxSeries) {
-			s.seriesCount.Add(-int64(newCount))
-			s.extraSeries.Add(-int64(growth))
-			return limited(ReasonLimitTotal, "max_series", "sluice holds %d series, the limit is %d (limits.max_series; each bucket of a classic histogram counts); existing series still accept pushes",
+			s.counted.Add(-int64(newCount + growth))
+			return limited(ReasonLimitTotal, "max_series", "sluice holds %d series, the limit is %d (limits.max_series; each bucket of a classic histogram counts); pushes that add no series still pass",
 				total-int64(newCount+growth), set.Limits.MaxSeries)
 		}
 	} else {
-		s.extraSeries.Add(int64(growth))
+		s.counted.Add(int64(growth)) // no new series, and growth <= 0
 	}
 
 	// Commit: the record goes to the journal first, in the order the
@@ -771,13 +774,16 @@ func next(g *group, u *update, se *series, keysInLabels bool) (pending, error) {
 	return p, nil
 }
 
-// claim claims u's family, making it if there is none. clash says to
-// refuse a new family whose series names another family's would share
-// (suffixClash); remote_write pushes skip that: a native histogram x and
-// the classic x_count, x_sum and x_bucket series a Prometheus sends beside
-// it (always_scrape_classic_histograms) are separate series there, and a
-// 400 would drop every such request.
-func (s *Store) claim(u *update, clash bool) (*family, error) {
+// claim claims u's family, making it if there is none, and then refuses
+// a new family whose series names another family's would share
+// (suffixClash). hinted (a remote_write push) refuses only a clash with
+// series that show: a native histogram x and the classic x_count, x_sum
+// and x_bucket series a Prometheus sends beside it
+// (always_scrape_classic_histograms) are separate series there, and a 400
+// would drop every such request; a series beside a summary's _count is a
+// clash there too. A family restored from a checkpoint is checked by
+// nothing (restored is set).
+func (s *Store) claim(u *update, hinted, restored bool) (*family, error) {
 	s.famMu.RLock()
 	f := s.families[u.name]
 	if f != nil && f.typ == u.outType {
@@ -793,8 +799,8 @@ func (s *Store) claim(u *update, clash bool) (*family, error) {
 	defer s.famMu.Unlock()
 	f = s.families[u.name]
 	if f == nil {
-		if clash {
-			if err := s.suffixClash(u); err != nil {
+		if !restored {
+			if err := s.suffixClash(u, hinted); err != nil {
 				return nil, err
 			}
 		}
@@ -820,7 +826,10 @@ func (s *Store) family(name string) *family {
 // series (and a histogram's _bucket) with a metric of that name. A scrape
 // would drop one of them, and a store see two series as one. The caller
 // holds famMu.
-func (s *Store) suffixClash(u *update) error {
+//
+// hinted (remote_write) checks only the second way, against families
+// whose series show under those names (classic).
+func (s *Store) suffixClash(u *update, hinted bool) error {
 	composite := func(t dto.MetricType) bool {
 		return t == dto.MetricType_HISTOGRAM || t == dto.MetricType_GAUGE_HISTOGRAM || t == dto.MetricType_SUMMARY
 	}
@@ -830,7 +839,7 @@ func (s *Store) suffixClash(u *update) error {
 		}
 		return []string{"_count", "_sum", "_bucket"}
 	}
-	if composite(u.outType) {
+	if composite(u.outType) && !hinted {
 		for _, sfx := range suffixes(u.outType) {
 			if f := s.families[u.name+sfx]; f != nil {
 				return invalid(ReasonTypeConflict, "%s %q would collide with metric %q (its %s series have that name); a name has one metric",
@@ -843,7 +852,7 @@ func (s *Store) suffixClash(u *update) error {
 		if !ok {
 			continue
 		}
-		if f := s.families[base]; f != nil && composite(f.typ) && slices.Contains(suffixes(f.typ), sfx) {
+		if f := s.families[base]; f != nil && composite(f.typ) && slices.Contains(suffixes(f.typ), sfx) && (!hinted || f.classic) {
 			return invalid(ReasonTypeConflict, "metric %q would collide with the %s series of %s %q; a name has one metric",
 				u.name, sfx, typeName(f.typ), f.name)
 		}
@@ -855,7 +864,10 @@ func (s *Store) suffixClash(u *update) error {
 func newFamily(u *update) *family {
 	// Clone: the push's strings may share memory with its whole body
 	// (see ingest's text decoder), which the family must not keep.
-	return &family{name: strings.Clone(u.name), typ: u.outType, pushedType: u.typ, mode: u.mode, help: strings.Clone(u.help), unit: strings.Clone(u.unit)}
+	h := u.obs.hist
+	classic := u.outType == dto.MetricType_SUMMARY || h != nil && (h.native == nil || len(h.bounds) > 0)
+	return &family{name: strings.Clone(u.name), typ: u.outType, pushedType: u.typ, mode: u.mode, help: strings.Clone(u.help), unit: strings.Clone(u.unit),
+		classic: classic}
 }
 
 // claimFor claims u's family, or, when the push may replace it whole
@@ -863,7 +875,7 @@ func newFamily(u *update) *family {
 // (nil if there is none) unclaimed, with changes set.
 func (s *Store) claimFor(pr *prepared, u *update) (f *family, changes bool, err error) {
 	if pr.semantics != SemanticsPushgateway || !(pr.replaceAll || pr.replaceNames[u.name]) {
-		f, err = s.claim(u, !pr.typeHint)
+		f, err = s.claim(u, pr.typeHint, false)
 		return f, false, err
 	}
 	s.famMu.RLock()
@@ -966,7 +978,7 @@ func (fc *famChanges) resolve(s *Store, g *group, claimed *claimSet) error {
 		f := s.families[u.name]
 		switch {
 		case f == nil:
-			if err := s.suffixClash(u); err != nil {
+			if err := s.suffixClash(u, false); err != nil {
 				return err
 			}
 			f = newFamily(u)
@@ -978,7 +990,7 @@ func (fc *famChanges) resolve(s *Store, g *group, claimed *claimSet) error {
 				return typeConflictShared(u, f)
 			}
 		case f.typ != u.outType || f.pushedType != u.typ:
-			if err := s.suffixClash(u); err != nil {
+			if err := s.suffixClash(u, false); err != nil {
 				return err
 			}
 			nf := newFamily(u)
@@ -1051,8 +1063,7 @@ func typeConflict(u *update, f *family) *Error {
 func (s *Store) removeSeriesLocked(g *group, se *series) {
 	delete(s.shards[s.shardOf(se.key)].series, se.key)
 	delete(g.series, se.key)
-	s.seriesCount.Add(-1)
-	s.extraSeries.Add(-int64(se.extra))
+	s.counted.Add(-1 - int64(se.extra))
 	g.extra -= int(se.extra)
 	s.modeCounts[se.mode.Kind].Add(-1)
 	s.release(se.fam)

@@ -911,7 +911,7 @@ func TestSeriesLimitsCountBuckets(t *testing.T) {
 	runSteps(t, s, clk, []step{
 		{group: "job=c", push: hist("h4") + "y 1\n"}, // job=a's 8 were given back: 9 in all
 	})
-	if got := s.seriesCount.Load() + s.extraSeries.Load(); got != 9 {
+	if got := s.counted.Load(); got != 9 {
 		t.Fatalf("counted %d series, want 9", got)
 	}
 }

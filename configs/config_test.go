@@ -441,6 +441,27 @@ remote_write:
   - url: http://127.0.0.1:9009/api/v1/push?tenant=a
   - url: http://127.0.0.1:9009/api/v1/push?tenant=b
 `},
+		{name: "tenant_http_headers", yaml: `
+remote_write:
+  - url: http://127.0.0.1:9009/api/v1/push
+    http_headers: {X-Scope-OrgID: {values: [a]}}
+  - url: http://127.0.0.1:9009/api/v1/push
+    http_headers: {X-Scope-OrgID: {values: [b]}}
+`},
+		{name: "proxy_url", yaml: `
+remote_write:
+  - url: http://127.0.0.1:9009/api/v1/push
+    proxy_url: http://127.0.0.1:3128
+  - url: http://127.0.0.1:9009/api/v1/push
+    proxy_url: http://127.0.0.1:3129
+`},
+		{name: "tls_key_file", yaml: `
+remote_write:
+  - url: http://127.0.0.1:9009/api/v1/push
+    tls_config: {cert_file: /c.pem, key_file: /a.key}
+  - url: http://127.0.0.1:9009/api/v1/push
+    tls_config: {cert_file: /c.pem, key_file: /b.key}
+`},
 		{name: "identical", yaml: `
 remote_write:
   - url: http://127.0.0.1:9009/api/v1/push

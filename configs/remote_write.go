@@ -15,6 +15,7 @@ import (
 	commoncfg "github.com/prometheus/common/config"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/relabel"
+	"gopkg.in/yaml.v3"
 )
 
 // Remote-write protobuf messages (protobuf_message).
@@ -280,27 +281,20 @@ func nameAmbiguousTargets(rws []RemoteWriteConfig) {
 }
 
 // identityHash is 6 hex digits of a hash of what tells targets with one
-// display name apart: the whole URL, the headers, and the HTTP client
-// settings that name a tenant or a credential (not the secrets). Fields
-// are listed one by one, so that a dependency that adds one to the client
-// config does not rename targets (and so drop their backlogs).
+// display name apart: the whole URL, the headers and the HTTP client
+// settings (http_headers, proxy, TLS files, credential files, user names),
+// with secrets marshalled as "<secret>". The client settings are hashed as
+// YAML, whose fields omit their zero values: a dependency that adds a
+// setting does not rename targets (and so drop their backlogs).
 func (c *RemoteWriteConfig) identityHash() string {
 	h := sha256.New()
 	fmt.Fprintf(h, "url %s\n", c.URL)
 	for _, k := range slices.Sorted(maps.Keys(c.Headers)) {
 		fmt.Fprintf(h, "header %s: %s\n", k, c.Headers[k])
 	}
-	hc := &c.HTTPClientConfig
-	if b := hc.BasicAuth; b != nil {
-		fmt.Fprintf(h, "basic_auth %s %s %s\n", b.Username, b.UsernameFile, b.PasswordFile)
+	if b, err := yaml.Marshal(c.HTTPClientConfig); err == nil {
+		h.Write(b)
 	}
-	if a := hc.Authorization; a != nil {
-		fmt.Fprintf(h, "authorization %s %s\n", a.Type, a.CredentialsFile)
-	}
-	if o := hc.OAuth2; o != nil {
-		fmt.Fprintf(h, "oauth2 %s %s %s\n", o.ClientID, o.TokenURL, o.ClientSecretFile)
-	}
-	fmt.Fprintf(h, "bearer_token_file %s\ntls %s %s %s\n", hc.BearerTokenFile, hc.TLSConfig.CertFile, hc.TLSConfig.CAFile, hc.TLSConfig.ServerName)
 	return hex.EncodeToString(h.Sum(nil))[:6]
 }
 
