@@ -199,11 +199,21 @@ func (h *histState) dto() *dto.Histogram {
 	// decoder reads the count of a float histogram from SampleCountFloat
 	// (Prometheus' protobuf parser read an integer count as 0), so only a
 	// classic one gets an integer count.
-	if h.native == nil && h.count == math.Trunc(h.count) && h.count >= 0 && h.count < 1<<53 {
+	//
+	// Whole counts, buckets included, are integers: an OpenMetrics
+	// encoder refuses a classic histogram with float counts (and a
+	// Prometheus, which asks for OpenMetrics, then gets none of it).
+	whole := func(c float64) bool { return c == math.Trunc(c) && c >= 0 && c < 1<<53 }
+	integer := h.native == nil && whole(h.count) && all(h.cum, whole)
+	if integer {
 		d.SampleCount, d.SampleCountFloat = ptr(uint64(h.count)), nil
 	}
 	for i, b := range h.bounds {
-		d.Bucket = append(d.Bucket, &dto.Bucket{UpperBound: ptr(b), CumulativeCountFloat: ptr(h.cum[i])})
+		bk := &dto.Bucket{UpperBound: ptr(b), CumulativeCountFloat: ptr(h.cum[i])}
+		if integer {
+			bk.CumulativeCount, bk.CumulativeCountFloat = ptr(uint64(h.cum[i])), nil
+		}
+		d.Bucket = append(d.Bucket, bk)
 	}
 	if n := h.native; n != nil {
 		d.Schema = ptr(n.Schema)

@@ -160,6 +160,7 @@ func NewApp(opts Options, bodyLimit int) *fiber.App {
 	app.Put("/metrics/*", s.push)
 	app.Post("/metrics/*", s.push)
 	app.Delete("/metrics/*", s.deleteGroup)
+	app.All("/metrics", allowOnly("DELETE, GET, HEAD, POST, PUT")) // the scrape too
 	app.All("/metrics/*", allowOnly("DELETE, POST, PUT"))
 
 	healthy := func(c *fiber.Ctx) error {
@@ -186,6 +187,7 @@ func NewApp(opts Options, bodyLimit int) *fiber.App {
 	app.Post("/-/quit", s.quit)
 	app.Put("/-/quit", s.quit)
 	app.All("/-/quit", func(c *fiber.Ctx) error {
+		c.Set(fiber.HeaderAllow, "POST, PUT")
 		return c.Status(http.StatusMethodNotAllowed).SendString("Only POST or PUT requests allowed.")
 	})
 

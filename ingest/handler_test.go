@@ -625,3 +625,18 @@ func TestAPIMetricsNativeHistogram(t *testing.T) {
 		t.Fatalf("native histogram: count %s sum %s buckets %s; want 4, 6.75, %s", got.Metrics[0].Count, got.Metrics[0].Sum, b, want)
 	}
 }
+
+// TestOpenMetricsScrapeShowsClassicHistograms: a Prometheus asks for
+// OpenMetrics; a pushed classic histogram is in that exposition, buckets
+// and all (its counts were floats, which the OpenMetrics encoder refuses,
+// so the family came out empty).
+func TestOpenMetricsScrapeShowsClassicHistograms(t *testing.T) {
+	env := newTestEnv(t, false, false, nil)
+	env.do(t, "POST", "/metrics/job/x", []byte("# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n"))
+	r := env.do(t, "GET", "/metrics", nil, "Accept", "application/openmetrics-text;version=1.0.0")
+	for _, want := range []string{`h_bucket{instance="",job="x",le="1.0"} 1`, `h_bucket{instance="",job="x",le="+Inf"} 2`, `h_count{instance="",job="x"} 2`} {
+		if !strings.Contains(r.body, want) {
+			t.Fatalf("OpenMetrics scrape lacks %q:\n%s", want, r.body)
+		}
+	}
+}

@@ -103,6 +103,8 @@ func TestPushgatewayCompatDetails(t *testing.T) {
 			{"OPTIONS", "/api/v1/nonexist", 200, ""},                // CORS preflight
 			{"OPTIONS", "/metrics/job/x", 405, "DELETE, POST, PUT"}, // no CORS on pushes (README)
 			{"HEAD", "/api/v1/status", 200, ""},
+			{"PATCH", "/metrics", 405, "DELETE, GET, HEAD, POST, PUT"}, // the scrape is a GET
+			{"GET", "/-/quit", 405, "POST, PUT"},
 		} {
 			req, _ := http.NewRequest(c.method, p.url+c.path, nil)
 			r, err := http.DefaultClient.Do(req)
