@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,8 +26,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/relabel"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sluice-metrics/sluice/aggregate"
 	"github.com/sluice-metrics/sluice/configs"
@@ -123,14 +127,23 @@ type pushScratch struct {
 func NewApp(opts Options, bodyLimit int) *fiber.App {
 	s := &server{opts: opts, metrics: newIngestMetrics(opts.Registerer), rw: newRWMetrics(opts.Registerer), meta: newMetadataCache()}
 	s.pushes.New = func() any { return new(pushScratch) }
-	s.scrape = adaptor.HTTPHandler(promhttp.HandlerFor(
-		scrapeView{own: opts.Gatherer, pushed: opts.Aggregator},
-		promhttp.HandlerOpts{
-			ErrorHandling:     promhttp.ContinueOnError,
-			ErrorLog:          slogPrinter{opts.Logger},
-			EnableOpenMetrics: true,
-		},
-	))
+	scrapeOpts := promhttp.HandlerOpts{
+		ErrorHandling:     promhttp.ContinueOnError,
+		ErrorLog:          slogPrinter{opts.Logger},
+		EnableOpenMetrics: true,
+	}
+	view := scrapeView{own: opts.Gatherer, pushed: opts.Aggregator}
+	plain := promhttp.HandlerFor(view, scrapeOpts)
+	om := promhttp.HandlerFor(openMetricsView{view}, scrapeOpts)
+	s.scrape = adaptor.HTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// What the handler will answer in: an OpenMetrics scrape (a
+		// Prometheus asks for one) gets histograms OpenMetrics can carry.
+		if expfmt.NegotiateIncludingOpenMetrics(r.Header).FormatType() == expfmt.TypeOpenMetrics {
+			om.ServeHTTP(w, r)
+			return
+		}
+		plain.ServeHTTP(w, r)
+	}))
 	s.initHardening(bodyLimit) // limits.go, auth.go
 	hs := s.auth.web().HTTPServerConfig
 	app := fiber.New(fiber.Config{
@@ -515,6 +528,59 @@ func (v scrapeView) Gather() ([]*dto.MetricFamily, error) {
 	}
 	fams, err := prometheus.Gatherers{gathered(own), gathered(pushed)}.Gather()
 	return fams, errors.Join(errOwn, errPushed, err)
+}
+
+// openMetricsView is the scrape view for an OpenMetrics scrape. Its
+// encoder takes classic histograms with integer counts only, and stops a
+// family at the first metric it cannot write (the metrics after it, other
+// groups' included, were lost). So each histogram is made one it can
+// write: native buckets are left out (OpenMetrics 1.0 has none; a
+// native-only histogram shows as its +Inf bucket, _sum and _count, as in
+// the text format), whole counts become integers, and a histogram with
+// fractional counts is left out alone.
+type openMetricsView struct{ v scrapeView }
+
+func (o openMetricsView) Gather() ([]*dto.MetricFamily, error) {
+	fams, err := o.v.Gather()
+	out := fams[:0]
+	for _, f := range fams {
+		if t := f.GetType(); t == dto.MetricType_HISTOGRAM || t == dto.MetricType_GAUGE_HISTOGRAM {
+			f.Metric = slices.DeleteFunc(f.Metric, func(m *dto.Metric) bool { return !classicForOpenMetrics(m.Histogram) })
+			if len(f.Metric) == 0 {
+				continue
+			}
+		}
+		out = append(out, f)
+	}
+	return out, err
+}
+
+// classicForOpenMetrics makes h a classic histogram with integer counts,
+// or reports that it cannot be one (fractional counts, or none at all).
+// h is the gathered copy, the scrape's own.
+func classicForOpenMetrics(h *dto.Histogram) bool {
+	if h == nil {
+		return false
+	}
+	h.Schema, h.ZeroThreshold, h.ZeroCount, h.ZeroCountFloat = nil, nil, nil, nil
+	h.PositiveSpan, h.PositiveDelta, h.PositiveCount = nil, nil, nil
+	h.NegativeSpan, h.NegativeDelta, h.NegativeCount = nil, nil, nil
+	whole := func(c float64) bool { return c == math.Trunc(c) && c >= 0 && c < 1<<53 }
+	if h.SampleCountFloat != nil {
+		if !whole(h.GetSampleCountFloat()) {
+			return false
+		}
+		h.SampleCount, h.SampleCountFloat = proto.Uint64(uint64(h.GetSampleCountFloat())), nil
+	}
+	for _, b := range h.Bucket {
+		if b.CumulativeCountFloat != nil {
+			if !whole(b.GetCumulativeCountFloat()) {
+				return false
+			}
+			b.CumulativeCount, b.CumulativeCountFloat = proto.Uint64(uint64(b.GetCumulativeCountFloat())), nil
+		}
+	}
+	return true
 }
 
 // gathered is a Gatherer of families already gathered.

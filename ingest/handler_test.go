@@ -639,4 +639,45 @@ func TestOpenMetricsScrapeShowsClassicHistograms(t *testing.T) {
 			t.Fatalf("OpenMetrics scrape lacks %q:\n%s", want, r.body)
 		}
 	}
+
+	// Fractional counts (left out alone: the groups after it stay), a
+	// native-only histogram (its +Inf bucket, _sum and _count) and one
+	// with native and classic buckets (its classic ones).
+	frac := &dto.MetricFamily{Name: ptr("h"), Type: dto.MetricType_HISTOGRAM.Enum(), Metric: []*dto.Metric{{Histogram: &dto.Histogram{
+		SampleCountFloat: ptr(1.5), SampleSum: ptr(1.0), Bucket: []*dto.Bucket{{UpperBound: ptr(1.0), CumulativeCountFloat: ptr(0.5)}}}}}}
+	env.do(t, "POST", "/metrics/job/y", encodeDelimited(t, frac), "Content-Type", contentTypeProto)
+	env.do(t, "POST", "/metrics/job/z", []byte("# TYPE h histogram\nh_bucket{le=\"1\"} 3\nh_bucket{le=\"+Inf\"} 3\nh_sum 1\nh_count 3\n"))
+	for name, buckets := range map[string][]float64{"nat": nil, "dual": {1, 10}} {
+		hist := prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: "h.", NativeHistogramBucketFactor: 1.1, Buckets: buckets})
+		if buckets == nil {
+			hist = prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: "h.", NativeHistogramBucketFactor: 1.1})
+		}
+		hist.Observe(2)
+		hist.Observe(3)
+		var m dto.Metric
+		if err := hist.Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		f := &dto.MetricFamily{Name: ptr(name), Help: ptr("h."), Type: dto.MetricType_HISTOGRAM.Enum(), Metric: []*dto.Metric{&m}}
+		if r := env.do(t, "POST", "/metrics/job/n", encodeDelimited(t, f), "Content-Type", contentTypeProto); r.code != 200 {
+			t.Fatalf("push %s: %d %s", name, r.code, r.body)
+		}
+	}
+	r = env.do(t, "GET", "/metrics", nil, "Accept", "application/openmetrics-text;version=1.0.0")
+	for _, want := range []string{
+		`h_count{instance="",job="x"} 2`, `h_count{instance="",job="z"} 3`,
+		`nat_bucket{instance="",job="n",le="+Inf"} 2`, `nat_count{instance="",job="n"} 2`,
+		`dual_bucket{instance="",job="n",le="10.0"} 2`, `dual_count{instance="",job="n"} 2`,
+	} {
+		if !strings.Contains(r.body, want) {
+			t.Errorf("OpenMetrics scrape lacks %q:\n%s", want, r.body)
+		}
+	}
+	if strings.Contains(r.body, `h_count{instance="",job="y"}`) || strings.Contains(r.body, `h_sum{instance="",job="y"}`) {
+		t.Errorf("fractional counts in an OpenMetrics scrape:\n%s", r.body)
+	}
+	// The text format still shows the fractional one.
+	if r := env.do(t, "GET", "/metrics", nil); !strings.Contains(r.body, `h_count{instance="",job="y"} 1.5`) {
+		t.Errorf("text scrape lacks the fractional histogram:\n%s", r.body)
+	}
 }
