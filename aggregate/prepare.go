@@ -219,11 +219,6 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 		own, isOwn := set.OwnFamilies[name]
 		isOwn = isOwn && p.Modes == nil
 		for _, m := range fam.GetMetric() {
-			nSeries += exposedSeries(m)
-			if nSeries > lim.MaxSeriesPerRequest {
-				return nil, &Error{Kind: KindTooLarge, Reason: ReasonLimitRequest, Limit: "max_series_per_request", Msg: "push has more than " +
-					itoa(lim.MaxSeriesPerRequest) + " series (limits.max_series_per_request; each bucket of a classic histogram and each quantile of a summary counts)"}
-			}
 			if m.TimestampMs != nil {
 				pr.timestamps++
 			}
@@ -310,6 +305,14 @@ func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
 			obs, quants, err := observe(name, curSet, typ, mode, m)
 			if err != nil {
 				return nil, err
+			}
+			// The series it shows as, as stored (a summary summed drops
+			// its quantiles; a native histogram's +Inf-only classic part
+			// shows nothing): what the series limits count.
+			nSeries += 1 + int(exposedExtra(obs.hist, obs.summ))
+			if nSeries > lim.MaxSeriesPerRequest {
+				return nil, &Error{Kind: KindTooLarge, Reason: ReasonLimitRequest, Limit: "max_series_per_request", Msg: "push has more than " +
+					itoa(lim.MaxSeriesPerRequest) + " series (limits.max_series_per_request; each bucket of a classic histogram and each quantile of a summary counts)"}
 			}
 			pr.droppedQuants += quants
 			u := update{
@@ -439,30 +442,6 @@ func floatValue(m *dto.Metric) float64 {
 	default:
 		return m.Untyped.GetValue()
 	}
-}
-
-// exposedSeries is how many series a pushed metric shows as, in a scrape
-// and in a store: a classic histogram one per bucket (+Inf included) and
-// _sum and _count, a summary one per quantile and _sum and _count, a native
-// histogram one.
-func exposedSeries(m *dto.Metric) int {
-	switch {
-	case m.Histogram != nil:
-		n, b := 0, m.Histogram.GetBucket()
-		if len(b) > 0 || !isNative(m.Histogram) {
-			n = len(b) + 2
-			if k := len(b); k == 0 || !math.IsInf(b[k-1].GetUpperBound(), 1) {
-				n++ // the +Inf bucket, implicit in protobuf
-			}
-		}
-		if isNative(m.Histogram) {
-			n++ // the native sample, beside any classic buckets
-		}
-		return n
-	case m.Summary != nil:
-		return len(m.Summary.GetQuantile()) + 2
-	}
-	return 1
 }
 
 // reservedLabel is the label a metric of type t must not have itself.

@@ -214,10 +214,12 @@ type family struct {
 	name       string
 	typ        dto.MetricType // output type
 	pushedType dto.MetricType
-	// classic: its series show as _bucket/_count/_sum (a summary, or a
-	// histogram with classic buckets when the family was made); only for
-	// suffixClash.
-	classic bool
+	// classic: a series of it shows (in remote_write output too) as
+	// _bucket/_count/_sum: a summary, or a histogram with classic
+	// buckets. checked: the names its series show under were checked for
+	// other families (suffixClash's first way, which remote_write skips).
+	// Both are set once and stay (joinFamily).
+	classic, checked atomic.Bool
 	mode    configs.Mode // mode of the first series; only for messages
 	help    string
 	unit    string       // from OpenMetrics # UNIT or remote_write metadata
@@ -592,6 +594,12 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 	if err := fc.resolve(s, g, &claimed); err != nil {
 		return err
 	}
+	for i := range pr.updates {
+		u := &pr.updates[i]
+		if err := s.joinFamily(claimed.get(u.name), u, pr.typeHint, fc.locked); err != nil {
+			return err
+		}
+	}
 
 	// Check every update against the stored state; mutate nothing yet.
 	pend := slices.Grow(pr.pend[:0], len(pr.updates))[:len(pr.updates)]
@@ -805,6 +813,7 @@ func (s *Store) claim(u *update, hinted, restored bool) (*family, error) {
 			}
 		}
 		f = newFamily(u)
+		f.checked.Store(!hinted && !restored)
 		s.families[f.name] = f
 	}
 	if f.typ != u.outType {
@@ -821,6 +830,27 @@ func (s *Store) family(name string) *family {
 	return s.families[name]
 }
 
+// composite reports whether a metric of type t shows as several series.
+func composite(t dto.MetricType) bool {
+	return t == dto.MetricType_HISTOGRAM || t == dto.MetricType_GAUGE_HISTOGRAM || t == dto.MetricType_SUMMARY
+}
+
+// seriesSuffixes are the suffixes of the series a metric of composite type
+// t shows as.
+func seriesSuffixes(t dto.MetricType) []string {
+	if t == dto.MetricType_SUMMARY {
+		return []string{"_count", "_sum"}
+	}
+	return []string{"_count", "_sum", "_bucket"}
+}
+
+// showsClassic reports whether u's series shows, in remote_write output
+// too, as _bucket/_count/_sum series.
+func showsClassic(u *update) bool {
+	h := u.obs.hist
+	return u.outType == dto.MetricType_SUMMARY || h != nil && (h.native == nil || len(h.bounds) > 0)
+}
+
 // suffixClash returns an error if u's metric, as a new family, would share
 // a series name with another: a histogram's or summary's _count and _sum
 // series (and a histogram's _bucket) with a metric of that name. A scrape
@@ -828,23 +858,12 @@ func (s *Store) family(name string) *family {
 // holds famMu.
 //
 // hinted (remote_write) checks only the second way, against families
-// whose series show under those names (classic).
+// whose series show under those names in remote_write output too
+// (classic).
 func (s *Store) suffixClash(u *update, hinted bool) error {
-	composite := func(t dto.MetricType) bool {
-		return t == dto.MetricType_HISTOGRAM || t == dto.MetricType_GAUGE_HISTOGRAM || t == dto.MetricType_SUMMARY
-	}
-	suffixes := func(t dto.MetricType) []string {
-		if t == dto.MetricType_SUMMARY {
-			return []string{"_count", "_sum"}
-		}
-		return []string{"_count", "_sum", "_bucket"}
-	}
 	if composite(u.outType) && !hinted {
-		for _, sfx := range suffixes(u.outType) {
-			if f := s.families[u.name+sfx]; f != nil {
-				return invalid(ReasonTypeConflict, "%s %q would collide with metric %q (its %s series have that name); a name has one metric",
-					typeName(u.outType), u.name, f.name, sfx)
-			}
+		if err := s.compositeClash(u.name, u.outType); err != nil {
+			return err
 		}
 	}
 	for _, sfx := range []string{"_count", "_sum", "_bucket"} {
@@ -852,10 +871,55 @@ func (s *Store) suffixClash(u *update, hinted bool) error {
 		if !ok {
 			continue
 		}
-		if f := s.families[base]; f != nil && composite(f.typ) && slices.Contains(suffixes(f.typ), sfx) && (!hinted || f.classic) {
+		if f := s.families[base]; f != nil && composite(f.typ) && slices.Contains(seriesSuffixes(f.typ), sfx) && (!hinted || f.classic.Load()) {
 			return invalid(ReasonTypeConflict, "metric %q would collide with the %s series of %s %q; a name has one metric",
 				u.name, sfx, typeName(f.typ), f.name)
 		}
+	}
+	return nil
+}
+
+// compositeClash returns an error if a family has the name of a series a
+// metric name of composite type t shows as. The caller holds famMu.
+func (s *Store) compositeClash(name string, t dto.MetricType) error {
+	for _, sfx := range seriesSuffixes(t) {
+		if f := s.families[name+sfx]; f != nil {
+			return invalid(ReasonTypeConflict, "%s %q would collide with metric %q (its %s series have that name); a name has one metric",
+				typeName(t), name, f.name, sfx)
+		}
+	}
+	return nil
+}
+
+// joinFamily checks u, of a push (hinted: remote_write) that claimed f,
+// against what f's flags say was checked: a family that remote_write made
+// was not checked the first way (suffixClash), so a push API series that
+// joins it is; a series that shows classic series in a family that had
+// none marks it, so that remote_write series named like them are refused
+// from then on. locked: the caller holds famMu for writing.
+func (s *Store) joinFamily(f *family, u *update, hinted, locked bool) error {
+	check := !hinted && composite(f.typ) && !f.checked.Load()
+	mark := showsClassic(u) && !f.classic.Load()
+	if !check && !mark {
+		return nil
+	}
+	if !locked {
+		s.famMu.Lock()
+		defer s.famMu.Unlock()
+	}
+	// A series that shows classic ones checks their names even in a
+	// checked family: remote_write may have made such a name since, while
+	// the family had none (suffixClash lets it then).
+	if composite(f.typ) {
+		if err := s.compositeClash(f.name, f.typ); err != nil {
+			return err
+		}
+	}
+	if !hinted {
+		f.checked.Store(true)
+	}
+	if mark {
+		f.classic.Store(true)
 	}
 	return nil
 }
@@ -864,10 +928,9 @@ func (s *Store) suffixClash(u *update, hinted bool) error {
 func newFamily(u *update) *family {
 	// Clone: the push's strings may share memory with its whole body
 	// (see ingest's text decoder), which the family must not keep.
-	h := u.obs.hist
-	classic := u.outType == dto.MetricType_SUMMARY || h != nil && (h.native == nil || len(h.bounds) > 0)
-	return &family{name: strings.Clone(u.name), typ: u.outType, pushedType: u.typ, mode: u.mode, help: strings.Clone(u.help), unit: strings.Clone(u.unit),
-		classic: classic}
+	f := &family{name: strings.Clone(u.name), typ: u.outType, pushedType: u.typ, mode: u.mode, help: strings.Clone(u.help), unit: strings.Clone(u.unit)}
+	f.classic.Store(showsClassic(u))
+	return f
 }
 
 // claimFor claims u's family, or, when the push may replace it whole
@@ -982,6 +1045,7 @@ func (fc *famChanges) resolve(s *Store, g *group, claimed *claimSet) error {
 				return err
 			}
 			f = newFamily(u)
+			f.checked.Store(true)
 			fc.added = append(fc.added, f)
 		case f.sameAs(u):
 		case f.refs.Load() != int64(g.seriesOf(f)):
@@ -994,6 +1058,7 @@ func (fc *famChanges) resolve(s *Store, g *group, claimed *claimSet) error {
 				return err
 			}
 			nf := newFamily(u)
+			nf.checked.Store(true)
 			fc.swaps = append(fc.swaps, famChange{old: f, new: nf})
 			f = nf
 		default:

@@ -882,8 +882,10 @@ func TestSeriesPerRequestCountsBuckets(t *testing.T) {
 		{push: "# TYPE h2 histogram\nh2_bucket{le=\"1\"} 1\nh2_bucket{le=\"2\"} 1\nh2_bucket{le=\"3\"} 1\nh2_bucket{le=\"+Inf\"} 1\nh2_sum 1\nh2_count 1\n",
 			wantErr: "more than 5 series (limits.max_series_per_request; each bucket"},
 		{push: "# TYPE s summary\ns{quantile=\"0.5\"} 1\ns{quantile=\"0.9\"} 1\ns{quantile=\"0.99\"} 1\ns_sum 1\ns_count 1\n"},
-		{push: "# TYPE s2 summary\ns2{quantile=\"0.5\"} 1\ns2{quantile=\"0.9\"} 1\ns2{quantile=\"0.99\"} 1\ns2{quantile=\"0.999\"} 1\ns2_sum 1\ns2_count 1\n",
+		// Kept quantiles count (replace); summed, they are dropped.
+		{push: "# TYPE s2 summary\ns2{quantile=\"0.5\",clear_mode=\"replace\"} 1\ns2{quantile=\"0.9\",clear_mode=\"replace\"} 1\ns2{quantile=\"0.99\",clear_mode=\"replace\"} 1\ns2{quantile=\"0.999\",clear_mode=\"replace\"} 1\ns2_sum{clear_mode=\"replace\"} 1\ns2_count{clear_mode=\"replace\"} 1\n",
 			wantErr: "max_series_per_request"},
+		{push: "# TYPE s3 summary\ns3{quantile=\"0.5\"} 1\ns3{quantile=\"0.9\"} 1\ns3{quantile=\"0.99\"} 1\ns3{quantile=\"0.999\"} 1\ns3_sum 1\ns3_count 1\n"},
 	})
 }
 
