@@ -220,10 +220,10 @@ type family struct {
 	// other families (suffixClash's first way, which remote_write skips).
 	// Both are set once and stay (joinFamily).
 	classic, checked atomic.Bool
-	mode    configs.Mode // mode of the first series; only for messages
-	help    string
-	unit    string       // from OpenMetrics # UNIT or remote_write metadata
-	refs    atomic.Int64 // live series plus in-flight pushes holding it
+	mode             configs.Mode // mode of the first series; only for messages
+	help             string
+	unit             string       // from OpenMetrics # UNIT or remote_write metadata
+	refs             atomic.Int64 // live series plus in-flight pushes holding it
 }
 
 // New builds a Store. journal makes operations durable before they are
