@@ -138,7 +138,7 @@ func NewApp(opts Options, bodyLimit int) *fiber.App {
 	s.scrape = adaptor.HTTPHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// What the handler will answer in: an OpenMetrics scrape (a
 		// Prometheus asks for one) gets histograms OpenMetrics can carry.
-		if expfmt.NegotiateIncludingOpenMetrics(r.Header).FormatType() == expfmt.TypeOpenMetrics {
+		if expfmt.NegotiateAccept(r.Header, expfmt.DefaultOpenMetricsAcceptedFormats()...).FormatType() == expfmt.TypeOpenMetrics { // as promhttp negotiates
 			om.ServeHTTP(w, r)
 			return
 		}
