@@ -468,6 +468,9 @@ func (s *Store) restore(data []byte) error {
 			return fmt.Errorf("restore snapshot: %w", err)
 		}
 		se.fam = f // the claim is the series' reference
+		if showsClassic(u) {
+			f.classic.Store(true) // from any of its series, not the first only
+		}
 		se.name = f.name
 		all = append(all, se)
 		perGroup[gi]++

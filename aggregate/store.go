@@ -8,8 +8,10 @@
 // against the stored state, and only then mutates. A series' fields are
 // guarded by its group's mutex.
 // A rejected push therefore changes nothing. Pushes to different groups and
-// different series do not contend. Lock order: group.mu, then famMu, then
-// shard mutexes in ascending index, then groupsMu.
+// different series do not contend. Lock order: group.mu, then shard
+// mutexes in ascending index, then famMu (a claim takes it alone, for a
+// moment; releasing a family, a family change and joinFamily take it under
+// shard locks), then groupsMu (under group.mu only).
 package aggregate
 
 import (
@@ -594,10 +596,15 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 	if err := fc.resolve(s, g, &claimed); err != nil {
 		return err
 	}
+	var flags []famFlags
 	for i := range pr.updates {
 		u := &pr.updates[i]
-		if err := s.joinFamily(claimed.get(u.name), u, pr.typeHint, fc.locked); err != nil {
+		ff, err := s.joinFamily(claimed.get(u.name), u, pr.typeHint, pr.src.Modes != nil, fc.locked)
+		if err != nil {
 			return err
+		}
+		if ff.checked || ff.classic {
+			flags = append(flags, ff)
 		}
 	}
 
@@ -666,6 +673,9 @@ func (s *Store) applyLocked(g *group, pr *prepared, set *Settings, now int64, en
 	// Commit: the record goes to the journal first, in the order the
 	// locks give conflicting operations.
 	enqueue()
+	for _, ff := range flags {
+		ff.apply()
+	}
 	fc.commit(s)
 	for _, se := range removed {
 		s.removeSeriesLocked(g, se)
@@ -896,12 +906,16 @@ func (s *Store) compositeClash(name string, t dto.MetricType) error {
 // was not checked the first way (suffixClash), so a push API series that
 // joins it is; a series that shows classic series in a family that had
 // none marks it, so that remote_write series named like them are refused
-// from then on. locked: the caller holds famMu for writing.
-func (s *Store) joinFamily(f *family, u *update, hinted, locked bool) error {
-	check := !hinted && composite(f.typ) && !f.checked.Load()
+// from then on. It returns the flags to set once the push commits (a
+// refused push changes nothing). A replayed push is not checked (it was
+// accepted once; the flags it met then may not be rebuilt the same way).
+// locked: the caller holds famMu for writing.
+func (s *Store) joinFamily(f *family, u *update, hinted, replay, locked bool) (famFlags, error) {
+	check := !hinted && !replay && composite(f.typ) && !f.checked.Load()
 	mark := showsClassic(u) && !f.classic.Load()
-	if !check && !mark {
-		return nil
+	set := famFlags{f: f, checked: check, classic: mark}
+	if !check && (!mark || replay) {
+		return set, nil
 	}
 	if !locked {
 		s.famMu.Lock()
@@ -912,16 +926,25 @@ func (s *Store) joinFamily(f *family, u *update, hinted, locked bool) error {
 	// the family had none (suffixClash lets it then).
 	if composite(f.typ) {
 		if err := s.compositeClash(f.name, f.typ); err != nil {
-			return err
+			return famFlags{}, err
 		}
 	}
-	if !hinted {
-		f.checked.Store(true)
+	return set, nil
+}
+
+// famFlags are the flags a push sets on a family it joins, when it commits.
+type famFlags struct {
+	f                *family
+	checked, classic bool
+}
+
+func (ff famFlags) apply() {
+	if ff.checked {
+		ff.f.checked.Store(true)
 	}
-	if mark {
-		f.classic.Store(true)
+	if ff.classic {
+		ff.f.classic.Store(true)
 	}
-	return nil
 }
 
 // newFamily is the family of u's metric as u gives it, with no reference.
