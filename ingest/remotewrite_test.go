@@ -793,6 +793,16 @@ func TestRemoteWriteClassicSummedLikePushes(t *testing.T) {
 	if m := env.do(t, "GET", "/metrics", nil).body; !strings.Contains(m, "sluice_summary_quantiles_dropped_total 2\n") {
 		t.Errorf("want 2 dropped quantiles counted:\n%s", m)
 	}
+
+	// Before the sender's metadata (Prometheus sends it a minute after it
+	// starts, or after Sluice restarts): known by its quantile label.
+	req := &prompb.WriteRequest{Timeseries: []prompb.TimeSeries{series("early", 3, "quantile", "0.5"), series("early_count", 1)}}
+	if r := env.rw(t, ctV1, rw1Body(t, req)); r.code != 204 {
+		t.Fatalf("%d %s", r.code, r.body)
+	}
+	if got := env.scrape(t); strings.Contains(got, "early{") || !strings.Contains(got, `early_count{instance="",job="j"} 1`) {
+		t.Errorf("a quantile series without metadata was summed:\n%s", got)
+	}
 }
 
 // TestRemoteWriteTypesAreHints: a remote-written series' type is a guess

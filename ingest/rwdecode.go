@@ -957,10 +957,19 @@ func (d *rwDecoder) buildPushes(out *rwDecoded) *rwError {
 	return nil
 }
 
-// summedQuantile reports whether s is a quantile series of a summary (by
-// its metadata) with clear_mode=sum.
+// summedQuantile reports whether s is a quantile series of a summary with
+// clear_mode=sum: by its metadata, or, without metadata (a Prometheus
+// sends it a minute after it starts, and again only a minute after Sluice
+// restarts), by its quantile label, which no other series a sender writes
+// carries (summing quantiles in that minute made a series that only grew).
 func summedQuantile(s *aggSeries) bool {
-	if !s.meta.known || s.meta.typ != prompb.MetricMetadata_SUMMARY || len(s.hists) > 0 || isComponent(s.name) {
+	if len(s.hists) > 0 || isComponent(s.name) {
+		return false
+	}
+	if s.meta.known && s.meta.typ != prompb.MetricMetadata_SUMMARY {
+		return false
+	}
+	if !s.meta.known && !slices.ContainsFunc(s.lbls, func(l prompb.Label) bool { return l.Name == model.QuantileLabel }) {
 		return false
 	}
 	for _, l := range s.lbls {
