@@ -63,39 +63,25 @@ func TestRemoteWriteSeriesBesideASummarysCount(t *testing.T) {
 // TestClassicSeriesJoiningAFamilyAreChecked: what a family was checked
 // for follows the series that join it, not only the one that made it.
 func TestClassicSeriesJoiningAFamilyAreChecked(t *testing.T) {
-	native := func() *dto.MetricFamily {
-		h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x", Help: "h", NativeHistogramBucketFactor: 1.1})
-		h.Observe(2)
-		var m dto.Metric
-		if err := h.Write(&m); err != nil {
-			t.Fatal(err)
-		}
-		return &dto.MetricFamily{Name: ptr("x"), Help: ptr("h"), Type: dto.MetricType_HISTOGRAM.Enum(), Metric: []*dto.Metric{&m}}
-	}
-	count := func() *Push {
-		v := 7.0
-		return &Push{Group: groupLabels("job=b"), Method: MethodPost, TypeHint: true, Families: []*dto.MetricFamily{
-			{Name: ptr("x_count"), Type: dto.MetricType_COUNTER.Enum(), Metric: []*dto.Metric{{Label: []*dto.LabelPair{{Name: ptr("clear_mode"), Value: ptr("sum")}}, Counter: &dto.Counter{Value: &v}}}}}}
-	}
 	ctx := context.Background()
 	classic := "# TYPE x histogram\nx_bucket{le=\"1\"} 1\nx_bucket{le=\"+Inf\"} 2\nx_sum 3\nx_count 2\n"
 
 	t.Run("classic_series_join_a_native_family", func(t *testing.T) {
 		s, _ := newTestStore(t, testSettings())
-		if err := s.Apply(ctx, &Push{Group: groupLabels("job=a"), Families: []*dto.MetricFamily{native()}}); err != nil {
+		if err := s.Apply(ctx, &Push{Group: groupLabels("job=a"), Families: []*dto.MetricFamily{nativeX(t)}}); err != nil {
 			t.Fatal(err)
 		}
 		mustPush(t, s, "job=b", classic)
-		if err := s.Apply(ctx, count()); err == nil || !strings.Contains(err.Error(), "collide") {
+		if err := s.Apply(ctx, remoteWriteXCount("job=b")); err == nil || !strings.Contains(err.Error(), "collide") {
 			t.Fatalf("remote_write x_count beside a classic x: %v, want a clash", err)
 		}
 	})
 	t.Run("push_api_joins_a_family_remote_write_made", func(t *testing.T) {
 		s, _ := newTestStore(t, testSettings())
-		if err := s.Apply(ctx, count()); err != nil {
+		if err := s.Apply(ctx, remoteWriteXCount("job=b")); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Apply(ctx, &Push{Group: groupLabels("job=a"), TypeHint: true, Families: []*dto.MetricFamily{native()}}); err != nil {
+		if err := s.Apply(ctx, &Push{Group: groupLabels("job=a"), TypeHint: true, Families: []*dto.MetricFamily{nativeX(t)}}); err != nil {
 			t.Fatal(err)
 		}
 		if err := push(t, s, "job=b", MethodPost, classic); err == nil || !strings.Contains(err.Error(), "collide") {

@@ -98,15 +98,7 @@ func TestReplayRebuildsState(t *testing.T) {
 	set2.Limits.MaxSeries = 1 // replay ignores limits: everything was accepted
 	set2.Limits.MaxSeriesPerGroup = 1
 	r := New(set2, clk.now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
-	for i, rec := range j.recs {
-		op, err := DecodeOp(rec.typ, rec.data)
-		if err != nil {
-			t.Fatalf("record %d: %v", i, err)
-		}
-		if err := r.Replay(op); err != nil {
-			t.Fatalf("replay record %d: %v", i, err)
-		}
-	}
+	replayRecords(t, r, j.recs)
 	if got := expose(t, r); got != want {
 		t.Fatalf("replayed state differs\n got:\n%s\nwant:\n%s", got, want)
 	}
@@ -155,17 +147,24 @@ func TestReplayFamilyChanges(t *testing.T) {
 		t.Fatalf("test history did not produce the expected state\n got:\n%s\nwant:\n%s", want, w)
 	}
 	r := New(testSettings(), clk.now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
-	for i, rec := range j.recs {
-		op, err := DecodeOp(rec.typ, rec.data)
-		if err != nil {
-			t.Fatalf("record %d: %v", i, err)
-		}
-		if err := r.Replay(op); err != nil {
-			t.Fatalf("replay record %d: %v", i, err)
-		}
-	}
+	replayRecords(t, r, j.recs)
 	if got := expose(t, r); got != want {
 		t.Fatalf("replayed state differs\n got:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// replayRecords replays recs into r in order; a record that does not
+// decode or replay fails the test.
+func replayRecords(t *testing.T, r *Store, recs []memRec) {
+	t.Helper()
+	for i, rec := range recs {
+		op, err := DecodeOp(rec.typ, rec.data)
+		if err == nil {
+			err = r.Replay(op)
+		}
+		if err != nil {
+			t.Fatalf("replay record %d: %v", i, err)
+		}
 	}
 }
 

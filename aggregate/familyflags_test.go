@@ -2,14 +2,11 @@ package aggregate
 
 import (
 	"context"
-	"log/slog"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-
-	"github.com/sluice-metrics/sluice/wal"
 )
 
 func nativeX(t *testing.T) *dto.MetricFamily {
@@ -51,23 +48,12 @@ func TestReplayFollowsTheLogNotTheFamilyFlags(t *testing.T) {
 	before := expose(t, d.s)
 	d.close(t)
 
-	w, err := wal.Open(dir, wal.OSFS(), wal.Options{SegmentSize: 64 << 10}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	var logs syncBuffer
-	s := New(testSettings(), clk.now, NewCommitter(w), nil, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(&logs, nil)))
-	if err := Recover(s, w, textBody); err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(logs.String(), "skipped a write-ahead log record") {
-		t.Errorf("replay skipped an acknowledged push:\n%s", logs.String())
-	}
+	r := openDurable(t, dir, clk) // fails if replay skips a record
+	defer r.close(t)
+	s := r.s
 	if got := expose(t, s); got != before {
 		t.Errorf("state differs after restart\n got:\n%s\nwant:\n%s", got, before)
 	}
-	s.SetReady()
 	// Live after the restart, the family (restored unchecked) is checked
 	// again: a pushed x beside x_count is the clash the check is for.
 	if err := s.Apply(ctx, &Push{Group: groupLabels("job=d"), Families: []*dto.MetricFamily{nativeX(t)}}); err == nil || !strings.Contains(err.Error(), "collide") {
@@ -130,7 +116,7 @@ func TestRefusedPushThenReplaySkipsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustPush(t, d.s, "job=b", "z{clear_mode=\"sum\"} 1\n")
-	// push API joins x, then is refused (mode conflict on z): x.checked stays true
+	// push API joins x, then is refused (mode conflict on z)
 	f := nativeX(t)
 	zv := 1.0
 	f2 := &dto.MetricFamily{Name: ptr("z"), Type: dto.MetricType_UNTYPED.Enum(), Metric: []*dto.Metric{{Label: []*dto.LabelPair{{Name: ptr("clear_mode"), Value: ptr("replace")}}, Untyped: &dto.Untyped{Value: &zv}}}}
@@ -147,19 +133,9 @@ func TestRefusedPushThenReplaySkipsNothing(t *testing.T) {
 	}
 	before := expose(t, d.s)
 	d.close(t)
-	w, err := wal.Open(dir, wal.OSFS(), wal.Options{SegmentSize: 64 << 10}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	var logs syncBuffer
-	s := New(testSettings(), clk.now, NewCommitter(w), nil, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(&logs, nil)))
-	if err := Recover(s, w, textBody); err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(logs.String(), "skipped a write-ahead log record") {
-		t.Errorf("replay skipped an acknowledged push:\n%s", logs.String())
-	}
+	r := openDurable(t, dir, clk) // fails if replay skips a record
+	defer r.close(t)
+	s := r.s
 	if got := expose(t, s); got != before {
 		t.Errorf("state differs after restart\n got:\n%s\nwant:\n%s", got, before)
 	}

@@ -414,17 +414,22 @@ func typedMetric(m *dto.Metric, typ dto.MetricType) *dto.Metric {
 	if !floatType(typ) || (typ == dto.MetricType_COUNTER) == (m.Counter != nil) && (typ == dto.MetricType_GAUGE) == (m.Gauge != nil) {
 		return m
 	}
-	v := floatValue(m)
 	c := &dto.Metric{Label: m.Label, TimestampMs: m.TimestampMs}
+	SetFloatValue(c, typ, floatValue(m))
+	return c
+}
+
+// SetFloatValue puts v in m's field for type typ: Counter, Gauge, else
+// Untyped.
+func SetFloatValue(m *dto.Metric, typ dto.MetricType, v float64) {
 	switch typ {
 	case dto.MetricType_COUNTER:
-		c.Counter = &dto.Counter{Value: &v}
+		m.Counter = &dto.Counter{Value: &v}
 	case dto.MetricType_GAUGE:
-		c.Gauge = &dto.Gauge{Value: &v}
+		m.Gauge = &dto.Gauge{Value: &v}
 	default:
-		c.Untyped = &dto.Untyped{Value: &v}
+		m.Untyped = &dto.Untyped{Value: &v}
 	}
-	return c
 }
 
 // floatType reports whether t is a type of one float value.

@@ -73,15 +73,7 @@ func TestTypeHintReplaysWhateverTheLogOrder(t *testing.T) {
 	}
 	live := expose(t, s)
 	s2 := New(set, clk.now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
-	for _, r := range j.recs {
-		op, err := DecodeOp(r.typ, r.data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s2.Replay(op); err != nil {
-			t.Errorf("replay: %v", err)
-		}
-	}
+	replayRecords(t, s2, j.recs)
 	if got := expose(t, s2); got != live {
 		t.Fatalf("replay differs\nlive:\n%s\nreplayed:\n%s", live, got)
 	}

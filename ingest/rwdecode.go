@@ -932,16 +932,8 @@ func (d *rwDecoder) buildPushes(out *rwDecoded) *rwError {
 				m.Histogram = histToDTO(h)
 				gp.hist++
 			} else {
-				v := s.floats[r].Value
 				m.TimestampMs = ptr(s.floats[r].Timestamp)
-				switch typ {
-				case dto.MetricType_COUNTER:
-					m.Counter = &dto.Counter{Value: &v}
-				case dto.MetricType_GAUGE:
-					m.Gauge = &dto.Gauge{Value: &v}
-				default:
-					m.Untyped = &dto.Untyped{Value: &v}
-				}
+				aggregate.SetFloatValue(m, typ, s.floats[r].Value)
 				gp.floats++
 			}
 			f.Metric = append(f.Metric, m)

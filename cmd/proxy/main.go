@@ -640,11 +640,7 @@ func writeEarlyWindow(dir string, ms int64) error {
 		err = os.Rename(tmp, filepath.Join(dir, earlyWindowFile))
 	}
 	if err == nil {
-		var d *os.File
-		if d, err = os.Open(dir); err == nil {
-			err = d.Sync()
-			d.Close()
-		}
+		err = wal.OSFS().SyncDir(dir)
 	}
 	return err
 }
