@@ -3,12 +3,14 @@ package forward
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -214,6 +216,30 @@ type redactor struct {
 	url     string // the target's URL, replaced by its display form
 	secrets []string
 	files   []string
+	// basic is the target's basic_auth, whose Authorization header
+	// carries username:password in base64, a form no configured string
+	// matches.
+	basic *commoncfg.BasicAuth
+}
+
+// authScheme finds the credentials of an Authorization header echoed in a
+// receiver's answer: an oauth2 token is fetched at run time, so it is no
+// configured string (nor is a basic_auth header, username:password in
+// base64, which replace adds). Group 1 is what stays.
+var authScheme = regexp.MustCompile(`(?i)(\b(?:basic|bearer)\s+)([A-Za-z0-9\-._~+/]+=*)`)
+
+// redactAuth replaces the credentials after "Basic " or "Bearer " in s. A
+// word of lower-case letters alone is left, so that a receiver's "basic
+// authentication failed" keeps its meaning: tokens and base64 mix in
+// capitals, digits or punctuation.
+func redactAuth(s string) string {
+	return authScheme.ReplaceAllStringFunc(s, func(m string) string {
+		sub := authScheme.FindStringSubmatch(m)
+		if strings.IndexFunc(sub[2], func(r rune) bool { return r < 'a' || r > 'z' }) < 0 {
+			return m
+		}
+		return sub[1] + "<redacted>"
+	})
 }
 
 func newRedactor(cfg *configs.RemoteWriteConfig) *redactor {
@@ -247,6 +273,7 @@ func newRedactor(cfg *configs.RemoteWriteConfig) *redactor {
 	if hc.BasicAuth != nil {
 		add(string(hc.BasicAuth.Password))
 		file(hc.BasicAuth.PasswordFile)
+		r.basic = hc.BasicAuth
 	}
 	if hc.Authorization != nil {
 		add(string(hc.Authorization.Credentials))
@@ -277,6 +304,18 @@ func (r *redactor) replace(s string) string {
 			}
 		}
 	}
+	if b := r.basic; b != nil {
+		user, pass := b.Username, string(b.Password)
+		if v, err := os.ReadFile(b.UsernameFile); b.UsernameFile != "" && err == nil {
+			user = strings.TrimSpace(string(v))
+		}
+		if v, err := os.ReadFile(b.PasswordFile); b.PasswordFile != "" && err == nil {
+			pass = strings.TrimSpace(string(v))
+		}
+		if pass != "" {
+			secrets = append(secrets[:len(secrets):len(secrets)], base64.StdEncoding.EncodeToString([]byte(user+":"+pass)))
+		}
+	}
 	pairs := make([]string, 0, 2*len(secrets)+2)
 	if r.url != "" {
 		// Longest first: strings.Replacer tries old strings in order.
@@ -285,7 +324,8 @@ func (r *redactor) replace(s string) string {
 	for _, sec := range secrets {
 		pairs = append(pairs, sec, "<redacted>")
 	}
-	return strings.NewReplacer(pairs...).Replace(s)
+	s = strings.NewReplacer(pairs...).Replace(s)
+	return redactAuth(s)
 }
 
 // retryAfter parses a Retry-After header (delay in seconds or an HTTP date)

@@ -1,8 +1,11 @@
 package forward
 
 import (
+	"encoding/base64"
+	"io"
 	"math"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -605,6 +608,41 @@ func TestSecrets(t *testing.T) {
 		h.apply(nil, yamlConfig(t, "url: "+rc.url()+"\nbasic_auth:\n  username: alice\n  password_file: "+pwFile))
 		h.m.Append(window(1000, 1))
 		rc.nextAccepted(1, time.Second)
+	})
+
+	t.Run("receiver echoes the Authorization header", func(t *testing.T) {
+		t.Parallel()
+		tokens := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"access_token":"0auth-T0ken-from-url","token_type":"Bearer","expires_in":3600}`)
+		}))
+		t.Cleanup(tokens.Close)
+		rc := newReceiver(t, func(_ int, _ http.ResponseWriter, r *http.Request) (int, string) {
+			return http.StatusBadRequest, "bad request, echo=" + r.Header.Get("Authorization")
+		})
+		for name, auth := range map[string]string{
+			"basic_auth": "basic_auth:\n  username: alice\n  password: s3cret-pw",
+			"oauth2":     "oauth2:\n  client_id: id\n  client_secret: s3cret-client\n  token_url: " + tokens.URL,
+		} {
+			h := newHarness(t)
+			h.apply(nil, yamlConfig(t, "url: "+rc.url()+"\n"+auth))
+			h.m.Append(window(1000, 1))
+			waitFor(t, 5*time.Second, "a recorded error", func() bool {
+				ts := h.m.Targets()
+				return len(ts) == 1 && ts[0].LastError != ""
+			})
+			st := h.m.Targets()[0]
+			_ = h.stop(100 * time.Millisecond)
+			basic := base64.StdEncoding.EncodeToString([]byte("alice:s3cret-pw"))
+			for what, s := range map[string]string{"status": st.LastError, "log": h.log.String()} {
+				if strings.Contains(s, basic) || strings.Contains(s, "0auth-T0ken") || strings.Contains(s, "s3cret") {
+					t.Errorf("%s: %s shows a credential: %s", name, what, s)
+				}
+			}
+			if !strings.Contains(st.LastError, "echo=") || !strings.Contains(st.LastError, "<redacted>") {
+				t.Errorf("%s: last error %q does not show the redacted echo", name, st.LastError)
+			}
+		}
 	})
 
 	for _, tc := range []struct {

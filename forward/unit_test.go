@@ -1,6 +1,7 @@
 package forward
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"os"
@@ -192,6 +193,46 @@ func TestRedactor(t *testing.T) {
 		if got := r.replace(tc.in); got != tc.want {
 			t.Errorf("redact(%q) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestRedactorAuthorization: an Authorization header a receiver echoes
+// is redacted although its credentials are no configured string: basic
+// auth in base64 (username and password from files too), an oauth2
+// token fetched at run time. Plain words after "basic" or "bearer" stay.
+func TestRedactorAuthorization(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	userFile, passFile := filepath.Join(dir, "user"), filepath.Join(dir, "pass")
+	for f, v := range map[string]string{userFile: "file-user\n", passFile: "file-Pa55\n"} {
+		if err := os.WriteFile(f, []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	for _, tc := range []struct {
+		name  string
+		basic *commoncfg.BasicAuth
+		in    string
+		want  string
+	}{
+		{name: "basic auth header", basic: &commoncfg.BasicAuth{Username: "user1", Password: "SuperSecretPw"},
+			in: "400: echo=Basic " + b64("user1:SuperSecretPw"), want: "400: echo=Basic <redacted>"},
+		{name: "basic auth base64 alone", basic: &commoncfg.BasicAuth{Username: "user1", Password: "SuperSecretPw"},
+			in: `{"auth":"` + b64("user1:SuperSecretPw") + `"}`, want: `{"auth":"<redacted>"}`},
+		{name: "basic auth from files", basic: &commoncfg.BasicAuth{UsernameFile: userFile, PasswordFile: passFile},
+			in: "creds " + b64("file-user:file-Pa55"), want: "creds <redacted>"},
+		{name: "oauth2 token", in: "echo=Bearer oauth-tok-xyz, retry", want: "echo=Bearer <redacted>, retry"},
+		{name: "lower case scheme", in: "authorization: bearer eyJhbGciOi.x_Y", want: "authorization: bearer <redacted>"},
+		{name: "words stay", in: "basic authentication failed; bearer token required", want: "basic authentication failed; bearer token required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := configs.NewRemoteWriteConfig("http://127.0.0.1:1/w")
+			cfg.HTTPClientConfig.BasicAuth = tc.basic
+			if got := newRedactor(&cfg).replace(tc.in); got != tc.want {
+				t.Errorf("redact(%q) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
 	}
 }
 
