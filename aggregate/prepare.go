@@ -1,6 +1,7 @@
 package aggregate
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"strings"
@@ -859,15 +860,27 @@ func histFromDTO(d *dto.Histogram) (*histState, error) {
 		buf := make([]float64, 0, 2*n)
 		h.bounds, h.cum = buf[:0:n], buf[n:n:2*n]
 	}
+	// The text format does not order a histogram's bucket lines, and
+	// neither the Pushgateway nor a scrape minds their order: take them by
+	// bound (a copy; the pushed histogram stays as it came).
+	buckets := d.GetBucket()
+	byBound := func(a, b *dto.Bucket) int { return cmp.Compare(a.GetUpperBound(), b.GetUpperBound()) }
+	if !slices.IsSortedFunc(buckets, byBound) {
+		buckets = slices.Clone(buckets)
+		slices.SortStableFunc(buckets, byBound)
+	}
 	prevBound, prevCount := math.Inf(-1), 0.0
-	for _, b := range d.GetBucket() {
+	for _, b := range buckets {
 		ub := b.GetUpperBound()
 		c := float64(b.GetCumulativeCount())
 		if cf := b.GetCumulativeCountFloat(); cf != 0 {
 			c = cf
 		}
-		if math.IsNaN(ub) || ub <= prevBound {
-			return nil, errorf("bucket bounds must be strictly ascending, got %v after %v", ub, prevBound)
+		if math.IsNaN(ub) || math.IsInf(ub, -1) {
+			return nil, errorf("bucket bound le=%v is not a usable bound", ub)
+		}
+		if ub == prevBound {
+			return nil, errorf("bucket le=%v is given twice", ub)
 		}
 		if c < prevCount {
 			return nil, errorf("cumulative bucket counts must not decrease, got %v for le=%v after %v", c, ub, prevCount)

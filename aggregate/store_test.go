@@ -917,3 +917,67 @@ func TestSeriesLimitsCountBuckets(t *testing.T) {
 		t.Fatalf("counted %d series, want 9", got)
 	}
 }
+
+// TestHistogramBucketLinesInAnyOrder: the text format does not order a
+// histogram's bucket lines and the Pushgateway takes them in any order, so
+// Sluice sorts them by bound; a bound given twice, NaN or -Inf is refused.
+func TestHistogramBucketLinesInAnyOrder(t *testing.T) {
+	const sorted = `# TYPE h histogram
+h_bucket{instance="",job="f",le="1"} 1
+h_bucket{instance="",job="f",le="5"} 2
+h_bucket{instance="",job="f",le="+Inf"} 3
+h_sum{instance="",job="f"} 7
+h_count{instance="",job="f"} 3
+`
+	for _, tc := range []struct {
+		name, body string
+		mode       string              // clear_mode of the push
+		fams       []*dto.MetricFamily // instead of body
+		want       string              // exposition after the push (twice for sum)
+		wantErr    string
+	}{
+		{name: "inf first", mode: "replace", body: "# TYPE h histogram\nh_bucket{le=\"+Inf\"} 3\nh_count 3\nh_bucket{le=\"5\"} 2\nh_bucket{le=\"1\"} 1\nh_sum 7\n", want: sorted},
+		{name: "middle swapped, summed twice", mode: "sum", body: "# TYPE h histogram\nh_bucket{le=\"5\"} 1\nh_bucket{le=\"1\"} 0.5\nh_bucket{le=\"+Inf\"} 1.5\nh_sum 3.5\nh_count 1.5\n", want: sorted},
+		{name: "bound twice", mode: "replace", body: "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"1.0\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n", wantErr: "le=1 is given twice"},
+		// The text parsers drop a bucket at NaN; protobuf carries it.
+		{name: "nan bound", mode: "replace", fams: []*dto.MetricFamily{{Name: ptr("h"), Type: dto.MetricType_HISTOGRAM.Enum(), Metric: []*dto.Metric{{
+			Histogram: &dto.Histogram{SampleCount: ptr(uint64(1)), SampleSum: ptr(1.0), Bucket: []*dto.Bucket{
+				{UpperBound: ptr(math.NaN()), CumulativeCount: ptr(uint64(1))}, {UpperBound: ptr(2.0), CumulativeCount: ptr(uint64(1))}}}}}}},
+			wantErr: "le=NaN"},
+		{name: "minus inf bound", mode: "replace", body: "# TYPE h histogram\nh_bucket{le=\"-Inf\"} 0\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n", wantErr: "le=-Inf"},
+		{name: "counts decrease once sorted", mode: "replace", body: "# TYPE h histogram\nh_bucket{le=\"5\"} 1\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 2\n", wantErr: "must not decrease"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _ := newTestStore(t, testSettings())
+			fams := tc.fams
+			if fams == nil {
+				var err error
+				if fams, err = textBody(BodyText, []byte(tc.body)); err != nil {
+					t.Fatalf("bad test input: %v", err)
+				}
+			}
+			pushes := 1
+			if tc.mode == "sum" {
+				pushes = 2
+			}
+			for range pushes {
+				err := s.Apply(context.Background(), &Push{Group: groupLabels("job=f"), Method: MethodPost, Mode: tc.mode, Families: fams})
+				if tc.wantErr != "" {
+					if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+						t.Fatalf("error %v, want one with %q", err, tc.wantErr)
+					}
+					if got := expose(t, s); got != "" {
+						t.Fatalf("a refused push left:\n%s", got)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := expose(t, s); got != tc.want {
+				t.Errorf("exposition:\n%s\nwant:\n%s", got, tc.want)
+			}
+		})
+	}
+}
