@@ -496,7 +496,12 @@ func (w *windowRender) appendMetric(name string, m *dto.Metric, b *baseLabels) {
 		}
 		if isNative(h) {
 			if fh, err := nativeFromDTO(h, count, h.GetSampleSum()); err == nil {
+				// Integer counts go out as an integer histogram, as
+				// their clients pushed them.
 				ph := prompb.FromFloatHistogram(w.ms, fh)
+				if ih := intNative(h, fh); ih != nil {
+					ph = prompb.FromIntHistogram(w.ms, ih)
+				}
 				w.emit(w.build(b, name, "", ""), true, 0, &ph)
 			}
 		}

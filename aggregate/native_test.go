@@ -3,15 +3,18 @@ package aggregate
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/model/textparse"
+	"github.com/prometheus/prometheus/prompb"
 )
 
 // nativeFamily observes vals in a native histogram with the given bucket
@@ -173,6 +176,79 @@ func TestNativeHistogramCountMustMatchBuckets(t *testing.T) {
 			}
 			if tc.wantErr && !strings.Contains(err.Error(), "invalid native histogram") {
 				t.Fatalf("error %q does not name the histogram", err)
+			}
+		})
+	}
+}
+
+// TestNativeHistogramKeepsIntegerCounts: native histograms pushed with
+// integer counts are exposed and forwarded as integer histograms, summed
+// or not, as their clients sent them (a store keeps them as such); one
+// with a fractional count stays a float histogram.
+func TestNativeHistogramKeepsIntegerCounts(t *testing.T) {
+	floatFamily := func() *dto.MetricFamily {
+		f := nativeFamily(t, 2, 0.5, 3)
+		h := f.Metric[0].Histogram
+		h.SampleCount, h.SampleCountFloat = nil, ptr(2.5)
+		h.ZeroCount, h.ZeroCountFloat = nil, ptr(0.5)
+		var counts []float64
+		var c int64
+		for _, d := range h.PositiveDelta {
+			c += d
+			counts = append(counts, float64(c))
+		}
+		h.PositiveDelta, h.PositiveCount = nil, counts
+		return f
+	}
+	for _, tc := range []struct {
+		name      string
+		mode      string
+		pushes    []*dto.MetricFamily
+		wantCount float64
+		wantInt   bool
+	}{
+		{name: "integer, replaced", mode: "replace", pushes: []*dto.MetricFamily{nativeFamily(t, 2, 0.5, 3, -1)}, wantCount: 3, wantInt: true},
+		{name: "integer, summed across schemas", mode: "sum", pushes: []*dto.MetricFamily{nativeFamily(t, 1.1, 0.5, 3, 0), nativeFamily(t, 2, 7, -2)}, wantCount: 5, wantInt: true},
+		{name: "fractional count", mode: "replace", pushes: []*dto.MetricFamily{floatFamily()}, wantCount: 2.5, wantInt: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, clk := newTestStore(t, testSettings())
+			for _, f := range tc.pushes {
+				if err := s.Apply(context.Background(), &Push{Group: groupLabels("job=f"), Mode: tc.mode, Families: []*dto.MetricFamily{f}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			h := gatherOne(t, s, "rpc_seconds").Histogram
+			isInt := h.SampleCountFloat == nil && h.ZeroCountFloat == nil && len(h.PositiveCount)+len(h.NegativeCount) == 0
+			if isInt != tc.wantInt {
+				t.Fatalf("exposed as an integer histogram: %v, want %v: %v", isInt, tc.wantInt, h)
+			}
+			if got := NativeHistogram(h); got.Count != tc.wantCount {
+				t.Fatalf("exposed count %v, want %v", got.Count, tc.wantCount)
+			}
+			rec := &recorder{}
+			f := NewFlusher(time.Minute, clk.now, rec, []Source{{Gatherer: s}}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+			f.Flush(f.WindowEnd(clk.t))
+			var sent []prompb.Histogram
+			for _, ts := range rec.reqs[0].Timeseries {
+				sent = append(sent, ts.Histograms...)
+			}
+			if len(sent) != 1 {
+				t.Fatalf("forwarded %d histograms, want 1", len(sent))
+			}
+			if sent[0].IsFloatHistogram() == tc.wantInt {
+				t.Fatalf("forwarded as a float histogram: %v, want %v", sent[0].IsFloatHistogram(), !tc.wantInt)
+			}
+			fh := sent[0].ToFloatHistogram()
+			if fh.Count != tc.wantCount {
+				t.Fatalf("forwarded count %v, want %v", fh.Count, tc.wantCount)
+			}
+			var inBuckets float64
+			for it := fh.AllBucketIterator(); it.Next(); {
+				inBuckets += it.At().Count
+			}
+			if inBuckets != tc.wantCount {
+				t.Fatalf("forwarded buckets hold %v, want %v: %v", inBuckets, tc.wantCount, fh)
 			}
 		})
 	}

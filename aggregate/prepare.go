@@ -963,14 +963,38 @@ func nativeFromDTO(d *dto.Histogram, count, sum float64) (*histogram.FloatHistog
 	// A float histogram's count is not checked against its buckets
 	// (rounding); an integer one's is, as Prometheus' remote_write
 	// receiver (and Sluice's) checks it.
-	if d.GetSampleCountFloat() == 0 && d.GetZeroCountFloat() == 0 && len(d.GetPositiveCount()) == 0 && len(d.GetNegativeCount()) == 0 {
-		ih := &histogram.Histogram{Schema: schema, ZeroThreshold: fh.ZeroThreshold, ZeroCount: d.GetZeroCount(), Count: d.GetSampleCount(), Sum: sum,
-			PositiveSpans: fh.PositiveSpans, NegativeSpans: fh.NegativeSpans, PositiveBuckets: d.GetPositiveDelta(), NegativeBuckets: d.GetNegativeDelta()}
+	if ih := intNative(d, fh); ih != nil {
 		if err := ih.Validate(); err != nil {
 			return nil, errorf("invalid native histogram: %w", err)
 		}
 	}
 	return fh, nil
+}
+
+// NativeHistogram is the native part of a histogram the Store rendered
+// (Gather), integer or float, as a float histogram; empty if it is not
+// valid.
+func NativeHistogram(d *dto.Histogram) *histogram.FloatHistogram {
+	count := float64(d.GetSampleCount())
+	if d.SampleCountFloat != nil {
+		count = d.GetSampleCountFloat()
+	}
+	fh, err := nativeFromDTO(d, count, d.GetSampleSum())
+	if err != nil {
+		return &histogram.FloatHistogram{}
+	}
+	return fh
+}
+
+// intNative is d as an integer histogram, given fh, d as a float one
+// (nativeFromDTO); nil if d has float counts.
+func intNative(d *dto.Histogram, fh *histogram.FloatHistogram) *histogram.Histogram {
+	if d.GetSampleCountFloat() != 0 || d.GetZeroCountFloat() != 0 || len(d.GetPositiveCount()) > 0 || len(d.GetNegativeCount()) > 0 {
+		return nil
+	}
+	return &histogram.Histogram{CounterResetHint: fh.CounterResetHint, Schema: fh.Schema, ZeroThreshold: fh.ZeroThreshold, ZeroCount: d.GetZeroCount(),
+		Count: d.GetSampleCount(), Sum: fh.Sum, PositiveSpans: fh.PositiveSpans, NegativeSpans: fh.NegativeSpans,
+		PositiveBuckets: d.GetPositiveDelta(), NegativeBuckets: d.GetNegativeDelta()}
 }
 
 // maxNativeBuckets bounds the buckets of one side of a native histogram;

@@ -195,16 +195,19 @@ func (s *series) current(nowNanos int64) (v float64, m *dto.Metric, ok bool) {
 
 func (h *histState) dto() *dto.Histogram {
 	d := &dto.Histogram{SampleCountFloat: ptr(h.count), SampleSum: ptr(h.sum)}
-	// A native histogram's buckets are floats here (PositiveCount), and a
-	// decoder reads the count of a float histogram from SampleCountFloat
-	// (Prometheus' protobuf parser read an integer count as 0), so only a
-	// classic one gets an integer count.
-	//
-	// Whole counts, buckets included, are integers: an OpenMetrics
-	// encoder refuses a classic histogram with float counts (and a
-	// Prometheus, which asks for OpenMetrics, then gets none of it).
-	whole := func(c float64) bool { return c == math.Trunc(c) && c >= 0 && c < 1<<53 }
-	integer := h.native == nil && whole(h.count) && all(h.cum, whole)
+	// Whole counts, buckets included, are integers, as their clients sent
+	// them: an OpenMetrics encoder refuses a classic histogram with float
+	// counts (and a Prometheus, which asks for OpenMetrics, then gets none
+	// of it), and a native one with integer counts is an integer
+	// histogram downstream (stored as such by a Prometheus or Mimir), not
+	// a float one. A native histogram is integer only as a whole (count,
+	// zero bucket and every bucket): a decoder reads a float histogram's
+	// count from SampleCountFloat (Prometheus' protobuf parser read an
+	// integer count as 0).
+	integer := whole(h.count) && all(h.cum, whole)
+	if n := h.native; n != nil {
+		integer = integer && whole(n.ZeroCount) && all(n.PositiveBuckets, whole) && all(n.NegativeBuckets, whole)
+	}
 	if integer {
 		d.SampleCount, d.SampleCountFloat = ptr(uint64(h.count)), nil
 	}
@@ -218,11 +221,17 @@ func (h *histState) dto() *dto.Histogram {
 	if n := h.native; n != nil {
 		d.Schema = ptr(n.Schema)
 		d.ZeroThreshold = ptr(n.ZeroThreshold)
-		d.ZeroCountFloat = ptr(n.ZeroCount)
 		d.PositiveSpan = spansToDTO(n.PositiveSpans)
-		d.PositiveCount = slices.Clone(n.PositiveBuckets)
 		d.NegativeSpan = spansToDTO(n.NegativeSpans)
-		d.NegativeCount = slices.Clone(n.NegativeBuckets)
+		if integer {
+			d.ZeroCount = ptr(uint64(n.ZeroCount))
+			d.PositiveDelta = deltas(n.PositiveBuckets)
+			d.NegativeDelta = deltas(n.NegativeBuckets)
+		} else {
+			d.ZeroCountFloat = ptr(n.ZeroCount)
+			d.PositiveCount = slices.Clone(n.PositiveBuckets)
+			d.NegativeCount = slices.Clone(n.NegativeBuckets)
+		}
 		if len(d.PositiveSpan) == 0 && len(d.NegativeSpan) == 0 && n.ZeroCount == 0 {
 			// A native histogram with no buckets is marked by a no-op
 			// span, as client_golang does, so decoders still see it.
@@ -230,6 +239,24 @@ func (h *histState) dto() *dto.Histogram {
 		}
 	}
 	return d
+}
+
+// whole reports whether c is a count an integer field holds exactly.
+func whole(c float64) bool { return c == math.Trunc(c) && c >= 0 && c < 1<<53 }
+
+// deltas encodes whole bucket counts as an integer histogram's buckets:
+// each the difference from the one before.
+func deltas(counts []float64) []int64 {
+	if len(counts) == 0 {
+		return nil
+	}
+	out := make([]int64, len(counts))
+	prev := int64(0)
+	for i, c := range counts {
+		out[i] = int64(c) - prev
+		prev = int64(c)
+	}
+	return out
 }
 
 func spansToDTO(s []histogram.Span) []*dto.BucketSpan {

@@ -6,8 +6,9 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/prometheus/model/histogram"
 	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/sluice-metrics/sluice/aggregate"
 )
 
 // status serves /api/v1/status in the Pushgateway's shape.
@@ -108,7 +109,7 @@ func familyJSON(f *dto.MetricFamily, pushed time.Time, modes []string) map[strin
 			// (and the Pushgateway's, since 1.8) list them:
 			// [boundaries, lower, upper, count], boundaries 0 for (a,b],
 			// 1 for [a,b), 2 for (a,b), 3 for [a,b].
-			fh := nativeFromDTO(m.Histogram)
+			fh := aggregate.NativeHistogram(m.Histogram)
 			var buckets [][4]any
 			for it := fh.AllBucketIterator(); it.Next(); {
 				b := it.At()
@@ -158,27 +159,3 @@ func familyJSON(f *dto.MetricFamily, pushed time.Time, modes []string) map[strin
 }
 
 func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
-
-// nativeFromDTO is the native part of a histogram the Store rendered, as a
-// float histogram: the Store writes native counts as floats (count, zero
-// bucket and absolute bucket counts).
-func nativeFromDTO(h *dto.Histogram) *histogram.FloatHistogram {
-	spans := func(ss []*dto.BucketSpan) []histogram.Span {
-		out := make([]histogram.Span, len(ss))
-		for i, s := range ss {
-			out[i] = histogram.Span{Offset: s.GetOffset(), Length: s.GetLength()}
-		}
-		return out
-	}
-	return &histogram.FloatHistogram{
-		Schema:          h.GetSchema(),
-		ZeroThreshold:   h.GetZeroThreshold(),
-		ZeroCount:       h.GetZeroCountFloat(),
-		Count:           h.GetSampleCountFloat(),
-		Sum:             h.GetSampleSum(),
-		PositiveSpans:   spans(h.GetPositiveSpan()),
-		PositiveBuckets: h.GetPositiveCount(),
-		NegativeSpans:   spans(h.GetNegativeSpan()),
-		NegativeBuckets: h.GetNegativeCount(),
-	}
-}

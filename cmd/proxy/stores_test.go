@@ -105,16 +105,16 @@ func startVictoriaMetrics(t *testing.T) *store {
 	}}
 }
 
-func startPrometheus(t *testing.T) *store {
+func startPrometheus(t *testing.T, args ...string) *store {
 	bin := needBinary(t, "prometheus")
 	addr := freePort(t)
 	cfg := filepath.Join(t.TempDir(), "prometheus.yml")
 	if err := os.WriteFile(cfg, []byte("global:\n  scrape_interval: 1h\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	startProcess(t, "http://"+addr+"/-/ready", bin,
-		"--config.file="+cfg, "--storage.tsdb.path="+t.TempDir(), "--web.listen-address="+addr,
-		"--web.enable-remote-write-receiver", "--log.level=warn")
+	startProcess(t, "http://"+addr+"/-/ready", bin, append([]string{
+		"--config.file=" + cfg, "--storage.tsdb.path=" + t.TempDir(), "--web.listen-address=" + addr,
+		"--web.enable-remote-write-receiver", "--log.level=warn"}, args...)...)
 	base := "http://" + addr
 	return &store{name: "prometheus", base: base, writeURL: base + "/api/v1/write", flush: func() {}}
 }
@@ -399,6 +399,29 @@ func (rw *rwRecorder) windows(name string) []int64 {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
+}
+
+// TestNativeHistogramsToPrometheus: native histograms pushed by
+// client_golang and summed reach a Prometheus (native histograms enabled)
+// with their exact count, sum and buckets. They are forwarded as integer
+// histograms, as pushed (aggregate's TestNativeHistogramKeepsIntegerCounts).
+func TestNativeHistogramsToPrometheus(t *testing.T) {
+	bin := buildBinary(t)
+	prom := startPrometheus(t, "--enable-feature=native-histograms")
+	cfg := writeConfig(t, "remote_write:\n  - url: "+prom.writeURL+"\n")
+	p := startSluice(t, bin, "--config.file="+cfg, "--aggregation.interval=1s")
+	for _, obs := range [][]float64{{0.05, 0.2, 3}, {0.4, 7}} {
+		h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rpc_seconds", Help: "R.", NativeHistogramBucketFactor: 1.1})
+		for _, o := range obs {
+			h.Observe(o)
+		}
+		if err := push.New(p.url, "f").Collector(h).Add(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prom.waitValue(t, `histogram_count(rpc_seconds{job="f"})`, 5)
+	prom.waitValue(t, `histogram_sum(rpc_seconds{job="f"})`, 0.05+0.2+3+0.4+7)
+	prom.waitValue(t, `histogram_fraction(0, 1, rpc_seconds{job="f"})`, 3.0/5)
 }
 
 // TestReceiverOutageLosesNoWindow: a receiver that fails for 30 s and
