@@ -62,7 +62,10 @@ type Flusher struct {
 	// series' labels are the Store's own memory, not a copy.
 	seen   map[uint64]seenSeries
 	gen    uint64
-	lastTS int64 // milliseconds of the last window emitted
+	lastTS int64 // milliseconds of the last window flushed, or skipped
+	// emitted is the last window of which something was handed on (a
+	// window a failing source skipped was not).
+	emitted int64
 	render *windowRender
 	// chunk and batch: flushChunkSeries and flushBatchSeries (tests make
 	// them small).
@@ -114,11 +117,14 @@ func NewFlusher(interval time.Duration, now func() time.Time, out Appender, sour
 // starts again within that window must not emit the same timestamp with
 // other values (a store keeps both, or refuses the request), so its first
 // window is the next one, which carries the totals.
-func (f *Flusher) SetLastEmitted(ms int64) { f.lastTS = max(f.lastTS, ms) }
+func (f *Flusher) SetLastEmitted(ms int64) {
+	f.lastTS, f.emitted = max(f.lastTS, ms), max(f.emitted, ms)
+}
 
 // LastEmitted is the end of the last window emitted, in Unix
-// milliseconds; 0 if none. Call it after Run returned.
-func (f *Flusher) LastEmitted() int64 { return f.lastTS }
+// milliseconds; 0 if none. A window skipped because a source failed (the
+// write-ahead log, say) does not count. Call it after Run returned.
+func (f *Flusher) LastEmitted() int64 { return f.emitted }
 
 // WindowEnd returns the end of the window containing t.
 func (f *Flusher) WindowEnd(t time.Time) time.Time {
@@ -203,6 +209,7 @@ func (f *Flusher) Flush(ts time.Time) {
 		w.endSeries()
 	}
 	w.send(true)
+	f.emitted = ms
 	f.series.Set(float64(w.series))
 	f.flushes.Inc()
 	f.duration.Observe(time.Since(start).Seconds())

@@ -308,10 +308,18 @@ func TestFlushJournalFailure(t *testing.T) {
 			if got := joined(renderAll(rec.reqs)); strings.Count(got, "\n")+1 != 4 {
 				t.Fatalf("window 1:\n%s", got)
 			}
+			end1 := f.WindowEnd(clk.t).UnixMilli()
 			clk.advance(15 * time.Second)
 			s.Delete(context.Background(), groupLabels("job=j3")) // would end with a staleness marker
 			j.barriers, j.failFrom = 0, tc.failFrom
+			end2 := f.WindowEnd(clk.t).UnixMilli()
 			f.Flush(f.WindowEnd(clk.t))
+			// A shutdown records LastEmitted so that a restart within the
+			// window does not emit it again: a window not handed on at
+			// all must not count (it would never be emitted).
+			if want := map[bool]int64{false: end1, true: end2}[tc.wantAppend]; f.LastEmitted() != want {
+				t.Fatalf("LastEmitted %d, want %d (windows %d, %d)", f.LastEmitted(), want, end1, end2)
+			}
 			got := joined(renderAll(rec.reqs[first:]))
 			if !tc.wantAppend {
 				if len(rec.reqs) != first {

@@ -285,10 +285,16 @@ func run(args []string) error {
 	flusher := aggregate.NewFlusher(f.interval, time.Now, fwd, sources, reg, logger.With("component", "flush"))
 	if ms, err := readEarlyWindow(f.walDir); err != nil {
 		logger.Warn("read the window emitted early at the last shutdown", "err", err)
-	} else if ms > time.Now().UnixMilli() {
+	} else if now := time.Now(); ms == flusher.WindowEnd(now).UnixMilli() {
 		// Restarted within the window the last shutdown emitted early.
 		flusher.SetLastEmitted(ms)
 		logger.Info("the current window was emitted at the last shutdown; the first window emitted is the next one", "window_end", time.UnixMilli(ms))
+	} else if ms > now.UnixMilli() {
+		// Not the current window's end: the clock went back while Sluice
+		// was stopped, or --aggregation.interval changed. Trusting it
+		// would emit nothing until then.
+		logger.Warn("the window end recorded at the last shutdown is not the current window's (clock set back, or --aggregation.interval changed); ignoring it, so that window's end may be emitted twice",
+			"recorded", time.UnixMilli(ms), "current_window_end", flusher.WindowEnd(now))
 	}
 
 	var cfgMu sync.Mutex // serialises reloads
@@ -325,8 +331,11 @@ func run(args []string) error {
 		}
 		store.SetSettings(settings(c))
 		ingestCfg.Store(&c.Ingest)
-		if c.Web.TLSServerConfig.Enabled() != started.Web.TLSServerConfig.Enabled() || c.Web.HTTPServerConfig != started.Web.HTTPServerConfig {
-			logger.Warn("turning TLS on or off and web.http_server_config change only on restart")
+		if c.Web.TLSServerConfig.Enabled() != started.Web.TLSServerConfig.Enabled() {
+			logger.Warn("turning TLS on or off changes only on restart", "running_tls", started.Web.TLSServerConfig.Enabled(), "file_tls", c.Web.TLSServerConfig.Enabled())
+		}
+		if c.Web.HTTPServerConfig != started.Web.HTTPServerConfig {
+			logger.Warn("web.http_server_config changes only on restart", "running", fmt.Sprintf("%+v", started.Web.HTTPServerConfig), "file", fmt.Sprintf("%+v", c.Web.HTTPServerConfig))
 		}
 		if c.WAL != started.WAL {
 			logger.Warn("wal settings change only on restart", "running", fmt.Sprintf("%+v", started.WAL), "file", fmt.Sprintf("%+v", c.WAL))

@@ -202,3 +202,30 @@ func TestRestartWithinAWindowEmitsItsEndOnce(t *testing.T) {
 		t.Fatalf("timestamps %v, latest %+v: want the early window and the next one, the latest 2", ts, res)
 	}
 }
+
+// TestEarlyWindowEndNotTheCurrentOneIsIgnored: the window end recorded at a
+// shutdown is trusted only when it is the current window's end. One in
+// the future (the clock set back while Sluice was stopped, or a shorter
+// --aggregation.interval) used to stop every window until then, Sluice's
+// own metrics included.
+func TestEarlyWindowEndNotTheCurrentOneIsIgnored(t *testing.T) {
+	t.Parallel()
+	bin := buildBinary(t)
+	walDir := t.TempDir()
+	if err := writeEarlyWindow(walDir, time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()); err != nil {
+		t.Fatal(err)
+	}
+	p := startSluiceOn(t, bin, freePort(t), "--wal.dir="+walDir, "--aggregation.interval=1s")
+	defer p.stop(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, body := p.get(t, "/metrics")
+		if v, _ := metricValue(body, "sluice_flushes_total"); v >= 2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no windows emitted in 10 s with a future early_window_end:\n%s", grepLines(body, "sluice_flushes_total"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
