@@ -66,7 +66,7 @@ type Flusher struct {
 	// emitted is the last window of which something was handed on (a
 	// window a failing source skipped was not).
 	emitted int64
-	render *windowRender
+	render  *windowRender
 	// chunk and batch: flushChunkSeries and flushBatchSeries (tests make
 	// them small).
 	chunk, batch int
