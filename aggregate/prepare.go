@@ -972,8 +972,9 @@ func nativeFromDTO(d *dto.Histogram, count, sum float64) (*histogram.FloatHistog
 }
 
 // NativeHistogram is the native part of a histogram the Store rendered
-// (Gather), integer or float, as a float histogram; empty if it is not
-// valid.
+// (Gather), integer or float, as a float histogram, for display. One that
+// does not convert (more buckets than a push may have, after merging
+// pushes) shows its schema, count and sum without buckets.
 func NativeHistogram(d *dto.Histogram) *histogram.FloatHistogram {
 	count := float64(d.GetSampleCount())
 	if d.SampleCountFloat != nil {
@@ -981,7 +982,7 @@ func NativeHistogram(d *dto.Histogram) *histogram.FloatHistogram {
 	}
 	fh, err := nativeFromDTO(d, count, d.GetSampleSum())
 	if err != nil {
-		return &histogram.FloatHistogram{}
+		return &histogram.FloatHistogram{Schema: d.GetSchema(), ZeroThreshold: d.GetZeroThreshold(), Count: count, Sum: d.GetSampleSum()}
 	}
 	return fh
 }

@@ -205,8 +205,18 @@ func (h *histState) dto() *dto.Histogram {
 	// count from SampleCountFloat (Prometheus' protobuf parser read an
 	// integer count as 0).
 	integer := whole(h.count) && all(h.cum, whole)
-	if n := h.native; n != nil {
-		integer = integer && whole(n.ZeroCount) && all(n.PositiveBuckets, whole) && all(n.NegativeBuckets, whole)
+	var pos, neg []int64 // an integer native histogram's buckets
+	if n := h.native; n != nil && integer {
+		// And only if it is a valid integer histogram: a float one's
+		// count is not checked against its buckets (rounding), so one
+		// pushed with whole counts that disagree stays a float one.
+		integer = whole(n.ZeroCount) && all(n.PositiveBuckets, whole) && all(n.NegativeBuckets, whole)
+		if integer {
+			pos, neg = deltas(n.PositiveBuckets), deltas(n.NegativeBuckets)
+			ih := &histogram.Histogram{Schema: n.Schema, ZeroThreshold: n.ZeroThreshold, ZeroCount: uint64(n.ZeroCount), Count: uint64(h.count), Sum: h.sum,
+				PositiveSpans: n.PositiveSpans, NegativeSpans: n.NegativeSpans, PositiveBuckets: pos, NegativeBuckets: neg}
+			integer = ih.Validate() == nil
+		}
 	}
 	if integer {
 		d.SampleCount, d.SampleCountFloat = ptr(uint64(h.count)), nil
@@ -225,8 +235,7 @@ func (h *histState) dto() *dto.Histogram {
 		d.NegativeSpan = spansToDTO(n.NegativeSpans)
 		if integer {
 			d.ZeroCount = ptr(uint64(n.ZeroCount))
-			d.PositiveDelta = deltas(n.PositiveBuckets)
-			d.NegativeDelta = deltas(n.NegativeBuckets)
+			d.PositiveDelta, d.NegativeDelta = pos, neg
 		} else {
 			d.ZeroCountFloat = ptr(n.ZeroCount)
 			d.PositiveCount = slices.Clone(n.PositiveBuckets)

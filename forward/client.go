@@ -225,17 +225,27 @@ type redactor struct {
 // authScheme finds the credentials of an Authorization header echoed in a
 // receiver's answer: an oauth2 token is fetched at run time, so it is no
 // configured string (nor is a basic_auth header, username:password in
-// base64, which replace adds). Group 1 is what stays.
-var authScheme = regexp.MustCompile(`(?i)(\b(?:basic|bearer)\s+)([A-Za-z0-9\-._~+/]+=*)`)
+// base64, which replace adds). The scheme may be followed by blanks or,
+// URL-encoded, by %20 or +; the credentials run to a blank, a quote or a
+// delimiter. Group 1 is what stays, group 2 the credentials.
+var authScheme = regexp.MustCompile(`(?i)(\b(?:basic|bearer)(?:\s+|%20|\+))([^\s"'&,;<>()\[\]{}]+)`)
 
-// redactAuth replaces the credentials after "Basic " or "Bearer " in s. A
-// word of lower-case letters alone is left, so that a receiver's "basic
-// authentication failed" keeps its meaning: tokens and base64 mix in
-// capitals, digits or punctuation.
+// authParam is an auth-param after a scheme ("Basic realm=", "Bearer
+// error="), which is not a credential.
+var authParam = regexp.MustCompile(`^[a-z_]+=`)
+
+// redactAuth replaces the credentials after "Basic " or "Bearer " in s.
+// What cannot be a credential stays, so that a receiver's message keeps
+// its meaning: an auth-param, anything shorter than 8 bytes, and a word of
+// letters alone shorter than 16 ("basic authentication failed", "Bearer
+// Token is invalid"). Tokens and base64 run longer or mix in digits and
+// punctuation.
 func redactAuth(s string) string {
 	return authScheme.ReplaceAllStringFunc(s, func(m string) string {
 		sub := authScheme.FindStringSubmatch(m)
-		if strings.IndexFunc(sub[2], func(r rune) bool { return r < 'a' || r > 'z' }) < 0 {
+		cred := sub[2]
+		letters := strings.IndexFunc(cred, func(r rune) bool { return (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') }) < 0
+		if authParam.MatchString(cred) || len(cred) < 8 || letters && len(cred) < 16 {
 			return m
 		}
 		return sub[1] + "<redacted>"

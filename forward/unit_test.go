@@ -225,6 +225,12 @@ func TestRedactorAuthorization(t *testing.T) {
 		{name: "oauth2 token", in: "echo=Bearer oauth-tok-xyz, retry", want: "echo=Bearer <redacted>, retry"},
 		{name: "lower case scheme", in: "authorization: bearer eyJhbGciOi.x_Y", want: "authorization: bearer <redacted>"},
 		{name: "words stay", in: "basic authentication failed; bearer token required", want: "basic authentication failed; bearer token required"},
+		{name: "capitalised words stay", in: "Basic Auth credentials are missing; Bearer Token is invalid", want: "Basic Auth credentials are missing; Bearer Token is invalid"},
+		{name: "auth-params stay", in: `WWW-Authenticate: Basic realm="Restricted", Bearer error="invalid_token"`, want: `WWW-Authenticate: Basic realm="Restricted", Bearer error="invalid_token"`},
+		{name: "token starting in lower case", in: "Authorization: Bearer abc%2Fdef.GHI", want: "Authorization: Bearer <redacted>"},
+		{name: "token with a colon", in: "Bearer abcdefghij:KLMNOP123 rejected", want: "Bearer <redacted> rejected"},
+		{name: "url-encoded echo", in: "echo: authorization=Bearer%20eyJhbGciOi.x_Y&next=1", want: "echo: authorization=Bearer%20<redacted>&next=1"},
+		{name: "in json", in: `{"auth":"Bearer 0auth-T0ken-from-url"}`, want: `{"auth":"Bearer <redacted>"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := configs.NewRemoteWriteConfig("http://127.0.0.1:1/w")

@@ -301,8 +301,8 @@ func TestConfigReloadKeepsOldConfigOnError(t *testing.T) {
 	if n := strings.Count(logs, "limits.max_body_bytes changes only on restart"); n != 2 || strings.Contains(logs, "running=1000000") {
 		t.Errorf("max_body_bytes warnings: %d, want 2, each with the running value:\n%s", n, logs)
 	}
-	if n := strings.Count(logs, "web.http_server_config change only on restart"); n != 2 {
-		t.Errorf("http_server_config warnings: %d, want 2:\n%s", n, logs)
+	if n := strings.Count(logs, "web.http_server_config changes only on restart"); n != 2 || !strings.Contains(logs, "running=\"{ReadTimeout:30s") || !strings.Contains(logs, "file=\"{ReadTimeout:8s") {
+		t.Errorf("http_server_config warnings: %d, want 2, each with the running and the file's value:\n%s", n, logs)
 	}
 	if n := strings.Count(logs, "wal settings change only on restart"); n != 2 {
 		t.Errorf("wal warnings: %d, want 2:\n%s", n, logs)
