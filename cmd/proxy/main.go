@@ -283,18 +283,26 @@ func run(args []string) error {
 		sources = append(sources, aggregate.Source{Gatherer: reg, Labels: map[string]string{"job": "sluice", "instance": selfInstance(cfg)}})
 	}
 	flusher := aggregate.NewFlusher(f.interval, time.Now, fwd, sources, reg, logger.With("component", "flush"))
-	if ms, err := readEarlyWindow(f.walDir); err != nil {
+	if ms, iv, err := readEarlyWindow(f.walDir); err != nil {
 		logger.Warn("read the window emitted early at the last shutdown", "err", err)
-	} else if now := time.Now(); ms == flusher.WindowEnd(now).UnixMilli() {
-		// Restarted within the window the last shutdown emitted early.
-		flusher.SetLastEmitted(ms)
-		logger.Info("the current window was emitted at the last shutdown; the first window emitted is the next one", "window_end", time.UnixMilli(ms))
-	} else if ms > now.UnixMilli() {
-		// Not the current window's end: the clock went back while Sluice
-		// was stopped, or --aggregation.interval changed. Trusting it
-		// would emit nothing until then.
-		logger.Warn("the window end recorded at the last shutdown is not the current window's (clock set back, or --aggregation.interval changed); ignoring it, so that window's end may be emitted twice",
-			"recorded", time.UnixMilli(ms), "current_window_end", flusher.WindowEnd(now))
+	} else if now := time.Now(); ms > now.UnixMilli() {
+		if iv <= 0 {
+			iv = f.interval.Milliseconds() // recorded by an older Sluice
+		}
+		if ms <= now.UnixMilli()+iv {
+			// Restarted within the window the last shutdown emitted
+			// early. Windows up to its end are not emitted (with a
+			// shorter interval than then, the ones ending before it:
+			// a store refuses samples older than one it has).
+			flusher.SetLastEmitted(ms)
+			logger.Info("the window ending at window_end was emitted at the last shutdown; the first window emitted is the one after it", "window_end", time.UnixMilli(ms))
+		} else {
+			// Further ahead than the window it ended: the clock went
+			// back while Sluice was stopped. Trusting it would emit
+			// nothing until then.
+			logger.Warn("the window end recorded at the last shutdown is further ahead than its window (the clock was set back?); ignoring it, so that window's end may be emitted twice",
+				"recorded", time.UnixMilli(ms), "recorded_interval", time.Duration(iv)*time.Millisecond)
+		}
 	}
 
 	var cfgMu sync.Mutex // serialises reloads
@@ -520,7 +528,7 @@ func run(args []string) error {
 	stopFlush()
 	<-flushDone
 	if ms := flusher.LastEmitted(); ms > time.Now().UnixMilli() {
-		if err := writeEarlyWindow(f.walDir, ms); err != nil {
+		if err := writeEarlyWindow(f.walDir, ms, f.interval.Milliseconds()); err != nil {
 			logger.Error("record the window emitted early; a restart within it emits its end again", "err", err)
 		}
 	}
@@ -627,18 +635,20 @@ func targetInfos(ts []forward.TargetStatus) []ingest.TargetInfo {
 }
 
 // earlyWindowFile, in the WAL directory, holds the end of the window the
-// last shutdown emitted before its time (Unix milliseconds, decimal).
+// last shutdown emitted before its time and the aggregation interval then
+// (Unix milliseconds and milliseconds, decimal, separated by a blank).
 const earlyWindowFile = "early_window_end"
 
-// writeEarlyWindow records ms durably: a restart within that window reads
-// it (readEarlyWindow) and emits that window end no more.
-func writeEarlyWindow(dir string, ms int64) error {
+// writeEarlyWindow records ms and the interval iv durably: a restart
+// within that window reads them (readEarlyWindow) and emits that window
+// end no more.
+func writeEarlyWindow(dir string, ms, iv int64) error {
 	tmp := filepath.Join(dir, earlyWindowFile+".tmp")
 	f, err := os.Create(tmp)
 	if err != nil {
 		return err
 	}
-	_, err = f.WriteString(strconv.FormatInt(ms, 10) + "\n")
+	_, err = f.WriteString(strconv.FormatInt(ms, 10) + " " + strconv.FormatInt(iv, 10) + "\n")
 	if err == nil {
 		err = f.Sync()
 	}
@@ -654,14 +664,22 @@ func writeEarlyWindow(dir string, ms int64) error {
 	return err
 }
 
-// readEarlyWindow returns what writeEarlyWindow recorded, 0 if nothing.
-func readEarlyWindow(dir string) (int64, error) {
+// readEarlyWindow returns what writeEarlyWindow recorded, zeros if
+// nothing; the interval is 0 in a file that an older Sluice wrote.
+func readEarlyWindow(dir string) (ms, iv int64, err error) {
 	b, err := os.ReadFile(filepath.Join(dir, earlyWindowFile))
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return 0, 0, nil
 	}
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	msText, ivText, hasIv := strings.Cut(strings.TrimSpace(string(b)), " ")
+	if ms, err = strconv.ParseInt(msText, 10, 64); err == nil && hasIv {
+		iv, err = strconv.ParseInt(ivText, 10, 64)
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: %w", earlyWindowFile, err)
+	}
+	return ms, iv, nil
 }

@@ -203,29 +203,58 @@ func TestRestartWithinAWindowEmitsItsEndOnce(t *testing.T) {
 	}
 }
 
-// TestEarlyWindowEndNotTheCurrentOneIsIgnored: the window end recorded at a
-// shutdown is trusted only when it is the current window's end. One in
-// the future (the clock set back while Sluice was stopped, or a shorter
-// --aggregation.interval) used to stop every window until then, Sluice's
-// own metrics included.
-func TestEarlyWindowEndNotTheCurrentOneIsIgnored(t *testing.T) {
+// TestEarlyWindowEnd: the window end recorded at a shutdown is trusted
+// while it is at most the recorded interval ahead. One further ahead (the
+// clock set back while Sluice was stopped) used to stop every window until
+// then, Sluice's own metrics included; now it is ignored. A restart with a
+// shorter --aggregation.interval within the recorded window emits no
+// window before its end (a store refuses samples older than one it has),
+// and the windows after it.
+func TestEarlyWindowEnd(t *testing.T) {
 	t.Parallel()
 	bin := buildBinary(t)
-	walDir := t.TempDir()
-	if err := writeEarlyWindow(walDir, time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()); err != nil {
-		t.Fatal(err)
-	}
-	p := startSluiceOn(t, bin, freePort(t), "--wal.dir="+walDir, "--aggregation.interval=1s")
-	defer p.stop(t)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		_, body := p.get(t, "/metrics")
-		if v, _ := metricValue(body, "sluice_flushes_total"); v >= 2 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no windows emitted in 10 s with a future early_window_end:\n%s", grepLines(body, "sluice_flushes_total"))
-		}
-		time.Sleep(200 * time.Millisecond)
+	for _, tc := range []struct {
+		name string
+		// end and iv are what the last shutdown recorded.
+		end  func(now time.Time) time.Time
+		iv   time.Duration
+		hold bool // no window before end
+	}{
+		{name: "far ahead: ignored", end: func(time.Time) time.Time { return time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC) }, iv: time.Minute},
+		{name: "a longer interval's window: held until its end", iv: 5 * time.Second, hold: true,
+			end: func(now time.Time) time.Time { return now.Add(5 * time.Second).Truncate(time.Second) }}, // 4-5 s ahead
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			walDir := t.TempDir()
+			now := time.Now()
+			end := tc.end(now)
+			if err := writeEarlyWindow(walDir, end.UnixMilli(), tc.iv.Milliseconds()); err != nil {
+				t.Fatal(err)
+			}
+			p := startSluiceOn(t, bin, freePort(t), "--wal.dir="+walDir, "--aggregation.interval=1s")
+			defer p.stop(t)
+			flushes := func() float64 {
+				_, body := p.get(t, "/metrics")
+				v, _ := metricValue(body, "sluice_flushes_total")
+				return v
+			}
+			if tc.hold {
+				time.Sleep(time.Until(end.Add(-1500 * time.Millisecond)))
+				if n := flushes(); n != 0 {
+					t.Fatalf("%v windows emitted before the recorded window end %v", n, end)
+				}
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			if tc.hold {
+				deadline = end.Add(5 * time.Second)
+			}
+			for flushes() < 2 {
+				if time.Now().After(deadline) {
+					t.Fatalf("fewer than 2 windows emitted by %v (recorded end %v)", deadline, end)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		})
 	}
 }
