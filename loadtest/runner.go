@@ -105,7 +105,12 @@ func newHostClient(rawURL string, conns int, timeout time.Duration) (*fasthttp.H
 // or request count is reached or ctx is done, and summarizes the answers.
 // With f.rate > 0 request i is due at start + i/rate; a worker that is late
 // sends at once, so a slow target shows as a lower achieved rate and higher
-// latencies rather than as a silently lower load.
+// latencies rather than as a silently lower load. Latencies are from the
+// send; a request sent late because every worker was busy (waiting for
+// slow answers) also has a latency from when it was due, which counts that
+// wait ("coordinated omission"; Result.SchedP99). One whose worker slept
+// until it was due has the same latency from both, so that the generator's
+// own timer slack is not the target's.
 func run(ctx context.Context, name, target string, f loadFlags, hc *fasthttp.HostClient, src source) Result {
 	var (
 		next     atomic.Uint64
@@ -146,6 +151,7 @@ func run(ctx context.Context, name, target string, f loadFlags, hc *fasthttp.Hos
 				if f.requests > 0 && seq >= f.requests {
 					return
 				}
+				var late time.Time // when a late request was due
 				if interval > 0 {
 					due := start.Add(time.Duration(seq) * interval)
 					if !deadline.IsZero() && !due.Before(deadline) {
@@ -158,11 +164,16 @@ func run(ctx context.Context, name, target string, f loadFlags, hc *fasthttp.Hos
 						case <-ctx.Done():
 							return
 						}
+					} else {
+						// Every worker was busy when it fell due: the
+						// time it waited for one counts in its latency
+						// from the schedule.
+						late = due
 					}
 				} else if !deadline.IsZero() && !time.Now().Before(deadline) {
 					return
 				}
-				send(hc, req, resp, src.request(seq), ws)
+				send(hc, req, resp, src.request(seq), ws, late)
 			}
 		}()
 	}
@@ -172,8 +183,9 @@ func run(ctx context.Context, name, target string, f loadFlags, hc *fasthttp.Hos
 	return r
 }
 
-// send does one request and records its outcome in ws.
-func send(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response, rq *request, ws *workerStats) {
+// send does one request and records its outcome in ws; late, if not zero,
+// is when the request was due (it is sent late).
+func send(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response, rq *request, ws *workerStats, late time.Time) {
 	req.Reset()
 	req.SetRequestURI(rq.uri)
 	req.Header.SetMethod(rq.method)
@@ -188,7 +200,14 @@ func send(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Respons
 	resp.Reset()
 	t0 := time.Now()
 	err := hc.Do(req, resp)
-	ws.latencies = append(ws.latencies, time.Since(t0))
+	end := time.Now()
+	ws.latencies = append(ws.latencies, end.Sub(t0))
+	if late.IsZero() {
+		ws.fromSchedule = append(ws.fromSchedule, end.Sub(t0))
+	} else {
+		ws.fromSchedule = append(ws.fromSchedule, end.Sub(late))
+		ws.late++
+	}
 	ws.attempted += uint64(rq.samples)
 	code := 0
 	if err == nil {

@@ -36,6 +36,10 @@ func millis(d time.Duration) float64 { return float64(d) / float64(time.Millisec
 // the run lasts, so recording needs no lock.
 type workerStats struct {
 	latencies []time.Duration
+	// fromSchedule are the latencies from when each request was due, if
+	// it was sent late; else the same as latencies (see run).
+	fromSchedule []time.Duration
+	late         uint64 // requests sent after they were due
 	// statuses counts answers by HTTP status; 0 stands for "no answer"
 	// (a connection or timeout error).
 	statuses map[int]uint64
@@ -52,31 +56,37 @@ type workerStats struct {
 
 func newWorkerStats(capHint int) *workerStats {
 	return &workerStats{
-		latencies: make([]time.Duration, 0, capHint),
-		statuses:  map[int]uint64{},
-		firstErr:  map[int]string{},
+		latencies:    make([]time.Duration, 0, capHint),
+		fromSchedule: make([]time.Duration, 0, capHint),
+		statuses:     map[int]uint64{},
+		firstErr:     map[int]string{},
 	}
 }
 
 // Result is the summary a generator prints, as text or JSON.
 type Result struct {
-	Command     string            `json:"command"`
-	Target      string            `json:"target"`
-	Concurrency int               `json:"concurrency"`
-	TargetRate  float64           `json:"target_rate"`
-	Elapsed     float64           `json:"elapsed_seconds"`
-	Requests    uint64            `json:"requests"`
-	OK          uint64            `json:"ok"`
-	Errors      uint64            `json:"errors"`
-	Samples     uint64            `json:"samples"`
-	Attempted   uint64            `json:"samples_attempted"`
-	Mismatched  uint64            `json:"written_header_mismatches"`
-	ReqPerSec   float64           `json:"requests_per_second"`
-	SamplesPS   float64           `json:"samples_per_second"`
-	P50         float64           `json:"latency_p50_ms"`
-	P90         float64           `json:"latency_p90_ms"`
-	P99         float64           `json:"latency_p99_ms"`
-	Max         float64           `json:"latency_max_ms"`
+	Command     string  `json:"command"`
+	Target      string  `json:"target"`
+	Concurrency int     `json:"concurrency"`
+	TargetRate  float64 `json:"target_rate"`
+	Elapsed     float64 `json:"elapsed_seconds"`
+	Requests    uint64  `json:"requests"`
+	OK          uint64  `json:"ok"`
+	Errors      uint64  `json:"errors"`
+	Samples     uint64  `json:"samples"`
+	Attempted   uint64  `json:"samples_attempted"`
+	Mismatched  uint64  `json:"written_header_mismatches"`
+	ReqPerSec   float64 `json:"requests_per_second"`
+	SamplesPS   float64 `json:"samples_per_second"`
+	P50         float64 `json:"latency_p50_ms"`
+	P90         float64 `json:"latency_p90_ms"`
+	P99         float64 `json:"latency_p99_ms"`
+	Max         float64 `json:"latency_max_ms"`
+	// With a fixed rate: requests sent late because every worker was
+	// busy, and the latencies counted from when each was due.
+	Late        uint64            `json:"late_requests"`
+	SchedP99    float64           `json:"latency_from_schedule_p99_ms"`
+	SchedMax    float64           `json:"latency_from_schedule_max_ms"`
 	Statuses    map[string]uint64 `json:"statuses"`
 	FirstErrors map[string]string `json:"first_errors,omitempty"`
 }
@@ -84,15 +94,17 @@ type Result struct {
 // summarize merges the workers' records into a Result. It sorts the
 // latencies in place.
 func summarize(workers []*workerStats, elapsed time.Duration) Result {
-	var all []time.Duration
+	var all, sched []time.Duration
 	n := 0
 	for _, w := range workers {
 		n += len(w.latencies)
 	}
-	all = make([]time.Duration, 0, n)
+	all, sched = make([]time.Duration, 0, n), make([]time.Duration, 0, n)
 	r := Result{Statuses: map[string]uint64{}, FirstErrors: map[string]string{}}
 	for _, w := range workers {
 		all = append(all, w.latencies...)
+		sched = append(sched, w.fromSchedule...)
+		r.Late += w.late
 		r.Samples += w.samples
 		r.Attempted += w.attempted
 		r.Mismatched += w.mismatched
@@ -118,6 +130,11 @@ func summarize(workers []*workerStats, elapsed time.Duration) Result {
 	r.P99 = millis(percentile(all, 99))
 	if len(all) > 0 {
 		r.Max = millis(all[len(all)-1])
+	}
+	slices.Sort(sched)
+	r.SchedP99 = millis(percentile(sched, 99))
+	if len(sched) > 0 {
+		r.SchedMax = millis(sched[len(sched)-1])
 	}
 	r.Elapsed = elapsed.Seconds()
 	if r.Elapsed > 0 {
@@ -149,6 +166,9 @@ func (r Result) write(w io.Writer, asJSON bool) error {
 	fmt.Fprintf(&b, "  requests   %d (%d ok, %d failed)  %.0f ok req/s\n", r.Requests, r.OK, r.Errors, r.ReqPerSec)
 	fmt.Fprintf(&b, "  samples    %d accepted of %d sent  %.0f samples/s\n", r.Samples, r.Attempted, r.SamplesPS)
 	fmt.Fprintf(&b, "  latency    p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  max %.3f ms\n", r.P50, r.P90, r.P99, r.Max)
+	if r.TargetRate > 0 {
+		fmt.Fprintf(&b, "  from the schedule  p99 %.3f ms  max %.3f ms  (%d requests sent late, every worker busy)\n", r.SchedP99, r.SchedMax, r.Late)
+	}
 	keys := make([]string, 0, len(r.Statuses))
 	for k := range r.Statuses {
 		keys = append(keys, k)

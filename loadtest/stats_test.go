@@ -2,8 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -99,5 +103,46 @@ func TestSummarize(t *testing.T) {
 	}
 	if back.P99 != 9 || back.Statuses["503"] != 1 {
 		t.Errorf("JSON round trip lost fields: %+v", back)
+	}
+}
+
+// TestLatencyFromSchedule: at a fixed rate, requests that fall due while
+// every worker waits for a stalled answer are sent late; their latency
+// from the schedule counts the wait, their latency from the send does
+// not (coordinated omission).
+func TestLatencyFromSchedule(t *testing.T) {
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if n.Add(1) == 5 {
+			time.Sleep(300 * time.Millisecond)
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer srv.Close()
+	pool, err := pushSpec{prefix: "t", groups: 1, series: 1, variants: 1, modes: []string{"sum"}, format: "text", job: "j", method: "POST"}.pool(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, err := newHostClient(srv.URL, 1, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := run(context.Background(), "push", srv.URL, loadFlags{concurrency: 1, rate: 100, requests: 40}, hc, pushPool(pool))
+	if res.OK != 40 {
+		t.Fatalf("result %+v", res)
+	}
+	// Requests 6 to about 35 fell due during the 300 ms stall.
+	if res.Late < 20 || res.SchedMax < 250 || res.SchedP99 < 250 {
+		t.Errorf("late %d, from the schedule p99 %.1f ms max %.1f ms; want 20 or more late and both over 250 ms", res.Late, res.SchedP99, res.SchedMax)
+	}
+	if res.P90 > 100 {
+		t.Errorf("p90 from the send %.1f ms: the late requests' wait counted there too", res.P90)
+	}
+	var text bytes.Buffer
+	if err := res.write(&text, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text.String(), "from the schedule") {
+		t.Errorf("text report lacks the latency from the schedule:\n%s", text.String())
 	}
 }
