@@ -57,7 +57,7 @@ func applyParallel(b *testing.B, s *Store, groups []Push, stride int) {
 
 // BenchmarkApply measures one push of 25 series over 1,000 groups, per mode.
 func BenchmarkApply(b *testing.B) {
-	for _, mode := range []string{"sum", "replace", "family", "mean1m", "max1m", "p99_5m"} {
+	for _, mode := range []string{"sum", "replace", "family", "mean1m", "sum1m", "min1m", "max1m", "count1m", "median5m", "p99_5m"} {
 		b.Run(mode, func(b *testing.B) {
 			s := New(testSettings(), time.Now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
 			groups := benchGroups(b, mode)
@@ -69,6 +69,28 @@ func BenchmarkApply(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkApplyNativeHistogram sums client_golang native histograms of
+// two schemas into one series per group (each push merges exactly, to the
+// coarser schema).
+func BenchmarkApplyNativeHistogram(b *testing.B) {
+	s := New(testSettings(), time.Now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	fams := [][]*dto.MetricFamily{
+		{nativeFamily(b, 1.1, 0.001, 0.02, 0.5, 0.5, 3, 70, -2)},
+		{nativeFamily(b, 2, 0.003, 0.04, 0.9, 12)},
+	}
+	pushes := make([]Push, 200)
+	for i := range pushes {
+		pushes[i] = Push{Group: groupLabels(fmt.Sprintf("job=j%d", i%100)), Mode: "sum", Families: fams[i%2]}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := s.Apply(context.Background(), &pushes[i%len(pushes)]); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 

@@ -416,13 +416,13 @@ func typedMetric(m *dto.Metric, typ dto.MetricType) *dto.Metric {
 		return m
 	}
 	c := &dto.Metric{Label: m.Label, TimestampMs: m.TimestampMs}
-	SetFloatValue(c, typ, floatValue(m))
+	setFloatValue(c, typ, floatValue(m))
 	return c
 }
 
-// SetFloatValue puts v in m's field for type typ: Counter, Gauge, else
+// setFloatValue puts v in m's field for type typ: Counter, Gauge, else
 // Untyped.
-func SetFloatValue(m *dto.Metric, typ dto.MetricType, v float64) {
+func setFloatValue(m *dto.Metric, typ dto.MetricType, v float64) {
 	switch typ {
 	case dto.MetricType_COUNTER:
 		m.Counter = &dto.Counter{Value: &v}

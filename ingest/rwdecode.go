@@ -6,7 +6,6 @@ import (
 	"math"
 	"mime"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -284,6 +283,25 @@ type rwDecoder struct {
 	agg map[string]*aggSeries
 	// aggOrder keeps the aggregated series in request order.
 	aggOrder []*aggSeries
+	// key is scratch space for the map keys of addAgg and buildPushes.
+	key []byte
+	// The aggregated series, their labels and first samples come from
+	// chunks: a few allocations per request, not several per series.
+	series  slab[aggSeries]
+	lbls    []prompb.Label
+	samples []prompb.Sample
+}
+
+// take returns n elements from the free end of *chunk (a new chunk if it
+// has no room), as a slice whose capacity ends at its length: an append to
+// it copies, and leaves the chunk alone.
+func take[T any](chunk *[]T, n int) []T {
+	if cap(*chunk)-len(*chunk) < n {
+		*chunk = make([]T, 0, max(n, 1024))
+	}
+	start := len(*chunk)
+	*chunk = (*chunk)[:start+n]
+	return (*chunk)[start : start+n : start+n]
 }
 
 func newRWDecoder(lim configs.LimitsConfig, relabels []*relabel.Config, meta *metadataCache) *rwDecoder {
@@ -337,15 +355,7 @@ func (d *rwDecoder) decodeV1(r *rwRequest, raw, body []byte) (*rwDecoded, *rwErr
 				reqMeta[req.Metadata[i].MetricFamilyName] = &req.Metadata[i]
 			}
 		}
-		if md := familyMetadata(func(f string) (prompb.MetricMetadata, bool) {
-			if m := reqMeta[f]; m != nil {
-				return *m, true
-			}
-			if d.meta != nil {
-				return d.meta.get(f)
-			}
-			return prompb.MetricMetadata{}, false
-		}, name); md != nil {
+		if md, ok := familyMetadata(requestMeta{reqMeta, d.meta}, name); ok {
 			return seriesMeta{typ: md.Type, help: md.Help, unit: md.Unit, known: true}
 		}
 		return seriesMeta{}
@@ -756,17 +766,20 @@ func familyName(name string, t prompb.MetricMetadata_MetricType) string {
 // familyMetadata finds the metadata of the family a series belongs to: its
 // name, or its name without the suffix a histogram, summary or counter
 // adds, if that family's type has such a suffix.
-func familyMetadata(get func(family string) (prompb.MetricMetadata, bool), name string) *prompb.MetricMetadata {
-	if md, ok := get(name); ok {
-		return &md
+//
+// It is generic over where the metadata comes from so that looking it up
+// allocates nothing (a closure passed in did, twice a series).
+func familyMetadata[M metaSource](src M, name string) (prompb.MetricMetadata, bool) {
+	if md, ok := src.get(name); ok {
+		return md, true
 	}
 	i := strings.LastIndexByte(name, '_')
 	if i <= 0 {
-		return nil
+		return prompb.MetricMetadata{}, false
 	}
-	md, ok := get(name[:i])
+	md, ok := src.get(name[:i])
 	if !ok {
-		return nil
+		return prompb.MetricMetadata{}, false
 	}
 	const (
 		counter   = prompb.MetricMetadata_COUNTER
@@ -785,9 +798,38 @@ func familyMetadata(get func(family string) (prompb.MetricMetadata, bool), name 
 		ok = false
 	}
 	if !ok {
-		return nil
+		return prompb.MetricMetadata{}, false
 	}
-	return &md
+	return md, true
+}
+
+// metaSource is where familyMetadata looks a family up.
+type metaSource interface {
+	get(family string) (prompb.MetricMetadata, bool)
+}
+
+// requestMeta is the metadata of a request, then the cache's.
+type requestMeta struct {
+	req   map[string]*prompb.MetricMetadata
+	cache *metadataCache // nil: none
+}
+
+func (r requestMeta) get(f string) (prompb.MetricMetadata, bool) {
+	if m := r.req[f]; m != nil {
+		return *m, true
+	}
+	if r.cache != nil {
+		return r.cache.get(f)
+	}
+	return prompb.MetricMetadata{}, false
+}
+
+// cachedMeta is the metadata cache's map, read under its lock.
+type cachedMeta map[string]prompb.MetricMetadata
+
+func (c cachedMeta) get(f string) (prompb.MetricMetadata, bool) {
+	m, ok := c[f]
+	return m, ok
 }
 
 // addAgg collects a series to aggregate. Several TimeSeries with the same
@@ -817,20 +859,23 @@ func (d *rwDecoder) addAgg(out *rwDecoded, ls []prompb.Label, name string, md se
 	if d.agg == nil {
 		d.agg = make(map[string]*aggSeries)
 	}
-	var kb strings.Builder
+	d.key = d.key[:0]
 	for _, l := range ls {
-		kb.WriteString(l.Name)
-		kb.WriteByte(0xff)
-		kb.WriteString(l.Value)
-		kb.WriteByte(0xff)
+		d.key = append(append(append(append(d.key, l.Name...), 0xff), l.Value...), 0xff)
 	}
-	key := kb.String()
-	s := d.agg[key]
+	s := d.agg[string(d.key)] // no copy for the lookup
 	if s == nil {
-		// The Store keeps these: copies, not strings into the pooled body.
-		s = &aggSeries{lbls: make([]prompb.Label, len(ls)), meta: md.clone()}
+		// The Store keeps the labels: copies, not strings into the pooled
+		// body. The key is that copy, one string for all of them.
+		key := string(d.key)
+		s = d.series.next()
+		s.lbls, s.meta = take(&d.lbls, len(ls)), md.clone()
+		off := 0
 		for i, l := range ls {
-			s.lbls[i] = prompb.Label{Name: strings.Clone(l.Name), Value: strings.Clone(l.Value)}
+			name := key[off : off+len(l.Name)]
+			off += len(l.Name) + 1
+			s.lbls[i] = prompb.Label{Name: name, Value: key[off : off+len(l.Value)]}
+			off += len(l.Value) + 1
 			if l.Name == model.MetricNameLabel {
 				s.name = s.lbls[i].Value
 			}
@@ -840,7 +885,12 @@ func (d *rwDecoder) addAgg(out *rwDecoded, ls []prompb.Label, name string, md se
 	} else if !s.meta.known && md.known {
 		s.meta = md.clone()
 	}
-	s.floats = append(s.floats, floats...)
+	if s.floats == nil && len(floats) > 0 {
+		s.floats = take(&d.samples, len(floats))
+		copy(s.floats, floats)
+	} else {
+		s.floats = append(s.floats, floats...)
+	}
 	s.hists = append(s.hists, hists...)
 	if len(s.floats) > 0 && len(s.hists) > 0 {
 		return rwErrorf(400, rwReasonMixed, "series %s has both float samples and native histograms; an aggregated series has one type", rwSeries(ls))
@@ -878,31 +928,50 @@ func (d *rwDecoder) buildPushes(out *rwDecoded) *rwError {
 		rounds = max(rounds, len(s.floats), len(s.hists))
 	}
 	sem := aggregate.SemanticsAggregate
+	// The pushes' metrics come from slabs: a few allocations per request
+	// instead of several per sample. Label names and values, timestamps
+	// and values point into the aggregated series, which outlive the
+	// pushes (the Store copies what it keeps).
+	var (
+		metrics  slab[dto.Metric]
+		pairs    slab[dto.LabelPair]
+		counters slab[dto.Counter]
+		gauges   slab[dto.Gauge]
+		untypeds slab[dto.Untyped]
+		ptrs     []*dto.LabelPair
+	)
 	for r := 0; r < rounds; r++ {
 		type groupPush struct {
 			push         *aggregate.Push
 			fams         map[string]*dto.MetricFamily
 			floats, hist int
+			order        string // the grouping key as text, for the push order
 		}
 		byGroup := map[string]*groupPush{}
-		var keys []string
+		var order []*groupPush
 		for _, s := range d.aggOrder {
 			if r >= len(s.floats) && r >= len(s.hists) {
 				continue
 			}
-			d.sb.Reset()
+			d.key = d.key[:0]
 			for _, l := range s.lbls {
 				if l.Name == "job" || l.Name == "instance" {
-					d.sb.Add(l.Name, l.Value)
+					d.key = append(append(append(append(d.key, l.Name...), 0xff), l.Value...), 0xff)
 				}
 			}
-			group := d.sb.Labels()
-			gk := group.String()
-			gp := byGroup[gk]
+			gp := byGroup[string(d.key)]
 			if gp == nil {
-				gp = &groupPush{push: &aggregate.Push{Group: group, Method: aggregate.MethodPost, Semantics: &sem, TypeHint: true}, fams: map[string]*dto.MetricFamily{}}
-				byGroup[gk] = gp
-				keys = append(keys, gk)
+				d.sb.Reset()
+				for _, l := range s.lbls {
+					if l.Name == "job" || l.Name == "instance" {
+						d.sb.Add(l.Name, l.Value)
+					}
+				}
+				group := d.sb.Labels()
+				gp = &groupPush{push: &aggregate.Push{Group: group, Method: aggregate.MethodPost, Semantics: &sem, TypeHint: true},
+					fams: map[string]*dto.MetricFamily{}, order: group.String()}
+				byGroup[string(d.key)] = gp
+				order = append(order, gp)
 			}
 			typ := aggType(s.name, s.meta, len(s.hists) > 0)
 			f := gp.fams[s.name]
@@ -920,27 +989,45 @@ func (d *rwDecoder) buildPushes(out *rwDecoded) *rwError {
 				return rwErrorf(400, rwReasonTypeConflict, "metric %q is sent as %s and as %s in one request",
 					truncate(s.name), strings.ToLower(f.GetType().String()), strings.ToLower(typ.String()))
 			}
-			m := &dto.Metric{Label: make([]*dto.LabelPair, 0, len(s.lbls)-1)}
-			for _, l := range s.lbls {
-				if l.Name != model.MetricNameLabel {
-					m.Label = append(m.Label, &dto.LabelPair{Name: ptr(l.Name), Value: ptr(l.Value)})
+			m := metrics.next()
+			if cap(ptrs)-len(ptrs) < len(s.lbls) {
+				ptrs = make([]*dto.LabelPair, 0, max(len(s.lbls), 1024))
+			}
+			start := len(ptrs)
+			for i := range s.lbls {
+				if l := &s.lbls[i]; l.Name != model.MetricNameLabel {
+					lp := pairs.next()
+					lp.Name, lp.Value = &l.Name, &l.Value
+					ptrs = append(ptrs, lp)
 				}
 			}
+			m.Label = ptrs[start:len(ptrs):len(ptrs)]
 			if len(s.hists) > 0 {
 				h := &s.hists[r]
-				m.TimestampMs = ptr(h.Timestamp)
+				m.TimestampMs = &h.Timestamp
 				m.Histogram = histToDTO(h)
 				gp.hist++
 			} else {
-				m.TimestampMs = ptr(s.floats[r].Timestamp)
-				aggregate.SetFloatValue(m, typ, s.floats[r].Value)
+				sm := &s.floats[r]
+				m.TimestampMs = &sm.Timestamp
+				// As aggregate.typedMetric sets a value, in place.
+				switch typ {
+				case dto.MetricType_COUNTER:
+					m.Counter = counters.next()
+					m.Counter.Value = &sm.Value
+				case dto.MetricType_GAUGE:
+					m.Gauge = gauges.next()
+					m.Gauge.Value = &sm.Value
+				default:
+					m.Untyped = untypeds.next()
+					m.Untyped.Value = &sm.Value
+				}
 				gp.floats++
 			}
 			f.Metric = append(f.Metric, m)
 		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			gp := byGroup[k]
+		slices.SortFunc(order, func(a, b *groupPush) int { return strings.Compare(a.order, b.order) })
+		for _, gp := range order {
 			out.write.Pushes = append(out.write.Pushes, gp.push)
 			out.pushFloats = append(out.pushFloats, gp.floats)
 			out.pushHists = append(out.pushHists, gp.hist)
@@ -1126,16 +1213,29 @@ func (c *metadataCache) forNames(names map[string]struct{}) []prompb.MetricMetad
 	var out []prompb.MetricMetadata
 	seen := make(map[string]struct{}, len(names))
 	for n := range names {
-		md := familyMetadata(func(f string) (prompb.MetricMetadata, bool) { m, ok := c.m[f]; return m, ok }, n)
-		if md == nil {
+		md, ok := familyMetadata(cachedMeta(c.m), n)
+		if !ok {
 			continue
 		}
 		if _, ok := seen[md.MetricFamilyName]; ok {
 			continue
 		}
 		seen[md.MetricFamilyName] = struct{}{}
-		out = append(out, *md)
+		out = append(out, md)
 	}
 	slices.SortFunc(out, func(a, b prompb.MetricMetadata) int { return cmp.Compare(a.MetricFamilyName, b.MetricFamilyName) })
 	return out
+}
+
+// slab hands out zeroed values of T from chunks that are never
+// reallocated, so that pointers to them stay valid.
+type slab[T any] struct{ chunk []T }
+
+// next returns a new zero T.
+func (s *slab[T]) next() *T {
+	if len(s.chunk) == cap(s.chunk) {
+		s.chunk = make([]T, 0, max(64, 2*cap(s.chunk)))
+	}
+	s.chunk = s.chunk[:len(s.chunk)+1]
+	return &s.chunk[len(s.chunk)-1]
 }
