@@ -513,7 +513,7 @@ if [ "$SKIP_PUSH" != 1 ]; then
 	for n in sluice "sluice@half" "sluice(fsync=interval)" "sluice(protobuf)" pushgateway; do
 		[ -n "${PU_RPS[$n]:-}" ] || continue
 		RESULTS+=("$(printf '%-28s %14s %12s %10s %10s   %s' "push: $n" "$(calc "${PU_RPS[$n]}" 0)/s" "${PU_CPUM[$n]}" \
-			"$(calc "${PU_HWM[$n]} / 1024" 0)" "${PU_P99[$n]}" "$( ((${PU_N[$n]} > 1)) && echo "pushes/s by round: ${PU_RUNS[$n]}; ")${PU_SP99[$n]:+p99 from the schedule ${PU_SP99[$n]} ms (${PU_LATE[$n]} sent late); }$(calc "${PU_SPS[$n]}" 0) samples/s; ${PU_STAT[$n]}${PU_GROUPS[$n]:+; ${PU_GROUPS[$n]} groups}")")
+			"$(calc "${PU_HWM[$n]} / 1024" 0)" "${PU_P99[$n]}" "$( ((${PU_N[$n]} > 1)) && echo "pushes/s by round: ${PU_RUNS[$n]}; ")${PU_SP99[$n]:+p99 from the schedule ${PU_SP99[$n]} ms (${PU_LATE[$n]} waited for a client); }$(calc "${PU_SPS[$n]}" 0) samples/s; ${PU_STAT[$n]}${PU_GROUPS[$n]:+; ${PU_GROUPS[$n]} groups}")")
 	done
 	verdict "$(ge "${PU_RPS[sluice]}" "$PUSH_TARGET" && echo 1 || echo 0)" \
 		"pushes: Sluice $(calc "${PU_RPS[sluice]}" 0)/s >= $PUSH_TARGET/s (10x the zapier gateway's 2,800/s)"
@@ -521,7 +521,7 @@ if [ "$SKIP_PUSH" != 1 ]; then
 		# Judged on the latency from the schedule: a request that fell due
 		# while every client waited for a slow answer counts that wait.
 		verdict "$(ge "$P99_TARGET_MS" "${PU_SP99[sluice@half]}" && echo 1 || echo 0)" \
-			"push p99 at half of Sluice's max ($HALF/s, achieved $(calc "${PU_RPS[sluice@half]}" 0)/s): ${PU_SP99[sluice@half]} ms from the schedule (${PU_LATE[sluice@half]} requests sent late), ${PU_P99[sluice@half]} ms from the send < $P99_TARGET_MS ms (mean WAL fsync $FSYNC_MS ms)"
+			"push p99 at half of Sluice's max ($HALF/s, achieved $(calc "${PU_RPS[sluice@half]}" 0)/s): ${PU_SP99[sluice@half]} ms from the schedule (${PU_LATE[sluice@half]} requests waited for a free client), ${PU_P99[sluice@half]} ms from the send < $P99_TARGET_MS ms (mean WAL fsync $FSYNC_MS ms)"
 		VERDICTS+=("INFO  at half of the max: the CPUs were $HALF_BUSY% busy; Sluice's own p99 (sluice_push_duration_seconds, handler start to answer, WAL wait included) $HALF_SERVER_P99 ms against the generator's ${PU_P99[sluice@half]} ms")
 	fi
 	COST=$(calc "100 * (1 - ${PU_RPS[sluice]} / ${PU_RPS[sluice(fsync=interval)]})" 2)

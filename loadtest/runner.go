@@ -103,27 +103,33 @@ func newHostClient(rawURL string, conns int, timeout time.Duration) (*fasthttp.H
 
 // run sends requests from src with f.concurrency workers until the duration
 // or request count is reached or ctx is done, and summarizes the answers.
-// With f.rate > 0 request i is due at start + i/rate; a worker that is late
-// sends at once, so a slow target shows as a lower achieved rate and higher
-// latencies rather than as a silently lower load. Latencies are from the
-// send; a request sent late because every worker was busy (waiting for
-// slow answers) also has a latency from when it was due, which counts that
-// wait ("coordinated omission"; Result.SchedP99). One whose worker slept
-// until it was due has the same latency from both, so that the generator's
-// own timer slack is not the target's.
+//
+// Without a rate each worker sends its next request as soon as it has the
+// answer to the last (a closed loop). With f.rate > 0 request i is due at
+// start + i/rate, and a dispatcher hands it, when it falls due, to
+// whichever worker is free, as independent clients would send it (an open
+// loop, up to f.concurrency requests in flight). When none is free, the
+// request waits for one: a slow target shows as a lower achieved rate and
+// higher latencies rather than as a silently lower load. Latencies are
+// from the send; each request also has a latency from when the dispatcher
+// handed it out, which counts that wait (Result.SchedP99): without it a
+// stall of the target shows only in the requests in flight ("coordinated
+// omission"). It is taken from the hand-out, not the due time, so that the
+// dispatcher's own timer slack is not the target's.
 func run(ctx context.Context, name, target string, f loadFlags, hc *fasthttp.HostClient, src source) Result {
 	var (
 		next     atomic.Uint64
 		wg       sync.WaitGroup
 		start    = time.Now()
 		deadline time.Time
-		interval time.Duration
+		jobs     chan job // with a rate
 	)
 	if f.duration > 0 {
 		deadline = start.Add(f.duration)
 	}
 	if f.rate > 0 {
-		interval = time.Duration(float64(time.Second) / f.rate)
+		jobs = make(chan job)
+		go dispatch(ctx, jobs, start, time.Duration(float64(time.Second)/f.rate), deadline, f.requests)
 	}
 	capHint := 1 << 14
 	switch {
@@ -144,36 +150,21 @@ func run(ctx context.Context, name, target string, f loadFlags, hc *fasthttp.Hos
 			resp := fasthttp.AcquireResponse()
 			defer fasthttp.ReleaseRequest(req)
 			defer fasthttp.ReleaseResponse(resp)
-			timer := time.NewTimer(time.Hour)
-			defer timer.Stop()
+			if jobs != nil {
+				for j := range jobs {
+					send(hc, req, resp, src.request(j.seq), ws, j)
+				}
+				return
+			}
 			for ctx.Err() == nil {
 				seq := next.Add(1) - 1
 				if f.requests > 0 && seq >= f.requests {
 					return
 				}
-				var late time.Time // when a late request was due
-				if interval > 0 {
-					due := start.Add(time.Duration(seq) * interval)
-					if !deadline.IsZero() && !due.Before(deadline) {
-						return
-					}
-					if d := time.Until(due); d > 0 {
-						timer.Reset(d)
-						select {
-						case <-timer.C:
-						case <-ctx.Done():
-							return
-						}
-					} else {
-						// Every worker was busy when it fell due: the
-						// time it waited for one counts in its latency
-						// from the schedule.
-						late = due
-					}
-				} else if !deadline.IsZero() && !time.Now().Before(deadline) {
+				if !deadline.IsZero() && !time.Now().Before(deadline) {
 					return
 				}
-				send(hc, req, resp, src.request(seq), ws, late)
+				send(hc, req, resp, src.request(seq), ws, job{seq: seq})
 			}
 		}()
 	}
@@ -183,9 +174,56 @@ func run(ctx context.Context, name, target string, f loadFlags, hc *fasthttp.Hos
 	return r
 }
 
-// send does one request and records its outcome in ws; late, if not zero,
-// is when the request was due (it is sent late).
-func send(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response, rq *request, ws *workerStats, late time.Time) {
+// job is a request the dispatcher hands out.
+type job struct {
+	seq uint64
+	// at is when the dispatcher handed it out, or began to wait for a
+	// free worker; zero without a rate.
+	at time.Time
+	// late: no worker was free at that moment.
+	late bool
+}
+
+// dispatch hands request seq to a free worker at start + seq*interval,
+// until deadline (if not zero), requests (if not 0) or ctx; then it closes
+// jobs.
+func dispatch(ctx context.Context, jobs chan<- job, start time.Time, interval time.Duration, deadline time.Time, requests uint64) {
+	defer close(jobs)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for seq := uint64(0); ctx.Err() == nil; seq++ {
+		if requests > 0 && seq >= requests {
+			return
+		}
+		due := start.Add(time.Duration(seq) * interval)
+		if !deadline.IsZero() && !due.Before(deadline) {
+			return
+		}
+		if d := time.Until(due); d > 0 {
+			timer.Reset(d)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				return
+			}
+		}
+		j := job{seq: seq, at: time.Now()}
+		select {
+		case jobs <- j:
+			continue
+		default:
+		}
+		j.late = true
+		select {
+		case jobs <- j:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// send does one request, j's, and records its outcome in ws.
+func send(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Response, rq *request, ws *workerStats, j job) {
 	req.Reset()
 	req.SetRequestURI(rq.uri)
 	req.Header.SetMethod(rq.method)
@@ -202,10 +240,12 @@ func send(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Respons
 	err := hc.Do(req, resp)
 	end := time.Now()
 	ws.latencies = append(ws.latencies, end.Sub(t0))
-	if late.IsZero() {
+	if j.at.IsZero() {
 		ws.fromSchedule = append(ws.fromSchedule, end.Sub(t0))
 	} else {
-		ws.fromSchedule = append(ws.fromSchedule, end.Sub(late))
+		ws.fromSchedule = append(ws.fromSchedule, end.Sub(j.at))
+	}
+	if j.late {
 		ws.late++
 	}
 	ws.attempted += uint64(rq.samples)

@@ -36,10 +36,10 @@ func millis(d time.Duration) float64 { return float64(d) / float64(time.Millisec
 // the run lasts, so recording needs no lock.
 type workerStats struct {
 	latencies []time.Duration
-	// fromSchedule are the latencies from when each request was due, if
-	// it was sent late; else the same as latencies (see run).
+	// fromSchedule are the latencies from when each request was handed
+	// out (see run); without a rate, the same as latencies.
 	fromSchedule []time.Duration
-	late         uint64 // requests sent after they were due
+	late         uint64 // requests that waited for a free worker
 	// statuses counts answers by HTTP status; 0 stands for "no answer"
 	// (a connection or timeout error).
 	statuses map[int]uint64
@@ -82,8 +82,8 @@ type Result struct {
 	P90         float64 `json:"latency_p90_ms"`
 	P99         float64 `json:"latency_p99_ms"`
 	Max         float64 `json:"latency_max_ms"`
-	// With a fixed rate: requests sent late because every worker was
-	// busy, and the latencies counted from when each was due.
+	// With a fixed rate: requests that waited for a free worker, and the
+	// latencies counted from when each was handed out (see run).
 	Late        uint64            `json:"late_requests"`
 	SchedP99    float64           `json:"latency_from_schedule_p99_ms"`
 	SchedMax    float64           `json:"latency_from_schedule_max_ms"`
@@ -167,7 +167,7 @@ func (r Result) write(w io.Writer, asJSON bool) error {
 	fmt.Fprintf(&b, "  samples    %d accepted of %d sent  %.0f samples/s\n", r.Samples, r.Attempted, r.SamplesPS)
 	fmt.Fprintf(&b, "  latency    p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  max %.3f ms\n", r.P50, r.P90, r.P99, r.Max)
 	if r.TargetRate > 0 {
-		fmt.Fprintf(&b, "  from the schedule  p99 %.3f ms  max %.3f ms  (%d requests sent late, every worker busy)\n", r.SchedP99, r.SchedMax, r.Late)
+		fmt.Fprintf(&b, "  from the schedule  p99 %.3f ms  max %.3f ms  (%d requests waited for a free client)\n", r.SchedP99, r.SchedMax, r.Late)
 	}
 	keys := make([]string, 0, len(r.Statuses))
 	for k := range r.Statuses {

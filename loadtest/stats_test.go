@@ -106,43 +106,66 @@ func TestSummarize(t *testing.T) {
 	}
 }
 
-// TestLatencyFromSchedule: at a fixed rate, requests that fall due while
-// every worker waits for a stalled answer are sent late; their latency
-// from the schedule counts the wait, their latency from the send does
-// not (coordinated omission).
+// TestLatencyFromSchedule: at a fixed rate, a request that falls due while
+// every client waits for a stalled answer waits for one, and its latency
+// from the schedule counts that wait while its latency from the send does
+// not (coordinated omission). With a client free, one slow answer delays
+// no other request.
 func TestLatencyFromSchedule(t *testing.T) {
-	var n atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		if n.Add(1) == 5 {
-			time.Sleep(300 * time.Millisecond)
-		}
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	defer srv.Close()
-	pool, err := pushSpec{prefix: "t", groups: 1, series: 1, variants: 1, modes: []string{"sum"}, format: "text", job: "j", method: "POST"}.pool(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hc, err := newHostClient(srv.URL, 1, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := run(context.Background(), "push", srv.URL, loadFlags{concurrency: 1, rate: 100, requests: 40}, hc, pushPool(pool))
-	if res.OK != 40 {
-		t.Fatalf("result %+v", res)
-	}
-	// Requests 6 to about 35 fell due during the 300 ms stall.
-	if res.Late < 20 || res.SchedMax < 250 || res.SchedP99 < 250 {
-		t.Errorf("late %d, from the schedule p99 %.1f ms max %.1f ms; want 20 or more late and both over 250 ms", res.Late, res.SchedP99, res.SchedMax)
-	}
-	if res.P90 > 100 {
-		t.Errorf("p90 from the send %.1f ms: the late requests' wait counted there too", res.P90)
-	}
-	var text bytes.Buffer
-	if err := res.write(&text, false); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(text.String(), "from the schedule") {
-		t.Errorf("text report lacks the latency from the schedule:\n%s", text.String())
+	for _, tc := range []struct {
+		name              string
+		concurrency       int
+		rate              float64
+		requests          uint64
+		wantLateAtLeast   uint64
+		wantLateAtMost    uint64
+		wantSchedP99Above float64 // ms
+		wantSchedP99Below float64 // ms; 0: no bound
+	}{
+		// Requests 6 to about 35 fall due during the 300 ms stall.
+		{name: "one client, stalled", concurrency: 1, rate: 100, requests: 40, wantLateAtLeast: 20, wantLateAtMost: 40, wantSchedP99Above: 250},
+		// Another client takes each request while one waits.
+		{name: "clients free, one stalled", concurrency: 8, rate: 400, requests: 200, wantLateAtMost: 5, wantSchedP99Below: 250},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var n atomic.Int64
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				if n.Add(1) == 5 {
+					time.Sleep(300 * time.Millisecond)
+				}
+				w.WriteHeader(http.StatusNoContent)
+			}))
+			defer srv.Close()
+			pool, err := pushSpec{prefix: "t", groups: 1, series: 1, variants: 1, modes: []string{"sum"}, format: "text", job: "j", method: "POST"}.pool(srv.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hc, err := newHostClient(srv.URL, tc.concurrency, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := run(context.Background(), "push", srv.URL, loadFlags{concurrency: tc.concurrency, rate: tc.rate, requests: tc.requests}, hc, pushPool(pool))
+			if res.OK != tc.requests {
+				t.Fatalf("result %+v", res)
+			}
+			if res.Late < tc.wantLateAtLeast || res.Late > tc.wantLateAtMost || res.SchedP99 < tc.wantSchedP99Above ||
+				(tc.wantSchedP99Below > 0 && res.SchedP99 > tc.wantSchedP99Below) {
+				t.Errorf("%d waited for a client, from the schedule p99 %.1f ms; want %d to %d, and a p99 over %v ms (under %v)",
+					res.Late, res.SchedP99, tc.wantLateAtLeast, tc.wantLateAtMost, tc.wantSchedP99Above, tc.wantSchedP99Below)
+			}
+			if res.Max < 250 || res.SchedMax < res.Max {
+				t.Errorf("max %.1f ms from the send, %.1f ms from the schedule: the stalled answer is missing", res.Max, res.SchedMax)
+			}
+			if res.P90 > 100 {
+				t.Errorf("p90 from the send %.1f ms: the waits counted there too", res.P90)
+			}
+			var text bytes.Buffer
+			if err := res.write(&text, false); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(text.String(), "from the schedule") {
+				t.Errorf("text report lacks the latency from the schedule:\n%s", text.String())
+			}
+		})
 	}
 }
