@@ -68,7 +68,7 @@ func TestClassicSeriesJoiningAFamilyAreChecked(t *testing.T) {
 
 	t.Run("classic_series_join_a_native_family", func(t *testing.T) {
 		s, _ := newTestStore(t, testSettings())
-		if err := s.Apply(ctx, &Push{Group: groupLabels("job=a"), Families: []*dto.MetricFamily{nativeX(t)}}); err != nil {
+		if err := s.Apply(ctx, nativeX(t, "job=a")); err != nil {
 			t.Fatal(err)
 		}
 		mustPush(t, s, "job=b", classic)
@@ -81,7 +81,7 @@ func TestClassicSeriesJoiningAFamilyAreChecked(t *testing.T) {
 		if err := s.Apply(ctx, remoteWriteXCount("job=b")); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Apply(ctx, &Push{Group: groupLabels("job=a"), TypeHint: true, Families: []*dto.MetricFamily{nativeX(t)}}); err != nil {
+		if err := s.Apply(ctx, &Push{Group: groupLabels("job=a"), TypeHint: true, Families: []*dto.MetricFamily{nativeNamed(t, "x", 1.1, 2)}}); err != nil {
 			t.Fatal(err)
 		}
 		if err := push(t, s, "job=b", MethodPost, classic); err == nil || !strings.Contains(err.Error(), "collide") {

@@ -34,18 +34,16 @@ const ReasonUnavailable = "wal_unavailable"
 // the in-memory state may now hold an operation the log does not, so the
 // Store refuses everything until a restart rebuilds it from the log.
 //
-// It waits whatever ctx says: the operation is applied and its record
-// enqueued, and the log writes it even if the request went away. An
-// answer other than the outcome would be wrong: a 503 to a push that then
-// turns out durable (the HTTP server's shutdown cancels its requests'
-// contexts) makes a client that retries count it twice. The server's
-// shutdown waits for its requests, and the log runs until it is done.
-func (s *Store) waitDurable(_ context.Context, wait func(context.Context) error) error {
+// It takes no context: the operation is applied and its record enqueued,
+// and the log writes it even if the request went away. An answer other
+// than the outcome would be wrong: a 503 to a push that then turns out
+// durable (the HTTP server's shutdown cancels its requests' contexts)
+// makes a client that retries count it twice. The server's shutdown waits
+// for its requests, and the log runs until it is done.
+func (s *Store) waitDurable(wait func(context.Context) error) error {
 	if wait == nil {
 		return nil
 	}
-	// context.Background rather than context.WithoutCancel(ctx): the
-	// wait only selects on Done, and this costs no allocation per push.
 	if err := wait(context.Background()); err != nil {
 		s.fail(err)
 		return &Error{Kind: KindUnavailable, Reason: ReasonUnavailable, Msg: "not stored: write-ahead log: " + err.Error()}
@@ -103,16 +101,16 @@ func (s *Store) Replay(op *Op) error {
 			return fmt.Errorf("replay push to %s: %w", groupString(op.Push.Group), err)
 		}
 	case RecordDelete:
-		return s.deleteGroup(ctx, op.Group, op.Time, nil)
+		return s.deleteGroup(op.Group, op.Time, nil)
 	case RecordWipe:
 		for _, g := range s.groupList() {
-			if err := s.deleteGroup(ctx, g.labels, op.Time, nil); err != nil {
+			if err := s.deleteGroup(g.labels, op.Time, nil); err != nil {
 				return err
 			}
 		}
 	case RecordExpire:
 		for _, gl := range op.ExpiredGroups {
-			if err := s.deleteGroup(ctx, gl, op.Time, nil); err != nil {
+			if err := s.deleteGroup(gl, op.Time, nil); err != nil {
 				return err
 			}
 		}

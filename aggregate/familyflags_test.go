@@ -5,18 +5,25 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
 
-func nativeX(t *testing.T) *dto.MetricFamily {
-	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "x", Help: "h", NativeHistogramBucketFactor: 1.1})
-	h.Observe(2)
-	var m dto.Metric
-	if err := h.Write(&m); err != nil {
-		t.Fatal(err)
+// nativeX is a push API push of a native histogram x to grp.
+func nativeX(t *testing.T, grp string) *Push {
+	return &Push{Group: groupLabels(grp), Families: []*dto.MetricFamily{nativeNamed(t, "x", 1.1, 2)}}
+}
+
+// restartSame closes d and opens the log in dir again (openDurable fails
+// if replay skips a record), checking that the state is what it was.
+func restartSame(t *testing.T, d *durableStore, dir string, clk *fakeClock) *durableStore {
+	t.Helper()
+	before := expose(t, d.s)
+	d.close(t)
+	r := openDurable(t, dir, clk)
+	if got := expose(t, r.s); got != before {
+		t.Errorf("state differs after restart\n got:\n%s\nwant:\n%s", got, before)
 	}
-	return &dto.MetricFamily{Name: ptr("x"), Help: ptr("h"), Type: dto.MetricType_HISTOGRAM.Enum(), Metric: []*dto.Metric{&m}}
+	return r
 }
 
 func remoteWriteXCount(grp string) *Push {
@@ -33,7 +40,7 @@ func TestReplayFollowsTheLogNotTheFamilyFlags(t *testing.T) {
 	clk := newClock()
 	ctx := context.Background()
 	d := openDurable(t, dir, clk)
-	if err := d.s.Apply(ctx, &Push{Group: groupLabels("job=a"), Families: []*dto.MetricFamily{nativeX(t)}}); err != nil {
+	if err := d.s.Apply(ctx, nativeX(t, "job=a")); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.s.Apply(ctx, remoteWriteXCount("job=b")); err != nil {
@@ -42,21 +49,15 @@ func TestReplayFollowsTheLogNotTheFamilyFlags(t *testing.T) {
 	if err := d.s.Checkpoint(ctx, d.w); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.s.Apply(ctx, &Push{Group: groupLabels("job=c"), Families: []*dto.MetricFamily{nativeX(t)}}); err != nil {
+	if err := d.s.Apply(ctx, nativeX(t, "job=c")); err != nil {
 		t.Fatalf("live push: %v", err)
 	}
-	before := expose(t, d.s)
-	d.close(t)
-
-	r := openDurable(t, dir, clk) // fails if replay skips a record
+	r := restartSame(t, d, dir, clk)
 	defer r.close(t)
 	s := r.s
-	if got := expose(t, s); got != before {
-		t.Errorf("state differs after restart\n got:\n%s\nwant:\n%s", got, before)
-	}
 	// Live after the restart, the family (restored unchecked) is checked
 	// again: a pushed x beside x_count is the clash the check is for.
-	if err := s.Apply(ctx, &Push{Group: groupLabels("job=d"), Families: []*dto.MetricFamily{nativeX(t)}}); err == nil || !strings.Contains(err.Error(), "collide") {
+	if err := s.Apply(ctx, nativeX(t, "job=d")); err == nil || !strings.Contains(err.Error(), "collide") {
 		t.Errorf("live push after restart: %v, want a clash", err)
 	}
 }
@@ -66,7 +67,7 @@ func TestReplayFollowsTheLogNotTheFamilyFlags(t *testing.T) {
 func TestRefusedPushLeavesNoFamilyFlags(t *testing.T) {
 	s, _ := newTestStore(t, testSettings())
 	ctx := context.Background()
-	if err := s.Apply(ctx, &Push{Group: groupLabels("job=a"), Families: []*dto.MetricFamily{nativeX(t)}}); err != nil {
+	if err := s.Apply(ctx, nativeX(t, "job=a")); err != nil {
 		t.Fatal(err)
 	}
 	mustPush(t, s, "job=b", "z{clear_mode=\"sum\"} 1\n")
@@ -86,7 +87,7 @@ func TestRestoreKeepsEveryClassicFamily(t *testing.T) {
 	clk := newClock()
 	ctx := context.Background()
 	d := openDurable(t, dir, clk)
-	if err := d.s.Apply(ctx, &Push{Group: groupLabels("job=a"), Families: []*dto.MetricFamily{nativeX(t)}}); err != nil {
+	if err := d.s.Apply(ctx, nativeX(t, "job=a")); err != nil {
 		t.Fatal(err)
 	}
 	mustPush(t, d.s, "job=b", "# TYPE x histogram\nx_bucket{le=\"1\"} 1\nx_bucket{le=\"+Inf\"} 2\nx_sum 3\nx_count 2\n")
@@ -112,12 +113,12 @@ func TestRefusedPushThenReplaySkipsNothing(t *testing.T) {
 	ctx := context.Background()
 	d := openDurable(t, dir, clk)
 	// remote_write makes x (native): checked=false
-	if err := d.s.Apply(ctx, &Push{Group: groupLabels("job=a"), TypeHint: true, Families: []*dto.MetricFamily{nativeX(t)}}); err != nil {
+	if err := d.s.Apply(ctx, &Push{Group: groupLabels("job=a"), TypeHint: true, Families: []*dto.MetricFamily{nativeNamed(t, "x", 1.1, 2)}}); err != nil {
 		t.Fatal(err)
 	}
 	mustPush(t, d.s, "job=b", "z{clear_mode=\"sum\"} 1\n")
 	// push API joins x, then is refused (mode conflict on z)
-	f := nativeX(t)
+	f := nativeNamed(t, "x", 1.1, 2)
 	zv := 1.0
 	f2 := &dto.MetricFamily{Name: ptr("z"), Type: dto.MetricType_UNTYPED.Enum(), Metric: []*dto.Metric{{Label: []*dto.LabelPair{{Name: ptr("clear_mode"), Value: ptr("replace")}}, Untyped: &dto.Untyped{Value: &zv}}}}
 	if err := d.s.Apply(ctx, &Push{Group: groupLabels("job=b"), Families: []*dto.MetricFamily{f, f2}}); err == nil {
@@ -128,15 +129,9 @@ func TestRefusedPushThenReplaySkipsNothing(t *testing.T) {
 	}
 	// The refused push set no flag: x is still unchecked, so this one is
 	// checked, and refused for the clash.
-	if err := d.s.Apply(ctx, &Push{Group: groupLabels("job=d"), Families: []*dto.MetricFamily{nativeX(t)}}); err == nil || !strings.Contains(err.Error(), "collide") {
+	if err := d.s.Apply(ctx, nativeX(t, "job=d")); err == nil || !strings.Contains(err.Error(), "collide") {
 		t.Fatalf("live push: %v, want a clash", err)
 	}
-	before := expose(t, d.s)
-	d.close(t)
-	r := openDurable(t, dir, clk) // fails if replay skips a record
-	defer r.close(t)
-	s := r.s
-	if got := expose(t, s); got != before {
-		t.Errorf("state differs after restart\n got:\n%s\nwant:\n%s", got, before)
-	}
+	r := restartSame(t, d, dir, clk)
+	r.close(t)
 }

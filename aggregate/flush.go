@@ -497,10 +497,7 @@ func (w *windowRender) appendMetric(name string, m *dto.Metric, b *baseLabels) {
 		float(name+"_count", "", "", float64(s.GetSampleCount()))
 	case m.Histogram != nil:
 		h := m.Histogram
-		count := float64(h.GetSampleCount())
-		if h.SampleCountFloat != nil {
-			count = h.GetSampleCountFloat()
-		}
+		count := renderedCount(h)
 		if isNative(h) {
 			if fh, err := nativeFromDTO(h, count, h.GetSampleSum()); err == nil {
 				// Integer counts go out as an integer histogram, as

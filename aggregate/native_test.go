@@ -17,11 +17,18 @@ import (
 	"github.com/prometheus/prometheus/prompb"
 )
 
-// nativeFamily observes vals in a native histogram with the given bucket
-// factor (which picks the schema) and returns it as a pushed family.
+// nativeFamily observes vals in a native histogram rpc_seconds with the
+// given bucket factor (which picks the schema) and returns it as a pushed
+// family.
 func nativeFamily(t testing.TB, factor float64, vals ...float64) *dto.MetricFamily {
 	t.Helper()
-	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "rpc_seconds", Help: "h", NativeHistogramBucketFactor: factor})
+	return nativeNamed(t, "rpc_seconds", factor, vals...)
+}
+
+// nativeNamed is nativeFamily for a metric of another name.
+func nativeNamed(t testing.TB, name string, factor float64, vals ...float64) *dto.MetricFamily {
+	t.Helper()
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: "h", NativeHistogramBucketFactor: factor})
 	for _, v := range vals {
 		h.Observe(v)
 	}
@@ -30,7 +37,7 @@ func nativeFamily(t testing.TB, factor float64, vals ...float64) *dto.MetricFami
 		t.Fatal(err)
 	}
 	m.Label = nil
-	return &dto.MetricFamily{Name: ptr("rpc_seconds"), Help: ptr("h"), Type: dto.MetricType_HISTOGRAM.Enum(), Metric: []*dto.Metric{&m}}
+	return &dto.MetricFamily{Name: ptr(name), Help: ptr("h"), Type: dto.MetricType_HISTOGRAM.Enum(), Metric: []*dto.Metric{&m}}
 }
 
 func TestNativeHistogramMergeReducesToCoarserSchema(t *testing.T) {

@@ -976,15 +976,22 @@ func nativeFromDTO(d *dto.Histogram, count, sum float64) (*histogram.FloatHistog
 // does not convert (more buckets than a push may have, after merging
 // pushes) shows its schema, count and sum without buckets.
 func NativeHistogram(d *dto.Histogram) *histogram.FloatHistogram {
-	count := float64(d.GetSampleCount())
-	if d.SampleCountFloat != nil {
-		count = d.GetSampleCountFloat()
-	}
+	count := renderedCount(d)
 	fh, err := nativeFromDTO(d, count, d.GetSampleSum())
 	if err != nil {
 		return &histogram.FloatHistogram{Schema: d.GetSchema(), ZeroThreshold: d.GetZeroThreshold(), Count: count, Sum: d.GetSampleSum()}
 	}
 	return fh
+}
+
+// renderedCount is the count of a gathered histogram (the Store's, as
+// histState.dto renders it, or a client library's): the float count if it
+// has one, else the integer one.
+func renderedCount(d *dto.Histogram) float64 {
+	if d.SampleCountFloat != nil {
+		return d.GetSampleCountFloat()
+	}
+	return float64(d.GetSampleCount())
 }
 
 // intNative is d as an integer histogram, given fh, d as a float one

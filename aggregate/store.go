@@ -298,7 +298,7 @@ func (s *Store) applyPush(ctx context.Context, p *Push, at time.Time, set *Setti
 	wait, err := s.applyPrepared(pr, rec, at.UnixNano(), set, j)
 	s.stateMu.RUnlock()
 	if err == nil {
-		if err = s.waitDurable(ctx, wait); err != nil {
+		if err = s.waitDurable(wait); err != nil {
 			pr.rec = nil // the log may still be writing it
 		}
 	}
@@ -822,8 +822,7 @@ func (s *Store) claim(u *update, hinted, restored bool) (*family, error) {
 				return nil, err
 			}
 		}
-		f = newFamily(u)
-		f.checked.Store(!hinted && !restored)
+		f = newFamily(u, !hinted && !restored)
 		s.families[f.name] = f
 	}
 	if f.typ != u.outType {
@@ -947,12 +946,14 @@ func (ff famFlags) apply() {
 	}
 }
 
-// newFamily is the family of u's metric as u gives it, with no reference.
-func newFamily(u *update) *family {
+// newFamily is the family of u's metric as u gives it, with no reference;
+// checked: the names its series show under were checked (family.checked).
+func newFamily(u *update, checked bool) *family {
 	// Clone: the push's strings may share memory with its whole body
 	// (see ingest's text decoder), which the family must not keep.
 	f := &family{name: strings.Clone(u.name), typ: u.outType, pushedType: u.typ, mode: u.mode, help: strings.Clone(u.help), unit: strings.Clone(u.unit)}
 	f.classic.Store(showsClassic(u))
+	f.checked.Store(checked)
 	return f
 }
 
@@ -1067,8 +1068,7 @@ func (fc *famChanges) resolve(s *Store, g *group, claimed *claimSet) error {
 			if err := s.suffixClash(u, false); err != nil {
 				return err
 			}
-			f = newFamily(u)
-			f.checked.Store(true)
+			f = newFamily(u, true)
 			fc.added = append(fc.added, f)
 		case f.sameAs(u):
 		case f.refs.Load() != int64(g.seriesOf(f)):
@@ -1080,12 +1080,11 @@ func (fc *famChanges) resolve(s *Store, g *group, claimed *claimSet) error {
 			if err := s.suffixClash(u, false); err != nil {
 				return err
 			}
-			nf := newFamily(u)
-			nf.checked.Store(true)
+			nf := newFamily(u, true)
 			fc.swaps = append(fc.swaps, famChange{old: f, new: nf})
 			f = nf
 		default:
-			fc.texts = append(fc.texts, famChange{old: f, new: newFamily(u)})
+			fc.texts = append(fc.texts, famChange{old: f, new: newFamily(u, false)})
 		}
 		f.refs.Add(1)
 		claimed.add(f)
@@ -1183,10 +1182,10 @@ func (s *Store) Delete(ctx context.Context, groupLabels labels.Labels) error {
 	if err := s.unavailable(); err != nil {
 		return err
 	}
-	return s.deleteGroup(ctx, groupLabels, s.now(), s.journal)
+	return s.deleteGroup(groupLabels, s.now(), s.journal)
 }
 
-func (s *Store) deleteGroup(ctx context.Context, groupLabels labels.Labels, at time.Time, j Journal) error {
+func (s *Store) deleteGroup(groupLabels labels.Labels, at time.Time, j Journal) error {
 	var wait func(context.Context) error
 	s.stateMu.RLock()
 	if g := s.lookupGroup(groupLabels); g != nil {
@@ -1203,7 +1202,7 @@ func (s *Store) deleteGroup(ctx context.Context, groupLabels labels.Labels, at t
 		g.mu.Unlock()
 	}
 	s.stateMu.RUnlock()
-	return s.waitDurable(ctx, wait)
+	return s.waitDurable(wait)
 }
 
 // Wipe removes every group.
@@ -1271,7 +1270,7 @@ func (s *Store) Expire(ctx context.Context) error {
 		}
 		g.mu.Unlock()
 		s.stateMu.RUnlock()
-		if err := s.waitDurable(ctx, wait); err != nil {
+		if err := s.waitDurable(wait); err != nil {
 			return err
 		}
 		if ctx.Err() != nil {

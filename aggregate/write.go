@@ -141,7 +141,7 @@ func (s *Store) Write(ctx context.Context, w *Write) (WriteResult, error) {
 	// The relay record is enqueued: once durable it is replayed after a
 	// crash, so it goes to the forward queues now whatever the request's
 	// context says.
-	if err := s.waitDurable(context.WithoutCancel(ctx), relayWait); err != nil {
+	if err := s.waitDurable(relayWait); err != nil {
 		return res, err
 	}
 	if relay != nil {
@@ -157,7 +157,7 @@ func (s *Store) Write(ctx context.Context, w *Write) (WriteResult, error) {
 		}
 	}
 	for i, wait := range waits {
-		if err := s.waitDurable(ctx, wait); err != nil {
+		if err := s.waitDurable(wait); err != nil {
 			return res, err
 		}
 		s.countApplied(prs[i])

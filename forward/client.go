@@ -315,13 +315,16 @@ func (r *redactor) replace(s string) string {
 		}
 	}
 	if b := r.basic; b != nil {
-		user, pass := b.Username, string(b.Password)
-		if v, err := os.ReadFile(b.UsernameFile); b.UsernameFile != "" && err == nil {
-			user = strings.TrimSpace(string(v))
+		fromFile := func(v, f string) string {
+			if f == "" {
+				return v
+			}
+			if b, err := os.ReadFile(f); err == nil {
+				return strings.TrimSpace(string(b))
+			}
+			return v
 		}
-		if v, err := os.ReadFile(b.PasswordFile); b.PasswordFile != "" && err == nil {
-			pass = strings.TrimSpace(string(v))
-		}
+		user, pass := fromFile(b.Username, b.UsernameFile), fromFile(string(b.Password), b.PasswordFile)
 		if pass != "" {
 			secrets = append(secrets[:len(secrets):len(secrets)], base64.StdEncoding.EncodeToString([]byte(user+":"+pass)))
 		}

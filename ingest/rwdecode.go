@@ -287,17 +287,19 @@ type rwDecoder struct {
 	key []byte
 	// The aggregated series, their labels and first samples come from
 	// chunks: a few allocations per request, not several per series.
-	series  slab[aggSeries]
+	series  []aggSeries
 	lbls    []prompb.Label
 	samples []prompb.Sample
 }
 
-// take returns n elements from the free end of *chunk (a new chunk if it
-// has no room), as a slice whose capacity ends at its length: an append to
-// it copies, and leaves the chunk alone.
+// take returns n elements from the free end of *chunk, as a slice whose
+// capacity ends at its length: an append to it copies, and leaves the
+// chunk alone. A full chunk is followed by one twice its size (at least
+// 16, at least n), so the chunks of a request are a handful, and at most
+// half of them unused. Earlier chunks stay valid.
 func take[T any](chunk *[]T, n int) []T {
 	if cap(*chunk)-len(*chunk) < n {
-		*chunk = make([]T, 0, max(n, 1024))
+		*chunk = make([]T, 0, max(n, 2*cap(*chunk), 16))
 	}
 	start := len(*chunk)
 	*chunk = (*chunk)[:start+n]
@@ -868,7 +870,7 @@ func (d *rwDecoder) addAgg(out *rwDecoded, ls []prompb.Label, name string, md se
 		// The Store keeps the labels: copies, not strings into the pooled
 		// body. The key is that copy, one string for all of them.
 		key := string(d.key)
-		s = d.series.next()
+		s = &take(&d.series, 1)[0]
 		s.lbls, s.meta = take(&d.lbls, len(ls)), md.clone()
 		off := 0
 		for i, l := range ls {
@@ -928,17 +930,22 @@ func (d *rwDecoder) buildPushes(out *rwDecoded) *rwError {
 		rounds = max(rounds, len(s.floats), len(s.hists))
 	}
 	sem := aggregate.SemanticsAggregate
-	// The pushes' metrics come from slabs: a few allocations per request
-	// instead of several per sample. Label names and values, timestamps
-	// and values point into the aggregated series, which outlive the
-	// pushes (the Store copies what it keeps).
+	// The pushes' metrics come from chunks (next, take), the first sized
+	// for a round of the request: a few allocations per request instead
+	// of several per sample. Label names and values, timestamps and
+	// values point into the aggregated series, which outlive the pushes
+	// (the Store copies what it keeps).
+	n, nLabels := len(d.aggOrder), 0
+	for _, s := range d.aggOrder {
+		nLabels += len(s.lbls)
+	}
 	var (
-		metrics  slab[dto.Metric]
-		pairs    slab[dto.LabelPair]
-		counters slab[dto.Counter]
-		gauges   slab[dto.Gauge]
-		untypeds slab[dto.Untyped]
+		metrics  []dto.Metric
+		pairs    []dto.LabelPair
 		ptrs     []*dto.LabelPair
+		counters []dto.Counter
+		gauges   []dto.Gauge
+		untypeds []dto.Untyped
 	)
 	for r := 0; r < rounds; r++ {
 		type groupPush struct {
@@ -989,19 +996,15 @@ func (d *rwDecoder) buildPushes(out *rwDecoded) *rwError {
 				return rwErrorf(400, rwReasonTypeConflict, "metric %q is sent as %s and as %s in one request",
 					truncate(s.name), strings.ToLower(f.GetType().String()), strings.ToLower(typ.String()))
 			}
-			m := metrics.next()
-			if cap(ptrs)-len(ptrs) < len(s.lbls) {
-				ptrs = make([]*dto.LabelPair, 0, max(len(s.lbls), 1024))
-			}
-			start := len(ptrs)
+			m := next(&metrics, n)
+			m.Label = take(&ptrs, len(s.lbls))[:0] // __name__ is left out
 			for i := range s.lbls {
 				if l := &s.lbls[i]; l.Name != model.MetricNameLabel {
-					lp := pairs.next()
+					lp := next(&pairs, nLabels)
 					lp.Name, lp.Value = &l.Name, &l.Value
-					ptrs = append(ptrs, lp)
+					m.Label = append(m.Label, lp)
 				}
 			}
-			m.Label = ptrs[start:len(ptrs):len(ptrs)]
 			if len(s.hists) > 0 {
 				h := &s.hists[r]
 				m.TimestampMs = &h.Timestamp
@@ -1013,13 +1016,13 @@ func (d *rwDecoder) buildPushes(out *rwDecoded) *rwError {
 				// As aggregate.typedMetric sets a value, in place.
 				switch typ {
 				case dto.MetricType_COUNTER:
-					m.Counter = counters.next()
+					m.Counter = next(&counters, n)
 					m.Counter.Value = &sm.Value
 				case dto.MetricType_GAUGE:
-					m.Gauge = gauges.next()
+					m.Gauge = next(&gauges, n)
 					m.Gauge.Value = &sm.Value
 				default:
-					m.Untyped = untypeds.next()
+					m.Untyped = next(&untypeds, n)
 					m.Untyped.Value = &sm.Value
 				}
 				gp.floats++
@@ -1225,17 +1228,4 @@ func (c *metadataCache) forNames(names map[string]struct{}) []prompb.MetricMetad
 	}
 	slices.SortFunc(out, func(a, b prompb.MetricMetadata) int { return cmp.Compare(a.MetricFamilyName, b.MetricFamilyName) })
 	return out
-}
-
-// slab hands out zeroed values of T from chunks that are never
-// reallocated, so that pointers to them stay valid.
-type slab[T any] struct{ chunk []T }
-
-// next returns a new zero T.
-func (s *slab[T]) next() *T {
-	if len(s.chunk) == cap(s.chunk) {
-		s.chunk = make([]T, 0, max(64, 2*cap(s.chunk)))
-	}
-	s.chunk = s.chunk[:len(s.chunk)+1]
-	return &s.chunk[len(s.chunk)-1]
 }

@@ -362,7 +362,7 @@ declare -A PU_RPS PU_SPS PU_CPUM PU_HWM PU_P99 PU_SP99 PU_LATE PU_STAT PU_N PU_T
 # total over the total, p99 and peak RSS the highest, and PU_RUNS lists
 # each run's rate.
 push_measure() {
-	local name=$1 pid=$2 url=$3 rate=${4:-0} format=${5:-text} t0 t1 out samples rps p99 sp99 hwm
+	local name=$1 pid=$2 url=$3 rate=${4:-0} format=${5:-text} t0 t1 out samples rps p99 hwm
 	PU_N[$name]=$((${PU_N[$name]:-0} + 1))
 	out=$WORK/push-$1-${PU_N[$name]}.json
 	sync # as in rw_side
@@ -375,10 +375,9 @@ push_measure() {
 	samples=$(jget "$out" samples)
 	rps=$(jget "$out" requests_per_second)
 	p99=$(calc "$(jget "$out" latency_p99_ms)" 2)
-	sp99=$(calc "$(jget "$out" latency_from_schedule_p99_ms)" 2)
 	hwm=$(status_kb "$pid" VmHWM)
 	if [ "$rate" != 0 ]; then
-		PU_SP99[$name]=$sp99
+		PU_SP99[$name]=$(calc "$(jget "$out" latency_from_schedule_p99_ms)" 2)
 		PU_LATE[$name]=$(jget "$out" late_requests)
 	fi
 	PU_TICKS[$name]=$((${PU_TICKS[$name]:-0} + t1 - t0))

@@ -140,7 +140,7 @@ func run(ctx context.Context, name, target string, f loadFlags, hc *fasthttp.Hos
 	}
 	workers := make([]*workerStats, f.concurrency)
 	for i := range workers {
-		workers[i] = newWorkerStats(capHint)
+		workers[i] = newWorkerStats(capHint, jobs != nil)
 	}
 	for _, ws := range workers {
 		wg.Add(1)
@@ -240,9 +240,7 @@ func send(hc *fasthttp.HostClient, req *fasthttp.Request, resp *fasthttp.Respons
 	err := hc.Do(req, resp)
 	end := time.Now()
 	ws.latencies = append(ws.latencies, end.Sub(t0))
-	if j.at.IsZero() {
-		ws.fromSchedule = append(ws.fromSchedule, end.Sub(t0))
-	} else {
+	if !j.at.IsZero() {
 		ws.fromSchedule = append(ws.fromSchedule, end.Sub(j.at))
 	}
 	if j.late {

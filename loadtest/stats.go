@@ -37,7 +37,7 @@ func millis(d time.Duration) float64 { return float64(d) / float64(time.Millisec
 type workerStats struct {
 	latencies []time.Duration
 	// fromSchedule are the latencies from when each request was handed
-	// out (see run); without a rate, the same as latencies.
+	// out (see run); with a rate only (without, they are latencies).
 	fromSchedule []time.Duration
 	late         uint64 // requests that waited for a free worker
 	// statuses counts answers by HTTP status; 0 stands for "no answer"
@@ -54,13 +54,18 @@ type workerStats struct {
 	mismatched uint64
 }
 
-func newWorkerStats(capHint int) *workerStats {
-	return &workerStats{
-		latencies:    make([]time.Duration, 0, capHint),
-		fromSchedule: make([]time.Duration, 0, capHint),
-		statuses:     map[int]uint64{},
-		firstErr:     map[int]string{},
+// newWorkerStats makes a worker's record, with room for capHint latencies
+// (and as many from the schedule if scheduled: with a rate).
+func newWorkerStats(capHint int, scheduled bool) *workerStats {
+	ws := &workerStats{
+		latencies: make([]time.Duration, 0, capHint),
+		statuses:  map[int]uint64{},
+		firstErr:  map[int]string{},
 	}
+	if scheduled {
+		ws.fromSchedule = make([]time.Duration, 0, capHint)
+	}
+	return ws
 }
 
 // Result is the summary a generator prints, as text or JSON.
@@ -94,12 +99,12 @@ type Result struct {
 // summarize merges the workers' records into a Result. It sorts the
 // latencies in place.
 func summarize(workers []*workerStats, elapsed time.Duration) Result {
-	var all, sched []time.Duration
+	var sched []time.Duration // with a rate
 	n := 0
 	for _, w := range workers {
 		n += len(w.latencies)
 	}
-	all, sched = make([]time.Duration, 0, n), make([]time.Duration, 0, n)
+	all := make([]time.Duration, 0, n)
 	r := Result{Statuses: map[string]uint64{}, FirstErrors: map[string]string{}}
 	for _, w := range workers {
 		all = append(all, w.latencies...)
@@ -131,10 +136,10 @@ func summarize(workers []*workerStats, elapsed time.Duration) Result {
 	if len(all) > 0 {
 		r.Max = millis(all[len(all)-1])
 	}
-	slices.Sort(sched)
-	r.SchedP99 = millis(percentile(sched, 99))
+	r.SchedP99, r.SchedMax = r.P99, r.Max // no rate: handed out at the send
 	if len(sched) > 0 {
-		r.SchedMax = millis(sched[len(sched)-1])
+		slices.Sort(sched)
+		r.SchedP99, r.SchedMax = millis(percentile(sched, 99)), millis(sched[len(sched)-1])
 	}
 	r.Elapsed = elapsed.Seconds()
 	if r.Elapsed > 0 {

@@ -59,11 +59,11 @@ func TestPercentile(t *testing.T) {
 }
 
 func TestSummarize(t *testing.T) {
-	a := newWorkerStats(4)
+	a := newWorkerStats(4, false)
 	a.latencies = ms(3, 1)
 	a.statuses[200] = 2
 	a.samples, a.attempted = 50, 50
-	b := newWorkerStats(4)
+	b := newWorkerStats(4, false)
 	b.latencies = ms(2, 9)
 	b.statuses[200] = 1
 	b.statuses[503] = 1
