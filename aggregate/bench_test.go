@@ -72,6 +72,29 @@ func BenchmarkApply(b *testing.B) {
 	}
 }
 
+// BenchmarkApplyShaped is BenchmarkApply with a Shape per group, as ingest
+// passes for a repeated text push: after each group's first push, the
+// push is checked by its values alone.
+func BenchmarkApplyShaped(b *testing.B) {
+	for _, mode := range []string{"sum", "replace", "mean1m"} {
+		b.Run(mode, func(b *testing.B) {
+			s := New(testSettings(), time.Now, nil, nil, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+			groups := benchGroups(b, mode)
+			shapes := make([]Shape, len(groups))
+			for i := range groups {
+				groups[i].Shape = &shapes[i]
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := s.Apply(context.Background(), &groups[i%len(groups)]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkApplyNativeHistogram sums client_golang native histograms of
 // two schemas into one series per group (each push merges exactly, to the
 // coarser schema).

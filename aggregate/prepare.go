@@ -130,8 +130,26 @@ func (s *Store) releasePrepared(pr *prepared) {
 }
 
 // prepare validates a push against everything that does not depend on the
-// stored state and turns it into updates. It touches no state.
+// stored state and turns it into updates. It touches no state. With a
+// Shape it checks only the values of a push of a known shape, and
+// remembers the shape of one it prepares in full.
 func (s *Store) prepare(p *Push, set *Settings) (*prepared, error) {
+	sh := p.Shape
+	if sh == nil || p.Modes != nil {
+		return s.prepareFull(p, set)
+	}
+	if pr := s.prepareShaped(p, sh, set); pr != nil {
+		return pr, nil
+	}
+	pr, err := s.prepareFull(p, set)
+	if err == nil {
+		sh.fill(pr, p, set)
+	}
+	return pr, err
+}
+
+// prepareFull is prepare without a Shape.
+func (s *Store) prepareFull(p *Push, set *Settings) (*prepared, error) {
 	sem := set.Semantics
 	if p.Semantics != nil {
 		sem = *p.Semantics // replay: the semantics the push was accepted under

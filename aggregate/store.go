@@ -88,6 +88,10 @@ type Push struct {
 	// returns for it.
 	Body       []byte
 	BodyFormat BodyFormat
+
+	// Shape, if set, remembers what the store made of an earlier push
+	// with the same families (see Shape); Apply fills it.
+	Shape *Shape
 }
 
 // BodyFormat is the format of a recorded push body. The values are part of

@@ -70,7 +70,7 @@ const (
 // families and no error. Text format families are sorted by name; protobuf
 // and OpenMetrics families keep their input order.
 func DecodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits) ([]*dto.MetricFamily, error) {
-	fams, _, err := decodeBody(contentType, contentEncoding, body, lim, nil)
+	fams, _, err := decodeBody(contentType, contentEncoding, body, lim, nil, false)
 	return fams, err
 }
 
@@ -80,11 +80,17 @@ func DecodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits
 // aggregate package does). A Decoder is not safe for concurrent use.
 type Decoder struct {
 	text textParser
+	// shaped: the last DecodePush parsed a text body with the fast
+	// parser, so text is a template for the next body (refill).
+	// refilled: the last DecodePush took its body by refill, so it
+	// returned the very families of the one before, with new values.
+	shaped, refilled bool
 }
 
 // Decode is DecodeBody with the decoder's memory.
 func (d *Decoder) Decode(contentType, contentEncoding string, body []byte, lim BodyLimits) ([]*dto.MetricFamily, error) {
-	fams, _, err := decodeBody(contentType, contentEncoding, body, lim, &d.text)
+	d.shaped, d.refilled = false, false
+	fams, _, err := decodeBody(contentType, contentEncoding, body, lim, &d.text, false)
 	return fams, err
 }
 
@@ -97,9 +103,17 @@ type Source struct {
 }
 
 // DecodePush is Decode that also returns the families' Source. Source.Body
-// is valid as long as body is.
+// is valid as long as body is. A text body of the same shape as the last
+// one (the same bytes but for the sample values) is taken by its values
+// alone, into the families of the last one (refill); the families are the
+// same either way.
 func (d *Decoder) DecodePush(contentType, contentEncoding string, body []byte, lim BodyLimits) ([]*dto.MetricFamily, Source, error) {
-	return decodeBody(contentType, contentEncoding, body, lim, &d.text)
+	d.text.refilled = false
+	fams, src, err := decodeBody(contentType, contentEncoding, body, lim, &d.text, d.shaped)
+	d.refilled = err == nil && d.text.refilled
+	d.shaped = err == nil && src.Format == aggregate.BodyText && d.text.parsed && !d.text.shapeless &&
+		len(d.text.slots) > 0 && len(src.Body) <= maxShapeBody
+	return fams, src, err
 }
 
 // DecodeRecorded decodes a push body the write-ahead log recorded (see
@@ -113,6 +127,7 @@ func (d *Decoder) DecodeRecorded(format aggregate.BodyFormat, body []byte) ([]*d
 		if len(body) == 0 {
 			return nil, nil
 		}
+		d.shaped, d.refilled = false, false
 		return decodeFormat(format, body, int64(len(body)), &d.text)
 	}
 	return nil, fmt.Errorf("unknown recorded body format %d", format)
@@ -120,7 +135,10 @@ func (d *Decoder) DecodeRecorded(format aggregate.BodyFormat, body []byte) ([]*d
 
 // Reset drops every reference to the last body, so that a pooled Decoder
 // keeps none alive.
-func (d *Decoder) Reset() { d.text.reset() }
+func (d *Decoder) Reset() {
+	d.text.reset()
+	d.shaped, d.refilled = false, false
+}
 
 // maxPooledBody is the size of the parser's copy of a body above which a
 // Decoder's memory is not worth keeping in a pool: one unusually large
@@ -133,7 +151,7 @@ func (d *Decoder) large() bool { return cap(d.text.buf) > maxPooledBody }
 
 // decodeBody is DecodeBody, parsing text with tp if not nil, that also
 // returns the families' source.
-func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits, tp *textParser) ([]*dto.MetricFamily, Source, error) {
+func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits, tp *textParser, template bool) ([]*dto.MetricFamily, Source, error) {
 	limit := lim.MaxDecompressedBytes
 	if limit <= 0 {
 		limit = defaultMaxDecompressedBytes
@@ -146,6 +164,10 @@ func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits
 		return nil, Source{}, nil
 	}
 	f, guessed := detectFormat(contentType, data)
+	if template && f == aggregate.BodyText && !guessed && tp.refill(data) {
+		tp.refilled = true
+		return tp.out, Source{Body: data, Format: f}, nil
+	}
 	fams, err := decodeFormat(f, data, limit, tp)
 	if err != nil && guessed {
 		// OpenMetrics guessed from a closing "# EOF" alone: the text

@@ -113,4 +113,23 @@ func BenchmarkDecodeBody(b *testing.B) {
 			}
 		})
 	}
+	// A route's kept decoder taking the next push of the same shape by
+	// its values (refill): two bodies that differ in every value, in turn.
+	b.Run("text_refill", func(b *testing.B) {
+		other := []byte(strings.NewReplacer(" 10", " 20", ".5\n", ".25\n", "} 7\n", "} 9\n", "_sum 1.25", "_sum 2.5", "_count 7", "_count 9").Replace(string(text)))
+		bodies := [2][]byte{text, other}
+		var d Decoder
+		if _, _, err := d.DecodePush(contentTypeText, "", text, lim); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		b.SetBytes(int64(len(text)))
+		i := 0
+		for b.Loop() {
+			i++
+			if _, _, err := d.DecodePush(contentTypeText, "", bodies[i%2], lim); err != nil || !d.refilled {
+				b.Fatalf("refilled %v, error %v", d.refilled, err)
+			}
+		}
+	})
 }

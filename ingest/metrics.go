@@ -7,6 +7,7 @@ type ingestMetrics struct {
 	requests *prometheus.CounterVec
 	rejected *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	refilled prometheus.Counter
 }
 
 func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
@@ -24,8 +25,12 @@ func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
 			Help:    "Time to decode, validate and apply a push, by method.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 		}, []string{"method"}),
+		refilled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_push_bodies_refilled_total",
+			Help: "Text push bodies that differed from their route's last push only in sample values, and were decoded and checked by their values alone.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.rejected, m.duration)
+	reg.MustRegister(m.requests, m.rejected, m.duration, m.refilled)
 	return m
 }
 

@@ -17,11 +17,15 @@ const maxExactCount = 1 << 53
 
 // summaryCountErr rejects a summary's _count v that is not a count.
 func summaryCountErr(summary string, v float64) error {
-	if v >= 0 && v <= maxExactCount { // NaN fails
+	if isCount(v) {
 		return nil
 	}
 	return fmt.Errorf("summary %q: _count %v is not a count (a non-negative number up to 2^53)", summary, v)
 }
+
+// isCount reports whether v can be a summary's _count: a non-negative
+// number up to 2^53 (NaN is not).
+func isCount(v float64) bool { return v >= 0 && v <= maxExactCount }
 
 // fastText parses the Prometheus text format 0.0.4 straight into metric
 // families, with a handful of allocations per body instead of several per
@@ -49,6 +53,7 @@ func fastText(body []byte) (fams []*dto.MetricFamily, ok bool) {
 // p's next parseBody or reset. A parser can be reused after reset.
 func (p *textParser) parseBody(body []byte) (fams []*dto.MetricFamily, ok bool) {
 	p.badCount = nil // not the previous body's
+	p.parsed = false
 	if len(body) == 0 || body[len(body)-1] != '\n' {
 		return nil, false
 	}
@@ -76,6 +81,7 @@ func (p *textParser) parseBody(body []byte) (fams []*dto.MetricFamily, ok bool) 
 		return nil, true
 	}
 	slices.SortFunc(out, func(a, b *dto.MetricFamily) int { return strings.Compare(*a.Name, *b.Name) })
+	p.parsed = true
 	return out, true
 }
 
@@ -111,6 +117,18 @@ type textParser struct {
 	// negative or NaN count becomes 2^63 on amd64, 0 on arm64), so the
 	// caller must reject the body rather than fall back to expfmt.
 	badCount error
+
+	// slots records where the value of each sample line went, in body
+	// order, so that refill can take a body of the same shape by its
+	// values alone. shapeless: a value went where refill cannot put it
+	// again (a histogram's float count, which normalizeHistogram moves).
+	// parsed: the last parseBody succeeded, so p.s and slots describe
+	// the families in out.
+	// refilled: the last body was taken by refill.
+	slots     []valueSlot
+	shapeless bool
+	parsed    bool
+	refilled  bool
 }
 
 // reset forgets the last body, keeping the memory for the next: every
@@ -119,6 +137,8 @@ type textParser struct {
 func (p *textParser) reset() {
 	p.s, p.pos = "", 0
 	p.badCount = nil
+	p.slots = clearSlice(p.slots)
+	p.shapeless, p.parsed, p.refilled = false, false, false
 	p.lastFam = familyHit{}
 	clear(p.fams)
 	clear(p.index)
@@ -616,6 +636,7 @@ func (p *textParser) sample() bool {
 	if !ok {
 		return false
 	}
+	slot := valueSlot{start: start, end: p.pos}
 	var ts *int64
 	if p.s[p.pos] != '\n' {
 		p.skipBlank()
@@ -649,12 +670,15 @@ func (p *textParser) sample() bool {
 	case dto.MetricType_COUNTER:
 		m.Counter = next(&p.slab.counters, p.slab.left())
 		m.Counter.Value = p.slab.float(v)
+		slot.f = m.Counter.Value
 	case dto.MetricType_GAUGE:
 		m.Gauge = next(&p.slab.gauges, p.slab.left())
 		m.Gauge.Value = p.slab.float(v)
+		slot.f = m.Gauge.Value
 	case dto.MetricType_UNTYPED:
 		m.Untyped = next(&p.slab.untypeds, p.slab.left())
 		m.Untyped.Value = p.slab.float(v)
+		slot.f = m.Untyped.Value
 	case dto.MetricType_SUMMARY:
 		if m.Summary == nil {
 			m.Summary = next(&p.slab.summaries, 4)
@@ -667,10 +691,16 @@ func (p *textParser) sample() bool {
 			}
 			c := uint64(v)
 			m.Summary.SampleCount = &c
+			slot.kind, slot.u = slotSummaryCount, &c
 		case isSum:
 			m.Summary.SampleSum = p.slab.float(v)
+			slot.f = m.Summary.SampleSum
 		case !math.IsNaN(quantile):
-			m.Summary.Quantile = append(m.Summary.Quantile, &dto.Quantile{Quantile: p.slab.float(quantile), Value: p.slab.float(v)})
+			q := &dto.Quantile{Quantile: p.slab.float(quantile), Value: p.slab.float(v)}
+			m.Summary.Quantile = append(m.Summary.Quantile, q)
+			slot.f = q.Value
+		default:
+			slot.kind = slotIgnored
 		}
 	default: // histogram, gauge histogram
 		if m.Histogram == nil {
@@ -682,28 +712,36 @@ func (p *textParser) sample() bool {
 		case isCount:
 			if u := uint64(v); v == float64(u) {
 				h.SampleCount = p.slab.uint(u)
+				slot.kind, slot.u = slotCount, h.SampleCount
 			} else {
 				if v < 0 {
 					return false
 				}
 				h.SampleCountFloat = p.slab.float(v)
+				p.shapeless = true
 			}
 		case isSum:
 			h.SampleSum = p.slab.float(v)
+			slot.f = h.SampleSum
 		case !math.IsNaN(bucket):
 			b := next(&p.slab.buckets, p.slab.left())
 			b.UpperBound = p.slab.float(bucket)
 			if u := uint64(v); v == float64(u) {
 				b.CumulativeCount = p.slab.uint(u)
+				slot.kind, slot.u = slotCount, b.CumulativeCount
 			} else {
 				if v < 0 {
 					return false
 				}
 				b.CumulativeCountFloat = p.slab.float(v)
+				p.shapeless = true
 			}
 			h.Bucket = append(h.Bucket, b)
+		default:
+			slot.kind = slotIgnored
 		}
 	}
+	p.slots = append(p.slots, slot)
 	return true
 }
 

@@ -1,0 +1,346 @@
+package ingest
+
+import (
+	"fmt"
+	"math"
+	"strings"
+	"sync"
+	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+)
+
+// shapeBody is a push of every kind of sample line refill fills.
+const shapeBody = `# HELP jobs_total Jobs done.
+# TYPE jobs_total counter
+jobs_total{queue="a"} 3
+jobs_total{queue="b"} 4 1700000000000
+# TYPE temp gauge
+temp{room="x"} -1.5
+other 7
+# TYPE lat histogram
+lat_bucket{le="1"} 1
+lat_bucket{le="+Inf"} 2
+lat_sum 3.25
+lat_count 2
+lat 9
+# TYPE rpc summary
+rpc{quantile="0.5"} 0.1
+rpc_sum 8
+rpc_count 5
+rpc 4
+`
+
+// withValues replaces the value of every sample line of shapeBody, in
+// order, by vals.
+func withValues(vals ...string) []byte {
+	lines := strings.Split(shapeBody, "\n")
+	k := 0
+	for i, l := range lines {
+		if l == "" || l[0] == '#' {
+			continue
+		}
+		f := strings.Fields(l)
+		f[1] = vals[k]
+		k++
+		lines[i] = strings.Join(f, " ")
+	}
+	return []byte(strings.Join(lines, "\n"))
+}
+
+func TestDecoderRefill(t *testing.T) {
+	same := []string{"3", "4", "-1.5", "7", "1", "2", "3.25", "2", "9", "0.1", "8", "5", "4"}
+	other := func(k int, v string) []byte {
+		vals := append([]string(nil), same...)
+		vals[k] = v
+		return withValues(vals...)
+	}
+	cases := []struct {
+		name     string
+		next     []byte
+		refilled bool
+	}{
+		{"the same body", []byte(shapeBody), true},
+		{"new values on every line", withValues("30", "0", "1e3", "NaN", "5", "7", "-2", "7", "+Inf", "0.25", "1.5e2", "12", "x1"[1:]), true},
+		{"special floats", withValues("+Inf", "-Inf", "NaN", "-0", "0", "0", "NaN", "0", "-Inf", "NaN", "+Inf", "0", "1"), true},
+		{"a fractional histogram count", other(4, "1.5"), false},
+		{"a fractional histogram _count", other(7, "2.5"), false},
+		{"a negative summary _count", other(11, "-1"), false},
+		{"a summary _count over 2^53", other(11, "1e17"), false},
+		{"a value that is not a number", other(0, "three"), false},
+		{"a hex float", other(0, "0x1p3"), false},
+		{"a timestamp added", other(0, "3 1700000000000"), false},
+		{"a blank before a value", other(0, " 3"), false},
+		{"a label value changed", []byte(strings.Replace(shapeBody, `queue="a"`, `queue="c"`, 1)), false},
+		{"a line more", append([]byte(shapeBody), "more 1\n"...), false},
+		{"a line less", []byte(strings.Replace(shapeBody, "other 7\n", "", 1)), false},
+		{"help text changed", []byte(strings.Replace(shapeBody, "Jobs done.", "Jobs.", 1)), false},
+		{"no final newline", []byte(strings.TrimSuffix(shapeBody, "\n")), false},
+		{"a timestamp changed", []byte(strings.Replace(shapeBody, "1700000000000", "1700000000001", 1)), false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var d Decoder
+			if _, _, err := d.DecodePush(contentTypeText, "", []byte(shapeBody), BodyLimits{}); err != nil {
+				t.Fatal(err)
+			}
+			if !d.shaped || d.refilled {
+				t.Fatalf("after the first body: shaped %v, refilled %v; want true, false", d.shaped, d.refilled)
+			}
+			got, _, gotErr := d.DecodePush(contentTypeText, "", tc.next, BodyLimits{})
+			if d.refilled != tc.refilled {
+				t.Fatalf("refilled = %v, want %v", d.refilled, tc.refilled)
+			}
+			want, wantErr := DecodeBody(contentTypeText, "", tc.next, BodyLimits{})
+			if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
+				t.Fatalf("error %v, a new decoder's %v", gotErr, wantErr)
+			}
+			requireSameFamilies(t, got, want, "the second body decoded after the first (got) against alone")
+			// And back: the first body again, after the second.
+			got, _, _ = d.DecodePush(contentTypeText, "", []byte(shapeBody), BodyLimits{})
+			want, _ = DecodeBody(contentTypeText, "", []byte(shapeBody), BodyLimits{})
+			requireSameFamilies(t, got, want, "the first body decoded after the second (got) against alone")
+		})
+	}
+}
+
+func TestDecoderShapedOnlyForFastText(t *testing.T) {
+	cases := []struct {
+		name, contentType string
+		body              []byte
+		shaped            bool
+	}{
+		{"text", contentTypeText, []byte("a 1\n"), true},
+		{"protobuf", protoContentType, protoBody(t, counterFamily("c_total", 1)), false},
+		{"openmetrics", "application/openmetrics-text", []byte("# TYPE a gauge\na 1\n# EOF\n"), false},
+		{"text expfmt parses (a name in braces)", contentTypeText, []byte("{\"a\"} 1\n"), false},
+		{"a histogram with a float count", contentTypeText, []byte("# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1.5\nh_count 1.5\n"), false},
+		{"comments only", contentTypeText, []byte("# HELP a b\n"), false},
+		{"empty", contentTypeText, nil, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var d Decoder
+			if _, _, err := d.DecodePush(contentTypeText, "", []byte(shapeBody), BodyLimits{}); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := d.DecodePush(tc.contentType, "", tc.body, BodyLimits{}); err != nil {
+				t.Fatal(err)
+			}
+			if d.shaped != tc.shaped || d.refilled {
+				t.Fatalf("shaped %v, refilled %v; want %v, false", d.shaped, d.refilled, tc.shaped)
+			}
+		})
+	}
+}
+
+// FuzzRefillMatchesParse decodes one body after another with one Decoder
+// and checks each against a new decoder's result: a refill must give
+// exactly what a parse gives.
+func FuzzRefillMatchesParse(f *testing.F) {
+	f.Add([]byte(shapeBody), withValues("30", "0", "1e3", "NaN", "5", "7", "-2", "7", "+Inf", "0.25", "1.5e2", "12", "1"))
+	f.Add(benchText(), benchText())
+	f.Add([]byte("a 1\nb{x=\"y\"} 2\n"), []byte("a 10\nb{x=\"y\"} 2.5\n"))
+	f.Add([]byte("# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"1\"} 2\nh_count 1\nh_count 3\n"),
+		[]byte("# TYPE h histogram\nh_bucket{le=\"1\"} 4\nh_bucket{le=\"1\"} 5\nh_count 6\nh_count 7\n"))
+	f.Fuzz(func(t *testing.T, a, b []byte) {
+		var d Decoder
+		for i, body := range [][]byte{a, b, a} {
+			got, _, gotErr := d.DecodePush(contentTypeText, "", body, BodyLimits{})
+			want, wantErr := DecodeBody(contentTypeText, "", body, BodyLimits{})
+			if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
+				t.Fatalf("body %d: error %v, a new decoder's %v", i, gotErr, wantErr)
+			}
+			requireSameFamilies(t, got, want, "body %d (refilled %v) against a new decoder", i, d.refilled)
+		}
+	})
+}
+
+func TestValueSlotSet(t *testing.T) {
+	var f float64
+	var u uint64
+	cases := []struct {
+		name string
+		slot valueSlot
+		v    float64
+		ok   bool
+	}{
+		{"float NaN", valueSlot{kind: slotFloat, f: &f}, math.NaN(), true},
+		{"count whole", valueSlot{kind: slotCount, u: &u}, 7, true},
+		{"count fraction", valueSlot{kind: slotCount, u: &u}, 7.5, false},
+		{"count negative", valueSlot{kind: slotCount, u: &u}, -1, false},
+		{"count NaN", valueSlot{kind: slotCount, u: &u}, math.NaN(), false},
+		{"summary count", valueSlot{kind: slotSummaryCount, u: &u}, 9, true},
+		{"summary count negative", valueSlot{kind: slotSummaryCount, u: &u}, -1, false},
+		{"summary count NaN", valueSlot{kind: slotSummaryCount, u: &u}, math.NaN(), false},
+		{"ignored", valueSlot{kind: slotIgnored}, 1, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.slot.set(tc.v); got != tc.ok {
+				t.Fatalf("set(%v) = %v, want %v", tc.v, got, tc.ok)
+			}
+		})
+	}
+}
+
+func TestShapeCacheBounds(t *testing.T) {
+	cases := []struct {
+		name                 string
+		maxEntries, maxBytes int
+		costs                []int
+		wantLen              int
+	}{
+		{"within both", 4, 1000, []int{10, 10, 10}, 3},
+		{"over the entries", 2, 1000, []int{10, 10, 10, 10}, 2},
+		{"over the bytes", 10, 25, []int{10, 10, 10, 10}, 2},
+		{"one too large stays alone", 10, 5, []int{10, 10}, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newShapeCache(tc.maxEntries, tc.maxBytes)
+			released := 0
+			for i, cost := range tc.costs {
+				ps := &pushScratch{route: fmt.Sprint("PUT /metrics/job/", i), cost: cost}
+				out, n := c.put(ps)
+				for _, old := range out[:n] {
+					if old == ps {
+						t.Fatal("put evicted the scratch it was given")
+					}
+				}
+				released += n
+			}
+			if got := c.len(); got != tc.wantLen {
+				t.Fatalf("%d routes kept, want %d", got, tc.wantLen)
+			}
+			if released+c.len() != len(tc.costs) {
+				t.Fatalf("%d released and %d kept of %d", released, c.len(), len(tc.costs))
+			}
+			// A route taken is gone until put back.
+			ps := &pushScratch{route: "PUT /metrics/job/x", cost: 1}
+			c.put(ps)
+			if got := c.take([]byte(ps.route)); got != ps {
+				t.Fatalf("take returned %p, want %p", got, ps)
+			}
+			if got := c.take([]byte(ps.route)); got != nil {
+				t.Fatal("a route taken twice")
+			}
+		})
+	}
+}
+
+// TestRepeatedPushesShowTheirValues pushes one route again and again,
+// with new values, other shapes and other formats in between, from
+// several clients at once, and checks what a scrape shows. (The sum
+// series adds up every push's delta: in the default aggregate semantics a
+// PUT merges.)
+func TestRepeatedPushesShowTheirValues(t *testing.T) {
+	env := newTestEnv(t, false, false, nil)
+	body := func(g, sum int) []byte {
+		return fmt.Appendf(nil, "# TYPE g gauge\ng{k=\"v\"} %d\n# TYPE s_total counter\ns_total{clear_mode=\"sum\"} %d\n", g, sum)
+	}
+	steps := []struct {
+		name, contentType string
+		body              []byte
+		want              []string
+	}{
+		{"first", contentTypeText, body(1, 1), []string{`g{instance="",job="j",k="v"} 1`, `s_total{instance="",job="j"} 1`}},
+		{"new values", contentTypeText, body(5, 2), []string{`g{instance="",job="j",k="v"} 5`, `s_total{instance="",job="j"} 3`}},
+		{"another shape", contentTypeText, []byte("# TYPE g gauge\ng{k=\"v\"} 6\ng{k=\"w\"} 7\n"), []string{`g{instance="",job="j",k="w"} 7`}},
+		{"another label value", contentTypeText, []byte("# TYPE g gauge\ng{k=\"u\"} 11\n# TYPE s_total counter\ns_total{clear_mode=\"sum\"} 0\n"),
+			[]string{`g{instance="",job="j",k="u"} 11`, `g{instance="",job="j",k="v"} 6`}},
+		{"the first shape again", contentTypeText, body(8, 4), []string{`g{instance="",job="j",k="v"} 8`, `s_total{instance="",job="j"} 7`}},
+		{"protobuf", protoContentType, protoBody(t, counterFamily("s_total", 5)), []string{`s_total{instance="",job="j"} 12`}},
+		{"text again", contentTypeText, body(9, 1), []string{`g{instance="",job="j",k="v"} 9`, `s_total{instance="",job="j"} 13`}},
+		{"again", contentTypeText, body(10, 1), []string{`g{instance="",job="j",k="v"} 10`, `s_total{instance="",job="j"} 14`}},
+		{"and again", contentTypeText, body(11, 2), []string{`g{instance="",job="j",k="v"} 11`, `s_total{instance="",job="j"} 16`}},
+	}
+	for _, st := range steps {
+		r := env.do(t, "PUT", "/metrics/job/j", st.body, "Content-Type", st.contentType)
+		if r.code != 200 {
+			t.Fatalf("%s: %d %s", st.name, r.code, r.body)
+		}
+		got := env.scrape(t) + "\n"
+		for _, w := range st.want {
+			if !strings.Contains(got, w+"\n") {
+				t.Fatalf("%s: scrape lacks %s:\n%s", st.name, w, got)
+			}
+		}
+	}
+	// A route's decoder is kept from its second push on, and a text push
+	// after one of the same shape is refilled: "again" and "and again"
+	// ("new values" follows the route's first push).
+	if got := counterValue(t, env, "sluice_push_bodies_refilled_total"); got != 2 {
+		t.Fatalf("sluice_push_bodies_refilled_total = %v, want 2", got)
+	}
+	// A bad value in a body of the known shape is refused as it would be
+	// in any body, and changes nothing.
+	r := env.do(t, "PUT", "/metrics/job/j", []byte("# TYPE g gauge\ng{k=\"v\"} 1\n# TYPE s_total counter\ns_total{clear_mode=\"sum\"} -1\n"), "Content-Type", contentTypeText)
+	if r.code != 400 || !strings.Contains(r.body, "negative counter delta -1") {
+		t.Fatalf("negative delta: %d %s", r.code, r.body)
+	}
+	if got := env.scrape(t) + "\n"; !strings.Contains(got, `s_total{instance="",job="j"} 16`+"\n") || !strings.Contains(got, `g{instance="",job="j",k="v"} 11`+"\n") {
+		t.Fatalf("a refused push changed the series:\n%s", got)
+	}
+
+	// Many clients, a few routes: every increment counts once.
+	const clients, pushes, routes = 8, 40, 3
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range pushes {
+				path := fmt.Sprintf("/metrics/job/c/instance/%d", (c+i)%routes)
+				r := env.do(t, "POST", path, fmt.Appendf(nil, "# TYPE n_total counter\nn_total{clear_mode=\"sum\"} %d\n", 1+i%3), "Content-Type", contentTypeText)
+				if r.code != 200 {
+					t.Errorf("%s: %d %s", path, r.code, r.body)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	want := 0
+	for i := range pushes {
+		want += clients * (1 + i%3)
+	}
+	got := 0
+	for _, l := range strings.Split(env.scrape(t), "\n") {
+		if strings.HasPrefix(l, "n_total{") {
+			var v int
+			if _, err := fmt.Sscanf(l[strings.IndexByte(l, '}')+2:], "%d", &v); err != nil {
+				t.Fatal(err)
+			}
+			got += v
+		}
+	}
+	if got != want {
+		t.Fatalf("the counters sum to %d, want %d", got, want)
+	}
+	if got := counterValue(t, env, "sluice_push_bodies_refilled_total"); got < 100 {
+		t.Fatalf("sluice_push_bodies_refilled_total = %v after %d pushes to %d routes, want most of them", got, clients*pushes, routes)
+	}
+}
+
+// counterFamily is a counter family of one series (clear_mode sum) with value v.
+func counterFamily(name string, v float64) *dto.MetricFamily {
+	return &dto.MetricFamily{Name: ptr(name), Type: dto.MetricType_COUNTER.Enum(),
+		Metric: []*dto.Metric{{Label: []*dto.LabelPair{{Name: ptr("clear_mode"), Value: ptr("sum")}}, Counter: &dto.Counter{Value: &v}}}}
+}
+
+// counterValue reads one of Sluice's own counters from GET /metrics.
+func counterValue(t *testing.T, env *testEnv, name string) float64 {
+	t.Helper()
+	for _, l := range strings.Split(env.do(t, "GET", "/metrics", nil).body, "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			var f float64
+			if _, err := fmt.Sscanf(v, "%g", &f); err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("GET /metrics has no %s", name)
+	return 0
+}
