@@ -17,7 +17,9 @@ import (
 // The caller owns a Shape and uses it for one push at a time. It must Reset
 // it whenever a push's families are not the objects, with the same names,
 // labels, metadata and types, of the push the Shape was filled from; only
-// the values may differ. Apply fills a Shape from a push it prepares in
+// the values may differ. The Shape points into those families (their
+// metrics, and names and help texts in their memory), so they must not be
+// reused for other content while it is filled: Apply cannot tell. Apply fills a Shape from a push it prepares in
 // full, and prepares in full whenever anything else differs from the push
 // it was filled from: the settings (a reload), the method, the grouping
 // key or clear_mode of the path, or any value the shortcut cannot take (it

@@ -100,6 +100,8 @@ func BenchmarkDecodeBody(b *testing.B) {
 	}{
 		{"text_decoder", contentTypeText, text},
 		{"protobuf_decoder", contentTypeProto, protoBody},
+		// What client_golang's push sends: created timestamps included.
+		{"protobuf_client_golang_decoder", contentTypeProto, registryProto(b)},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			var d Decoder

@@ -6,6 +6,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // parseProto decodes a body of varint-delimited MetricFamily messages (what
@@ -15,8 +16,8 @@ import (
 // It produces exactly what decodeProtoDelimited produces, for the inputs it
 // accepts, and gives up (ok == false) on anything outside the common shape:
 // a field it does not know or with an unexpected wire type, a singular field
-// given twice (which proto.Unmarshal would merge), exemplars, created
-// timestamps, native histograms, an unknown type, a truncated message, or a
+// given twice (which proto.Unmarshal would merge), exemplars, native
+// histograms, an unknown type, a truncated message, or a
 // family that validateProtoFamily rejects. The caller then decodes with
 // decodeProtoDelimited, which yields the same families or its own error.
 // FuzzProtoFastMatchesUnmarshal checks the equivalence. What it returns is
@@ -190,8 +191,7 @@ func (p *textParser) protoMetric(start, end int) (*dto.Metric, bool) {
 			m.Gauge = next(&p.slab.gauges, p.slab.left())
 			m.Gauge.Value, ok = p.protoValue(f.off, f.end)
 		case 3:
-			m.Counter = next(&p.slab.counters, p.slab.left())
-			m.Counter.Value, ok = p.protoValue(f.off, f.end)
+			m.Counter, ok = p.protoCounter(f.off, f.end)
 		case 4:
 			m.Summary, ok = p.protoSummary(f.off, f.end)
 		case 5:
@@ -230,8 +230,48 @@ func (p *textParser) protoLabel(start, end int) (*dto.LabelPair, bool) {
 	return lp, !r.bad
 }
 
-// protoValue decodes a Gauge, Counter or Untyped: only field 1, the value
-// (a counter's exemplar and created timestamp are left to proto).
+// protoCounter decodes a Counter: its value and created timestamp, which
+// client_golang sets on every counter (an exemplar is left to proto).
+func (p *textParser) protoCounter(start, end int) (*dto.Counter, bool) {
+	c := next(&p.slab.counters, p.slab.left())
+	var mask uint32
+	r := p.fields(start, end)
+	for r.next() {
+		switch f := r.f; {
+		case f.num == 1 && f.typ == protowire.Fixed64Type && !seen(&mask, 1):
+			c.Value = p.float(f)
+		case f.num == 3 && f.typ == protowire.BytesType && !seen(&mask, 3):
+			var ok bool
+			if c.CreatedTimestamp, ok = p.protoTimestamp(f.off, f.end); !ok {
+				return nil, false
+			}
+		default:
+			return nil, false
+		}
+	}
+	return c, !r.bad
+}
+
+// protoTimestamp decodes a google.protobuf.Timestamp, a created timestamp,
+// converting as proto.Unmarshal does (nanos is an int32 sent as a varint).
+func (p *textParser) protoTimestamp(start, end int) (*timestamppb.Timestamp, bool) {
+	ts := next(&p.slab.timestamps, 8)
+	var mask uint32
+	r := p.fields(start, end)
+	for r.next() {
+		switch f := r.f; {
+		case f.num == 1 && f.typ == protowire.VarintType && !seen(&mask, 1):
+			ts.Seconds = int64(f.v)
+		case f.num == 2 && f.typ == protowire.VarintType && !seen(&mask, 2):
+			ts.Nanos = int32(f.v)
+		default:
+			return nil, false
+		}
+	}
+	return ts, !r.bad
+}
+
+// protoValue decodes a Gauge or Untyped: only field 1, the value.
 func (p *textParser) protoValue(start, end int) (*float64, bool) {
 	var v *float64
 	r := p.fields(start, end)
@@ -273,6 +313,11 @@ func (p *textParser) protoSummary(start, end int) (*dto.Summary, bool) {
 				return nil, false
 			}
 			s.Quantile = append(s.Quantile, q)
+		case f.num == 4 && f.typ == protowire.BytesType && !seen(&mask, 4):
+			var ok bool
+			if s.CreatedTimestamp, ok = p.protoTimestamp(f.off, f.end); !ok {
+				return nil, false
+			}
 		default:
 			return nil, false
 		}
@@ -314,8 +359,13 @@ func (p *textParser) protoHistogram(start, end int) (*dto.Histogram, bool) {
 				return nil, false
 			}
 			h.Bucket = append(h.Bucket, bk)
+		case f.num == 15 && f.typ == protowire.BytesType && !seen(&mask, 15):
+			var ok bool
+			if h.CreatedTimestamp, ok = p.protoTimestamp(f.off, f.end); !ok {
+				return nil, false
+			}
 		default:
-			return nil, false // native histogram fields, exemplars, created timestamp
+			return nil, false // native histogram fields, exemplars
 		}
 	}
 	return h, !r.bad

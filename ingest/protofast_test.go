@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -100,7 +101,16 @@ func protoCases(t testing.TB) []struct {
 		{name: "native histogram", body: fam(`name: "n" type: HISTOGRAM metric { histogram { sample_count: 1 sample_sum: 1 schema: 0 zero_threshold: 0.001 zero_count: 0
 			positive_span { offset: 0 length: 1 } positive_delta: 1 } }`)},
 		{name: "exemplar", body: fam(`name: "c" type: COUNTER metric { counter { value: 1 exemplar { label { name: "trace_id" value: "abc" } value: 1 } } }`)},
-		{name: "created timestamp", body: fam(`name: "c" type: COUNTER metric { counter { value: 1 created_timestamp { seconds: 1 } } }`)},
+		{name: "created timestamps", accept: true, body: cat(
+			fam(`name: "c" type: COUNTER metric { counter { value: 1 created_timestamp { seconds: 1700000000 nanos: 5 } } }`),
+			fam(`name: "h" type: HISTOGRAM metric { histogram { sample_count: 1 sample_sum: 1 bucket { cumulative_count: 1 upper_bound: 2 } created_timestamp { seconds: 1 } } }`),
+			fam(`name: "s" type: SUMMARY metric { summary { sample_count: 1 sample_sum: 1 created_timestamp { } } }`),
+			fam(`name: "n" type: COUNTER metric { counter { value: 1 created_timestamp { seconds: -3 nanos: -7 } } }`))},
+		{name: "client_golang's registry", accept: true, body: registryProto(t)},
+		{name: "created timestamp with an unknown field", body: raw(str(1, "c"), varint(3, 0), msg(4, msg(3, msg(3, varint(1, 5), varint(9, 1)))))},
+		{name: "created timestamp twice", body: raw(str(1, "c"), varint(3, 0), msg(4, msg(3, msg(3, varint(1, 5)), msg(3, varint(1, 6)))))},
+		{name: "created timestamp seconds twice", body: raw(str(1, "c"), varint(3, 0), msg(4, msg(3, msg(3, varint(1, 5), varint(1, 6)))))},
+		{name: "created timestamp on a gauge", body: raw(str(1, "g"), varint(3, 1), msg(4, msg(2, msg(3, varint(1, 5)))))},
 		{name: "metric without a value", body: fam(`name: "g" type: GAUGE metric { label { name: "a" value: "b" } }`)},
 		{name: "no name", body: fam(`type: GAUGE metric { gauge { value: 1 } }`)},
 		{name: "no type", body: raw(str(1, "g"), msg(4, gauge1))},
@@ -183,4 +193,25 @@ func manyProto(t testing.TB, n int) []byte {
 		})
 	}
 	return encodeDelimited(t, gauges, hists)
+}
+
+// registryProto is what client_golang's push package sends for a counter,
+// a histogram and a summary: with created timestamps.
+func registryProto(t testing.TB) []byte {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "jobs_total", Help: "Jobs."}, []string{"queue"})
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "run_seconds", Help: "Run time.", Buckets: []float64{0.1, 1}})
+	sm := prometheus.NewSummary(prometheus.SummaryOpts{Name: "step_seconds", Help: "Steps.", Objectives: map[float64]float64{0.5: 0.05}})
+	reg.MustRegister(c, h, sm)
+	c.WithLabelValues("a").Add(3)
+	h.Observe(0.5)
+	sm.Observe(0.2)
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fams[0].Metric[0].GetCounter().GetCreatedTimestamp() == nil {
+		t.Fatal("client_golang sent no created timestamp")
+	}
+	return encodeDelimited(t, fams...)
 }

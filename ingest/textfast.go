@@ -10,6 +10,7 @@ import (
 	"unsafe"
 
 	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // maxExactCount is the largest count a float64 holds exactly (2^53).
@@ -182,6 +183,7 @@ type textSlab struct {
 	summaries  []dto.Summary
 	quantiles  []dto.Quantile
 	types      []dto.MetricType
+	timestamps []timestamppb.Timestamp // created timestamps (protobuf)
 }
 
 // init makes sure the chunks have room for a body's objects: a metric and
@@ -241,6 +243,7 @@ func (sl *textSlab) reset() {
 	sl.summaries = sl.summaries[:0]
 	sl.quantiles = clearSlice(sl.quantiles)
 	sl.types = clearSlice(sl.types)
+	sl.timestamps = clearSlice(sl.timestamps)
 }
 
 // typ returns a pointer to t, as a family's Type.

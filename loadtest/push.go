@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"google.golang.org/protobuf/encoding/protodelim"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Content types of the two push body formats, as client_golang sends them.
@@ -88,8 +89,12 @@ func (s pushSpec) modeFamily(mode string) (string, bool) {
 
 // families builds the metric families of one push of group g, variant v.
 // The same (g, v) always gives the same families.
+//
+// Counters and the histogram carry a created timestamp, as client_golang's
+// do (the text format has no place for it).
 func (s pushSpec) families(g, v int) []*dto.MetricFamily {
 	var out []*dto.MetricFamily
+	created := &timestamppb.Timestamp{Seconds: 1_700_000_000 + int64(g)}
 	lines := s.series
 	if s.withHistogram() {
 		lines -= histogramLines
@@ -101,8 +106,9 @@ func (s pushSpec) families(g, v int) []*dto.MetricFamily {
 			Metric: []*dto.Metric{{
 				Label: []*dto.LabelPair{{Name: proto.String("series"), Value: proto.String("h")}},
 				Histogram: &dto.Histogram{
-					SampleCount: proto.Uint64(2),
-					SampleSum:   proto.Float64(0.05*float64(low) + 3),
+					CreatedTimestamp: created,
+					SampleCount:      proto.Uint64(2),
+					SampleSum:        proto.Float64(0.05*float64(low) + 3),
 					Bucket: []*dto.Bucket{
 						{UpperBound: proto.Float64(0.1), CumulativeCount: proto.Uint64(low)},
 						{UpperBound: proto.Float64(1), CumulativeCount: proto.Uint64(1 + low)},
@@ -131,7 +137,7 @@ func (s pushSpec) families(g, v int) []*dto.MetricFamily {
 			{Name: proto.String("series"), Value: proto.String(strconv.Itoa(k))},
 		}}
 		if counter {
-			m.Counter = &dto.Counter{Value: proto.Float64(float64(1 + v%3))}
+			m.Counter = &dto.Counter{Value: proto.Float64(float64(1 + v%3)), CreatedTimestamp: created}
 		} else {
 			m.Gauge = &dto.Gauge{Value: proto.Float64(float64((g*7+v*13+k)%1000) + 0.5)}
 		}
