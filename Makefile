@@ -41,6 +41,7 @@ fuzz:
 	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzParseTextFloat$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzProtoFastMatchesUnmarshal$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzRefillMatchesParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./ingest -run '^$$' -fuzz '^FuzzRefillProtoMatchesParse$$' -fuzztime $(FUZZTIME)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=6 ./... | tee bench.txt

@@ -111,8 +111,8 @@ func (d *Decoder) DecodePush(contentType, contentEncoding string, body []byte, l
 	d.text.refilled = false
 	fams, src, err := decodeBody(contentType, contentEncoding, body, lim, &d.text, d.shaped)
 	d.refilled = err == nil && d.text.refilled
-	d.shaped = err == nil && src.Format == aggregate.BodyText && d.text.parsed && !d.text.shapeless &&
-		len(d.text.slots) > 0 && len(src.Body) <= maxShapeBody
+	d.shaped = err == nil && (src.Format == aggregate.BodyText || src.Format == aggregate.BodyProtoDelimited) &&
+		d.text.parsed && !d.text.shapeless && len(d.text.slots) > 0 && len(src.Body) <= maxShapeBody
 	return fams, src, err
 }
 
@@ -164,7 +164,7 @@ func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits
 		return nil, Source{}, nil
 	}
 	f, guessed := detectFormat(contentType, data)
-	if template && f == aggregate.BodyText && !guessed && tp.refill(data) {
+	if template && !guessed && (f == aggregate.BodyText && tp.refill(data) || f == aggregate.BodyProtoDelimited && tp.refillProto(data)) {
 		tp.refilled = true
 		return tp.out, Source{Body: data, Format: f}, nil
 	}

@@ -1,6 +1,8 @@
 package ingest
 
 import (
+	"bytes"
+	"encoding/binary"
 	"math"
 	"unsafe"
 
@@ -48,18 +50,53 @@ func (p *textParser) parseProto(body []byte) (fams []*dto.MetricFamily, ok bool)
 		out = addFamily(out, p.index, mf)
 	}
 	p.out = out
+	p.parsed, p.proto = true, true
 	if len(out) == 0 {
 		return nil, true
 	}
 	return out, true
 }
 
+// refillProto is refill for a body parseProto took last: the same bytes
+// everywhere but in the value of each float field (8 bytes) and count
+// (a varint of the same length as before, so that every message and
+// field stays where it was).
+func (p *textParser) refillProto(body []byte) bool {
+	if !p.parsed || !p.proto || len(p.slots) == 0 {
+		return false
+	}
+	last := p.buf
+	if len(body) != len(last) {
+		return false
+	}
+	prev := 0
+	for i := range p.slots {
+		sl := &p.slots[i]
+		if !bytes.Equal(body[prev:sl.start], last[prev:sl.start]) {
+			return false
+		}
+		v := body[sl.start:sl.end]
+		switch sl.kind {
+		case slotFixed64:
+			*sl.f = math.Float64frombits(binary.LittleEndian.Uint64(v))
+		case slotVarint:
+			u, n := protowire.ConsumeVarint(v)
+			if n != len(v) {
+				return false
+			}
+			*sl.u = u
+		}
+		prev = sl.end
+	}
+	return bytes.Equal(body[prev:], last[prev:])
+}
+
 // str returns the body's bytes [off, end) as a string in p.s's memory.
 func (p *textParser) str(off, end int) *string { return p.slab.str(p.s[off:end]) }
 
-// protoField is one field of a message: its number and wire type, and its
-// value (varint or fixed64) or, for a length-delimited field, where its
-// payload is in p.buf, [off, end).
+// protoField is one field of a message: its number and wire type, its
+// value (varint or fixed64), and where its value's bytes or, for a
+// length-delimited field, its payload are in p.buf, [off, end).
 type protoField struct {
 	num      protowire.Number
 	typ      protowire.Type
@@ -96,8 +133,10 @@ func (r *fieldReader) next() bool {
 	switch typ {
 	case protowire.VarintType:
 		f.v, m = protowire.ConsumeVarint(b[n:])
+		f.off, f.end = r.i+n, r.i+n+m
 	case protowire.Fixed64Type:
 		f.v, m = protowire.ConsumeFixed64(b[n:])
+		f.off, f.end = r.i+n, r.i+n+m
 	case protowire.BytesType:
 		var size uint64
 		size, m = protowire.ConsumeVarint(b[n:])
@@ -131,9 +170,27 @@ func seen(mask *uint32, num protowire.Number) bool {
 	return false
 }
 
-// float is a fixed64 field's value as a float64 in the slab.
+// float is a fixed64 field's value as a float64 in the slab, recorded as
+// a value slot (refillProto). Every fixed64 field the decoder takes is a
+// value but a quantile's rank and a bucket's bound: see bound.
 func (p *textParser) float(f protoField) *float64 {
+	v := p.slab.float(math.Float64frombits(f.v))
+	p.slots = append(p.slots, valueSlot{start: f.off, end: f.end, kind: slotFixed64, f: v})
+	return v
+}
+
+// bound is float for a quantile's rank or a bucket's upper bound: part of
+// a body's shape, not a value.
+func (p *textParser) bound(f protoField) *float64 {
 	return p.slab.float(math.Float64frombits(f.v))
+}
+
+// count is a varint count field's value in the slab, recorded as a value
+// slot (refillProto).
+func (p *textParser) count(f protoField) *uint64 {
+	v := p.slab.uint(f.v)
+	p.slots = append(p.slots, valueSlot{start: f.off, end: f.end, kind: slotVarint, u: v})
+	return v
 }
 
 func (p *textParser) protoFamily(start, end int) (*dto.MetricFamily, bool) {
@@ -291,7 +348,7 @@ func (p *textParser) protoSummary(start, end int) (*dto.Summary, bool) {
 	for r.next() {
 		switch f := r.f; {
 		case f.num == 1 && f.typ == protowire.VarintType && !seen(&mask, 1):
-			s.SampleCount = p.slab.uint(f.v)
+			s.SampleCount = p.count(f)
 		case f.num == 2 && f.typ == protowire.Fixed64Type && !seen(&mask, 2):
 			s.SampleSum = p.float(f)
 		case f.num == 3 && f.typ == protowire.BytesType:
@@ -304,7 +361,7 @@ func (p *textParser) protoSummary(start, end int) (*dto.Summary, bool) {
 					return nil, false
 				}
 				if g.num == 1 {
-					q.Quantile = p.float(g)
+					q.Quantile = p.bound(g)
 				} else {
 					q.Value = p.float(g)
 				}
@@ -332,7 +389,7 @@ func (p *textParser) protoHistogram(start, end int) (*dto.Histogram, bool) {
 	for r.next() {
 		switch f := r.f; {
 		case f.num == 1 && f.typ == protowire.VarintType && !seen(&mask, 1):
-			h.SampleCount = p.slab.uint(f.v)
+			h.SampleCount = p.count(f)
 		case f.num == 4 && f.typ == protowire.Fixed64Type && !seen(&mask, 4):
 			h.SampleCountFloat = p.float(f)
 		case f.num == 2 && f.typ == protowire.Fixed64Type && !seen(&mask, 2):
@@ -346,11 +403,11 @@ func (p *textParser) protoHistogram(start, end int) (*dto.Histogram, bool) {
 				case seen(&bmask, g.num):
 					return nil, false
 				case g.num == 1 && g.typ == protowire.VarintType:
-					bk.CumulativeCount = p.slab.uint(g.v)
+					bk.CumulativeCount = p.count(g)
 				case g.num == 4 && g.typ == protowire.Fixed64Type:
 					bk.CumulativeCountFloat = p.float(g)
 				case g.num == 2 && g.typ == protowire.Fixed64Type:
-					bk.UpperBound = p.float(g)
+					bk.UpperBound = p.bound(g)
 				default:
 					return nil, false // an exemplar, or unknown
 				}

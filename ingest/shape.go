@@ -36,6 +36,8 @@ const (
 	slotCount                        // a histogram count or bucket, a whole number (u)
 	slotSummaryCount                 // a summary's _count (u)
 	slotIgnored                      // a line the families do not show (a histogram's bare name)
+	slotFixed64                      // protobuf: a double (f), 8 bytes
+	slotVarint                       // protobuf: a count (u), a varint
 )
 
 // set writes v where the parse put the slot's value, converting it as the
@@ -78,7 +80,7 @@ func (s *valueSlot) set(v float64) bool {
 // blank or newline in the last body and must match too, so it ends where
 // the parse would end it.
 func (p *textParser) refill(body []byte) bool {
-	if !p.parsed || p.shapeless || len(p.slots) == 0 {
+	if !p.parsed || p.proto || p.shapeless || len(p.slots) == 0 {
 		return false
 	}
 	last := p.buf

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"fmt"
 	"math"
 	"strings"
@@ -104,14 +105,112 @@ func TestDecoderRefill(t *testing.T) {
 	}
 }
 
-func TestDecoderShapedOnlyForFastText(t *testing.T) {
+// protoShape is a protobuf push of every kind of value refillProto
+// fills, with created timestamps as client_golang sends them; %v are the
+// values, in body order.
+const protoShape = `name: "jobs_total" type: COUNTER metric { label { name: "q" value: "a" } counter { value: %v created_timestamp { seconds: 1700000000 } } }` +
+	`|name: "temp" type: GAUGE metric { gauge { value: %v } timestamp_ms: 1700000000000 }` +
+	`|name: "seen" type: UNTYPED metric { untyped { value: %v } }` +
+	`|name: "lat" type: HISTOGRAM metric { histogram { sample_count: %v sample_sum: %v bucket { cumulative_count: %v upper_bound: 1 } bucket { cumulative_count_float: %v upper_bound: 2 } } }` +
+	`|name: "rpc" type: SUMMARY metric { summary { sample_count: %v sample_sum: %v quantile { quantile: 0.5 value: %v } } }`
+
+// protoValues encodes protoShape with vals.
+func protoValues(t testing.TB, vals ...any) []byte {
+	var fams []*dto.MetricFamily
+	for _, f := range strings.Split(fmt.Sprintf(protoShape, vals...), "|") {
+		fams = append(fams, familyFromText(t, f))
+	}
+	return encodeDelimited(t, fams...)
+}
+
+func TestDecoderRefillProtobuf(t *testing.T) {
+	first := protoValues(t, 11, 2, 3, 5, 1.5, 2, 2.5, 4, 8, 0.5)
+	cases := []struct {
+		name     string
+		next     []byte
+		refilled bool
+	}{
+		{"the same body", first, true},
+		{"new values, counts of the same length", protoValues(t, 7, -2, "nan", 9, 0, 1, 100.25, 127, "inf", -1), true},
+		{"a count of another length", protoValues(t, 11, 2, 3, 500, 1.5, 2, 2.5, 4, 8, 0.5), false},
+		{"another bucket bound", []byte(strings.Replace(string(first), "\x00\x00\x00\x00\x00\x00\xf0?", "\x00\x00\x00\x00\x00\x00\x08@", 1)), false},
+		{"a label value changed", bytes.Replace(first, []byte("\x01a"), []byte("\x01b"), 1), false},
+		{"a byte more", append(append([]byte(nil), first...), 0), false},
+		{"text", []byte("jobs_total 1\n"), false},
+	}
+	// A count sent in more bytes than it needs (0x85 0x00 is 5): a shorter
+	// one in the same bytes would leave a byte the parse reads as a field.
+	loose := func(count ...byte) []byte {
+		h := append([]byte{0x08}, count...)               // sample_count
+		h = append(h, 0x11, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f) // sample_sum 1
+		m := append([]byte{0x3a, byte(len(h))}, h...)     // histogram
+		f := append([]byte{0x0a, 0x01, 'h', 0x18, 0x04, 0x22, byte(len(m))}, m...)
+		return append([]byte{byte(len(f))}, f...)
+	}
+	cases = append(cases, struct {
+		name     string
+		next     []byte
+		refilled bool
+	}{"a shorter count in the same bytes", loose(0x07, 0x08), false})
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			first := first
+			if tc.name == "a shorter count in the same bytes" {
+				first = loose(0x85, 0x00)
+			}
+			var d Decoder
+			if _, _, err := d.DecodePush(protoContentType, "", first, BodyLimits{}); err != nil {
+				t.Fatal(err)
+			}
+			if !d.shaped || d.refilled {
+				t.Fatalf("after the first body: shaped %v, refilled %v; want true, false", d.shaped, d.refilled)
+			}
+			ct := protoContentType
+			if tc.name == "text" {
+				ct = contentTypeText
+			}
+			got, _, gotErr := d.DecodePush(ct, "", tc.next, BodyLimits{})
+			if d.refilled != tc.refilled {
+				t.Fatalf("refilled = %v, want %v", d.refilled, tc.refilled)
+			}
+			want, wantErr := DecodeBody(ct, "", tc.next, BodyLimits{})
+			if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
+				t.Fatalf("error %v, a new decoder's %v", gotErr, wantErr)
+			}
+			requireSameFamilies(t, got, want, "the second body decoded after the first (got) against alone")
+		})
+	}
+}
+
+// FuzzRefillProtoMatchesParse is FuzzRefillMatchesParse for protobuf
+// bodies.
+func FuzzRefillProtoMatchesParse(f *testing.F) {
+	f.Add(protoValues(f, 1, 2, 3, 5, 1.5, 2, 2.5, 4, 8, 0.5), protoValues(f, 7, -2, "nan", 9, 0, 1, 100.25, 127, "inf", -1))
+	f.Add(protoValues(f, 1, 2, 3, 5, 1.5, 2, 2.5, 4, 8, 0.5), protoValues(f, 1, 2, 3, 500, 1.5, 2, 2.5, 4, 8, 0.5))
+	f.Add(benchProto(f), benchProto(f))
+	f.Fuzz(func(t *testing.T, a, b []byte) {
+		var d Decoder
+		for i, body := range [][]byte{a, b, a} {
+			got, _, gotErr := d.DecodePush(protoContentType, "", body, BodyLimits{})
+			want, wantErr := DecodeBody(protoContentType, "", body, BodyLimits{})
+			if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
+				t.Fatalf("body %d: error %v, a new decoder's %v", i, gotErr, wantErr)
+			}
+			requireSameFamilies(t, got, want, "body %d (refilled %v) against a new decoder", i, d.refilled)
+		}
+	})
+}
+
+func TestDecoderShapedOnlyForFastParsers(t *testing.T) {
 	cases := []struct {
 		name, contentType string
 		body              []byte
 		shaped            bool
 	}{
 		{"text", contentTypeText, []byte("a 1\n"), true},
-		{"protobuf", protoContentType, protoBody(t, counterFamily("c_total", 1)), false},
+		{"protobuf", protoContentType, protoBody(t, counterFamily("c_total", 1)), true},
+		{"protobuf proto.Unmarshal takes (an exemplar)", protoContentType, encodeDelimited(t, familyFromText(t,
+			`name: "c" type: COUNTER metric { counter { value: 1 exemplar { value: 1 } } }`)), false},
 		{"openmetrics", "application/openmetrics-text", []byte("# TYPE a gauge\na 1\n# EOF\n"), false},
 		{"text expfmt parses (a name in braces)", contentTypeText, []byte("{\"a\"} 1\n"), false},
 		{"a histogram with a float count", contentTypeText, []byte("# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1.5\nh_count 1.5\n"), false},
@@ -251,9 +350,10 @@ func TestRepeatedPushesShowTheirValues(t *testing.T) {
 			[]string{`g{instance="",job="j",k="u"} 11`, `g{instance="",job="j",k="v"} 6`}},
 		{"the first shape again", contentTypeText, body(8, 4), []string{`g{instance="",job="j",k="v"} 8`, `s_total{instance="",job="j"} 7`}},
 		{"protobuf", protoContentType, protoBody(t, counterFamily("s_total", 5)), []string{`s_total{instance="",job="j"} 12`}},
-		{"text again", contentTypeText, body(9, 1), []string{`g{instance="",job="j",k="v"} 9`, `s_total{instance="",job="j"} 13`}},
-		{"again", contentTypeText, body(10, 1), []string{`g{instance="",job="j",k="v"} 10`, `s_total{instance="",job="j"} 14`}},
-		{"and again", contentTypeText, body(11, 2), []string{`g{instance="",job="j",k="v"} 11`, `s_total{instance="",job="j"} 16`}},
+		{"protobuf again", protoContentType, protoBody(t, counterFamily("s_total", 3)), []string{`s_total{instance="",job="j"} 15`}},
+		{"text again", contentTypeText, body(9, 1), []string{`g{instance="",job="j",k="v"} 9`, `s_total{instance="",job="j"} 16`}},
+		{"again", contentTypeText, body(10, 1), []string{`g{instance="",job="j",k="v"} 10`, `s_total{instance="",job="j"} 17`}},
+		{"and again", contentTypeText, body(11, 2), []string{`g{instance="",job="j",k="v"} 11`, `s_total{instance="",job="j"} 19`}},
 	}
 	for _, st := range steps {
 		r := env.do(t, "PUT", "/metrics/job/j", st.body, "Content-Type", st.contentType)
@@ -267,11 +367,12 @@ func TestRepeatedPushesShowTheirValues(t *testing.T) {
 			}
 		}
 	}
-	// A route's decoder is kept from its second push on, and a text push
-	// after one of the same shape is refilled: "again" and "and again"
-	// ("new values" follows the route's first push).
-	if got := counterValue(t, env, "sluice_push_bodies_refilled_total"); got != 2 {
-		t.Fatalf("sluice_push_bodies_refilled_total = %v, want 2", got)
+	// A route's decoder is kept from its second push on, and a push after
+	// one of the same shape and format is refilled: "protobuf again",
+	// "again" and "and again" ("new values" follows the route's first
+	// push).
+	if got := counterValue(t, env, "sluice_push_bodies_refilled_total"); got != 3 {
+		t.Fatalf("sluice_push_bodies_refilled_total = %v, want 3", got)
 	}
 	// A bad value in a body of the known shape is refused as it would be
 	// in any body, and changes nothing.
@@ -279,7 +380,7 @@ func TestRepeatedPushesShowTheirValues(t *testing.T) {
 	if r.code != 400 || !strings.Contains(r.body, "negative counter delta -1") {
 		t.Fatalf("negative delta: %d %s", r.code, r.body)
 	}
-	if got := env.scrape(t) + "\n"; !strings.Contains(got, `s_total{instance="",job="j"} 16`+"\n") || !strings.Contains(got, `g{instance="",job="j",k="v"} 11`+"\n") {
+	if got := env.scrape(t) + "\n"; !strings.Contains(got, `s_total{instance="",job="j"} 19`+"\n") || !strings.Contains(got, `g{instance="",job="j",k="v"} 11`+"\n") {
 		t.Fatalf("a refused push changed the series:\n%s", got)
 	}
 

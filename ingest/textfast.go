@@ -125,11 +125,13 @@ type textParser struct {
 	// again (a histogram's float count, which normalizeHistogram moves).
 	// parsed: the last parseBody succeeded, so p.s and slots describe
 	// the families in out.
-	// refilled: the last body was taken by refill.
+	// refilled: the last body was taken by refill (or refillProto).
+	// proto: the last parse was parseProto's.
 	slots     []valueSlot
 	shapeless bool
 	parsed    bool
 	refilled  bool
+	proto     bool
 }
 
 // reset forgets the last body, keeping the memory for the next: every
@@ -139,7 +141,7 @@ func (p *textParser) reset() {
 	p.s, p.pos = "", 0
 	p.badCount = nil
 	p.slots = clearSlice(p.slots)
-	p.shapeless, p.parsed, p.refilled = false, false, false
+	p.shapeless, p.parsed, p.refilled, p.proto = false, false, false, false
 	p.lastFam = familyHit{}
 	clear(p.fams)
 	clear(p.index)
