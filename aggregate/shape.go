@@ -11,7 +11,7 @@ import (
 // A Shape remembers what the store made of a push (its updates: series
 // keys, modes, types, metadata) so that a later push with the very same
 // families, changed only in their values, is checked and converted by its
-// values alone. ingest's decoder gives a repeated text push exactly that:
+// values alone. ingest's decoder gives a repeated push exactly that:
 // the families of the push before, refilled in place.
 //
 // The caller owns a Shape and uses it for one push at a time. It must Reset

@@ -80,8 +80,9 @@ func DecodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits
 // aggregate package does). A Decoder is not safe for concurrent use.
 type Decoder struct {
 	text textParser
-	// shaped: the last DecodePush parsed a text body with the fast
-	// parser, so text is a template for the next body (refill).
+	// shaped: the last DecodePush parsed a text or protobuf body with
+	// a fast parser, so text is a template for the next body (refill,
+	// refillProto).
 	// refilled: the last DecodePush took its body by refill, so it
 	// returned the very families of the one before, with new values.
 	shaped, refilled bool
@@ -103,10 +104,10 @@ type Source struct {
 }
 
 // DecodePush is Decode that also returns the families' Source. Source.Body
-// is valid as long as body is. A text body of the same shape as the last
-// one (the same bytes but for the sample values) is taken by its values
-// alone, into the families of the last one (refill); the families are the
-// same either way.
+// is valid as long as body is. A text or protobuf body of the same shape
+// as the last one (the same bytes but for the sample values) is taken by
+// its values alone, into the families of the last one (refill,
+// refillProto); the families are the same either way.
 func (d *Decoder) DecodePush(contentType, contentEncoding string, body []byte, lim BodyLimits) ([]*dto.MetricFamily, Source, error) {
 	d.text.refilled = false
 	fams, src, err := decodeBody(contentType, contentEncoding, body, lim, &d.text, d.shaped)

@@ -109,7 +109,7 @@ type server struct {
 	authm   *authMetrics
 	// pushes recycles what a push needs (*pushScratch) and its memory.
 	pushes sync.Pool
-	// shapes keeps the scratch of the last text push per route (shape.go).
+	// shapes keeps the scratch of the last push per route (shape.go).
 	shapes *shapeCache
 	// freedAt is when memory was last handed back to the OS after a
 	// decompression bomb (Unix nanoseconds); see releaseAfterBomb.

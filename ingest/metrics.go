@@ -27,7 +27,7 @@ func newIngestMetrics(reg prometheus.Registerer) *ingestMetrics {
 		}, []string{"method"}),
 		refilled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_push_bodies_refilled_total",
-			Help: "Text push bodies that differed from their route's last push only in sample values, and were decoded by their values alone (whether the store then took them or not).",
+			Help: "Push bodies (text or protobuf) that differed from their route's last push only in sample values, and were decoded by their values alone (whether the store then took them or not).",
 		}),
 	}
 	reg.MustRegister(m.requests, m.rejected, m.duration, m.refilled)

@@ -14,9 +14,9 @@ import (
 
 // A job pushes the same metrics again and again with new values: the same
 // bytes but for the number on each sample line. Sluice keeps, per push
-// route (method and path), the decoder of the last text push to it, and
-// parses the next one by its values alone when that is all that changed
-// (textParser.refill); the store then skips the checks of everything but
+// route (method and path), the decoder of the last push to it, text or
+// protobuf, and parses the next one by its values alone when that is all
+// that changed (textParser.refill, refillProto); the store then skips the checks of everything but
 // the values (aggregate.Shape). It is the idea of Prometheus' scrape cache,
 // which maps a sample line's bytes to its series, applied to a whole body.
 
@@ -109,7 +109,7 @@ func (p *textParser) refill(body []byte) bool {
 // pushes are rarer, and their decoders large.
 const maxShapeBody = 64 << 10
 
-// shapeCache holds, per push route, the scratch of the last text push to
+// shapeCache holds, per push route, the scratch of the last push to
 // it that can serve as a template (Decoder.shaped). A scratch is taken out
 // while a push uses it, so each is used by one push at a time; a second
 // push to the same route meanwhile decodes in full with a scratch of its
