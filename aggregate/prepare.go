@@ -106,6 +106,14 @@ const maxPooledUpdates = 4096
 // maxPooledRecord bounds the record array kept with a pooled push.
 const maxPooledRecord = 64 << 10
 
+// newPrepared returns an empty prepared push from the Store's pool.
+func (s *Store) newPrepared() *prepared {
+	if pr, _ := s.prepPool.Get().(*prepared); pr != nil {
+		return pr
+	}
+	return &prepared{}
+}
+
 // releasePrepared returns pr to the Store's pool once nothing uses it or
 // the keys of its updates any more (they point into pr.arena, which the
 // next push overwrites). Whatever outlives a push (a new series' key and
@@ -160,10 +168,7 @@ func (s *Store) prepareFull(p *Push, set *Settings) (*prepared, error) {
 	if r := set.Aggregation.RuleFor(get); r != nil {
 		defaults = r.DefaultModes
 	}
-	pr, _ := s.prepPool.Get().(*prepared)
-	if pr == nil {
-		pr = &prepared{}
-	}
+	pr := s.newPrepared()
 	pr.groupKey, pr.group, pr.semantics, pr.typeHint = groupKey(p.Group, s.keysInLabels), p.Group, sem, p.TypeHint
 	if sem == SemanticsPushgateway && p.Method == MethodPut {
 		pr.replaceAll = true

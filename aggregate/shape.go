@@ -75,10 +75,7 @@ func (s *Store) prepareShaped(p *Push, sh *Shape, set *Settings) *prepared {
 	if !sh.filled || sh.set != set || sh.method != p.Method || sh.mode != p.Mode || sh.typeHint != p.TypeHint || !labels.Equal(sh.group, p.Group) {
 		return nil
 	}
-	pr, _ := s.prepPool.Get().(*prepared)
-	if pr == nil {
-		pr = &prepared{}
-	}
+	pr := s.newPrepared()
 	pr.groupKey, pr.group, pr.semantics, pr.typeHint = sh.groupKey, p.Group, sh.semantics, p.TypeHint
 	pr.replaceAll, pr.replaceNames, pr.timestamps = sh.replaceAll, sh.replaceNames, sh.timestamps
 	pr.updates = append(pr.updates[:0], sh.updates...)

@@ -70,7 +70,7 @@ const (
 // families and no error. Text format families are sorted by name; protobuf
 // and OpenMetrics families keep their input order.
 func DecodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits) ([]*dto.MetricFamily, error) {
-	fams, _, err := decodeBody(contentType, contentEncoding, body, lim, nil, false)
+	fams, _, _, err := decodeBody(contentType, contentEncoding, body, lim, nil, false)
 	return fams, err
 }
 
@@ -81,8 +81,7 @@ func DecodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits
 type Decoder struct {
 	text textParser
 	// shaped: the last DecodePush parsed a text or protobuf body with
-	// a fast parser, so text is a template for the next body (refill,
-	// refillProto).
+	// a fast parser, so text is a template for the next body (refill).
 	// refilled: the last DecodePush took its body by refill, so it
 	// returned the very families of the one before, with new values.
 	shaped, refilled bool
@@ -91,7 +90,7 @@ type Decoder struct {
 // Decode is DecodeBody with the decoder's memory.
 func (d *Decoder) Decode(contentType, contentEncoding string, body []byte, lim BodyLimits) ([]*dto.MetricFamily, error) {
 	d.shaped, d.refilled = false, false
-	fams, _, err := decodeBody(contentType, contentEncoding, body, lim, &d.text, false)
+	fams, _, _, err := decodeBody(contentType, contentEncoding, body, lim, &d.text, false)
 	return fams, err
 }
 
@@ -106,12 +105,10 @@ type Source struct {
 // DecodePush is Decode that also returns the families' Source. Source.Body
 // is valid as long as body is. A text or protobuf body of the same shape
 // as the last one (the same bytes but for the sample values) is taken by
-// its values alone, into the families of the last one (refill,
-// refillProto); the families are the same either way.
+// its values alone, into the families of the last one (refill); the families are the same either way.
 func (d *Decoder) DecodePush(contentType, contentEncoding string, body []byte, lim BodyLimits) ([]*dto.MetricFamily, Source, error) {
-	d.text.refilled = false
-	fams, src, err := decodeBody(contentType, contentEncoding, body, lim, &d.text, d.shaped)
-	d.refilled = err == nil && d.text.refilled
+	fams, src, refilled, err := decodeBody(contentType, contentEncoding, body, lim, &d.text, d.shaped)
+	d.refilled = refilled
 	d.shaped = err == nil && (src.Format == aggregate.BodyText || src.Format == aggregate.BodyProtoDelimited) &&
 		d.text.parsed && !d.text.shapeless && len(d.text.slots) > 0 && len(src.Body) <= maxShapeBody
 	return fams, src, err
@@ -151,23 +148,23 @@ const maxPooledBody = 1 << 20
 func (d *Decoder) large() bool { return cap(d.text.buf) > maxPooledBody }
 
 // decodeBody is DecodeBody, parsing text with tp if not nil, that also
-// returns the families' source.
-func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits, tp *textParser, template bool) ([]*dto.MetricFamily, Source, error) {
+// returns the families' source. With template, a body of the shape tp
+// parsed last is taken by refill, and refilled says so.
+func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits, tp *textParser, template bool) (_ []*dto.MetricFamily, _ Source, refilled bool, _ error) {
 	limit := lim.MaxDecompressedBytes
 	if limit <= 0 {
 		limit = defaultMaxDecompressedBytes
 	}
 	data, err := decompress(contentEncoding, body, limit)
 	if err != nil {
-		return nil, Source{}, err
+		return nil, Source{}, false, err
 	}
 	if len(data) == 0 {
-		return nil, Source{}, nil
+		return nil, Source{}, false, nil
 	}
 	f, guessed := detectFormat(contentType, data)
-	if template && !guessed && (f == aggregate.BodyText && tp.refill(data) || f == aggregate.BodyProtoDelimited && tp.refillProto(data)) {
-		tp.refilled = true
-		return tp.out, Source{Body: data, Format: f}, nil
+	if template && !guessed && (f == aggregate.BodyText || f == aggregate.BodyProtoDelimited) && tp.refill(data, f == aggregate.BodyProtoDelimited) {
+		return tp.out, Source{Body: data, Format: f}, true, nil
 	}
 	fams, err := decodeFormat(f, data, limit, tp)
 	if err != nil && guessed {
@@ -179,9 +176,9 @@ func decodeBody(contentType, contentEncoding string, body []byte, lim BodyLimits
 		}
 	}
 	if err != nil {
-		return nil, Source{}, err
+		return nil, Source{}, false, err
 	}
-	return fams, Source{Body: data, Format: f}, nil
+	return fams, Source{Body: data, Format: f}, false, nil
 }
 
 // decodeFormat parses a decompressed, non-empty body in format f.

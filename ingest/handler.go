@@ -400,8 +400,9 @@ func (s *server) push(c *fiber.Ctx) error {
 	code, msg, reason, limit := s.doPush(c, ps)
 	ps.push = aggregate.Push{}
 	if ps.dec.shaped && (ps.route != "" || s.shapes.again(route)) {
-		// Kept for the route's next push, its families and all.
-		if ps.route != string(route) {
+		// Kept for the route's next push, its families and all. A
+		// scratch taken from the cache has its route already.
+		if ps.route == "" {
 			ps.route = string(route)
 		}
 		ps.cost = scratchCost(ps)

@@ -1,8 +1,6 @@
 package ingest
 
 import (
-	"bytes"
-	"encoding/binary"
 	"math"
 	"unsafe"
 
@@ -55,40 +53,6 @@ func (p *textParser) parseProto(body []byte) (fams []*dto.MetricFamily, ok bool)
 		return nil, true
 	}
 	return out, true
-}
-
-// refillProto is refill for a body parseProto took last: the same bytes
-// everywhere but in the value of each float field (8 bytes) and count
-// (a varint of the same length as before, so that every message and
-// field stays where it was).
-func (p *textParser) refillProto(body []byte) bool {
-	if !p.parsed || !p.proto || len(p.slots) == 0 {
-		return false
-	}
-	last := p.buf
-	if len(body) != len(last) {
-		return false
-	}
-	prev := 0
-	for i := range p.slots {
-		sl := &p.slots[i]
-		if !bytes.Equal(body[prev:sl.start], last[prev:sl.start]) {
-			return false
-		}
-		v := body[sl.start:sl.end]
-		switch sl.kind {
-		case slotFixed64:
-			*sl.f = math.Float64frombits(binary.LittleEndian.Uint64(v))
-		case slotVarint:
-			u, n := protowire.ConsumeVarint(v)
-			if n != len(v) {
-				return false
-			}
-			*sl.u = u
-		}
-		prev = sl.end
-	}
-	return bytes.Equal(body[prev:], last[prev:])
 }
 
 // str returns the body's bytes [off, end) as a string in p.s's memory.
@@ -171,7 +135,7 @@ func seen(mask *uint32, num protowire.Number) bool {
 }
 
 // float is a fixed64 field's value as a float64 in the slab, recorded as
-// a value slot (refillProto). Every fixed64 field the decoder takes is a
+// a value slot (refill). Every fixed64 field the decoder takes is a
 // value but a quantile's rank and a bucket's bound: see bound.
 func (p *textParser) float(f protoField) *float64 {
 	v := p.slab.float(math.Float64frombits(f.v))
@@ -186,7 +150,7 @@ func (p *textParser) bound(f protoField) *float64 {
 }
 
 // count is a varint count field's value in the slab, recorded as a value
-// slot (refillProto).
+// slot (refill).
 func (p *textParser) count(f protoField) *uint64 {
 	v := p.slab.uint(f.v)
 	p.slots = append(p.slots, valueSlot{start: f.off, end: f.end, kind: slotVarint, u: v})

@@ -2,12 +2,15 @@ package ingest
 
 import (
 	"bytes"
+	"encoding/binary"
 	"hash/maphash"
+	"math"
 	"sync"
 	"sync/atomic"
 	"unsafe"
 
 	"github.com/prometheus/prometheus/model/labels"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/sluice-metrics/sluice/aggregate"
 )
@@ -16,7 +19,7 @@ import (
 // bytes but for the number on each sample line. Sluice keeps, per push
 // route (method and path), the decoder of the last push to it, text or
 // protobuf, and parses the next one by its values alone when that is all
-// that changed (textParser.refill, refillProto); the store then skips the checks of everything but
+// that changed (textParser.refill); the store then skips the checks of everything but
 // the values (aggregate.Shape). It is the idea of Prometheus' scrape cache,
 // which maps a sample line's bytes to its series, applied to a whole body.
 
@@ -63,24 +66,56 @@ func (s *valueSlot) set(v float64) bool {
 	return true
 }
 
-// refill parses body when it is the body of p's last successful parseBody
-// with other sample values: the same bytes everywhere but in the value of
-// each sample line, each value still one the parse converts as before. It
-// writes the new values where the parse put the old ones and reports true:
-// the families p returned are then exactly what parseBody makes of body
-// (FuzzRefillMatchesParse). Otherwise it reports false, and p must be reset
-// (parseBody does) before its families are used again: some values may be
-// written.
+// take reads the slot's new value at the start of b, writes it as set
+// does, and returns the bytes the value took; -1 where the parse would
+// have made something else of it. A text value runs to the next blank or
+// newline; a protobuf double takes 8 bytes, and a count a varint as long
+// as the one before it, so that every message and field stays where it
+// was.
+func (s *valueSlot) take(b []byte) int {
+	switch s.kind {
+	case slotFixed64:
+		if len(b) < 8 {
+			return -1
+		}
+		*s.f = math.Float64frombits(binary.LittleEndian.Uint64(b))
+		return 8
+	case slotVarint:
+		u, n := protowire.ConsumeVarint(b)
+		if n != s.end-s.start {
+			return -1
+		}
+		*s.u = u
+		return n
+	}
+	e := 0
+	for e < len(b) && b[e] != ' ' && b[e] != '\t' && b[e] != '\n' {
+		e++
+	}
+	v, ok := parseTextFloat(unsafe.String(unsafe.SliceData(b), e))
+	if !ok || !s.set(v) {
+		return -1
+	}
+	return e
+}
+
+// refill parses body when it is the body of p's last successful parse
+// (parseBody, or parseProto if proto) with other sample values: the same
+// bytes everywhere but in each value, each still one the parse converts as
+// before (take). It writes the new values where the parse put the old ones
+// and reports true: the families p returned are then exactly what the
+// parse makes of body (FuzzRefillMatchesParse, FuzzRefillProtoMatchesParse).
+// Otherwise it reports false, and p must be reset (a parse does) before
+// its families are used again: some values may be written.
 //
-// Why the same bytes parse the same: the parse reads a value as everything
-// from the end of the blanks after the labels to the next blank or newline,
-// and nothing it does depends on a value but the field the value goes to
-// (set). The bytes before each value match those of the last body, so the
-// value starts where the last one did; the bytes after it start with a
-// blank or newline in the last body and must match too, so it ends where
-// the parse would end it.
-func (p *textParser) refill(body []byte) bool {
-	if !p.parsed || p.proto || p.shapeless || len(p.slots) == 0 {
+// Why the same bytes parse the same: nothing the parse does depends on a
+// value but the field the value goes to. The bytes before each value match
+// those of the last body, so the value starts where the last one did. In
+// text the parse reads a value up to the next blank or newline, and the
+// bytes after it start with one in the last body and must match too, so
+// it ends where the parse would end it; in protobuf its length is fixed.
+func (p *textParser) refill(body []byte, proto bool) bool {
+	if !p.parsed || p.proto != proto || p.shapeless || len(p.slots) == 0 {
 		return false
 	}
 	last := p.buf
@@ -92,15 +127,11 @@ func (p *textParser) refill(body []byte) bool {
 			return false
 		}
 		n += len(lit)
-		e := n
-		for e < len(body) && body[e] != ' ' && body[e] != '\t' && body[e] != '\n' {
-			e++
-		}
-		v, ok := parseTextFloat(unsafe.String(unsafe.SliceData(body[n:e]), e-n))
-		if !ok || !sl.set(v) {
+		m := sl.take(body[n:])
+		if m < 0 {
 			return false
 		}
-		n, prev = e, sl.end
+		n, prev = n+m, sl.end
 	}
 	return bytes.Equal(body[n:], last[prev:])
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -81,31 +82,18 @@ func TestDecoderRefill(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			var d Decoder
-			if _, _, err := d.DecodePush(contentTypeText, "", []byte(shapeBody), BodyLimits{}); err != nil {
-				t.Fatal(err)
-			}
-			if !d.shaped || d.refilled {
-				t.Fatalf("after the first body: shaped %v, refilled %v; want true, false", d.shaped, d.refilled)
-			}
-			got, _, gotErr := d.DecodePush(contentTypeText, "", tc.next, BodyLimits{})
+			d := shapedDecoder(t, contentTypeText, []byte(shapeBody))
+			requireDecodedAlike(t, d, contentTypeText, tc.next, "the second body decoded after the first")
 			if d.refilled != tc.refilled {
 				t.Fatalf("refilled = %v, want %v", d.refilled, tc.refilled)
 			}
-			want, wantErr := DecodeBody(contentTypeText, "", tc.next, BodyLimits{})
-			if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
-				t.Fatalf("error %v, a new decoder's %v", gotErr, wantErr)
-			}
-			requireSameFamilies(t, got, want, "the second body decoded after the first (got) against alone")
 			// And back: the first body again, after the second.
-			got, _, _ = d.DecodePush(contentTypeText, "", []byte(shapeBody), BodyLimits{})
-			want, _ = DecodeBody(contentTypeText, "", []byte(shapeBody), BodyLimits{})
-			requireSameFamilies(t, got, want, "the first body decoded after the second (got) against alone")
+			requireDecodedAlike(t, d, contentTypeText, []byte(shapeBody), "the first body decoded after the second")
 		})
 	}
 }
 
-// protoShape is a protobuf push of every kind of value refillProto
+// protoShape is a protobuf push of every kind of value refill
 // fills, with created timestamps as client_golang sends them; %v are the
 // values, in body order.
 const protoShape = `name: "jobs_total" type: COUNTER metric { label { name: "q" value: "a" } counter { value: %v created_timestamp { seconds: 1700000000 } } }` +
@@ -140,44 +128,52 @@ func TestDecoderRefillProtobuf(t *testing.T) {
 	}
 	// A count sent in more bytes than it needs (0x85 0x00 is 5): a shorter
 	// one in the same bytes would leave a byte the parse reads as a field.
-	loose := func(count ...byte) []byte {
-		h := append([]byte{0x08}, count...)               // sample_count
-		h = append(h, 0x11, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f) // sample_sum 1
-		m := append([]byte{0x3a, byte(len(h))}, h...)     // histogram
-		f := append([]byte{0x0a, 0x01, 'h', 0x18, 0x04, 0x22, byte(len(m))}, m...)
+	// A histogram per count, each sent as given: 0x85 0x00 is 5 in more
+	// bytes than it needs. A count in other bytes than before must not
+	// move what follows it, even where the bytes would still match.
+	loose := func(counts ...[]byte) []byte {
+		f := []byte{0x0a, 0x01, 'h', 0x18, 0x04}
+		for _, c := range counts {
+			h := append([]byte{0x08}, c...)                   // sample_count
+			h = append(h, 0x11, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f) // sample_sum 1
+			m := append([]byte{0x3a, byte(len(h))}, h...)     // histogram
+			f = append(append(f, 0x22, byte(len(m))), m...)   // metric
+		}
 		return append([]byte{byte(len(f))}, f...)
 	}
-	cases = append(cases, struct {
+	looseFirst := map[string][]byte{
+		"a shorter count in the same bytes": loose([]byte{0x85, 0x00}),
+		"two counts that trade lengths":     loose([]byte{0x85, 0x00}, []byte{0x05}),
+	}
+	// The second body of two counts that trade lengths keeps the first's
+	// length prefixes, so every byte but the counts' matches.
+	traded := looseFirst["two counts that trade lengths"]
+	i := bytes.Index(traded, []byte{0x08, 0x85, 0x00}) + 1
+	j := bytes.LastIndex(traded, []byte{0x08, 0x05}) + 1
+	traded = slices.Concat(traded[:i], []byte{0x05}, traded[i+2:j], []byte{0x85, 0x00}, traded[j+1:])
+	cases = append(cases, []struct {
 		name     string
 		next     []byte
 		refilled bool
-	}{"a shorter count in the same bytes", loose(0x07, 0x08), false})
+	}{
+		{"a shorter count in the same bytes", loose([]byte{0x07, 0x08}), false},
+		{"two counts that trade lengths", traded, false},
+	}...)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			first := first
-			if tc.name == "a shorter count in the same bytes" {
-				first = loose(0x85, 0x00)
+			if b, ok := looseFirst[tc.name]; ok {
+				first = b
 			}
-			var d Decoder
-			if _, _, err := d.DecodePush(protoContentType, "", first, BodyLimits{}); err != nil {
-				t.Fatal(err)
-			}
-			if !d.shaped || d.refilled {
-				t.Fatalf("after the first body: shaped %v, refilled %v; want true, false", d.shaped, d.refilled)
-			}
+			d := shapedDecoder(t, protoContentType, first)
 			ct := protoContentType
 			if tc.name == "text" {
 				ct = contentTypeText
 			}
-			got, _, gotErr := d.DecodePush(ct, "", tc.next, BodyLimits{})
+			requireDecodedAlike(t, d, ct, tc.next, "the second body decoded after the first")
 			if d.refilled != tc.refilled {
 				t.Fatalf("refilled = %v, want %v", d.refilled, tc.refilled)
 			}
-			want, wantErr := DecodeBody(ct, "", tc.next, BodyLimits{})
-			if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
-				t.Fatalf("error %v, a new decoder's %v", gotErr, wantErr)
-			}
-			requireSameFamilies(t, got, want, "the second body decoded after the first (got) against alone")
 		})
 	}
 }
@@ -191,12 +187,7 @@ func FuzzRefillProtoMatchesParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, a, b []byte) {
 		var d Decoder
 		for i, body := range [][]byte{a, b, a} {
-			got, _, gotErr := d.DecodePush(protoContentType, "", body, BodyLimits{})
-			want, wantErr := DecodeBody(protoContentType, "", body, BodyLimits{})
-			if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
-				t.Fatalf("body %d: error %v, a new decoder's %v", i, gotErr, wantErr)
-			}
-			requireSameFamilies(t, got, want, "body %d (refilled %v) against a new decoder", i, d.refilled)
+			requireDecodedAlike(t, &d, protoContentType, body, fmt.Sprint("body ", i))
 		}
 	})
 }
@@ -245,14 +236,35 @@ func FuzzRefillMatchesParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, a, b []byte) {
 		var d Decoder
 		for i, body := range [][]byte{a, b, a} {
-			got, _, gotErr := d.DecodePush(contentTypeText, "", body, BodyLimits{})
-			want, wantErr := DecodeBody(contentTypeText, "", body, BodyLimits{})
-			if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
-				t.Fatalf("body %d: error %v, a new decoder's %v", i, gotErr, wantErr)
-			}
-			requireSameFamilies(t, got, want, "body %d (refilled %v) against a new decoder", i, d.refilled)
+			requireDecodedAlike(t, &d, contentTypeText, body, fmt.Sprint("body ", i))
 		}
 	})
+}
+
+// shapedDecoder returns a Decoder that decoded body, a template for the
+// next.
+func shapedDecoder(t *testing.T, contentType string, body []byte) *Decoder {
+	t.Helper()
+	d := new(Decoder)
+	if _, _, err := d.DecodePush(contentType, "", body, BodyLimits{}); err != nil {
+		t.Fatal(err)
+	}
+	if !d.shaped || d.refilled {
+		t.Fatalf("after the first body: shaped %v, refilled %v; want true, false", d.shaped, d.refilled)
+	}
+	return d
+}
+
+// requireDecodedAlike decodes body with d and fails unless the families
+// and error are a new decoder's; what names the body.
+func requireDecodedAlike(t *testing.T, d *Decoder, contentType string, body []byte, what string) {
+	t.Helper()
+	got, _, gotErr := d.DecodePush(contentType, "", body, BodyLimits{})
+	want, wantErr := DecodeBody(contentType, "", body, BodyLimits{})
+	if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) {
+		t.Fatalf("%s: error %v, a new decoder's %v", what, gotErr, wantErr)
+	}
+	requireSameFamilies(t, got, want, "%s (refilled %v, got) against a new decoder", what, d.refilled)
 }
 
 func TestValueSlotSet(t *testing.T) {

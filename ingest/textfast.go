@@ -125,12 +125,10 @@ type textParser struct {
 	// again (a histogram's float count, which normalizeHistogram moves).
 	// parsed: the last parseBody succeeded, so p.s and slots describe
 	// the families in out.
-	// refilled: the last body was taken by refill (or refillProto).
 	// proto: the last parse was parseProto's.
 	slots     []valueSlot
 	shapeless bool
 	parsed    bool
-	refilled  bool
 	proto     bool
 }
 
@@ -141,7 +139,7 @@ func (p *textParser) reset() {
 	p.s, p.pos = "", 0
 	p.badCount = nil
 	p.slots = clearSlice(p.slots)
-	p.shapeless, p.parsed, p.refilled, p.proto = false, false, false, false
+	p.shapeless, p.parsed, p.proto = false, false, false
 	p.lastFam = familyHit{}
 	clear(p.fams)
 	clear(p.index)
