@@ -199,6 +199,9 @@ type faultFS struct {
 	FS
 	// noSync turns fsyncs into no-ops (for the fuzz target's speed).
 	noSync bool
+	// createdOnly leaves segment files opened without O_CREATE (in a new
+	// log, the background zero-filler's) unwrapped.
+	createdOnly bool
 
 	mu     sync.Mutex // guards faults and onSync
 	faults []fault
@@ -241,7 +244,7 @@ func (f *faultFS) OpenFile(name string, flag int, perm os.FileMode) (File, error
 		}
 	}
 	file, err := f.FS.OpenFile(name, flag, perm)
-	if err != nil || !isSegment(name) {
+	if err != nil || !isSegment(name) || (f.createdOnly && flag&os.O_CREATE == 0) {
 		return file, err
 	}
 	return &faultFile{File: file, fs: f}, nil

@@ -13,6 +13,7 @@ type metrics struct {
 	fsyncs        prometheus.Counter
 	corruptions   prometheus.Counter
 	appendErrors  prometheus.Counter
+	zeroFill      *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -51,11 +52,15 @@ func newMetrics() *metrics {
 			Name: "sluice_wal_append_errors_total",
 			Help: "Append calls that returned an error; none of their records are in the log.",
 		}),
+		zeroFill: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_wal_zero_fill_bytes_total",
+			Help: "Zeros written ahead of the log's end, by who wrote them: the background filler (by=\"background\") or an append that found none ready (by=\"append\"), whose commit then waits for them.",
+		}, []string{"by"}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.bytes, m.segments, m.fsyncDuration, m.records, m.batches, m.fsyncs, m.corruptions, m.appendErrors}
+	return []prometheus.Collector{m.bytes, m.segments, m.fsyncDuration, m.records, m.batches, m.fsyncs, m.corruptions, m.appendErrors, m.zeroFill}
 }
 
 // register registers every metric on reg, or none of them.

@@ -132,6 +132,11 @@ type Options struct {
 	SegmentSize  int64
 	Sync         SyncMode
 	SyncInterval time.Duration // for SyncInterval; default DefaultSyncInterval
+	// BackgroundZeroFill writes the zeros ahead of the log's end from a
+	// goroutine of the WAL's own instead of from the appends that reach
+	// them (see zeroFiller). It opens the segment being written a second
+	// time, through the FS.
+	BackgroundZeroFill bool
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -212,7 +217,11 @@ type WAL struct {
 	// it (see zeroAhead). The file offset is always written.
 	zeroed int64
 	zeros  []byte // a buffer of zeros for zeroAhead; allocated on first use
-	synced int64  // bytes of file known to be on stable storage
+	// fill writes the zeros ahead in the background; nil without
+	// Options.BackgroundZeroFill. It has file attached except while the
+	// token holder truncates, rotates or closes it.
+	fill   *zeroFiller
+	synced int64 // bytes of file known to be on stable storage
 	// dropped is how much of file's start has had its cached pages
 	// evicted (dropSynced).
 	dropped int64
@@ -286,6 +295,10 @@ func Open(dir string, fsys FS, opts Options, reg prometheus.Registerer, logger *
 		w.file.Close()
 		w.unlock()
 		return nil, fmt.Errorf("wal: register metrics: %w", err)
+	}
+	if o.BackgroundZeroFill {
+		w.fill = newZeroFiller(fsys, o.SegmentSize, logger, w.m.zeroFill)
+		w.fill.attach(w.path(w.fileSeg), w.zeroed)
 	}
 	if o.Sync == SyncInterval {
 		w.wg.Add(1)
@@ -713,6 +726,9 @@ func (w *WAL) write(g *group) error {
 	}
 	w.written += int64(len(buf))
 	w.zeroed = max(w.zeroed, w.written)
+	if w.fill != nil {
+		w.fill.advance(w.written)
+	}
 	if w.opts.Sync == SyncAlways {
 		w.synced = w.written
 		w.dropSynced()
@@ -739,6 +755,10 @@ func (w *WAL) rollbackTail(g *group) {
 // failed write or fsync, and makes that durable; if it cannot, the WAL
 // turns unusable. The caller holds the token.
 func (w *WAL) rollback(cause error) {
+	if w.fill != nil {
+		w.fill.detach()
+		defer func() { w.fill.attach(w.path(w.fileSeg), w.zeroed) }()
+	}
 	if err := w.file.Truncate(w.written); err != nil {
 		w.setSticky(fmt.Errorf("wal: truncate segment %s after a failed append (%v): %w", SegmentName(w.fileSeg), cause, err))
 		return
@@ -788,6 +808,9 @@ func (w *WAL) rotate(idx int) error {
 		w.logger.Warn("WAL: closing a full segment", "segment", SegmentName(w.fileSeg), "err", err)
 	}
 	w.file, w.fileSeg, w.written, w.synced, w.zeroed, w.dropped = f, idx, 0, 0, 0, 0
+	if w.fill != nil {
+		w.fill.attach(w.path(idx), 0)
+	}
 	w.mu.Lock()
 	w.segs = append(w.segs, segInfo{idx, 0})
 	w.updateGauges()
@@ -821,30 +844,44 @@ func (w *WAL) syncData() error {
 const zeroAheadBytes = 4 << 20
 
 // zeroAhead makes sure the segment file extends, with zeros, to at least
-// end (and up to zeroAheadBytes further, within the segment size). Replay
-// and Open take zeros after the last batch for the end of the segment.
-// The caller holds the token.
+// end (and up to zeroAheadBytes further, within the segment size; with a
+// background filler, fillChunk further, the filler doing the rest).
+// Replay and Open take zeros after the last batch for the end of the
+// segment. The caller holds the token.
 func (w *WAL) zeroAhead(end int64) error {
 	if end <= w.zeroed {
 		return nil
 	}
-	target := max(end, min(w.zeroed+zeroAheadBytes, w.opts.SegmentSize))
+	ahead := int64(zeroAheadBytes)
+	if w.fill != nil {
+		zeroed, owned := w.fill.reserve(end)
+		w.zeroed = max(w.zeroed, zeroed)
+		if !owned {
+			return nil
+		}
+		defer func() { w.fill.release(w.zeroed, w.zeroed) }()
+		ahead = fillChunk
+	}
+	target := max(end, min(w.zeroed+ahead, w.opts.SegmentSize))
 	if w.zeros == nil {
 		w.zeros = make([]byte, 256<<10)
 	}
 	if _, err := w.file.Seek(w.zeroed, io.SeekStart); err != nil {
 		return fmt.Errorf("zero-fill ahead: %w", err)
 	}
+	from := w.zeroed
 	for off := w.zeroed; off < target; {
 		n, err := w.file.Write(w.zeros[:min(int64(len(w.zeros)), target-off)])
 		off += int64(n)
 		if err != nil {
 			w.zeroed = max(w.zeroed, off)
+			w.m.zeroFill.WithLabelValues("append").Add(float64(w.zeroed - from))
 			_, _ = w.file.Seek(w.written, io.SeekStart)
 			return fmt.Errorf("zero-fill ahead: %w", err)
 		}
 	}
 	w.zeroed = target
+	w.m.zeroFill.WithLabelValues("append").Add(float64(target - from))
 	if _, err := w.file.Seek(w.written, io.SeekStart); err != nil {
 		return fmt.Errorf("zero-fill ahead: %w", err)
 	}
@@ -856,6 +893,9 @@ func (w *WAL) zeroAhead(end int64) error {
 // batches. Not fsynced: zeros left by a crash are cut by Open. The caller
 // holds the token.
 func (w *WAL) cutZeros() {
+	if w.fill != nil {
+		w.zeroed = max(w.zeroed, w.fill.detach())
+	}
 	if w.zeroed <= w.written {
 		return
 	}
@@ -1180,6 +1220,9 @@ func (w *WAL) Close() error {
 	w.mu.Unlock()
 	if err == nil && !broken { // a broken log's files are left as they are for Open to repair
 		w.cutZeros()
+	}
+	if w.fill != nil {
+		w.fill.close()
 	}
 	if cerr := w.file.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("wal: close segment %s: %w", SegmentName(w.fileSeg), cerr)

@@ -248,7 +248,7 @@ func run(args []string) error {
 	})
 	reg.MustRegister(replayDuration)
 
-	walOpts := wal.Options{SegmentSize: cfg.WAL.SegmentSize, Sync: wal.SyncAlways}
+	walOpts := wal.Options{SegmentSize: cfg.WAL.SegmentSize, Sync: wal.SyncAlways, BackgroundZeroFill: true}
 	if cfg.WAL.Fsync == "interval" {
 		walOpts.Sync, walOpts.SyncInterval = wal.SyncInterval, time.Duration(cfg.WAL.FsyncInterval)
 	}
