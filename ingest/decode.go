@@ -105,7 +105,8 @@ type Source struct {
 // DecodePush is Decode that also returns the families' Source. Source.Body
 // is valid as long as body is. A text or protobuf body of the same shape
 // as the last one (the same bytes but for the sample values) is taken by
-// its values alone, into the families of the last one (refill); the families are the same either way.
+// its values alone, into the families of the last one (refill); the
+// families are the same either way.
 func (d *Decoder) DecodePush(contentType, contentEncoding string, body []byte, lim BodyLimits) ([]*dto.MetricFamily, Source, error) {
 	fams, src, refilled, err := decodeBody(contentType, contentEncoding, body, lim, &d.text, d.shaped)
 	d.refilled = refilled

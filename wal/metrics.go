@@ -14,10 +14,13 @@ type metrics struct {
 	corruptions   prometheus.Counter
 	appendErrors  prometheus.Counter
 	zeroFill      *prometheus.CounterVec
+	// zeroFillAppend and zeroFillBackground are zeroFill's two series,
+	// resolved once.
+	zeroFillAppend, zeroFillBackground prometheus.Counter
 }
 
 func newMetrics() *metrics {
-	return &metrics{
+	m := &metrics{
 		bytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sluice_wal_bytes",
 			Help: "Bytes of log data in the WAL's segment files (the segment being written is zero-filled ahead, so on disk it is larger).",
@@ -57,6 +60,9 @@ func newMetrics() *metrics {
 			Help: "Zeros written ahead of the log's end, by who wrote them: the background filler (by=\"background\") or an append that found none ready (by=\"append\"), whose commit then waits for them.",
 		}, []string{"by"}),
 	}
+	m.zeroFillAppend = m.zeroFill.WithLabelValues("append")
+	m.zeroFillBackground = m.zeroFill.WithLabelValues("background")
+	return m
 }
 
 func (m *metrics) collectors() []prometheus.Collector {

@@ -297,7 +297,7 @@ func Open(dir string, fsys FS, opts Options, reg prometheus.Registerer, logger *
 		return nil, fmt.Errorf("wal: register metrics: %w", err)
 	}
 	if o.BackgroundZeroFill {
-		w.fill = newZeroFiller(fsys, o.SegmentSize, logger, w.m.zeroFill)
+		w.fill = newZeroFiller(fsys, o.SegmentSize, logger, w.m.zeroFillBackground)
 		w.fill.attach(w.path(w.fileSeg), w.zeroed)
 	}
 	if o.Sync == SyncInterval {
@@ -859,7 +859,7 @@ func (w *WAL) zeroAhead(end int64) error {
 		if !owned {
 			return nil
 		}
-		defer func() { w.fill.release(w.zeroed, w.zeroed) }()
+		defer func() { w.fill.release(w.zeroed) }()
 		ahead = fillChunk
 	}
 	target := max(end, min(w.zeroed+ahead, w.opts.SegmentSize))
@@ -870,18 +870,17 @@ func (w *WAL) zeroAhead(end int64) error {
 		return fmt.Errorf("zero-fill ahead: %w", err)
 	}
 	from := w.zeroed
+	defer func() { w.m.zeroFillAppend.Add(float64(w.zeroed - from)) }()
 	for off := w.zeroed; off < target; {
 		n, err := w.file.Write(w.zeros[:min(int64(len(w.zeros)), target-off)])
 		off += int64(n)
 		if err != nil {
 			w.zeroed = max(w.zeroed, off)
-			w.m.zeroFill.WithLabelValues("append").Add(float64(w.zeroed - from))
 			_, _ = w.file.Seek(w.written, io.SeekStart)
 			return fmt.Errorf("zero-fill ahead: %w", err)
 		}
 	}
 	w.zeroed = target
-	w.m.zeroFill.WithLabelValues("append").Add(float64(target - from))
 	if _, err := w.file.Seek(w.written, io.SeekStart); err != nil {
 		return fmt.Errorf("zero-fill ahead: %w", err)
 	}

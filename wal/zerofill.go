@@ -48,7 +48,7 @@ type zeroFiller struct {
 	fs      FS
 	segSize int64
 	logger  *slog.Logger
-	bytes   *prometheus.CounterVec
+	bytes   prometheus.Counter // zeros the filler wrote
 
 	kick chan struct{} // capacity one: there may be work
 	stop chan struct{}
@@ -73,7 +73,7 @@ type zeroFiller struct {
 	zeros  []byte
 }
 
-func newZeroFiller(fsys FS, segSize int64, logger *slog.Logger, bytes *prometheus.CounterVec) *zeroFiller {
+func newZeroFiller(fsys FS, segSize int64, logger *slog.Logger, bytes prometheus.Counter) *zeroFiller {
 	z := &zeroFiller{
 		fs:      fsys,
 		segSize: segSize,
@@ -162,11 +162,11 @@ func (z *zeroFiller) reserve(end int64) (zeroed int64, owned bool) {
 }
 
 // release ends a reserve that owned the zero-filling: the segment is now
-// zero-filled to zeroed and may be as large as size.
-func (z *zeroFiller) release(zeroed, size int64) {
+// zero-filled to zeroed.
+func (z *zeroFiller) release(zeroed int64) {
 	z.mu.Lock()
 	z.zeroed = max(z.zeroed, zeroed)
-	z.size = max(z.size, size, z.zeroed)
+	z.size = max(z.size, z.zeroed)
 	z.busy = false
 	z.idle.Broadcast()
 	z.mu.Unlock()
@@ -228,7 +228,7 @@ func (z *zeroFiller) fillOne() bool {
 		z.logger.Warn("WAL: zero-filling ahead of the log failed; appends will write their own zeros", "path", path, "err", err)
 	} else {
 		z.zeroed, z.size = end, max(z.size, end)
-		z.bytes.WithLabelValues("background").Add(float64(end - off))
+		z.bytes.Add(float64(end - off))
 	}
 	z.busy = false
 	z.idle.Broadcast()
