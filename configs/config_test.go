@@ -53,6 +53,7 @@ func TestLoadBadFiles(t *testing.T) {
 		"web_tls_mtls_no_ca.bad.yml":     "client_auth_type RequireAndVerifyClientCert needs client_ca_file",
 		"web_zero_timeout.bad.yml":       "read_timeout, write_timeout and idle_timeout must be positive",
 		"inflight_zero.bad.yml":          "max_inflight_requests must be positive",
+		"wal_zero_fill.bad.yml":          `wal.zero_fill: "ahead" must be append or background`,
 	}
 	files, _ := filepath.Glob("testdata/*.bad.yml")
 	if len(files) != len(want) {

@@ -248,7 +248,7 @@ func run(args []string) error {
 	})
 	reg.MustRegister(replayDuration)
 
-	walOpts := wal.Options{SegmentSize: cfg.WAL.SegmentSize, Sync: wal.SyncAlways, BackgroundZeroFill: true}
+	walOpts := wal.Options{SegmentSize: cfg.WAL.SegmentSize, Sync: wal.SyncAlways, BackgroundZeroFill: cfg.WAL.ZeroFill == "background"}
 	if cfg.WAL.Fsync == "interval" {
 		walOpts.Sync, walOpts.SyncInterval = wal.SyncInterval, time.Duration(cfg.WAL.FsyncInterval)
 	}
